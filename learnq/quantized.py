@@ -1,0 +1,129 @@
+"""Frozen quantized parameters: the in-memory form of a quantized model (DESIGN.md, "one object per parameter").
+
+A quantized parameter is a ``torch.nn.utils.parametrize`` parametrization whose forward returns the dequantized
+tensor ŵ = q·scale + offset. Training-time quantizers (learnq.quantizers) are parametrizations too; every one of
+them implements ``export_quantized(x) -> QuantizedTensor``, the protocol that ``learnq.save`` reads. This module
+gives the frozen one (after PTQ, or after loading a model file) and the helpers that walk a model's quantized
+parameters, so that save, load, size accounting and reports are written once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from learnq.errors import ConfigError
+from learnq.granularity import Granularity
+from learnq.grid import QuantizedTensor
+
+
+class QuantizedWeight(nn.Module):
+    """A parametrization holding a :class:`QuantizedTensor`; forward returns its dequantized values."""
+
+    def __init__(self, qt: QuantizedTensor) -> None:
+        super().__init__()
+        self.register_buffer("codes", qt.codes.to(torch.int32).clone())
+        self.register_buffer("scale", qt.scale.float().clone())
+        self.register_buffer("offset", qt.offset.float().clone())
+        self.register_buffer("group_bits", None if qt.group_bits is None else qt.group_bits.clone())
+        self.granularity: Granularity = qt.granularity
+        self.bits = qt.bits
+        self.qmin = qt.qmin
+        self.scheme = qt.scheme
+        self.method = qt.method
+        self.out_dtype = qt.dtype
+        self.extra = dict(qt.extra)
+
+    def quantized(self) -> QuantizedTensor:
+        return QuantizedTensor(codes=self.codes, scale=self.scale, offset=self.offset, granularity=self.granularity,
+                               bits=self.bits, qmin=self.qmin, scheme=self.scheme, method=self.method,
+                               dtype=self.out_dtype, group_bits=self.group_bits, extra=dict(self.extra))
+
+    def forward(self, original: torch.Tensor) -> torch.Tensor:  # noqa: ARG002 - the stored codes are the truth
+        return self.quantized().dequantize()
+
+    def right_inverse(self, value: torch.Tensor) -> torch.Tensor:
+        # What parametrize stores as ``original``: the dequantized values (so state_dict stays meaningful).
+        return value
+
+    def export_quantized(self, x: torch.Tensor) -> QuantizedTensor:  # noqa: ARG002
+        return self.quantized()
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, scheme={self.scheme}, granularity={self.granularity}, method={self.method}"
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """``"features.0.weight"`` -> ``("features.0", "weight")``."""
+    module_name, _, param = name.rpartition(".")
+    return module_name, param
+
+
+def get_module(model: nn.Module, module_name: str) -> nn.Module:
+    try:
+        return model.get_submodule(module_name) if module_name else model
+    except AttributeError as exc:
+        raise ConfigError(f"the model has no module named {module_name!r}") from exc
+
+
+def attach_quantized(model: nn.Module, name: str, qt: QuantizedTensor) -> None:
+    """Make parameter ``name`` (e.g. ``"fc.weight"``) of ``model`` the frozen quantized tensor ``qt``.
+
+    Any parametrization already on it is removed first (its current value is discarded: ``qt`` is the truth).
+    """
+    module_name, param = split_name(name)
+    module = get_module(model, module_name)
+    if parametrize.is_parametrized(module, param):
+        parametrize.remove_parametrizations(module, param, leave_parametrized=False)
+    current = getattr(module, param, None)
+    if not isinstance(current, torch.Tensor):
+        raise ConfigError(f"the model has no parameter named {name!r}")
+    if tuple(current.shape) != qt.shape:
+        raise ConfigError(
+            f"parameter {name!r} has shape {tuple(current.shape)} but the quantized tensor has {qt.shape}")
+    with torch.no_grad():
+        current.data = qt.dequantize().to(device=current.device, dtype=current.dtype)
+    qw = QuantizedWeight(qt).to(current.device)
+    parametrize.register_parametrization(module, param, qw, unsafe=True)
+
+
+def quantized_parameters(model: nn.Module) -> Iterator[tuple[str, QuantizedTensor]]:
+    """Every parameter of ``model`` whose last parametrization exports a quantized tensor, with that tensor.
+
+    Parametrizations before the quantizer (e.g. SatNL's saturation) are applied to the original first, so the
+    exported tensor is what the quantizer saw.
+    """
+    for module_name, module in model.named_modules():
+        plists = getattr(module, "parametrizations", None)
+        if not isinstance(plists, nn.ModuleDict):
+            continue
+        for param, plist in plists.items():
+            last = plist[-1]
+            if not hasattr(last, "export_quantized"):
+                continue
+            with torch.no_grad():
+                x = plist.original
+                for p in list(plist)[:-1]:
+                    x = p(x)
+                qt = last.export_quantized(x)
+            yield (f"{module_name}.{param}" if module_name else param), qt
+
+
+def plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state under its plain (unparametrized) names, each parametrized tensor as it is computed now."""
+    state: dict[str, torch.Tensor] = {}
+    for key, value in model.state_dict().items():
+        if ".parametrizations." not in f".{key}":
+            state[key] = value
+    for module_name, module in model.named_modules():
+        plists = getattr(module, "parametrizations", None)
+        if not isinstance(plists, nn.ModuleDict):
+            continue
+        for param in plists.keys():
+            full = f"{module_name}.{param}" if module_name else param
+            with torch.no_grad():
+                state[full] = getattr(module, param).detach()
+    return state
