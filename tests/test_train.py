@@ -108,7 +108,9 @@ def test_evaluate_hand_made_model():
         model.weight.copy_(torch.eye(2))  # logits = inputs
     x = torch.tensor([[2.0, 0.0], [0.0, 3.0], [1.0, 0.0], [0.0, 1.0]])
     y = torch.tensor([0, 1, 1, 1])  # predictions 0, 1, 0, 1: three right
-    expected_loss = sum(math.log(math.exp(a) + math.exp(b)) - (a, b)[k] for (a, b), k in zip(x.tolist(), y.tolist()))
+    expected_loss = sum(
+        math.log(math.exp(a) + math.exp(b)) - (a, b)[k] for (a, b), k in zip(x.tolist(), y.tolist(), strict=True)
+    )
     model.train()
     out = evaluate(model, TensorDataset(x, y), batch_size=3)
     assert out["accuracy"] == 0.75 and out["n"] == 4
@@ -125,8 +127,9 @@ def test_evaluate_hand_made_model():
 
 # ---------------------------------------------------------------------------------------------------- training step
 def test_training_learns_a_separable_problem():
-    result = train(mlp(), blobs(96), TrainConfig(epochs=8, batch_size=16, lr=1e-2), test_set=blobs(64, seed=1),
-                   progress=False)
+    result = train(
+        mlp(), blobs(96), TrainConfig(epochs=8, batch_size=16, lr=1e-2), test_set=blobs(64, seed=1), progress=False
+    )
     h = result.history
     assert [r["epoch"] for r in h] == list(range(1, 9))
     assert h[-1]["train_loss"] < 0.5 * h[0]["train_loss"]
@@ -148,9 +151,9 @@ def test_full_batch_sgd_matches_hand_written_steps():
         losses.append(loss.item())
         grads = torch.autograd.grad(loss, list(ref.parameters()))
         with torch.no_grad():
-            for p, g in zip(ref.parameters(), grads):
+            for p, g in zip(ref.parameters(), grads, strict=True):
                 p -= lr * g
-    for p, q in zip(result.model.parameters(), ref.parameters()):
+    for p, q in zip(result.model.parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
     assert [r["train_loss"] for r in result.history] == pytest.approx(losses, rel=1e-5)
     assert result.model is model
@@ -233,11 +236,23 @@ def test_resume_errors(tmp_path):
         train(mlp(), blobs(), config, checkpoint_dir=str(tmp_path / "none"), resume=True, progress=False)
     train(mlp(), blobs(), config, checkpoint_dir=str(tmp_path), progress=False)
     with pytest.raises(CheckpointError, match=r"lr: 0\.01 -> 0\.02"):
-        train(mlp(), blobs(), TrainConfig(**{**config.to_dict(), "lr": 2e-2}), checkpoint_dir=str(tmp_path),
-              resume=True, progress=False)
+        train(
+            mlp(),
+            blobs(),
+            TrainConfig(**{**config.to_dict(), "lr": 2e-2}),
+            checkpoint_dir=str(tmp_path),
+            resume=True,
+            progress=False,
+        )
     with pytest.raises(CheckpointError, match="epochs=2"):  # a cosine schedule cannot be stretched
-        train(mlp(), blobs(), TrainConfig(**{**config.to_dict(), "epochs": 3}), checkpoint_dir=str(tmp_path),
-              resume=True, progress=False)
+        train(
+            mlp(),
+            blobs(),
+            TrainConfig(**{**config.to_dict(), "epochs": 3}),
+            checkpoint_dir=str(tmp_path),
+            resume=True,
+            progress=False,
+        )
     wider = nn.Sequential(nn.Linear(4, 9), nn.ReLU(), nn.Dropout(0.0), nn.Linear(9, 2))
     with pytest.raises(CheckpointError, match="does not fit this model"):
         train(wider, blobs(), config, checkpoint_dir=str(tmp_path), resume=True, progress=False)
@@ -249,8 +264,14 @@ def test_resume_errors(tmp_path):
 def test_unpicklable_group_value_is_refused_at_save(tmp_path):
     t = torch.zeros(1, requires_grad=True)
     with pytest.raises(CheckpointError, match="tag"):
-        train(mlp(), blobs(), TrainConfig(epochs=1, batch_size=32), extra_params=[{"params": [t], "tag": object()}],
-              checkpoint_dir=str(tmp_path), progress=False)
+        train(
+            mlp(),
+            blobs(),
+            TrainConfig(epochs=1, batch_size=32),
+            extra_params=[{"params": [t], "tag": object()}],
+            checkpoint_dir=str(tmp_path),
+            progress=False,
+        )
 
 
 # --------------------------------------------------------------------------------------- extra losses and groups
@@ -283,8 +304,14 @@ def test_extra_params_group_is_optimized_with_its_own_settings():
         {"params": [frozen_by_lr], "lr": 0.0},  # a model parameter: moves out of the model's group
     ]
     config = TrainConfig(epochs=2, batch_size=32, lr=0.05, optimizer="sgd", momentum=0.9)
-    result = train(model, blobs(), config, extra_losses={"t": lambda m: (temperature - 3.0) ** 2},
-                   extra_params=groups, progress=False)
+    result = train(
+        model,
+        blobs(),
+        config,
+        extra_losses={"t": lambda m: (temperature - 3.0) ** 2},
+        extra_params=groups,
+        progress=False,
+    )
     steps = 6
     assert temperature.item() == pytest.approx(3.0 + (0.0 - 3.0) * (1 - 2 * 0.1) ** steps, rel=1e-5)
     assert torch.equal(result.model[0].bias, before)
@@ -304,11 +331,11 @@ class TwoStep:
         norm = torch.sqrt(sum(p.grad.pow(2).sum() for p in params))
         eps = [self.rho * p.grad / norm for p in params]
         with torch.no_grad():
-            for p, e in zip(params, eps):
+            for p, e in zip(params, eps, strict=True):
                 p.add_(e)
         closure()
         with torch.no_grad():
-            for p, e in zip(params, eps):
+            for p, e in zip(params, eps, strict=True):
                 p.sub_(e)
         self.optimizer.step()
         return loss
@@ -337,14 +364,14 @@ def test_two_step_wrapper_gets_a_closure_it_can_call_twice():
         norm = torch.sqrt(sum(gi.pow(2).sum() for gi in g))
         eps = [rho * gi / norm for gi in g]
         with torch.no_grad():
-            for p, e in zip(params, eps):
+            for p, e in zip(params, eps, strict=True):
                 p.add_(e)
         g2 = torch.autograd.grad(F.cross_entropy(ref(x), y), params)
         with torch.no_grad():
-            for p, e, gi in zip(params, eps, g2):
+            for p, e, gi in zip(params, eps, g2, strict=True):
                 p.sub_(e)
                 p.sub_(lr * gi)
-    for p, q in zip(result.model.parameters(), ref.parameters()):
+    for p, q in zip(result.model.parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
     # the epoch's loss is the loss at the step's weights (first closure call), not at the ascended ones
     assert [r["train_loss"] for r in result.history] == pytest.approx(first_losses, rel=1e-5)
@@ -365,7 +392,9 @@ def test_wrapper_that_never_calls_the_closure_is_an_error():
 # ------------------------------------------------------------------------------------ schedules, clipping, errors
 def test_schedules_follow_their_formulas():
     cosine = train(mlp(), blobs(), TrainConfig(epochs=4, batch_size=96, lr=0.1, scheduler="cosine"), progress=False)
-    assert [r["lr"] for r in cosine.history] == pytest.approx([0.05 * (1 + math.cos(math.pi * e / 4)) for e in range(4)])
+    assert [r["lr"] for r in cosine.history] == pytest.approx(
+        [0.05 * (1 + math.cos(math.pi * e / 4)) for e in range(4)]
+    )
     step = TrainConfig(epochs=4, batch_size=96, lr=0.1, scheduler="step", lr_step_size=2, lr_gamma=0.5)
     assert [r["lr"] for r in train(mlp(), blobs(), step, progress=False).history] == pytest.approx(
         [0.1, 0.1, 0.05, 0.05]
@@ -376,11 +405,13 @@ def test_grad_clip_bounds_the_step():
     model, start = mlp(), mlp()
     config = TrainConfig(epochs=1, batch_size=96, lr=0.1, optimizer="sgd", momentum=0.0, grad_clip=1e-3)
     train(model, blobs(), config, progress=False)
-    step = torch.sqrt(sum((p - q).pow(2).sum() for p, q in zip(model.parameters(), start.parameters())))
+    step = torch.sqrt(sum((p - q).pow(2).sum() for p, q in zip(model.parameters(), start.parameters(), strict=True)))
     assert step.item() == pytest.approx(0.1 * 1e-3, rel=1e-3)  # clip_grad_norm_ divides by (norm + 1e-6)
     unclipped = mlp()
     train(unclipped, blobs(), TrainConfig(**{**config.to_dict(), "grad_clip": None}), progress=False)
-    free_step = torch.sqrt(sum((p - q).pow(2).sum() for p, q in zip(unclipped.parameters(), start.parameters())))
+    free_step = torch.sqrt(
+        sum((p - q).pow(2).sum() for p, q in zip(unclipped.parameters(), start.parameters(), strict=True))
+    )
     assert free_step.item() > 10 * step.item()
 
 
@@ -400,8 +431,13 @@ def test_data_errors():
 
 def test_divergence_is_reported():
     with pytest.raises(ConfigError, match="diverged in epoch 1.*'nan'"):
-        train(mlp(), blobs(), TrainConfig(epochs=2), extra_losses={"nan": lambda m: m[0].weight.sum() * float("nan")},
-              progress=False)
+        train(
+            mlp(),
+            blobs(),
+            TrainConfig(epochs=2),
+            extra_losses={"nan": lambda m: m[0].weight.sum() * float("nan")},
+            progress=False,
+        )
 
 
 # ------------------------------------------------------------------------------------------- callbacks, progress
