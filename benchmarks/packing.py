@@ -98,6 +98,7 @@ def run(sizes: list[int], bit_widths: list[int], repeats: int, dtype: torch.dtyp
             "platform": platform.platform(),
             "python": sys.version.split()[0],
             "torch": torch.__version__,
+            "load_average_1m": os.getloadavg()[0],  # the machine may be shared: high load inflates all timings
         },
         "rows": rows,
     }
