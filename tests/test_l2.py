@@ -65,6 +65,17 @@ def test_every_registered_regularizer_is_a_finite_scalar_with_gradient(name: str
     assert set(reg.per_layer()) == {"0", "2"}
 
 
+def test_call_with_the_model_as_an_extra_loss_term() -> None:
+    model = _model()
+    reg = L2(model, strength=0.01)
+    assert reg(model).item() == pytest.approx(0.07625, rel=1e-6)  # the trainer's fn(model) -> scalar contract
+    wrapper = nn.Module()
+    wrapper.module = model  # like DistributedDataParallel(model).module
+    assert L2(wrapper, strength=0.01)(model).item() == pytest.approx(0.07625, rel=1e-6)
+    with pytest.raises(ConfigError, match="built on another model"):
+        reg(_model())
+
+
 def test_build_regularizer_errors_and_options() -> None:
     model = _model()
     with pytest.raises(ConfigError, match="unknown regularizer 'dsm'"):

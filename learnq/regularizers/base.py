@@ -8,7 +8,7 @@ the weight the layer computes with: after ``SatNL.apply`` that is ``a·tanh(w/a)
 Training loop::
 
     reg = DSMM(model)
-    loss = criterion(model(x), y) + reg()
+    loss = criterion(model(x), y) + reg()      # or reg(model): the trainer's fn(model) -> scalar contract
     loss.backward()
 
 The model's layers are kept in a plain list, not registered as submodules, so ``reg.parameters()`` holds only the
@@ -74,6 +74,8 @@ class Regularizer(nn.Module):
         )
         # A plain list: the model's modules must not become submodules of the regularizer.
         self._layers: list[tuple[str, nn.Module]] = list(layers)
+        # ids of the model (and of the module it wraps, for DDP/DataParallel): forward(model) accepts only these.
+        self._model_ids = {id(model), id(getattr(model, "module", model))}
 
     # -- to implement ------------------------------------------------------------------------------------------
     def layer_loss(self, index: int, weight: torch.Tensor) -> torch.Tensor:
@@ -103,8 +105,22 @@ class Regularizer(nn.Module):
             losses.append(loss.to(device))
         return losses
 
-    def forward(self) -> torch.Tensor:
-        """``strength · reduce(per-layer losses)``, a scalar tensor on the first layer's device."""
+    def forward(self, model: nn.Module | None = None) -> torch.Tensor:
+        """``strength · reduce(per-layer losses)``, a scalar tensor on the first layer's device.
+
+        ``model`` is optional and only checked: it lets the regularizer serve as a ``fn(model) -> scalar`` extra loss
+        term (``train(..., extra_losses={"dsmm": reg})``). It must be the model the regularizer was built on (or the
+        module that model wraps); any other raises ``ConfigError``, since the layers were chosen at construction.
+        """
+        if (
+            model is not None
+            and id(model) not in self._model_ids
+            and id(getattr(model, "module", None)) not in self._model_ids
+        ):
+            raise ConfigError(
+                f"{type(self).__name__} was built on another model; build one regularizer per model "
+                f"({type(self).__name__}(model)) and call it with that model or with no argument"
+            )
         return self.strength * self.reduce(self._losses())
 
     @torch.no_grad()
