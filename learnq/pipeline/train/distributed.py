@@ -1,13 +1,15 @@
 """Data-parallel training across processes (PyTorch DistributedDataParallel), started by ``torchrun``.
 
 ``torchrun`` sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK`` in each process's environment; ``setup_distributed``
-reads them, joins the process group (gloo on CPU, nccl on CUDA, one GPU per process chosen by ``LOCAL_RANK``) and
-``teardown`` leaves it again if it was the one that joined. Outside torchrun (no ``WORLD_SIZE`` or ``WORLD_SIZE=1``)
+reads them and joins the process group (gloo on CPU, nccl on CUDA, one GPU per process chosen by ``LOCAL_RANK``). The
+group then stays for the life of the process (a second ``train`` in the same run reuses it) and is destroyed at
+exit. Outside torchrun (no ``WORLD_SIZE`` or ``WORLD_SIZE=1``)
 everything here is a no-op and the helpers answer rank 0 of 1.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -56,12 +58,11 @@ def is_main_process() -> bool:
 
 @dataclass
 class DistContext:
-    """Where this process stands: its rank, the world size, its device and whether it joined the group itself."""
+    """Where this process stands: its rank, the world size and its device."""
 
     rank: int
     world_size: int
     device: torch.device
-    owns_group: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -89,7 +90,7 @@ def setup_distributed(device: str | torch.device = "cpu") -> DistContext:
     """Join the process group when launched by torchrun with more than one process; pick this process's device.
 
     On CUDA each process gets ``cuda:LOCAL_RANK`` (whatever index ``device`` names) and the nccl backend; on CPU the
-    gloo backend. A group that is already initialized is used as is (and left for its owner to destroy).
+    gloo backend. A group that is already initialized is used as is; one this function starts is destroyed at exit.
     """
     dev = resolve_device(device)
     size = world_size()
@@ -106,22 +107,17 @@ def setup_distributed(device: str | torch.device = "cpu") -> DistContext:
             )
         dev = torch.device("cuda", index)
         torch.cuda.set_device(dev)
-    owns = False
     if not dist.is_initialized():
         for var in ("MASTER_ADDR", "MASTER_PORT", "RANK"):
             if var not in os.environ:
                 raise ConfigError(f"WORLD_SIZE={size} but {var} is not set; launch with torchrun")
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", init_method="env://")
-        owns = True
-    return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), device=dev, owns_group=owns)
+        atexit.register(_destroy_group)
+    return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), device=dev)
 
 
-def teardown(ctx: DistContext, clean: bool = True) -> None:
-    """Leave the process group if ``setup_distributed`` joined it (waiting for the others first when ``clean``;
-    after an error the others may never arrive, so then it leaves at once)."""
-    if ctx.owns_group and dist.is_initialized():
-        if clean:
-            dist.barrier()
+def _destroy_group() -> None:
+    if dist.is_initialized():
         dist.destroy_process_group()
 
 
@@ -180,7 +176,6 @@ __all__ = [
     "is_main_process",
     "resolve_device",
     "setup_distributed",
-    "teardown",
     "all_reduce_sum",
     "average_gradients",
     "broadcast_buffers",

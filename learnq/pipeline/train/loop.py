@@ -112,26 +112,20 @@ def train(
     if test_set is not None:
         _check_dataset(test_set, "test_set")
     ctx = D.setup_distributed(config.device)
-    clean = False
-    try:
-        result = _run(
-            model,
-            train_set,
-            config,
-            ctx,
-            test_set,
-            extras,
-            extra_params,
-            checkpoint_dir,
-            resume,
-            progress,
-            optimizer_wrapper,
-            list(callbacks or []),
-        )
-        clean = True
-        return result
-    finally:
-        D.teardown(ctx, clean=clean)
+    return _run(
+        model,
+        train_set,
+        config,
+        ctx,
+        test_set,
+        extras,
+        extra_params,
+        checkpoint_dir,
+        resume,
+        progress,
+        optimizer_wrapper,
+        list(callbacks or []),
+    )
 
 
 def _run(
