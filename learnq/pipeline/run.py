@@ -1,0 +1,286 @@
+"""The pipeline of ``learnq train`` / ``run`` / ``eval`` / ``demo``: train, quantize, evaluate, save, report.
+
+No paper. A run directory holds:
+
+* ``recipe.json``: the recipe as resolved (every default and seed written out);
+* ``model.safetensors``: the trained float model (``learnq.save``), its metadata recording ``model`` (the model
+  spec), ``data`` (the data set's preprocessing record), ``recipe`` and ``metrics``, so ``learnq eval FILE`` rebuilds
+  the network and its test data with no user code;
+* ``checkpoints/last.pt``: the trainer's state after every epoch (``--resume``);
+* per quantized variant, ``<name>.safetensors`` (``<method>-w<bits>`` unless the recipe names it), with the same
+  metadata plus ``variant``; the float baseline's file is ``model.safetensors`` itself;
+* ``metrics.json``: the float model's test metrics, the training history and (``run``) one row per variant
+  ``{method, bits, accuracy, file, file_bytes, ratio}``, where accuracy is that of the model *reloaded from its file*
+  on the test split and ratio is the model's float32 bytes over the file's bytes;
+* ``report.md``, ``training.png``, ``accuracy_vs_size.png`` (``run``; see learnq.pipeline.report).
+
+Under torchrun every process trains (data parallel); only rank 0 writes files, quantizes and reports.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from learnq.checkpoint import load, read, save
+from learnq.errors import CheckpointError, ConfigError
+from learnq.pipeline import schema
+from learnq.pipeline.data import Splits, dataset_from_preprocessing, load_dataset
+from learnq.pipeline.models import model_from_spec, model_spec
+from learnq.pipeline.recipe import Recipe, VariantSection
+from learnq.pipeline.train import evaluate, is_main_process, set_seed, train
+from learnq.pipeline.variants import apply_variant, get_qat, get_variant
+
+METRICS_VERSION = 1
+MODEL_FILE = "model.safetensors"
+ROW_KEYS = ("method", "bits", "accuracy", "file", "file_bytes", "ratio")
+EVAL_BATCH = 256
+
+
+@dataclass
+class TrainedRun:
+    """What ``train_recipe`` leaves: the trained model and everything needed to quantize and report it."""
+
+    recipe: Recipe
+    out: Path
+    model: nn.Module
+    splits: Splits
+    spec: dict
+    history: list[dict]
+    test: dict  # {"loss", "accuracy", "n"} of the float model on the test split
+    is_main: bool = True
+
+
+@dataclass
+class RunResult:
+    """What ``run_recipe`` leaves: the rows of the report (``ROW_KEYS``) and the paths written."""
+
+    out: Path
+    rows: list[dict]
+    test: dict
+    history: list[dict]
+    details: list[dict] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+    is_main: bool = True
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def prepare_out(out: str | os.PathLike) -> Path:
+    """Create the run directory (``ConfigError`` if it is a file or cannot be created)."""
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out {path} is a file; give a directory for the run")
+    if is_main_process():
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the run directory {path}: {exc}") from exc
+    return path
+
+
+def load_splits(recipe: Recipe, *, progress: bool = False) -> Splits:
+    """The recipe's data set, split and normalised."""
+    d = recipe.data
+    options = dict(d.options)
+    if progress:
+        options["progress"] = True
+    return load_dataset(d.name, d.root, seed=d.seed if d.seed is not None else recipe.seed, calib_size=d.calib_size,
+                        test_fraction=d.test_fraction, limit=d.limit, **options)
+
+
+def training_extras(recipe: Recipe, model: nn.Module, device: str) -> dict[str, Any]:
+    """Keyword arguments of ``train`` for the recipe's ``[[regularizers]]`` and ``[qat]`` sections."""
+    losses: dict[str, Any] = {}
+    groups: list[dict] = []
+    if recipe.regularizers:
+        from learnq.regularizers import build_regularizer
+
+        names = [r.name for r in recipe.regularizers]
+        for i, section in enumerate(recipe.regularizers):
+            kwargs = dict(section.options)
+            if section.strength is not None:
+                kwargs["strength"] = section.strength
+            reg = build_regularizer(section.name, model, **kwargs).to(device)
+            key = section.name if names.count(section.name) == 1 else f"{section.name}{i}"
+            losses[key] = lambda _model, reg=reg: reg()
+            own = [p for p in reg.parameters() if p.requires_grad]
+            if own:
+                groups.append({"params": own, "weight_decay": 0.0})
+    extras: dict[str, Any] = {"extra_losses": losses, "extra_params": groups}
+    if recipe.qat is not None:
+        info = get_qat(recipe.qat.method)
+        prepared = dict(info.prepare(model, recipe.qat, recipe.seed, device))
+        extras["extra_losses"].update(prepared.pop("extra_losses", {}) or {})
+        extras["extra_params"].extend(prepared.pop("extra_params", []) or [])
+        extras.update(prepared)
+    return extras
+
+
+def _metadata(trained: TrainedRun, metrics: dict, variant: VariantSection | None = None) -> dict:
+    recipe = trained.recipe.to_dict()
+    recipe.pop("variants")  # the run's list lives in recipe.json; a file records its own ``variant``
+    meta = {"model": trained.spec, "data": trained.splits.preprocessing, "recipe": recipe, "metrics": metrics}
+    if variant is not None:
+        meta["variant"] = schema.to_dict(variant)
+    return meta
+
+
+def _device(recipe: Recipe) -> str:
+    return str(recipe.train.device)
+
+
+def train_recipe(recipe: Recipe, out: str | os.PathLike, *, resume: bool = False,
+                 progress: bool = False) -> TrainedRun:
+    """Load the data, build and train the model, write ``recipe.json``, ``model.safetensors`` and ``metrics.json``."""
+    out_dir = prepare_out(out)
+    device = _device(recipe)
+    splits = load_splits(recipe, progress=progress)
+    spec = model_spec(recipe.model.name, splits.input_shape, splits.num_classes, **recipe.model.args)
+    set_seed(recipe.train.seed)  # the same initial weights on every process
+    model = model_from_spec(spec, device="cpu")
+    extras = training_extras(recipe, model, device)
+    result = train(model, splits.train, recipe.train, test_set=splits.test, checkpoint_dir=str(out_dir / "checkpoints"),
+                   resume=resume, progress=progress, **extras)
+    model = result.model
+    main = is_main_process()
+    test = evaluate(model, splits.test, device=next(model.parameters()).device, batch_size=EVAL_BATCH)
+    trained = TrainedRun(recipe=recipe, out=out_dir, model=model, splits=splits, spec=spec, history=result.history,
+                         test=test, is_main=main)
+    if main:
+        _write_json(out_dir / "recipe.json", recipe.to_dict())
+        save(model, out_dir / MODEL_FILE, metadata=_metadata(trained, {"test": test, "epochs": len(result.history)}))
+        write_metrics(trained)
+    return trained
+
+
+def write_metrics(trained: TrainedRun, rows: list[dict] | None = None, details: list[dict] | None = None) -> Path:
+    """Write ``metrics.json``: version, recipe name, seed, the float test metrics, history and (run) the rows."""
+    payload: dict[str, Any] = {"version": METRICS_VERSION, "recipe": trained.recipe.name, "seed": trained.recipe.seed,
+                               "test": trained.test, "history": trained.history}
+    if rows is not None:
+        payload["rows"] = rows
+        payload["variants"] = details or []
+    path = trained.out / "metrics.json"
+    _write_json(path, payload)
+    return path
+
+
+def run_variant(trained: TrainedRun, variant: VariantSection) -> tuple[dict, dict]:
+    """Quantize a copy of the trained model as ``variant`` says, save it, reload it, evaluate the reloaded model.
+
+    Returns the report row (``ROW_KEYS``) and a detail record (label, in-memory metrics, reloaded loss, sizes).
+    """
+    info = get_variant(variant.method)
+    device = _device(trained.recipe)
+    if info.quantizes:
+        set_seed(trained.recipe.seed)
+        model = apply_variant(copy.deepcopy(trained.model), trained.splits, variant, trained.recipe.seed, device)
+        before = evaluate(model, trained.splits.test, device=device, batch_size=EVAL_BATCH)
+        name = f"{variant.label}.safetensors"
+        size = save(model, trained.out / name, metadata=_metadata(trained, {"test": before}, variant))
+    else:
+        before = trained.test
+        name = MODEL_FILE
+        size = read(trained.out / name).size
+    reloaded = model_from_spec(trained.spec, device="cpu")
+    load(trained.out / name, reloaded, device=device)
+    after = evaluate(reloaded, trained.splits.test, device=device, batch_size=EVAL_BATCH)
+    file_bytes = int(size.file_bytes)
+    row = {"method": variant.method, "bits": variant.weight_bits, "accuracy": after["accuracy"], "file": name,
+           "file_bytes": file_bytes, "ratio": size.float32_bytes / file_bytes}
+    detail = {"name": variant.label, "method": variant.method, "bits": variant.weight_bits, "file": name,
+              "test_loss": after["loss"], "accuracy": after["accuracy"], "n": after["n"],
+              "accuracy_before_save": before["accuracy"], "naive_bytes": size.naive_bytes,
+              "stored_bytes": size.stored_bytes, "zlib_bytes": size.zlib_bytes, "float32_bytes": size.float32_bytes,
+              "file_bytes": file_bytes}
+    return row, detail
+
+
+def run_recipe(recipe: Recipe, out: str | os.PathLike, *, resume: bool = False, progress: bool = False,
+               report: bool = True) -> RunResult:
+    """``learnq run``: train, then every variant (quantize, save, reload, evaluate), metrics.json and the report."""
+    trained = train_recipe(recipe, out, resume=resume, progress=progress)
+    if not trained.is_main:
+        return RunResult(out=trained.out, rows=[], test=trained.test, history=trained.history, is_main=False)
+    rows: list[dict] = []
+    details: list[dict] = []
+    show = progress and sys.stderr.isatty()
+    for variant in tqdm(recipe.variants, desc="variants", unit="variant", disable=not show):
+        row, detail = run_variant(trained, variant)
+        rows.append(row)
+        details.append(detail)
+    files = [trained.out / "recipe.json", trained.out / MODEL_FILE, write_metrics(trained, rows, details)]
+    files += [trained.out / r["file"] for r in rows if r["file"] != MODEL_FILE]
+    if report:
+        from learnq.pipeline.report import write_report
+
+        files += write_report(trained.out, recipe=recipe, history=trained.history, rows=rows, test=trained.test,
+                              plots=recipe.report.plots)
+    return RunResult(out=trained.out, rows=rows, test=trained.test, history=trained.history, details=details,
+                     files=files)
+
+
+def resolve_model_file(path: str | os.PathLike) -> Path:
+    """A model file, or a run directory's ``model.safetensors``."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        p = p / MODEL_FILE
+        if not p.is_file():
+            raise CheckpointError(f"{p.parent} is a directory without {MODEL_FILE}; give a run directory written by "
+                                  "`learnq train`/`learnq run`, or a model file")
+    elif not p.exists():
+        raise CheckpointError(f"no such model file or run directory: {p}")
+    return p
+
+
+def rebuild(path: str | os.PathLike, *, device: str = "cpu") -> tuple[nn.Module, Splits, dict]:
+    """The network (weights loaded) and the data ``Splits`` a pipeline model file describes, and its metadata."""
+    p = resolve_model_file(path)
+    mf = read(p)
+    meta = mf.metadata
+    missing = [k for k in ("model", "data") if k not in meta]
+    if missing:
+        raise CheckpointError(f"{p} has no pipeline metadata ({', '.join(missing)} missing): it was saved from user "
+                              "code, so learnq cannot rebuild its network; load it into your model with "
+                              "learnq.load(path, model)")
+    model = model_from_spec(meta["model"], device="cpu")
+    load(p, model, device=device)
+    splits = dataset_from_preprocessing(meta["data"])
+    return model, splits, meta
+
+
+def evaluate_file(path: str | os.PathLike, *, device: str = "cpu") -> dict:
+    """``learnq eval``: rebuild the model and its test split from the file's metadata and evaluate it.
+
+    Returns ``{"file", "model", "data", "method", "bits", "loss", "accuracy", "n"}``.
+    """
+    try:
+        torch_device = str(torch.device(device))
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N") from exc
+    model, splits, meta = rebuild(path, device=torch_device)
+    metrics = evaluate(model, splits.test, device=torch_device, batch_size=EVAL_BATCH)
+    variant = meta.get("variant") or {}
+    method = variant.get("method", "float")
+    bits = variant.get("bits") or 32
+    return {"file": str(resolve_model_file(path)), "model": meta["model"]["name"], "data": meta["data"]["name"],
+            "method": method, "bits": bits, **metrics}
+
+
+__all__ = ["TrainedRun", "RunResult", "ROW_KEYS", "MODEL_FILE", "prepare_out", "load_splits", "training_extras",
+           "train_recipe", "write_metrics", "run_variant", "run_recipe", "resolve_model_file", "rebuild",
+           "evaluate_file"]
