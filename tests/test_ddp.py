@@ -74,6 +74,41 @@ def train_batchnorm() -> nn.Module:
     return model
 
 
+class Interrupt(Exception):
+    pass
+
+
+def interrupt_after_two(record: dict, model: nn.Module) -> None:
+    if record["epoch"] == 2:
+        raise Interrupt
+
+
+def resume_worker(out_dir: Path) -> None:
+    """A 4-epoch run with dropout and Adam, then the same run interrupted after epoch 2 and resumed."""
+    rank = int(os.environ["RANK"])
+    _, _, train_set, _ = build()
+    config = TrainConfig(**{**CONFIG, "epochs": 4, "optimizer": "adam", "lr": 1e-2, "scheduler": "cosine"})
+
+    def fresh() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.3), nn.Linear(8, 2))
+
+    full = train(fresh(), train_set, config, progress=False).model
+    try:
+        train(
+            fresh(),
+            train_set,
+            config,
+            checkpoint_dir=str(out_dir / "cut"),
+            callbacks=[interrupt_after_two],
+            progress=False,
+        )
+    except Interrupt:
+        pass
+    resumed = train(fresh(), train_set, config, checkpoint_dir=str(out_dir / "cut"), resume=True, progress=False).model
+    torch.save({"full": full.state_dict(), "resumed": resumed.state_dict()}, out_dir / f"resume{rank}.pt")
+
+
 def worker(out_dir: Path) -> None:
     torch.set_num_threads(1)
     rank = int(os.environ["RANK"])
@@ -98,7 +133,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(out_dir: Path) -> None:
+def launch(out_dir: Path, mode: str = "match") -> None:
     env = {
         **os.environ,
         "MASTER_ADDR": "127.0.0.1",
@@ -109,7 +144,7 @@ def launch(out_dir: Path) -> None:
     }
     procs = [
         subprocess.Popen(
-            [sys.executable, __file__, str(out_dir)],
+            [sys.executable, __file__, str(out_dir), mode],
             env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -167,5 +202,37 @@ def test_two_processes_match_one_process(tmp_path, monkeypatch):
         assert torch.equal(value, ranks[0]["state"][key])
 
 
+def test_resume_under_ddp_is_bit_identical(tmp_path):
+    launch(tmp_path, mode="resume")
+    runs = [torch.load(tmp_path / f"resume{r}.pt", weights_only=True) for r in range(WORLD)]
+    for run in runs:
+        for key, value in run["full"].items():
+            assert torch.equal(value, run["resumed"][key]), key
+    saved = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    # each process drew its own dropout masks: their RNG states differ and both were saved
+    assert not torch.equal(saved["rng"][0]["torch"], saved["rng"][1]["torch"])
+
+
+@pytest.mark.slow
+def test_under_torchrun_standalone(tmp_path):
+    """The documented launcher itself: ``torchrun --standalone --nproc_per_node=2`` (slower: an elastic agent)."""
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(p for p in [str(REPO), os.environ.get("PYTHONPATH", "")] if p),
+    }
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}", __file__]
+    done = subprocess.run([*cmd, str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    assert [r["main"] for r in ranks] == [True, False]
+    for key, value in ranks[0]["state"].items():
+        assert torch.equal(value, ranks[1]["state"][key]), key
+
+
 if __name__ == "__main__":
-    worker(Path(sys.argv[1]))
+    torch.set_num_threads(1)
+    if sys.argv[2:] == ["resume"]:
+        resume_worker(Path(sys.argv[1]))
+    else:
+        worker(Path(sys.argv[1]))

@@ -159,13 +159,13 @@ def gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
     return out
 
 
-def broadcast_flag(flag: bool, ctx: DistContext) -> bool:
-    """Rank 0's ``flag`` on every process."""
+def broadcast_object(obj: Any, ctx: DistContext) -> Any:
+    """Rank 0's ``obj`` on every process (every process waits for rank 0 to get here)."""
     if not ctx.enabled:
-        return flag
-    box = [flag]
+        return obj
+    box = [obj]
     dist.broadcast_object_list(box, src=0)
-    return bool(box[0])
+    return box[0]
 
 
 __all__ = [
@@ -180,5 +180,5 @@ __all__ = [
     "average_gradients",
     "broadcast_buffers",
     "gather_objects",
-    "broadcast_flag",
+    "broadcast_object",
 ]

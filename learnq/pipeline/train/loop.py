@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
-from learnq.errors import ConfigError, DataError
+from learnq.errors import CheckpointError, ConfigError, DataError
 from learnq.pipeline.train import distributed as D
 from learnq.pipeline.train.config import Callback, LossTerm, TrainConfig, TrainResult
 from learnq.pipeline.train.evaluate import eval_sums, metrics_from_sums, split_batch, task_loss
@@ -209,26 +209,34 @@ def _run(
             rng = capture_rng_state({"loader": loader_gen})
             if checkpoint_dir is not None:
                 rngs = D.gather_objects(rng, ctx)
+                error = None
                 if ctx.is_main:
-                    save_state(
-                        checkpoint_dir,
-                        {
-                            "epoch": epoch + 1,
-                            "config": config.to_dict(),
-                            "world_size": ctx.world_size,
-                            "model": raw.state_dict(),
-                            "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                            "rng": rngs,
-                            "history": history,
-                        },
-                    )
+                    try:
+                        save_state(
+                            checkpoint_dir,
+                            {
+                                "epoch": epoch + 1,
+                                "config": config.to_dict(),
+                                "world_size": ctx.world_size,
+                                "model": raw.state_dict(),
+                                "optimizer": optimizer.state_dict(),
+                                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                                "rng": rngs,
+                                "history": history,
+                            },
+                        )
+                    except CheckpointError as exc:
+                        error = str(exc)
+                # every process waits until the checkpoint is on disk (a resume right after must read this one)
+                error = D.broadcast_object(error, ctx)
+                if error is not None:
+                    raise CheckpointError(error)
             if callbacks:
                 stop = False
                 for cb in callbacks:
                     stop = cb({**record, "extra": dict(record["extra"])}, raw) is True or stop
                 restore_rng_state(rng, {"loader": loader_gen})  # callbacks must not change the run's randomness
-                if D.broadcast_flag(stop, ctx):
+                if D.broadcast_object(stop, ctx):
                     break
     finally:
         epoch_bar.close()

@@ -138,6 +138,12 @@ def restore_training(
     state = load_state(checkpoint_dir)
     check_resumable(state["config"], config.to_dict(), path)
     epoch = int(state["epoch"])
+    epochs_seen = D.gather_objects(epoch, ctx)
+    if len(set(epochs_seen)) != 1:
+        raise CheckpointError(
+            f"the processes read different checkpoints from {path!r} (epochs {epochs_seen}); checkpoint_dir must be "
+            "one folder that every process sees (a shared file system)"
+        )
     if epoch > config.epochs:
         raise ConfigError(f"the checkpoint {path!r} is at epoch {epoch}, past config.epochs={config.epochs}")
     try:
