@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -110,8 +110,8 @@ class TrainResult:
     during the epoch) and ``seconds``.
     """
 
-    history: list[dict] = field(default_factory=list)
-    model: nn.Module | None = None
+    history: list[dict]
+    model: nn.Module
 
 
 def _int(value: Any, name: str, minimum: int) -> None:

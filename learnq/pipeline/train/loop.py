@@ -33,34 +33,21 @@ _EVAL_BATCH = 256
 
 
 class _Closure:
-    """One step's closure: zero grads, forward, task loss + extra terms, backward, sync, clip; remembers the first
-    call's loss, correct count and terms."""
+    """One step's closure: zero grads, forward, task loss + extra terms, backward, sync, clip. Keeps the first call's
+    (loss, correct count, extra terms): the statistics at the step's weights."""
 
-    def __init__(
-        self,
-        net: nn.Module,
-        raw: nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        extras: Mapping[str, LossTerm],
-        optimizer: torch.optim.Optimizer,
-        external: list[torch.Tensor],
-        params: list[torch.Tensor],
-        grad_clip: float | None,
-        ctx: D.DistContext,
-    ) -> None:
-        self.net, self.raw, self.x, self.y, self.extras = net, raw, x, y, extras
-        self.optimizer, self.external, self.params = optimizer, external, params
-        self.grad_clip, self.ctx = grad_clip, ctx
+    def __init__(self, trainer: _Trainer, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.trainer, self.x, self.y = trainer, x, y
         self.first: tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]] | None = None
 
     def __call__(self) -> torch.Tensor:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss, correct = task_loss(self.net(self.x), self.y)
+        t = self.trainer
+        t.optimizer.zero_grad(set_to_none=True)
+        loss, correct = task_loss(t.net(self.x), self.y)
         total = loss
         terms = []
-        for name, fn in self.extras.items():
-            term = fn(self.raw)
+        for name, fn in t.extras.items():
+            term = fn(t.model)
             if not isinstance(term, torch.Tensor) or term.numel() != 1:
                 shape = tuple(term.shape) if isinstance(term, torch.Tensor) else type(term).__name__
                 raise ConfigError(f"extra loss {name!r} must return a scalar tensor, got {shape}")
@@ -68,9 +55,9 @@ class _Closure:
             terms.append(term.detach())
             total = total + term
         total.backward()
-        D.average_gradients(self.external, self.ctx)
-        if self.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        D.average_gradients(t.external, t.ctx)
+        if t.config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(t.params, t.config.grad_clip)
         if self.first is None:
             self.first = (loss.detach(), correct, terms)
         return total.detach()
@@ -112,209 +99,166 @@ def train(
     if test_set is not None:
         _check_dataset(test_set, "test_set")
     ctx = D.setup_distributed(config.device)
-    return _run(
-        model,
-        train_set,
-        config,
-        ctx,
-        test_set,
-        extras,
-        extra_params,
-        checkpoint_dir,
-        resume,
-        progress,
-        optimizer_wrapper,
-        list(callbacks or []),
-    )
+    trainer = _Trainer(model, train_set, config, ctx, test_set, extras, extra_params, optimizer_wrapper, progress)
+    return trainer.fit(checkpoint_dir, resume, list(callbacks or []))
 
 
-def _run(
-    model: nn.Module,
-    train_set: Dataset,
-    config: TrainConfig,
-    ctx: D.DistContext,
-    test_set: Dataset | None,
-    extras: dict[str, LossTerm],
-    extra_params: list[dict] | None,
-    checkpoint_dir: str | None,
-    resume: bool,
-    progress: bool,
-    optimizer_wrapper: Callable | None,
-    callbacks: list[Callback],
-) -> TrainResult:
-    if config.batch_size % ctx.world_size:
-        raise ConfigError(
-            f"batch_size={config.batch_size} (the global batch) must be divisible by the {ctx.world_size} processes"
-        )
-    set_seed(config.seed + ctx.rank)
-    device = ctx.device
-    raw = model.to(device)
-    optimizer, external = build_optimizer(raw, config, extra_params)
-    scheduler = build_scheduler(optimizer, config)
-    stepper = optimizer if optimizer_wrapper is None else optimizer_wrapper(optimizer, raw)
-    if not callable(getattr(stepper, "step", None)):
-        raise ConfigError("optimizer_wrapper must return an object with a step(closure) method")
-    params = [p for g in optimizer.param_groups for p in g["params"]]
+class _Trainer:
+    """Everything one run holds: model (and its DDP wrapper), optimizer (and its wrapper), schedule, data, RNGs."""
 
-    sampler = DistributedSampler(
-        train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=config.seed, drop_last=False
-    )
-    loader_gen = make_generator(config.seed)
-    loader = DataLoader(
-        train_set,
-        batch_size=config.batch_size // ctx.world_size,
-        sampler=sampler,
-        generator=loader_gen,
-        pin_memory=device.type == "cuda",
-    )
-
-    history: list[dict] = []
-    start = 0
-    if resume:
-        assert checkpoint_dir is not None  # checked in train()
-        start, history = restore_training(checkpoint_dir, config, ctx, raw, optimizer, scheduler, loader_gen)
-
-    net: nn.Module = raw
-    if ctx.enabled:
-        net = DistributedDataParallel(
-            raw,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=config.ddp_find_unused_parameters,
-        )
-
-    show = progress and ctx.is_main and sys.stderr.isatty()
-    epoch_bar = tqdm(total=config.epochs, initial=start, desc="train", unit="epoch", disable=not show)
-    try:
-        for epoch in range(start, config.epochs):
-            record = _train_epoch(
-                epoch,
-                net,
-                raw,
-                loader,
-                sampler,
-                config,
-                ctx,
-                optimizer,
-                stepper,
-                scheduler,
-                extras,
-                external,
-                params,
-                test_set,
-                show,
-            )
-            history.append(record)
-            epoch_bar.update(1)
-            epoch_bar.set_postfix(loss=f"{record['train_loss']:.4g}", acc=f"{record['train_acc']:.3f}")
-            rng = capture_rng_state({"loader": loader_gen})
-            if checkpoint_dir is not None:
-                rngs = D.gather_objects(rng, ctx)
-                error = None
-                if ctx.is_main:
-                    try:
-                        save_state(
-                            checkpoint_dir,
-                            {
-                                "epoch": epoch + 1,
-                                "config": config.to_dict(),
-                                "world_size": ctx.world_size,
-                                "model": raw.state_dict(),
-                                "optimizer": optimizer.state_dict(),
-                                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                                "rng": rngs,
-                                "history": history,
-                            },
-                        )
-                    except CheckpointError as exc:
-                        error = str(exc)
-                # every process waits until the checkpoint is on disk (a resume right after must read this one)
-                error = D.broadcast_object(error, ctx)
-                if error is not None:
-                    raise CheckpointError(error)
-            if callbacks:
-                stop = False
-                for cb in callbacks:
-                    stop = cb({**record, "extra": dict(record["extra"])}, raw) is True or stop
-                restore_rng_state(rng, {"loader": loader_gen})  # callbacks must not change the run's randomness
-                if D.broadcast_object(stop, ctx):
-                    break
-    finally:
-        epoch_bar.close()
-    return TrainResult(history=history, model=raw)
-
-
-def _train_epoch(
-    epoch: int,
-    net: nn.Module,
-    raw: nn.Module,
-    loader: DataLoader,
-    sampler: DistributedSampler,
-    config: TrainConfig,
-    ctx: D.DistContext,
-    optimizer: torch.optim.Optimizer,
-    stepper: Any,
-    scheduler: Any,
-    extras: dict[str, LossTerm],
-    external: list[torch.Tensor],
-    params: list[torch.Tensor],
-    test_set: Dataset | None,
-    show: bool,
-) -> dict:
-    t0 = time.perf_counter()
-    device = ctx.device
-    sampler.set_epoch(epoch)  # the epoch's permutation: torch.randperm seeded with seed + epoch
-    net.train()
-    lr = float(optimizer.param_groups[0]["lr"])
-    # [sum of loss·n, correct, n, steps, sum of each extra term over steps]
-    sums = torch.zeros(4 + len(extras), dtype=torch.float64, device=device)
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False, disable=not show)
-    for i, batch in enumerate(bar):
-        x, y = split_batch(batch)
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
-        closure = _Closure(net, raw, x, y, extras, optimizer, external, params, config.grad_clip, ctx)
-        stepper.step(closure)
-        if closure.first is None:
+    def __init__(
+        self,
+        model: nn.Module,
+        train_set: Dataset,
+        config: TrainConfig,
+        ctx: D.DistContext,
+        test_set: Dataset | None,
+        extras: dict[str, LossTerm],
+        extra_params: list[dict] | None,
+        optimizer_wrapper: Callable | None,
+        progress: bool,
+    ) -> None:
+        if config.batch_size % ctx.world_size:
             raise ConfigError(
-                "the optimizer's step(closure) never called the closure; an optimizer_wrapper must "
-                "call closure() (zero grads, forward, backward) before stepping"
+                f"batch_size={config.batch_size} (the global batch) must be divisible by the {ctx.world_size} processes"
             )
-        loss, correct, terms = closure.first
-        n = x.shape[0]
-        sums[0] += loss.double() * n
-        sums[1] += correct
-        sums[2] += n
-        sums[3] += 1
-        for k, term in enumerate(terms):
-            sums[4 + k] += term.double()
-        if show and i % 10 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4g}")
-    bar.close()
-    if scheduler is not None:
-        scheduler.step()
-    D.all_reduce_sum(sums, ctx)
-    totals = sums.tolist()
-    D.broadcast_buffers(raw, ctx)
-    record: dict[str, Any] = {
-        "epoch": epoch + 1,
-        "train_loss": totals[0] / totals[2],
-        "train_acc": totals[1] / totals[2],
-        "test_loss": None,
-        "test_acc": None,
-        "extra": {name: totals[4 + k] / totals[3] for k, name in enumerate(extras)},
-        "lr": lr,
-    }
-    bad = [k for k, v in [("train_loss", record["train_loss"]), *record["extra"].items()] if not math.isfinite(v)]
-    if bad:
-        raise ConfigError(
-            f"training diverged in epoch {epoch + 1}: {bad} not finite; lower lr (now {config.lr}) or set grad_clip "
-            "(the checkpoint of the previous epoch is left as it was)"
+        set_seed(config.seed + ctx.rank)
+        self.config, self.ctx, self.test_set, self.extras = config, ctx, test_set, extras
+        self.model = model.to(ctx.device)  # the model itself; self.net is what the forward pass goes through
+        self.optimizer, self.external = build_optimizer(self.model, config, extra_params)
+        self.scheduler = build_scheduler(self.optimizer, config)
+        self.stepper = self.optimizer if optimizer_wrapper is None else optimizer_wrapper(self.optimizer, self.model)
+        if not callable(getattr(self.stepper, "step", None)):
+            raise ConfigError("optimizer_wrapper must return an object with a step(closure) method")
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        # rank r takes positions r, r+N, ... of the epoch's permutation (torch.randperm seeded with seed + epoch)
+        self.sampler = DistributedSampler(
+            train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=config.seed, drop_last=False
         )
-    if test_set is not None:
-        metrics = _evaluate_sharded(raw, test_set, ctx)
-        record["test_loss"], record["test_acc"] = metrics["loss"], metrics["accuracy"]
-    record["seconds"] = time.perf_counter() - t0
-    return record
+        self.loader_gen = make_generator(config.seed)
+        self.loader = DataLoader(
+            train_set,
+            batch_size=config.batch_size // ctx.world_size,
+            sampler=self.sampler,
+            generator=self.loader_gen,
+            pin_memory=ctx.device.type == "cuda",
+        )
+        self.net: nn.Module = self.model
+        self.show = progress and ctx.is_main and sys.stderr.isatty()
+
+    def fit(self, checkpoint_dir: str | None, resume: bool, callbacks: list[Callback]) -> TrainResult:
+        config, ctx = self.config, self.ctx
+        history: list[dict] = []
+        start = 0
+        if resume and checkpoint_dir is not None:
+            start, history = restore_training(
+                checkpoint_dir, config, ctx, self.model, self.optimizer, self.scheduler, self.loader_gen
+            )
+        if ctx.enabled:  # after loading: DDP starts every process from rank 0's weights and buffers
+            self.net = DistributedDataParallel(
+                self.model,
+                device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+                find_unused_parameters=config.ddp_find_unused_parameters,
+            )
+        bar = tqdm(total=config.epochs, initial=start, desc="train", unit="epoch", disable=not self.show)
+        try:
+            for epoch in range(start, config.epochs):
+                record = self.train_epoch(epoch)
+                history.append(record)
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['train_loss']:.4g}", acc=f"{record['train_acc']:.3f}")
+                rng = capture_rng_state({"loader": self.loader_gen})
+                if checkpoint_dir is not None:
+                    self.save(checkpoint_dir, epoch + 1, history, rng)
+                if callbacks:
+                    stop = False
+                    for cb in callbacks:
+                        stop = cb({**record, "extra": dict(record["extra"])}, self.model) is True or stop
+                    restore_rng_state(rng, {"loader": self.loader_gen})  # callbacks must not change the randomness
+                    if D.broadcast_object(stop, ctx):
+                        break
+        finally:
+            bar.close()
+        return TrainResult(history=history, model=self.model)
+
+    def train_epoch(self, epoch: int) -> dict:
+        t0 = time.perf_counter()
+        config, ctx = self.config, self.ctx
+        self.sampler.set_epoch(epoch)
+        self.net.train()
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        # [sum of loss·n, correct, n, steps, sum over steps of each extra term]
+        sums = torch.zeros(4 + len(self.extras), dtype=torch.float64, device=ctx.device)
+        desc = f"epoch {epoch + 1}/{config.epochs}"
+        bar = tqdm(self.loader, desc=desc, unit="batch", leave=False, disable=not self.show)
+        for i, batch in enumerate(bar):
+            x, y = split_batch(batch)
+            closure = _Closure(self, x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True))
+            self.stepper.step(closure)
+            if closure.first is None:
+                raise ConfigError(
+                    "the optimizer's step(closure) never called the closure; an optimizer_wrapper must call "
+                    "closure() (zero grads, forward, backward) before stepping"
+                )
+            loss, correct, terms = closure.first
+            n = x.shape[0]
+            sums[0] += loss.double() * n
+            sums[1] += correct
+            sums[2] += n
+            sums[3] += 1
+            for k, term in enumerate(terms):
+                sums[4 + k] += term.double()
+            if self.show and i % 10 == 0:
+                bar.set_postfix(loss=f"{loss.item():.4g}")
+        bar.close()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        totals = D.all_reduce_sum(sums, ctx).tolist()
+        D.broadcast_buffers(self.model, ctx)
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train_loss": totals[0] / totals[2],
+            "train_acc": totals[1] / totals[2],
+            "test_loss": None,
+            "test_acc": None,
+            "extra": {name: totals[4 + k] / totals[3] for k, name in enumerate(self.extras)},
+            "lr": lr,
+        }
+        bad = [k for k, v in [("train_loss", record["train_loss"]), *record["extra"].items()] if not math.isfinite(v)]
+        if bad:
+            raise ConfigError(
+                f"training diverged in epoch {epoch + 1}: {bad} not finite; lower lr (now {config.lr}) or set "
+                "grad_clip (the checkpoint of the previous epoch is left as it was)"
+            )
+        if self.test_set is not None:
+            metrics = _evaluate_sharded(self.model, self.test_set, ctx)
+            record["test_loss"], record["test_acc"] = metrics["loss"], metrics["accuracy"]
+        record["seconds"] = time.perf_counter() - t0
+        return record
+
+    def save(self, checkpoint_dir: str, epoch: int, history: list[dict], rng: dict) -> None:
+        """Rank 0 writes ``last.pt`` with every process's RNG state; every process waits until it is on disk (a
+        resume right after must read this one) and raises if writing failed."""
+        rngs = D.gather_objects(rng, self.ctx)
+        error = None
+        if self.ctx.is_main:
+            state = {
+                "epoch": epoch,
+                "config": self.config.to_dict(),
+                "world_size": self.ctx.world_size,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "rng": rngs,
+                "history": history,
+            }
+            try:
+                save_state(checkpoint_dir, state)
+            except CheckpointError as exc:
+                error = str(exc)
+        error = D.broadcast_object(error, self.ctx)
+        if error is not None:
+            raise CheckpointError(error)
 
 
 def _evaluate_sharded(raw: nn.Module, dataset: Dataset, ctx: D.DistContext) -> dict:
