@@ -1,0 +1,353 @@
+"""``learnq.prepare``: attach a training-time quantizer (STE, LSQ, nested, DiffQ) to a model's parameters in place,
+and the handle that trains, measures, freezes and removes them (DESIGN.md, "QAT"; METHODS.md sections 4-6).
+
+Plain PyTorch, in a few lines::
+
+    handle = learnq.prepare(model, learnq.DiffQ(group_size=8))
+    model_params, _ = handle.split_parameters()
+    opt = torch.optim.Adam([{"params": model_params}, *handle.param_groups()], lr=1e-3)
+    for x, y in loader:
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y) + handle.loss()     # DiffQ: + λ·M(b); nested: + γ-weighted terms
+        loss.backward()
+        opt.step()
+    model.eval(); print(handle.true_size_mb())
+    handle.freeze()                     # every quantizer -> a frozen QuantizedWeight; eval output unchanged
+    learnq.save(model, "model.safetensors")
+
+The quantizers are submodules of the model (``model.parameters()`` holds the bits logits, steps and scales), so the
+optimizer must not see them twice: give ``split_parameters()[0]`` to the model's group and ``param_groups()`` as
+extra groups (weight decay 0, the method's own lr). learnq's trainer does this when given
+``extra_params=handle.param_groups()`` and ``extra_losses={"qat": lambda m: handle.loss()}``.
+
+Under DDP (``torchrun``): prepare the model first, then wrap it in ``DistributedDataParallel``; the handle's
+forward hooks are on the model itself, which DDP calls. Tied parameters (one Parameter held by several modules)
+get one shared quantizer registered on every holder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from learnq.attach import Selection, bits_for, select_parameters
+from learnq.errors import ConfigError
+from learnq.grid import QuantizedTensor
+from learnq.quantized import QuantizedWeight, get_module, split_name
+from learnq.quantizers import QAT_METHODS
+from learnq.quantizers.base import ClockPostHook, ClockPreHook, ForwardClock, QATConfig, WeightQuantizer
+from learnq.quantizers.diffq import MB_BITS, DiffQ
+from learnq.quantizers.losses import nested_loss
+from learnq.quantizers.nested import Nested, NestedQuantizer
+
+Holder = tuple[str, nn.Module, str]  # (module name, module, attribute)
+
+
+@dataclass
+class Attachment:
+    """One quantized Parameter: its primary name, its quantizer and every (module, attribute) that holds it."""
+
+    name: str
+    quantizer: WeightQuantizer
+    holders: list[Holder]
+    original: nn.Parameter
+
+
+def _holders_index(model: nn.Module) -> dict[int, list[Holder]]:
+    """id(Parameter) -> every (module name, module, attribute) holding it, plain or as a parametrization's original."""
+    index: dict[int, list[Holder]] = {}
+    seen: set[tuple[int, str]] = set()  # a module reached under two names is one holder
+
+    def add(p: torch.Tensor, holder: Holder) -> None:
+        key = (id(holder[1]), holder[2])
+        if key not in seen:
+            seen.add(key)
+            index.setdefault(id(p), []).append(holder)
+
+    for mname, module in model.named_modules(remove_duplicate=False):
+        if isinstance(module, parametrize.ParametrizationList) or ".parametrizations." in f".{mname}.":
+            continue  # the parametrizations' own tensors (``original``, a quantizer's logits) are not holders
+        for attr, p in module._parameters.items():
+            if p is not None:
+                add(p, (mname, module, attr))
+        if parametrize.is_parametrized(module):
+            for attr, plist in module.parametrizations.items():  # type: ignore[union-attr]
+                add(plist.original, (mname, module, attr))
+    return index
+
+
+def _chain(module: nn.Module, attr: str) -> list[nn.Module]:
+    if parametrize.is_parametrized(module, attr):
+        return list(module.parametrizations[attr])  # type: ignore[index]
+    return []
+
+
+def _original(model: nn.Module, name: str) -> tuple[nn.Module, str, nn.Parameter]:
+    module_name, attr = split_name(name)
+    module = get_module(model, module_name)
+    if parametrize.is_parametrized(module, attr):
+        original = module.parametrizations[attr].original  # type: ignore[index]
+    else:
+        original = module._parameters.get(attr)
+    if not isinstance(original, nn.Parameter):
+        raise ConfigError(f"{name!r} is not a Parameter of the model; learnq.prepare quantizes Parameters only")
+    return module, attr, original
+
+
+def _resolve(config: QATConfig | Mapping[str, Any] | str) -> QATConfig:
+    if isinstance(config, QATConfig):
+        return config
+    if isinstance(config, str):
+        if config not in QAT_METHODS:
+            raise ConfigError(f"QAT method {config!r} is unknown; use one of {', '.join(QAT_METHODS)}")
+        return QAT_METHODS[config]()
+    if isinstance(config, Mapping):
+        return QATConfig.from_dict(config)
+    raise ConfigError(f"method_config must be a QAT config (learnq.STE, LSQ, Nested, DiffQ), a dict or a method "
+                      f"name, got {type(config).__name__}")
+
+
+def prepare(model: nn.Module, method_config: QATConfig | Mapping[str, Any] | str, *,
+            selection: Selection | None = None) -> QuantHandle:
+    """Attach ``method_config``'s quantizer to the selected parameters of ``model`` (in place); return the handle.
+
+    selection: which parameters (default: ``method_config.selection``, else the method's default: every linear
+    and conv weight, plus biases for the nested layer). Raises ConfigError if a parameter already has a quantizer
+    or a tied parameter is parametrized differently in its holders; ModelError if nothing is selected.
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    config = _resolve(method_config)
+    if selection is not None and not isinstance(selection, Selection):
+        raise ConfigError(f"selection must be a learnq.attach.Selection, got {type(selection).__name__}")
+    sel = selection or config.selection or config.default_selection()
+    names = select_parameters(model, sel)
+    index = _holders_index(model)
+    clock = ForwardClock()
+    plans: list[tuple[str, nn.Parameter, list[Holder], list[nn.Module]]] = []
+    aliases: dict[str, str] = {}
+    by_param: dict[int, str] = {}
+    for name in names:
+        module, attr, original = _original(model, name)
+        if id(original) in by_param:
+            aliases[name] = by_param[id(original)]
+            continue
+        chain = _chain(module, attr)
+        if chain and any(hasattr(p, "export_quantized") for p in chain):
+            raise ConfigError(f"parameter {name!r} already has a quantizer ({type(chain[-1]).__name__}); call "
+                              "handle.remove() (or handle.freeze()) before preparing it again")
+        holders = index.get(id(original), [(split_name(name)[0], module, attr)])
+        for hname, hmod, hattr in holders:
+            other = _chain(hmod, hattr)
+            if len(other) != len(chain) or any(a is not b for a, b in zip(other, chain, strict=False)):
+                raise ConfigError(
+                    f"tied parameter {name!r} is also held by '{hname}.{hattr}' with different parametrizations "
+                    f"({[type(p).__name__ for p in chain]} vs {[type(p).__name__ for p in other]}); parametrize "
+                    "every holder the same way before learnq.prepare")
+        by_param[id(original)] = name
+        plans.append((name, original, holders, chain))
+    attachments: list[Attachment] = []
+    for name, original, holders, chain in plans:
+        with torch.no_grad():
+            x = original
+            for p in chain:
+                x = p(x)
+        bits = bits_for(name, None, config.bits_overrides)  # type: ignore[arg-type]
+        q = config.build(name, x.detach(), bits)
+        q.name = name
+        q._sources = [original, *[t for p in chain for t in (*p.parameters(), *p.buffers())]]
+        q._pre = list(chain)
+        q._clock = clock
+        q.train(model.training)
+        clock.members.append(q)
+        for _, hmod, hattr in holders:
+            parametrize.register_parametrization(hmod, hattr, q, unsafe=True)
+        attachments.append(Attachment(name, q, holders, original))
+    hooks = [model.register_forward_pre_hook(ClockPreHook(clock)),
+             model.register_forward_hook(ClockPostHook(clock), always_call=True)]
+    return QuantHandle(model, config, attachments, aliases, hooks)
+
+
+class QuantHandle:
+    """What :func:`prepare` returns: the quantizers, their sizes, their loss and optimizer groups, freeze/remove."""
+
+    def __init__(self, model: nn.Module, config: QATConfig, attachments: list[Attachment], aliases: dict[str, str],
+                 hooks: list[Any]) -> None:
+        self.model = model
+        self.config = config
+        self.attachments = attachments
+        self.aliases = dict(aliases)
+        self._hooks = hooks
+        self._closed: str | None = None
+
+    # -- views --------------------------------------------------------------------------------------------------
+    @property
+    def quantizers(self) -> dict[str, WeightQuantizer]:
+        """Primary parameter name -> its quantizer (a tied parameter appears once; see ``aliases``)."""
+        return {a.name: a.quantizer for a in self.attachments}
+
+    def _check_open(self, what: str) -> None:
+        if self._closed is not None:
+            raise ConfigError(f"handle.{what}(): this handle was already {self._closed}; prepare the model again")
+
+    def _device(self) -> torch.device:
+        return self.attachments[0].original.device if self.attachments else torch.device("cpu")
+
+    def _float_bits(self) -> int:
+        """Bits of the model's parameters that are not quantized (stored as they are)."""
+        quantized = {id(a.original) for a in self.attachments}
+        aux = {id(p) for a in self.attachments for p in a.quantizer.parameters()}
+        total = 0
+        for name, p in self.model.named_parameters():
+            if id(p) in quantized or id(p) in aux:
+                continue
+            if ".parametrizations." in f".{name}" and not name.endswith(".original"):
+                continue  # parameters of other parametrizations (SatNL's a): training-time only
+            total += p.numel() * p.element_size() * 8
+        return total
+
+    # -- sizes and loss ------------------------------------------------------------------------------------------
+    def size_mb(self, include_float: bool = True) -> torch.Tensor:
+        """Model size in MB as the method trains it: DiffQ's Eq. 8 (differentiable in the bits logits), the true
+        size for the other methods; plus the unquantized parameters at their dtype's width if ``include_float``."""
+        self._check_open("size_mb")
+        total = torch.zeros((), device=self._device())
+        for a in self.attachments:
+            total = total + a.quantizer.size_bits().to(total.device)
+        if include_float:
+            total = total + float(self._float_bits())
+        return total / MB_BITS
+
+    def true_size_mb(self, include_float: bool = True) -> float:
+        """Size in MB of the exported model (DiffQ: Eq. 12 per tensor; others: codes plus float32 steps), plus the
+        unquantized parameters if ``include_float``."""
+        self._check_open("true_size_mb")
+        bits = sum(a.quantizer.true_size_bits() for a in self.attachments)
+        if include_float:
+            bits += self._float_bits()
+        return bits / MB_BITS
+
+    def loss(self) -> torch.Tensor:
+        """The method's extra loss: DiffQ ``penalty·M(b)`` (quantized parameters only), nested the γ-weighted
+        custom terms, 0 otherwise. Call it after the model's forward (DiffQ detaches unused parameters' bits)."""
+        self._check_open("loss")
+        cfg = self.config
+        zero = torch.zeros((), device=self._device())
+        if isinstance(cfg, DiffQ) and cfg.penalty:
+            bits = sum((a.quantizer.size_bits() for a in self.attachments), zero)
+            return cfg.penalty * bits / MB_BITS
+        if isinstance(cfg, Nested) and (cfg.gamma_inverse or cfg.gamma_bins or cfg.gamma_deviation):
+            items = [(a.quantizer, a.quantizer.current_input()) for a in self.attachments
+                     if isinstance(a.quantizer, NestedQuantizer)]
+            if items:
+                return nested_loss(items, cfg.gamma_inverse, cfg.gamma_bins, cfg.gamma_deviation)
+        return zero
+
+    # -- optimizer ----------------------------------------------------------------------------------------------
+    def quantizer_parameters(self) -> list[nn.Parameter]:
+        """The quantizers' trainable tensors (bits logits, steps, scales), each once."""
+        out: dict[int, nn.Parameter] = {}
+        for a in self.attachments:
+            for p in a.quantizer.quant_parameters():
+                out.setdefault(id(p), p)
+        return list(out.values())
+
+    def param_groups(self, lr: float | None = None, **options: Any) -> list[dict]:
+        """Extra optimizer groups for :meth:`quantizer_parameters`: weight decay 0 and ``lr`` (default: the method's
+        own, DiffQ 1e-3 and nested 1e-4 as in their references; LSQ the model's lr). Empty if there are none."""
+        self._check_open("param_groups")
+        params = self.quantizer_parameters()
+        if not params:
+            return []
+        group: dict[str, Any] = {"params": params, "weight_decay": 0.0}
+        lr = lr if lr is not None else self.config.default_lr
+        if lr is not None:
+            group["lr"] = lr
+        group.update(options)
+        return [group]
+
+    def split_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(the model's own trainable parameters without the quantizers', the quantizers' parameters)."""
+        quant = self.quantizer_parameters()
+        ids = {id(p) for p in quant}
+        return [p for p in self.model.parameters() if p.requires_grad and id(p) not in ids], quant
+
+    # -- export, freeze, remove ---------------------------------------------------------------------------------
+    def export(self) -> dict[str, QuantizedTensor]:
+        """Primary name -> the quantized tensor each quantizer exports now."""
+        self._check_open("export")
+        return {a.name: a.quantizer.export_quantized() for a in self.attachments}
+
+    def invalidate(self) -> None:
+        """Drop every cached eval tensor (after changing weights through ``.data`` in eval mode)."""
+        for a in self.attachments:
+            a.quantizer.invalidate()
+
+    def freeze(self) -> dict[str, QuantizedTensor]:
+        """Replace every quantizer (and the parametrizations before it) by a frozen
+        :class:`learnq.quantized.QuantizedWeight` holding its exported tensor; the eval output is unchanged bit
+        for bit. Returns the exported tensors. The handle is closed afterwards."""
+        self._check_open("freeze")
+        exported = self.export()
+        for a in self.attachments:
+            qt = exported[a.name]
+            frozen = QuantizedWeight(qt).to(a.original.device)
+            for _, module, attr in a.holders:
+                if parametrize.is_parametrized(module, attr):
+                    parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
+            with torch.no_grad():
+                a.original.data = qt.dequantize().to(device=a.original.device, dtype=a.original.dtype)
+            for _, module, attr in a.holders:
+                parametrize.register_parametrization(module, attr, frozen, unsafe=True)
+        self._close("frozen")
+        return exported
+
+    def remove(self) -> None:
+        """Take the quantizers off (earlier parametrizations such as SatNL stay); the weights keep their trained
+        float values. The handle is closed afterwards."""
+        self._check_open("remove")
+        for a in self.attachments:
+            for _, module, attr in a.holders:
+                plist = module.parametrizations[attr]  # type: ignore[index]
+                idx = next(i for i, p in enumerate(plist) if p is a.quantizer)
+                if len(plist) == 1:
+                    parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
+                else:
+                    del plist[idx]
+        self._close("removed")
+
+    def _close(self, why: str) -> None:
+        for h in self._hooks:
+            h.remove()
+        for a in self.attachments:
+            a.quantizer.invalidate()
+            a.quantizer._clock = None
+        self._closed = why
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """Per quantized parameter: method, shape, true size in bits and (DiffQ) mean rounded bits / (nested)
+        code bits; for reports and the DiffQ bits histogram (Fig. 3)."""
+        out: dict[str, dict[str, Any]] = {}
+        for a in self.attachments:
+            q = a.quantizer
+            row: dict[str, Any] = {"method": q.method, "shape": list(q.shape), "true_bits": q.true_size_bits()}
+            if hasattr(q, "rounded_bits"):
+                row["bits"] = q.rounded_bits().tolist()  # type: ignore[operator]
+            elif isinstance(q, NestedQuantizer):
+                row["bits"] = q.bits()
+            else:
+                row["bits"] = getattr(q, "bits", None)
+            out[a.name] = row
+        return out
+
+    def __repr__(self) -> str:
+        state = f", {self._closed}" if self._closed else ""
+        return f"QuantHandle({self.config.method}, {len(self.attachments)} parameters{state})"
+
+
+__all__ = ["prepare", "QuantHandle", "Attachment"]

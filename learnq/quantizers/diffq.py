@@ -1,0 +1,194 @@
+"""DiffQ: differentiable model compression via pseudo quantization noise (Défossez, Adi, Synnaeve, TMLR 2022;
+seeds/003 §4, Eq. 6, 8, 10, 11, 12; METHODS.md section 4).
+
+Training (Eq. 6): ``ŵ = w + (Δ/2)·ε`` with ``ε ~ N(0, 1)`` (default; the paper's choice in every experiment) or
+``U[-1, 1]``, ``Δ = (max(w) - min(w)) / (2^b - 1)``, the range taken per tensor and differentiable, ``b`` per group
+of ``g`` consecutive weights (flattened, C order; the last group may be partial):
+
+    b = b_min + σ(l)·(b_max - b_min)                         (Eq. 11; l initialised so that b = init_bits)
+    M(b) = (1/2^23) · Σ_s n_s·b_s   MB                      (Eq. 8; n_s = g except for a partial last group)
+
+The loss is ``task + λ·M(b)`` (Eq. 10, ``handle.loss()``). Differentiable in ``w`` and ``b``: no STE.
+
+Evaluation: ``b̃ = round(b)``, real affine quantization on the tensor's min-max range with each group's own width:
+``scale_s = (max - min)/(2^b̃_s - 1)``, ``offset = min``, codes ``round((w - min)/scale_s)`` in ``[0, 2^b̃_s - 1]``,
+exported with ``QuantizedTensor.group_bits = b̃``. True size per tensor (Eq. 12):
+
+    (2·32 + 8 + (d/g)·max(C) + Σ_s n_s·b̃_s) bits,   C = ceil(log2(1 + max_s b̃_s - b_min))
+
+(Eq. 12 writes ``max_s log2(1 + b̃_s - b_min)``; a width must be a whole number of bits, so it is rounded up.)
+
+Fixes of the reference package's defects (METHODS.md): groups of 15 or 16 bits are exported like any other width;
+a constant tensor has Δ = 0 (no noise) and is stored exactly (step 1, offset = its value); the group size need not
+divide the tensor; the eval forward is computed on the tensor's device once and cached; no pickled state.
+
+Tied parameters share one quantizer, hence one logit vector and (through the forward clock of
+:mod:`learnq.quantizers.base`) one noise sample per forward. A parameter that did not go through the training
+forward in the model's latest forward (unused, e.g. a dropped layer), or that is frozen (``requires_grad=False``),
+gets no bits gradient: its term of ``M(b)`` is detached (the paper zeroes the bits gradient of dropped layers, §5.2).
+A parameter named in ``bits_overrides`` gets a fixed width (no logit; noise and eval at that width).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from learnq.errors import ConfigError
+from learnq.granularity import Granularity
+from learnq.quantizers.base import QATConfig, WeightQuantizer, check_choice, check_float, check_int
+
+NOISES = ("gaussian", "uniform")
+MB_BITS = 2**23  # 1 MB = 8·2^20 bits (seeds/003, Eq. 8)
+
+
+def sample_noise(like: torch.Tensor, noise: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """ε of Eq. 6: standard Gaussian (default) or uniform on [-1, 1], shaped like ``like``."""
+    if noise == "gaussian":
+        return torch.randn(like.shape, device=like.device, dtype=like.dtype, generator=generator)
+    return torch.rand(like.shape, device=like.device, dtype=like.dtype, generator=generator) * 2 - 1
+
+
+def pseudo_quantize(w: torch.Tensor, bits: float | torch.Tensor, low: float | torch.Tensor,
+                    high: float | torch.Tensor, noise: str = "gaussian",
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """Eq. 6 on the fixed range [low, high]: ``w + (Δ/2)·ε``, ``Δ = (high-low)/(2^bits-1)`` (DiffQ Fig. 1a)."""
+    delta = (torch.as_tensor(high) - torch.as_tensor(low)) / (2 ** torch.as_tensor(bits, dtype=torch.float32) - 1)
+    return w + delta / 2 * sample_noise(w, noise, generator)
+
+
+class DiffQQuantizer(WeightQuantizer):
+    """Pseudo-quantization noise with learned bits per group (``logits``), or a fixed width (``fixed_bits``)."""
+
+    method = "diffq"
+
+    def __init__(self, x: torch.Tensor, group_size: int = 8, b_min: int = 2, b_max: int = 15,
+                 init_bits: float = 8.0, noise: str = "gaussian", fixed_bits: int | None = None) -> None:
+        shape = tuple(x.shape)
+        if fixed_bits is not None or group_size == 0:
+            gran = Granularity("tensor")
+        else:
+            gran = Granularity("group", group_size=group_size)
+        super().__init__(shape, gran)
+        self.group_size = group_size if gran.kind == "group" else self.numel
+        self.b_min, self.b_max, self.init_bits = int(b_min), int(b_max), float(init_bits)
+        self.noise = noise
+        self.fixed_bits = fixed_bits
+        n = gran.num_groups(shape)
+        if fixed_bits is None:
+            t = (self.init_bits - self.b_min) / (self.b_max - self.b_min)
+            self.logits: nn.Parameter | None = nn.Parameter(torch.full((n,), math.log(t / (1 - t)), device=x.device))
+        else:
+            self.register_parameter("logits", None)
+        counts = gran.group_mask(shape, device=x.device).sum(dim=1).float()
+        self.register_buffer("group_counts", counts, persistent=False)
+
+    # -- bits ---------------------------------------------------------------------------------------------------
+    def bits(self) -> torch.Tensor:
+        """Real-valued bits per group (Eq. 11), shape (n_groups,); no gradient for a frozen parameter."""
+        if self.logits is None:
+            return torch.full((1,), float(self.fixed_bits), device=self.group_counts.device)
+        logits = self.logits.detach() if self.source_frozen() else self.logits
+        return self.b_min + torch.sigmoid(logits) * (self.b_max - self.b_min)
+
+    def rounded_bits(self) -> torch.Tensor:
+        """b̃ = round(b) per group (float tensor), the widths of the real quantization."""
+        with torch.no_grad():
+            return torch.round(self.bits()).clamp_(self.b_min if self.logits is not None else 1, 16)
+
+    def size_bits(self, x: torch.Tensor | None = None) -> torch.Tensor:
+        """Σ_s n_s·b_s (Eq. 8 in bits). Detached when the parameter was not used in the model's latest forward or is
+        frozen, so that the size penalty gives no bits gradient to parameters that got no task gradient."""
+        total = (self.group_counts * self.bits()).sum() if self.logits is not None else \
+            torch.tensor(float(self.numel * self.fixed_bits), device=self.group_counts.device)
+        if not self.used_in_last_forward() or self.source_frozen():
+            total = total.detach()
+        return total
+
+    def true_size_bits(self, x: torch.Tensor | None = None) -> int:
+        """Eq. 12 in bits: two float32 range values, the 8-bit width of the bits field, the per-group bits field
+        (``ceil(log2(1 + max b̃ - b_min))`` bits each) and the codes."""
+        if self.logits is None:
+            return 64 + self.numel * int(self.fixed_bits)  # type: ignore[arg-type]
+        b = self.rounded_bits()
+        width = math.ceil(math.log2(1 + float(b.max()) - self.b_min))
+        return 64 + 8 + b.numel() * width + int((self.group_counts * b).sum())
+
+    # -- forward ------------------------------------------------------------------------------------------------
+    def train_forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = x.float()
+        lo, hi = torch.aminmax(w)
+        delta_half = (hi - lo) / (2 ** self.bits() - 1) / 2  # (n_groups,)
+        eps = sample_noise(w, self.noise)
+        g = self.group_size
+        if self.granularity.kind == "tensor":
+            noisy = w + delta_half * eps
+        elif self.numel % g == 0:
+            noisy = (w.reshape(-1, g) + delta_half[:, None] * eps.reshape(-1, g)).reshape(x.shape)
+        else:
+            noisy = w + self.granularity.expand(delta_half, x.shape) * eps
+        return noisy.to(x.dtype)
+
+    def _grid(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Granularity]:
+        w = x.float()
+        lo, hi = torch.aminmax(w)
+        b = self.rounded_bits()
+        levels = 2**b - 1
+        scale = torch.where(hi > lo, (hi - lo) / levels, torch.ones_like(levels))
+        offset = lo.expand(b.shape).clone()
+        gran = self.granularity
+        codes = torch.round((w - lo) / gran.expand(scale, x.shape)).clamp_(min=0)
+        codes = torch.minimum(codes, gran.expand(levels, x.shape))
+        return codes.to(torch.int32), scale, offset, gran
+
+    def _export_meta(self, x: torch.Tensor, codes: torch.Tensor) -> dict[str, Any]:
+        b = self.rounded_bits()
+        meta: dict[str, Any] = {"bits": int(b.max()), "qmin": 0, "scheme": "affine"}
+        if self.granularity.kind == "group":
+            meta["group_bits"] = b.to(torch.uint8)
+        return meta
+
+    def extra_repr(self) -> str:
+        if self.logits is None:
+            return f"fixed_bits={self.fixed_bits}, noise={self.noise}"
+        return f"group_size={self.group_size}, bits=[{self.b_min}, {self.b_max}], noise={self.noise}"
+
+
+@dataclass(frozen=True)
+class DiffQ(QATConfig):
+    """DiffQ (seeds/003): pseudo-quantization noise, learned bits per group of ``group_size`` weights (0: one group
+    per tensor) in ``[b_min, b_max]`` starting at ``init_bits``; ``penalty`` is λ of ``task + λ·M(b)`` (M in MB;
+    the package README's example value 1e-3 is the default)."""
+
+    method = "diffq"
+    description = "DiffQ: pseudo-quantization noise, learned bits per group, size penalty (Défossez et al. 2022)"
+    default_lr: ClassVar[float | None] = 1e-3
+    group_size: int = 8
+    b_min: int = 2
+    b_max: int = 15
+    init_bits: float = 8.0
+    noise: str = "gaussian"
+    penalty: float = 1e-3
+
+    def validate(self) -> None:
+        check_int("DiffQ", "group_size", self.group_size, 0)
+        check_int("DiffQ", "b_min", self.b_min, 1, 16)
+        check_int("DiffQ", "b_max", self.b_max, 1, 16)
+        if self.b_max <= self.b_min:
+            raise ConfigError(f"DiffQ.b_max ({self.b_max}) must be larger than DiffQ.b_min ({self.b_min})")
+        check_float("DiffQ", "init_bits", self.init_bits)
+        if not self.b_min < self.init_bits < self.b_max:
+            raise ConfigError(f"DiffQ.init_bits must lie strictly between b_min={self.b_min} and b_max={self.b_max}, "
+                              f"got {self.init_bits!r}")
+        check_choice("DiffQ", "noise", self.noise, NOISES)
+        check_float("DiffQ", "penalty", self.penalty)
+
+    def build(self, name: str, x: torch.Tensor, bits: int | None) -> DiffQQuantizer:
+        return DiffQQuantizer(x, self.group_size, self.b_min, self.b_max, self.init_bits, self.noise, fixed_bits=bits)
+
+
+__all__ = ["DiffQ", "DiffQQuantizer", "pseudo_quantize", "sample_noise", "MB_BITS"]

@@ -1,0 +1,207 @@
+"""The nested quantization layer with a learned scale and the gradient-ratio rule (seeds/004, thesis "Learned
+Quantization Schemes for Data-centric ML Pipelines", Ch. 3, Sec. 3.1.1-3.1.2; METHODS.md section 5).
+
+Per quantized parameter P (weight, kernel or bias) one trainable positive scale ``s`` per granularity group:
+
+    forward   P_q = floor(P / s),   P_r = P_q · s
+    backward  ∂L/∂P = ∂L/∂P_r                                   (straight through, Sec. 3.1.1)
+              r = |∂L/∂P_r| / max(ε, |P_r|)                       (per element)
+              g = 0 if r >= λ else -tanh(λ - r)                  (per element, in (-1, 0])
+              ∂L/∂s = mean_group(g) · max_group|P_q|              (Sec. 3.1.2)
+
+so under gradient descent ``s`` only grows (coarser grid) and an element whose gradient is large relative to its
+value votes zero. λ = 0 gives ``s`` no gradient from the task at all (the thesis's custom-loss experiments, where
+the scales are trained by the loss terms of :mod:`learnq.quantizers.losses` only).
+
+Granularity (learnq's convention, :mod:`learnq.granularity`): ``scalar`` one s; ``row`` (= ``channel``) one s per
+output unit / output channel (axis 0); ``column`` one s per input feature / input channel (axis 1); biases and
+other 1-D parameters always use a scalar s. The TensorFlow reference's "rowwise" on a Keras ``(in, out)`` kernel is
+one scale per input feature, i.e. learnq's ``column``.
+
+Choices where the thesis is silent, and differences from the reference code (anuunchin/learned-quantization):
+
+* init: ``init_scale=None`` (default) sets each group's s to ``max|P_group| / (2^(init_bits-1) - 1)`` with
+  ``init_bits = 16``: the codes start within 16 bits, so the model can be exported at any time. The reference
+  starts at ``100·eps(float32) ≈ 1.19e-5`` (pass ``init_scale=1.1920929e-05`` to reproduce it); for weights of
+  magnitude ~0.4 the two agree. Lower bound ``min_scale = 100·eps(float32)`` as in the reference, enforced by
+  projecting s onto ``[min_scale, ∞)`` before each training forward (the reference's Keras constraint).
+* λ (``threshold``) default 1e-10, the thesis's best for dense layers on MNIST; it reports 1e-11 for conv layers.
+  ε = ``eps(float32)``.
+* optimizer: ``|∂L/∂s| <= tanh(λ)·max|P_q| ≈ λ·max|P_q|`` is tiny, so s moves only under a scale-invariant
+  optimizer: train the scales with Adam (the reference: lr 1e-4), e.g. ``handle.param_groups(lr=1e-4)``.
+* the reference replaces the rule by a constant ``-tanh(λ)`` vote when every element of a group is at or above the
+  threshold; the thesis does not, and neither does learnq (such a group gets gradient 0).
+* under DDP each process applies the rule to its local gradient and DDP averages the resulting scale gradients.
+
+Export: codes ``floor(P/s)`` are signed and unbounded; the stored width is the bits needed for the code range
+``[min, max]`` (``qmin`` = the smallest code), scale ``s``, offset 0, rounding floor. More than 16 bits (a scale too
+small for the weights) raises :class:`learnq.errors.QuantizationError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from learnq.attach import Selection
+from learnq.errors import ConfigError, QuantizationError
+from learnq.granularity import Granularity
+from learnq.grid import MAX_BITS, bits_for_range
+from learnq.quantizers.base import QATConfig, WeightQuantizer, check_choice, check_float, check_int, per_tensor
+from learnq.quantizers.ste import STEQuantizer
+
+EPS32 = float(np.finfo(np.float32).eps)
+REFERENCE_SCALE = 100 * EPS32  # the reference's init and lower bound of s
+NESTED_GRANULARITIES = {"scalar": "tensor", "row": "axis:0", "channel": "axis:0", "column": "axis:1"}
+_INT_LIMIT = 2.0**31 - 1
+
+
+class _NestedQuantFn(torch.autograd.Function):
+    """``P_r = floor(P/s)·s`` with the straight-through gradient to P and the gradient-ratio rule to s."""
+
+    @staticmethod
+    def forward(ctx, p: torch.Tensor, s: torch.Tensor, gran: Granularity, lam: float, eps: float,  # type: ignore[override]
+                min_scale: float) -> torch.Tensor:
+        s_full = gran.expand(s.detach().float().clamp(min=min_scale), p.shape)
+        q = torch.floor(p.detach().float() / s_full)
+        pr = q * s_full
+        ctx.save_for_backward(q, pr)
+        ctx.gran, ctx.lam, ctx.eps = gran, lam, eps
+        ctx.p_dtype, ctx.s_dtype = p.dtype, s.dtype
+        return pr.to(p.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        q, pr = ctx.saved_tensors
+        gran, lam = ctx.gran, ctx.lam
+        ratio = grad.float().abs() / pr.abs().clamp(min=ctx.eps)
+        vote = torch.where(ratio >= lam, torch.zeros_like(ratio), -torch.tanh(lam - ratio))
+        m = gran.view(q.abs()).amax(dim=1)  # (n_groups,)
+        grad_s = gran.view(vote).mean(dim=1) * m
+        return grad.to(ctx.p_dtype), grad_s.to(ctx.s_dtype), None, None, None, None
+
+
+def nested_quantize(p: torch.Tensor, s: torch.Tensor, granularity: Granularity, threshold: float,
+                    eps: float = EPS32, min_scale: float = 0.0) -> torch.Tensor:
+    """The nested layer as a function: ``floor(p/s)·s`` with the thesis's backward rule (``s``: one per group)."""
+    return _NestedQuantFn.apply(p, s, granularity, float(threshold), float(eps), float(min_scale))
+
+
+class NestedQuantizer(WeightQuantizer):
+    """One trainable scale per granularity group, floor quantization, the gradient-ratio rule."""
+
+    method = "nested"
+
+    def __init__(self, x: torch.Tensor, granularity: Granularity, threshold: float = 1e-10,
+                 init_scale: float | None = None, init_bits: int = 16, min_scale: float = REFERENCE_SCALE,
+                 eps: float = EPS32) -> None:
+        super().__init__(tuple(x.shape), per_tensor(granularity, tuple(x.shape)))
+        self.threshold = float(threshold)
+        self.min_scale = float(min_scale)
+        self.eps = float(eps)
+        rows = self.granularity.view(x.detach().float())
+        if init_scale is None:
+            init = rows.abs().amax(dim=1) / (2 ** (init_bits - 1) - 1)
+        else:
+            init = torch.full((rows.shape[0],), float(init_scale), device=rows.device)
+        self.scale = nn.Parameter(init.clamp(min=self.min_scale))
+
+    def effective_scale(self) -> torch.Tensor:
+        """``max(s, min_scale)``: what the forward uses (differentiable in s above the bound)."""
+        return self.scale.clamp(min=self.min_scale)
+
+    def project_(self) -> None:
+        """Clamp the stored scale onto ``[min_scale, ∞)`` in place (the reference's Keras constraint)."""
+        with torch.no_grad():
+            self.scale.data.clamp_(min=self.min_scale)
+
+    def train_forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.project_()
+        return nested_quantize(x, self.scale, self.granularity, self.threshold, self.eps, self.min_scale)
+
+    def _grid(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Granularity]:
+        s = self.scale.detach().float().clamp(min=self.min_scale)
+        codes = torch.floor(x.float() / self.granularity.expand(s, x.shape)).clamp_(-_INT_LIMIT, _INT_LIMIT)
+        return codes.to(torch.int32), s.clone(), torch.zeros_like(s), self.granularity
+
+    def code_range(self, x: torch.Tensor | None = None) -> tuple[int, int]:
+        """Smallest and largest code ``floor(P/s)`` now."""
+        codes = self._grid(self._input(x).detach())[0]
+        return int(codes.min()), int(codes.max())
+
+    def bits(self, x: torch.Tensor | None = None) -> int:
+        """Bits needed to store the current codes (may exceed 16: then export raises)."""
+        qmin, qmax = self.code_range(x)
+        return bits_for_range(qmin, qmax)
+
+    def _export_meta(self, x: torch.Tensor, codes: torch.Tensor) -> dict[str, Any]:
+        qmin, qmax = int(codes.min()), int(codes.max())
+        bits = bits_for_range(qmin, qmax)
+        if bits > MAX_BITS:
+            raise QuantizationError(
+                f"nested-quantized parameter {self.name or '(unnamed)'}: its codes floor(P/s) span [{qmin}, {qmax}], "
+                f"{bits} bits, more than {MAX_BITS}: the scale is too small for the weights; train longer, raise "
+                "the threshold, or use init_scale=None (the default, which starts within 16 bits)")
+        return {"bits": bits, "qmin": qmin, "scheme": "symmetric"}
+
+    def true_size_bits(self, x: torch.Tensor | None = None) -> int:
+        """Codes at the width their range needs plus one float32 scale per group."""
+        return self.numel * self.bits(x) + 32 * self.granularity.num_groups(self.shape)
+
+    def extra_repr(self) -> str:
+        return f"granularity={self.granularity}, threshold={self.threshold:g}, min_scale={self.min_scale:.3g}"
+
+
+@dataclass(frozen=True)
+class Nested(QATConfig):
+    """The thesis's nested quantization layer (seeds/004 Sec. 3.1) plus its custom loss terms (Sec. 3.2).
+
+    granularity: ``scalar``, ``row``, ``column`` or ``channel`` (biases always scalar). threshold: λ of the
+    gradient-ratio rule. init_scale: None (each group starts at max|P|/(2^(init_bits-1)-1)) or a number (the
+    reference: 100·eps(float32)). min_scale: lower bound of s. biases: quantize the layers' biases too.
+    gamma_inverse / gamma_bins / gamma_deviation: weights of the inverse-scale, bin-count and deviation losses in
+    ``handle.loss()``. A parameter named in ``bits_overrides`` gets a fixed-bit STE min-max quantizer instead.
+    """
+
+    method = "nested"
+    description = "nested quantization layer: learned scale, floor, gradient-ratio rule, custom losses (thesis Ch. 3)"
+    default_lr: ClassVar[float | None] = 1e-4  # the reference's Adam lr
+    granularity: str = "scalar"
+    threshold: float = 1e-10
+    init_scale: float | None = None
+    init_bits: int = 16
+    min_scale: float = REFERENCE_SCALE
+    eps: float = EPS32
+    biases: bool = True
+    gamma_inverse: float = 0.0
+    gamma_bins: float = 0.0
+    gamma_deviation: float = 0.0
+
+    def validate(self) -> None:
+        check_choice("Nested", "granularity", self.granularity, tuple(NESTED_GRANULARITIES))
+        check_float("Nested", "threshold", self.threshold)
+        check_float("Nested", "min_scale", self.min_scale, strict=True)
+        check_float("Nested", "eps", self.eps, strict=True)
+        check_int("Nested", "init_bits", self.init_bits, 2, 16)
+        if self.init_scale is not None:
+            check_float("Nested", "init_scale", self.init_scale, strict=True)
+        if not isinstance(self.biases, bool):
+            raise ConfigError(f"Nested.biases must be True or False, got {self.biases!r}")
+        for name in ("gamma_inverse", "gamma_bins", "gamma_deviation"):
+            check_float("Nested", name, getattr(self, name))
+
+    def default_selection(self) -> Selection:
+        return Selection(biases=self.biases)
+
+    def build(self, name: str, x: torch.Tensor, bits: int | None) -> WeightQuantizer:
+        if bits is not None:
+            return STEQuantizer(tuple(x.shape), bits, Granularity("tensor"), "affine")
+        return NestedQuantizer(x, Granularity.parse(NESTED_GRANULARITIES[self.granularity]), self.threshold,
+                               self.init_scale, self.init_bits, self.min_scale, self.eps)
+
+
+__all__ = ["Nested", "NestedQuantizer", "nested_quantize", "REFERENCE_SCALE", "EPS32"]
