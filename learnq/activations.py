@@ -1,0 +1,148 @@
+"""Activation quantizers: PACT's learned clipping (Choi et al., "PACT: Parameterized Clipping Activation for
+Quantized Neural Networks", 2018, Eq. 1-3; METHODS.md section 6) and an observer-based fake quantizer (running
+min-max, as DiffQ §5 uses for activations and as PyTorch's FakeQuantize does).
+
+PACT: ``y = clamp(x, 0, α)`` with a learnable clip ``α`` per layer, then ``k``-bit unsigned quantization
+``y_q = round(y·(2^k-1)/α)·α/(2^k-1)`` with a straight-through gradient. Gradients (PACT Eq. 3):
+``∂y_q/∂x = 1`` for ``0 <= x < α`` (0 elsewhere), ``∂y_q/∂α = 1`` for ``x >= α`` (0 elsewhere). PACT regularises α
+with L2 (weight decay on it); α's initial value is 10 (the paper's) or 6 after a ReLU6.
+
+Observer: in training mode it tracks an exponential moving average of each batch's min and max (the first batch
+sets them), and fake-quantizes on the affine grid over ``[min(lo, 0), max(hi, 0)]`` (zero exactly representable);
+in eval mode it uses the tracked range. Gradient: identity inside the range, zero outside.
+
+:func:`insert_activation_quantizers` wraps every ``nn.ReLU`` / ``nn.ReLU6`` module (or the types given) as
+``QuantizedActivation(act, quantizer)``. Activations applied as functions (``F.relu`` in ``forward``) cannot be
+found this way; a module instance used at several places gets one shared quantizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from learnq.errors import ConfigError, ModelError, QuantizationError
+from learnq.quantizers.base import check_float, check_int, passthrough
+
+ACTIVATION_METHODS = ("pact", "observer")
+
+
+class PACT(nn.Module):
+    """PACT activation quantizer: learnable clip ``clip`` (α), ``bits``-bit unsigned grid on ``[0, α]``."""
+
+    def __init__(self, bits: int = 4, init_clip: float = 10.0, device: torch.device | str = "cpu") -> None:
+        super().__init__()
+        self.bits = check_int("PACT", "bits", bits, 1, 16)
+        check_float("PACT", "init_clip", init_clip, strict=True)
+        self.clip = nn.Parameter(torch.tensor(float(init_clip), device=device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        alpha = self.clip.to(x.dtype)
+        y = torch.where(x >= alpha, alpha, x.clamp(min=0))  # PACT Eq. 1; ∂y/∂α = 1 where x >= α
+        with torch.no_grad():
+            step = alpha.detach().clamp(min=torch.finfo(x.dtype).tiny) / (2**self.bits - 1)
+            yq = torch.round(y.detach() / step) * step
+        return passthrough(y, yq)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, clip={float(self.clip.detach()):.4g}"
+
+
+class ObserverFakeQuant(nn.Module):
+    """Fake quantization on a running min-max range (EMA with ``momentum``), ``bits``-bit affine grid."""
+
+    def __init__(self, bits: int = 8, momentum: float = 0.1, device: torch.device | str = "cpu") -> None:
+        super().__init__()
+        self.bits = check_int("ObserverFakeQuant", "bits", bits, 1, 16)
+        self.momentum = check_float("ObserverFakeQuant", "momentum", momentum, strict=True)
+        if self.momentum > 1:
+            raise ConfigError(f"ObserverFakeQuant.momentum must be in (0, 1], got {momentum!r}")
+        self.register_buffer("running_min", torch.zeros((), device=device))
+        self.register_buffer("running_max", torch.zeros((), device=device))
+        self.register_buffer("observed", torch.zeros((), dtype=torch.bool, device=device))
+
+    @torch.no_grad()
+    def _observe(self, x: torch.Tensor) -> None:
+        lo, hi = torch.aminmax(x.detach().float())
+        first = ~self.observed
+        m = self.momentum
+        self.running_min.copy_(torch.where(first, lo, (1 - m) * self.running_min + m * lo))
+        self.running_max.copy_(torch.where(first, hi, (1 - m) * self.running_max + m * hi))
+        self.observed.fill_(True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self._observe(x)
+        elif not bool(self.observed):
+            raise QuantizationError("ObserverFakeQuant has not observed any data: run the model in training mode on "
+                                    "some batches (calibration) before evaluating it")
+        lo = self.running_min.clamp(max=0).to(x.dtype)
+        hi = self.running_max.clamp(min=0).to(x.dtype)
+        levels = 2**self.bits - 1
+        with torch.no_grad():
+            scale = torch.where(hi > lo, (hi - lo) / levels, torch.ones_like(hi))
+            zero = torch.round(-lo / scale)
+            q = (torch.round(x.detach() / scale) + zero).clamp(0, levels)
+            yq = (q - zero) * scale
+        return passthrough(torch.maximum(torch.minimum(x, hi), lo), yq)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, momentum={self.momentum}"
+
+
+class QuantizedActivation(nn.Sequential):
+    """An activation module followed by its quantizer (what :func:`insert_activation_quantizers` inserts)."""
+
+    def __init__(self, activation: nn.Module, quantizer: nn.Module) -> None:
+        super().__init__(activation, quantizer)
+
+    @property
+    def quantizer(self) -> nn.Module:
+        return self[1]
+
+
+def insert_activation_quantizers(model: nn.Module, bits: int = 8, method: str = "pact",
+                                 after: Sequence[type[nn.Module]] | type[nn.Module] = (nn.ReLU, nn.ReLU6), *,
+                                 init_clip: float | None = None, momentum: float = 0.1) -> list[str]:
+    """Wrap every activation module of the types in ``after`` as ``QuantizedActivation(act, quantizer)``, in
+    place; return the wrapped modules' names.
+
+    method: ``"pact"`` (learned clip; ``init_clip`` default 6 after ReLU6, else 10) or ``"observer"`` (running
+    min-max, ``momentum``). Quantizers are created on the device of the model's first parameter or buffer.
+    Raises ModelError when the model has no such module (functional activations cannot be wrapped).
+    """
+    check_int("insert_activation_quantizers", "bits", bits, 1, 16)
+    if method not in ACTIVATION_METHODS:
+        raise ConfigError(f"activation quantizer method {method!r} is unknown; use 'pact' or 'observer'")
+    kinds = (after,) if isinstance(after, type) else tuple(after)
+    if not kinds or not all(isinstance(k, type) and issubclass(k, nn.Module) for k in kinds):
+        raise ConfigError(f"after must be nn.Module classes such as (nn.ReLU, nn.ReLU6), got {after!r}")
+    tensors = [*model.parameters(), *model.buffers()]
+    device = tensors[0].device if tensors else torch.device("cpu")
+    wrapped: dict[int, QuantizedActivation] = {}
+    names: list[str] = []
+    for parent_name, parent in list(model.named_modules(remove_duplicate=False)):
+        if isinstance(parent, QuantizedActivation) or ".parametrizations" in f".{parent_name}":
+            continue
+        for child_name, child in list(parent._modules.items()):
+            if child is None or not isinstance(child, kinds) or isinstance(child, QuantizedActivation):
+                continue
+            if id(child) not in wrapped:
+                if method == "pact":
+                    clip = init_clip if init_clip is not None else (6.0 if isinstance(child, nn.ReLU6) else 10.0)
+                    quantizer: nn.Module = PACT(bits, clip, device=device)
+                else:
+                    quantizer = ObserverFakeQuant(bits, momentum, device=device)
+                wrapped[id(child)] = QuantizedActivation(child, quantizer)
+            parent._modules[child_name] = wrapped[id(child)]
+            names.append(f"{parent_name}.{child_name}" if parent_name else child_name)
+    if not names:
+        kinds_text = ", ".join(k.__name__ for k in kinds)
+        raise ModelError(f"{type(model).__name__} has no {kinds_text} module to quantize after; activations applied "
+                         "as functions (F.relu) cannot be wrapped: use nn.ReLU modules, or pass after=(...)")
+    return names
+
+
+__all__ = ["PACT", "ObserverFakeQuant", "QuantizedActivation", "insert_activation_quantizers", "ACTIVATION_METHODS"]
