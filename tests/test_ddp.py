@@ -1,8 +1,10 @@
 """Data-parallel training (learnq.pipeline.train under torchrun's environment): two CPU processes (gloo) train a tiny
-model and end with identical weights, equal to one process training with the same global batch.
+model and end with identical weights, equal to one process training with the same global batch; a run interrupted
+and resumed under two processes ends bit-identical to an uninterrupted one.
 
 This file is also the worker script: ``python tests/test_ddp.py OUT_DIR`` with torchrun's environment variables
-(``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) trains and saves ``OUT_DIR/rankR.pt``.
+(``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) runs the three trainings (one with a
+checkpoint, one with BatchNorm, the resume scenario) and saves ``OUT_DIR/rankR.pt`` and ``OUT_DIR/resumeR.pt``.
 """
 
 from __future__ import annotations
@@ -114,6 +116,7 @@ def worker(out_dir: Path) -> None:
     rank = int(os.environ["RANK"])
     model, temperature, history = run_training(out_dir / "ckpt", perturb=rank == 1)
     bn_model = train_batchnorm()
+    resume_worker(out_dir)
     torch.save(
         {
             "bn_state": bn_model.state_dict(),
@@ -133,7 +136,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(out_dir: Path, mode: str = "match") -> None:
+def launch(out_dir: Path) -> None:
     env = {
         **os.environ,
         "MASTER_ADDR": "127.0.0.1",
@@ -144,7 +147,7 @@ def launch(out_dir: Path, mode: str = "match") -> None:
     }
     procs = [
         subprocess.Popen(
-            [sys.executable, __file__, str(out_dir), mode],
+            [sys.executable, __file__, str(out_dir)],
             env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -164,9 +167,16 @@ def launch(out_dir: Path, mode: str = "match") -> None:
         assert p.returncode == 0, f"rank {r} failed:\n{out}"
 
 
-def test_two_processes_match_one_process(tmp_path, monkeypatch):
-    launch(tmp_path)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+@pytest.fixture(scope="module")
+def ddp_dir(tmp_path_factory) -> Path:
+    """One launch of two processes for all the checks below (starting processes is the slow part)."""
+    out = tmp_path_factory.mktemp("ddp")
+    launch(out)
+    return out
+
+
+def test_two_processes_match_one_process(ddp_dir, tmp_path, monkeypatch):
+    ranks = [torch.load(ddp_dir / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     assert [r["main"] for r in ranks] == [True, False] and [r["world"] for r in ranks] == [WORLD, WORLD]
     # every process holds the same model and the same (reduced) history
     for key, value in ranks[0]["state"].items():
@@ -196,19 +206,18 @@ def test_two_processes_match_one_process(tmp_path, monkeypatch):
             assert dist_rec[key] == pytest.approx(one_rec[key], rel=1e-5, abs=1e-6), key
         assert dist_rec["extra"]["l2"] == pytest.approx(one_rec["extra"]["l2"], rel=1e-5)
     # rank 0 wrote the checkpoint, with every process's RNG state
-    saved = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)
+    saved = torch.load(ddp_dir / "ckpt" / "last.pt", weights_only=True)
     assert saved["world_size"] == WORLD and len(saved["rng"]) == WORLD and saved["epoch"] == CONFIG["epochs"]
     for key, value in saved["model"].items():
         assert torch.equal(value, ranks[0]["state"][key])
 
 
-def test_resume_under_ddp_is_bit_identical(tmp_path):
-    launch(tmp_path, mode="resume")
-    runs = [torch.load(tmp_path / f"resume{r}.pt", weights_only=True) for r in range(WORLD)]
+def test_resume_under_ddp_is_bit_identical(ddp_dir):
+    runs = [torch.load(ddp_dir / f"resume{r}.pt", weights_only=True) for r in range(WORLD)]
     for run in runs:
         for key, value in run["full"].items():
             assert torch.equal(value, run["resumed"][key]), key
-    saved = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    saved = torch.load(ddp_dir / "cut" / "last.pt", weights_only=True)
     # each process drew its own dropout masks: their RNG states differ and both were saved
     assert not torch.equal(saved["rng"][0]["torch"], saved["rng"][1]["torch"])
 
@@ -232,7 +241,4 @@ def test_under_torchrun_standalone(tmp_path):
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    if sys.argv[2:] == ["resume"]:
-        resume_worker(Path(sys.argv[1]))
-    else:
-        worker(Path(sys.argv[1]))
+    worker(Path(sys.argv[1]))
