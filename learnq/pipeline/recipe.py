@@ -21,6 +21,7 @@ path. ``recipe.with_seed(n)`` is what ``--seed n`` does: it sets every seed of t
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import re
 import sys
@@ -32,6 +33,7 @@ from typing import Any
 
 from learnq.attach import Selection
 from learnq.errors import ConfigError, LearnqError
+from learnq.granularity import Granularity
 from learnq.grid import GridSpec, check_bits
 from learnq.pipeline import schema
 from learnq.pipeline.data import get_dataset_info
@@ -209,8 +211,12 @@ def validate_recipe(recipe: Recipe) -> None:
     _check_int(recipe.seed, "seed", 0)
     _validate_data(recipe.data)
     _validate_model(recipe.model)
-    with _at("train"):
+    try:
         recipe.train.validate()
+    except ConfigError as exc:  # TrainConfig's messages start with the field name: "epochs must be ..."
+        field_name, _, rest = str(exc).partition(" ")
+        known = field_name in {f.name for f in dataclasses.fields(TrainConfig)}
+        raise ConfigError(f"train.{field_name}: {rest}" if known else f"train: {exc}") from exc
     labels: dict[str, int] = {}
     for i, variant in enumerate(recipe.variants):
         path = f"variants[{i}]"
@@ -266,6 +272,8 @@ def _validate_variant(variant: VariantSection, path: str) -> None:
             raise ConfigError(f"{path}.bits: missing; method {variant.method!r} needs a bit-width (1 to 16)")
         with _at(f"{path}.bits"):
             check_bits(variant.bits)
+        with _at(f"{path}.granularity"):
+            Granularity.parse(variant.granularity)
         with _at(path):
             variant.grid_spec()
         for pattern, bits in variant.bits_overrides.items():
@@ -293,6 +301,12 @@ def _validate_regularizer(reg: RegularizerSection, path: str) -> None:
         raise ConfigError(f"{path}.name: unknown regularizer {reg.name!r}; known: {', '.join(REGULARIZERS)}")
     if reg.strength is not None and reg.strength < 0:
         raise ConfigError(f"{path}.strength: must be >= 0, got {reg.strength}")
+    accepted = [p for p in inspect.signature(REGULARIZERS[reg.name].__init__).parameters
+                if p not in ("self", "model", "strength")]
+    for key in reg.options:
+        if key not in accepted:
+            raise ConfigError(f"{path}.options.{key}: regularizer {reg.name!r} has no such option; its options: "
+                              f"{', '.join(accepted) or 'none'} (and strength, a key of its own)")
 
 
 def builtin_recipes() -> list[str]:

@@ -1,0 +1,140 @@
+"""The ``learnq`` commands run/train/eval/list: JSON output, --seed, exit status 2 with one line on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import learnq.checkpoint as ckpt
+from learnq.cli import main
+from learnq.pipeline.data import DATASETS
+from learnq.pipeline.models import MODELS
+from learnq.pipeline.run import ROW_KEYS
+from learnq.pipeline.variants import VARIANTS
+
+TINY = """
+name = "tiny"
+
+[data]
+name = "digits"
+limit = 200
+calib_size = 32
+
+[model]
+name = "mlp"
+args = { hidden = [8] }
+
+[train]
+epochs = 1
+batch_size = 50
+lr = 0.02
+
+[[variants]]
+method = "float"
+
+[[variants]]
+method = "minmax"
+bits = 4
+
+[report]
+plots = false
+"""
+
+
+@pytest.fixture
+def recipe_file(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    return path
+
+
+def _json(capsys, argv: list[str]) -> dict:
+    capsys.readouterr()
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_run_json_and_same_seed_same_result(recipe_file, tmp_path, capsys):
+    first = _json(capsys, ["run", str(recipe_file), "--out", str(tmp_path / "a"), "--seed", "3", "--json"])
+    assert set(first) == {"rows", "out"} and first["out"] == str(tmp_path / "a")
+    assert [tuple(r) for r in first["rows"]] == [ROW_KEYS] * 2
+    assert [(r["method"], r["bits"]) for r in first["rows"]] == [("float", 32), ("minmax", 4)]
+    second = _json(capsys, ["run", str(recipe_file), "--out", str(tmp_path / "b"), "--seed", "3", "--json"])
+    assert second["rows"] == first["rows"]
+    meta = ckpt.read(tmp_path / "b" / "model.safetensors").metadata
+    assert (meta["recipe"]["seed"], meta["recipe"]["train"]["seed"], meta["data"]["seed"]) == (3, 3, 3)
+    assert (tmp_path / "b" / "report.md").is_file() and not (tmp_path / "b" / "training.png").exists()
+
+
+def test_train_then_eval_reproduces_the_test_accuracy(recipe_file, tmp_path, capsys):
+    out = tmp_path / "t"
+    trained = _json(capsys, ["train", str(recipe_file), "--out", str(out), "--json"])
+    assert trained["model"] == str(out / "model.safetensors") and len(trained["history"]) == 1
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "rows" not in metrics and metrics["test"] == trained["test"]
+    assert not (out / "report.md").exists()
+    evaluated = _json(capsys, ["eval", str(out), "--json"])
+    assert evaluated["accuracy"] == metrics["test"]["accuracy"] and evaluated["loss"] == metrics["test"]["loss"]
+    assert (evaluated["method"], evaluated["bits"], evaluated["model"], evaluated["data"]) == ("float", 32, "mlp",
+                                                                                             "digits")
+    assert main(["eval", str(out / "model.safetensors")]) == 0
+    text = capsys.readouterr().out
+    assert f"test accuracy {100 * metrics['test']['accuracy']:.2f}%" in text
+
+
+@pytest.mark.parametrize("kind", ["models", "datasets", "methods", "recipes"])
+def test_list_json(kind, capsys):
+    listed = _json(capsys, ["list", kind, "--json"])[kind]
+    names = [r["name"] for r in listed]
+    assert all(r["description"] and "\n" not in r["description"] for r in listed)
+    if kind == "models":
+        assert names == list(MODELS)
+    elif kind == "datasets":
+        assert names == list(DATASETS)
+    elif kind == "methods":
+        assert [r["name"] for r in listed if r["kind"] == "variant"] == list(VARIANTS)
+        assert {"float", "minmax"} <= set(names)
+    else:
+        assert "digits" in names
+
+
+def test_list_text_has_one_line_per_entry(capsys):
+    assert main(["list", "models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 + len(MODELS)
+    assert lines[1].startswith("mlp ")
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["run", "no-such-recipe"], "no recipe file 'no-such-recipe'"),
+    (["train", "{bad}"], "train.epochs: expected int, got str"),
+    (["run", "digits", "--seed", "-1"], "seed"),
+    (["eval", "{user}"], "learnq.load(path, model)"),
+    (["eval", "{dir}"], "without model.safetensors"),
+])
+def test_user_errors_exit_2_with_one_line(argv, needle, tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[train]\nepochs = "two"\n')
+    user = tmp_path / "user.safetensors"
+    import torch
+
+    ckpt.save(torch.nn.Linear(2, 2), user)
+    argv = [a.format(bad=bad, user=user, dir=tmp_path) for a in argv]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"learnq {argv[0]}: error: ")
+    assert needle in err
+
+
+def test_every_command_takes_json_and_seed():
+    from learnq.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, cmd in sub.choices.items():
+        options = {s for a in cmd._actions for s in a.option_strings}
+        assert "--json" in options, name
+        if name != "inspect":
+            assert "--seed" in options, name
