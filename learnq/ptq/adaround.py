@@ -1,0 +1,250 @@
+"""AdaRound: learned rounding of weights after training (Nagel et al. 2020, "Up or Down? Adaptive Rounding for
+Post-Training Quantization", ICML, arXiv:2004.10568, Sec. 4; METHODS.md §6). Not one of seeds/: the formulas below
+are the paper's, written from its text.
+
+For one layer with weight ``W`` on a grid of step ``Δ`` (per group) and offset ``o`` (0 for the symmetric grids),
+rounding up or down is learned with a continuous variable ``V`` of ``W``'s shape:
+
+    W̃ = Δ · clamp(⌊(W - o)/Δ⌋ + h(V), qmin, qmax) + o,
+    h(V) = clip(σ(V)(ζ - γ) + γ, 0, 1),        ζ = 1.1, γ = -0.1   (rectified sigmoid),
+
+minimising the layer's local reconstruction error plus a regulariser that pushes ``h`` to 0 or 1:
+
+    ‖W x - W̃ x̃‖² + λ Σ (1 - |2h(V) - 1|^β),
+
+``β`` annealed linearly from 20 to 2 after a warm-up (20 % of the iterations by default) without the regulariser;
+``λ = 0.01``. ``x`` is the layer's input in the float model and ``x̃`` its input in the model whose earlier layers
+are already quantized (the paper's asymmetric reconstruction, default ``inputs="quantized"``); ``inputs="float"``
+uses ``x`` on both sides. The error is the squared norm of each sample's output difference (pre-activation; the
+paper's variant through the activation function is not implemented), averaged over a minibatch. ``V`` is
+initialised so that ``h(V)`` equals the fractional part of ``(W - o)/Δ`` (W̃ = W at the start), trained with Adam,
+and finally rounded hard: up where ``h(V) >= 1/2`` (``V >= 0``). The bias is not touched.
+
+Layers are processed one at a time in definition order; each is replaced by a frozen
+:class:`learnq.quantized.QuantizedWeight` (method ``"adaround"``), so export, size and save are the usual ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from learnq.attach import BitsRule, Selection, select_parameters
+from learnq.errors import ConfigError, DataError, ModelError
+from learnq.grid import GridSpec, QuantizedTensor, check_tensor, compute_params
+from learnq.quantized import attach_quantized, get_module, split_name
+
+ZETA = 1.1
+GAMMA = -0.1
+INPUT_MODES = ("quantized", "float")
+
+
+def rectified_sigmoid(v: torch.Tensor) -> torch.Tensor:
+    """``h(V) = clip(σ(V)(ζ - γ) + γ, 0, 1)`` with ζ = 1.1, γ = -0.1."""
+    return torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
+
+
+def inverse_rectified_sigmoid(h: torch.Tensor) -> torch.Tensor:
+    """``V`` with ``h(V) = h`` for ``h`` in [0, 1] (finite: σ(V) stays in [1/12, 11/12])."""
+    p = (h.clamp(0.0, 1.0) - GAMMA) / (ZETA - GAMMA)
+    return torch.log(p) - torch.log1p(-p)
+
+
+def rounding_regularizer(h: torch.Tensor, beta: float) -> torch.Tensor:
+    """``Σ (1 - |2h - 1|^β)``: zero when every ``h`` is 0 or 1, largest at ``h = 1/2``."""
+    return (1.0 - (2.0 * h - 1.0).abs().pow(beta)).sum()
+
+
+def beta_schedule(step: int, iterations: int, *, warmup: float = 0.2, start: float = 20.0,
+                  end: float = 2.0) -> float | None:
+    """β at iteration ``step`` (0-based): None during the warm-up (no regulariser), then linear from ``start`` to
+    ``end`` over the remaining iterations (``end`` reached at the last one)."""
+    first = int(warmup * iterations)
+    if step < first:
+        return None
+    span = max(1, iterations - 1 - first)
+    return end + (start - end) * max(0.0, 1.0 - (step - first) / span)
+
+
+@dataclass
+class AdaRoundInfo:
+    """What one layer's optimisation did: reconstruction error (mean per sample) with nearest rounding and with the
+    learned rounding on the calibration inputs, and how many weights were rounded the other way than nearest."""
+
+    name: str
+    nearest_error: float
+    adaround_error: float
+    flipped: int
+    numel: int
+
+
+def layer_function(module: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``fn(x, w)``: the layer's output for input ``x`` with weight ``w`` and no bias."""
+    if isinstance(module, nn.Linear):
+        return lambda x, w: F.linear(x, w)
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return lambda x, w: module._conv_forward(x, w, None)  # stride, padding, dilation, groups of the layer
+    raise ModelError(f"AdaRound works on nn.Linear and nn.Conv1d/2d/3d layers, not {type(module).__name__}")
+
+
+class _Stop(Exception):
+    """Raised by the capture hook once the layer's input is recorded: the rest of the forward is not needed."""
+
+
+@torch.no_grad()
+def capture_inputs(model: nn.Module, module: nn.Module, inputs: torch.Tensor, *, batch_size: int = 256,
+                   device: str | torch.device = "cpu") -> torch.Tensor:
+    """The input ``module`` receives when ``model`` runs on ``inputs`` (all samples, concatenated, on ``device``)."""
+    seen: list[torch.Tensor] = []
+
+    def hook(_m: nn.Module, args: tuple) -> None:
+        seen.append(args[0].detach())
+        raise _Stop
+
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        for i in range(0, inputs.shape[0], batch_size):
+            try:
+                model(inputs[i:i + batch_size].to(device))
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    if len(seen) != math.ceil(inputs.shape[0] / batch_size):
+        raise ModelError(f"{type(module).__name__} layer is not called by the model's forward; its input cannot be "
+                         "captured (is it part of the model?)")
+    return torch.cat(seen)
+
+
+def _soft_weight(floor: torch.Tensor, h: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor,
+                 qmin: int, qmax: int) -> torch.Tensor:
+    return torch.clamp(floor + h, qmin, qmax) * scale + offset
+
+
+def learn_rounding(weight: torch.Tensor, spec: GridSpec, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                   x_in: torch.Tensor, target: torch.Tensor, *, clip: torch.Tensor | float | None = None,
+                   iterations: int = 1000, lr: float = 1e-2, reg_weight: float = 0.01,
+                   beta_range: tuple[float, float] = (20.0, 2.0), warmup: float = 0.2, batch_size: int = 32,
+                   seed: int = 0, name: str = "weight") -> tuple[QuantizedTensor, AdaRoundInfo]:
+    """Learn the rounding of one ``weight`` on ``spec``'s grid (range ``clip`` per group, min-max when None).
+
+    ``fn(x, w)`` is the layer without bias; ``x_in`` the layer's inputs (N, ...), ``target`` = ``fn(x_float, W)``.
+    Returns the hard-rounded :class:`QuantizedTensor` (method ``"adaround"``) and an :class:`AdaRoundInfo`.
+    """
+    check_tensor(weight, name)
+    if x_in.shape[0] == 0 or x_in.shape[0] != target.shape[0]:
+        raise DataError(f"AdaRound {name}: {x_in.shape[0]} inputs for {target.shape[0]} targets; need matching, "
+                        "non-empty calibration batches")
+    if not isinstance(iterations, int) or iterations < 0:
+        raise ConfigError(f"AdaRound iterations must be an integer >= 0, got {iterations!r}")
+    if not 0.0 <= warmup < 1.0:
+        raise ConfigError(f"AdaRound warmup must be a fraction in [0, 1), got {warmup!r}")
+    if not (lr > 0 and reg_weight >= 0 and batch_size >= 1):
+        raise ConfigError("AdaRound needs lr > 0, reg_weight >= 0 and batch_size >= 1")
+    device = weight.device
+    g = spec.granularity
+    w = weight.detach().float()
+    params = compute_params(w, spec, clip=clip, name=name)
+    scale, offset = g.expand(params.scale, w.shape), g.expand(params.offset, w.shape)
+    qmin, qmax = spec.qrange()
+    scaled = (w - offset) / scale
+    floor = torch.floor(scaled)
+    v = inverse_rectified_sigmoid(scaled - floor).requires_grad_(True)
+    opt = torch.optim.Adam([v], lr=lr)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    n = x_in.shape[0]
+    for step in range(iterations):
+        idx = torch.randint(0, n, (min(batch_size, n),), generator=gen)
+        xb, tb = x_in[idx.to(x_in.device)], target[idx.to(target.device)]
+        h = rectified_sigmoid(v)
+        out = fn(xb, _soft_weight(floor, h, scale, offset, qmin, qmax).to(weight.dtype))
+        loss = (out - tb).pow(2).reshape(out.shape[0], -1).sum(dim=1).mean()
+        beta = beta_schedule(step, iterations, warmup=warmup, start=beta_range[0], end=beta_range[1])
+        if beta is not None and reg_weight > 0:
+            loss = loss + reg_weight * rounding_regularizer(h, beta)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        codes = torch.clamp(floor + (v >= 0).float(), qmin, qmax)
+        nearest = torch.clamp(torch.round(scaled), qmin, qmax)
+        errors = [_recon_error(fn, x_in, target, (c * scale + offset).to(weight.dtype), batch_size=256)
+                  for c in (nearest, codes)]
+    qt = QuantizedTensor(codes=codes.to(torch.int32).to(device), scale=params.scale, offset=params.offset,
+                         granularity=g, bits=spec.bits, qmin=qmin, scheme=spec.scheme, method="adaround",
+                         dtype=weight.dtype)
+    info = AdaRoundInfo(name=name, nearest_error=errors[0], adaround_error=errors[1],
+                        flipped=int((codes != nearest).sum()), numel=w.numel())
+    return qt, info
+
+
+@torch.no_grad()
+def _recon_error(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, target: torch.Tensor,
+                 w: torch.Tensor, batch_size: int) -> float:
+    total = 0.0
+    for i in range(0, x.shape[0], batch_size):
+        out = fn(x[i:i + batch_size], w)
+        total += float((out - target[i:i + batch_size]).pow(2).reshape(out.shape[0], -1).sum())
+    return total / x.shape[0]
+
+
+def adaround_weights(model: nn.Module, calib_inputs: torch.Tensor, spec: GridSpec, *,
+                     selection: Selection = Selection(), bits_rule: BitsRule | None = None, clip: str = "minmax",
+                     inputs: str = "quantized", iterations: int = 1000, lr: float = 1e-2, reg_weight: float = 0.01,
+                     beta_range: tuple[float, float] = (20.0, 2.0), warmup: float = 0.2, batch_size: int = 32,
+                     device: str | torch.device = "cpu", seed: int = 0, progress: bool = False,
+                     **clip_options: object) -> dict[str, AdaRoundInfo]:
+    """Quantize the selected weights of ``model`` (in place, eval mode) with AdaRound, layer by layer.
+
+    ``calib_inputs``: calibration inputs (N, ...). ``clip``: how each layer's range is chosen before rounding is
+    learned (``"minmax"`` or any method of ``learnq.ptq.clipping``, with ``clip_options``). ``inputs``:
+    ``"quantized"`` (each layer sees the output of the layers already rounded) or ``"float"``. Returns
+    ``{name: AdaRoundInfo}`` in processing order.
+    """
+    if inputs not in INPUT_MODES:
+        raise ConfigError(f"AdaRound inputs={inputs!r} is unknown; use 'quantized' or 'float'")
+    if not isinstance(calib_inputs, torch.Tensor) or calib_inputs.shape[0] == 0:
+        raise DataError("AdaRound needs a non-empty tensor of calibration inputs")
+    model.eval()
+    names = select_parameters(model, selection)
+    float_model = copy.deepcopy(model)  # the float reference; ``model`` is quantized layer by layer
+    torch.manual_seed(seed)
+    out: dict[str, AdaRoundInfo] = {}
+    for i, name in enumerate(tqdm(names, desc="adaround", unit="layer", disable=not progress)):
+        module_name, param = split_name(name)
+        if param != "weight":
+            raise ConfigError(f"AdaRound rounds layer weights only, not {name!r}; select weights (biases=False)")
+        module = get_module(model, module_name)
+        fn = layer_function(module)
+        weight = module.weight.detach()
+        layer_spec = spec if bits_rule is None else GridSpec(
+            bits=bits_rule(name), scheme=spec.scheme, granularity=spec.granularity, rounding=spec.rounding,
+            restricted=spec.restricted)
+        alpha = None
+        if clip != "minmax":
+            from learnq.ptq.clipping import choose_clip  # part of the clipping module (not needed for min-max)
+
+            alpha = choose_clip(weight, layer_spec, clip, **clip_options)
+        x_float = capture_inputs(float_model, get_module(float_model, module_name), calib_inputs,
+                                 device=device)
+        x_q = x_float if inputs == "float" else capture_inputs(model, module, calib_inputs, device=device)
+        with torch.no_grad():
+            target = torch.cat([fn(x_float[j:j + 256], weight) for j in range(0, x_float.shape[0], 256)])
+        qt, info = learn_rounding(weight, layer_spec, fn, x_q, target, clip=alpha, iterations=iterations, lr=lr,
+                                  reg_weight=reg_weight, beta_range=beta_range, warmup=warmup,
+                                  batch_size=batch_size, seed=seed + i, name=name)
+        attach_quantized(model, name, qt)
+        out[name] = info
+    return out
+
+
+__all__ = ["ZETA", "GAMMA", "AdaRoundInfo", "adaround_weights", "beta_schedule", "capture_inputs",
+           "inverse_rectified_sigmoid", "layer_function", "learn_rounding", "rectified_sigmoid",
+           "rounding_regularizer"]
