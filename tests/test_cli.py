@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 import learnq.checkpoint as ckpt
 from learnq.cli import main
@@ -117,8 +118,6 @@ def test_user_errors_exit_2_with_one_line(argv, needle, tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text('[train]\nepochs = "two"\n')
     user = tmp_path / "user.safetensors"
-    import torch
-
     ckpt.save(torch.nn.Linear(2, 2), user)
     argv = [a.format(bad=bad, user=user, dir=tmp_path) for a in argv]
     capsys.readouterr()
@@ -128,13 +127,27 @@ def test_user_errors_exit_2_with_one_line(argv, needle, tmp_path, capsys):
     assert needle in err
 
 
-def test_every_command_takes_json_and_seed():
+@pytest.mark.parametrize("name", ["demo", "run", "train", "eval", "list"])
+def test_pipeline_commands_take_json_seed_and_quiet(name):
     from learnq.cli import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    for name, cmd in sub.choices.items():
-        options = {s for a in cmd._actions for s in a.option_strings}
-        assert "--json" in options, name
-        if name != "inspect":
-            assert "--seed" in options, name
+    options = {s for a in sub.choices[name]._actions for s in a.option_strings}
+    assert {"--json", "--seed", "--quiet"} <= options
+
+
+def test_train_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, capsys):
+    one, two = tmp_path / "one.toml", tmp_path / "two.toml"
+    one.write_text(TINY)
+    two.write_text(TINY.replace("epochs = 1", "epochs = 2"))
+    assert main(["train", str(one), "--out", str(tmp_path / "resumed"), "--quiet"]) == 0
+    assert main(["train", str(two), "--out", str(tmp_path / "resumed"), "--resume", "--quiet"]) == 0
+    assert main(["train", str(two), "--out", str(tmp_path / "straight"), "--quiet"]) == 0
+    resumed = ckpt.read(tmp_path / "resumed" / "model.safetensors").entries
+    straight = ckpt.read(tmp_path / "straight" / "model.safetensors").entries
+    assert list(resumed) == list(straight)
+    for name, value in straight.items():
+        assert torch.equal(resumed[name], value), name
+    history = json.loads((tmp_path / "resumed" / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2]

@@ -14,6 +14,7 @@ import tempfile
 from learnq.cli.common import show_progress
 from learnq.cli.run_cmd import add_seed, print_result, resolve_recipe
 from learnq.pipeline.run import run_recipe
+from learnq.pipeline.train import is_main_process
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -31,7 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     recipe = resolve_recipe(args.recipe, args.seed)
     out = args.out if args.out is not None else tempfile.mkdtemp(prefix="learnq-demo-")
-    if not args.json:
+    if not args.json and is_main_process():
         print(f"learnq demo: recipe {recipe.name}, run directory {out}", flush=True)
     result = run_recipe(recipe, out, progress=show_progress(args))
     print_result(result, args)
