@@ -66,9 +66,9 @@ def test_size_term_gradient_matches_finite_differences():
     for i in range(4):
         base = q.logits.data.clone()
         q.logits.data[i] += h
-        up = float(q.size_bits())
+        up = float(q.size_bits().detach())
         q.logits.data[i] -= 2 * h
-        down = float(q.size_bits())
+        down = float(q.size_bits().detach())
         q.logits.data.copy_(base)
         assert q.logits.grad[i].item() == pytest.approx((up - down) / (2 * h), rel=1e-6)
 
@@ -88,9 +88,9 @@ def test_task_bits_gradient_matches_finite_differences_with_fixed_noise():
     for i in range(3):
         base = q.logits.data.clone()
         q.logits.data[i] += h
-        up = float(loss())
+        up = float(loss().detach())
         q.logits.data[i] -= 2 * h
-        down = float(loss())
+        down = float(loss().detach())
         q.logits.data.copy_(base)
         assert q.logits.grad[i].item() == pytest.approx((up - down) / (2 * h), rel=2e-3, abs=1e-6)
 
