@@ -20,7 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("inspect", help="show the tensors, sizes and metadata of a learnq model file",
                                    description="Show the tensors, sizes and metadata of a learnq model file.")
     parser.add_argument("file", help="a model file written by learnq (learnq.save)")
-    add_common(parser, seed=False)
+    add_common(parser)  # --seed is accepted (every command takes it) and changes nothing here
     parser.set_defaults(func=run)
 
 
