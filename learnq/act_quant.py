@@ -1,0 +1,357 @@
+"""Activation quantizers for post-training quantization, placed at the input of each quantized conv/linear layer
+(LAPQ seeds/001 §3 Eq. 3 and §5.1; METHODS.md §0 "Unsigned", §2).
+
+An :class:`ActQuantizer` is registered as ``layer.input_quantizer`` (a submodule, so it moves, copies and saves with
+the model) and applied by a forward pre-hook on the layer; the layer's weight and its state-dict keys are unchanged.
+It has two switches:
+
+* ``observing``: the forward pass records statistics of what goes through (running min and max, per tensor or per
+  channel, and a bounded uniform random sample of the values for the Lp, KL and ACIQ rules: each value gets a seeded
+  random key and the ``sample_size`` smallest keys are kept, so the sample is the same for the same data and seed);
+* ``enabled``: the forward pass fake-quantizes its input on the unsigned grid [0, α] (Δ = α/(2^b-1)) when
+  ``signed`` is False, else on the symmetric grid [-α, α] (Δ = α/(2^(b-1)-1), codes -2^(b-1)..2^(b-1)-1; the sign
+  grid {-α, α} at 1 bit). ``signed=None`` (the default) decides from the calibration data: an input that is
+  non-negative on the whole calibration set (after ReLU/ReLU6, pooling of those...) gets the unsigned grid.
+
+``calibrate`` runs the observers over a calibration set; ``finish_calibration`` (per quantizer) picks α with a
+clipping rule of :mod:`learnq.ptq.clipping`. ``activation_state`` / ``restore_activation_state`` give the JSON
+description and the α tensors a model file needs, and re-attach the quantizers to a freshly built model.
+With gradients enabled the quantizer passes them straight through (``learnq.ste.ste``); values are exact otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from learnq.attach import Selection, candidate_layers
+from learnq.errors import ConfigError, DataError, ModelError, QuantizationError
+from learnq.grid import GridSpec, check_bits
+from learnq.ste import ste
+
+STATE_VERSION = 1
+ATTR = "input_quantizer"
+
+
+class ActQuantizer(nn.Module):
+    """Observer and fake quantizer of one layer input. ``alpha`` is a buffer: a scalar, or one value per channel
+    (``per_channel=True``, along ``channel_axis`` of the input, 1 for (N, C, ...) tensors)."""
+
+    def __init__(self, bits: int, *, signed: bool | None = None, per_channel: bool = False, channel_axis: int = 1,
+                 sample_size: int = 32768, seed: int = 0) -> None:
+        super().__init__()
+        self.bits = check_bits(bits, "activation bits")
+        if signed is not None and not isinstance(signed, bool):
+            raise ConfigError(f"signed must be True, False or None (decide from the data), got {signed!r}")
+        if isinstance(sample_size, bool) or not isinstance(sample_size, int) or sample_size < 1:
+            raise ConfigError(f"sample_size must be an integer >= 1, got {sample_size!r}")
+        self.signed = signed
+        self.per_channel = bool(per_channel)
+        self.channel_axis = int(channel_axis)
+        self.sample_size = sample_size
+        self.seed = int(seed)
+        self.enabled = False
+        self.observing = False
+        self.calibrated = False
+        self.register_buffer("alpha", torch.zeros(()))
+        self.reset_stats()
+
+    # -- observing -----------------------------------------------------------------------------------------------
+    def reset_stats(self) -> None:
+        """Forget what was observed."""
+        self.min_val: torch.Tensor | None = None
+        self.max_val: torch.Tensor | None = None
+        self.sample: torch.Tensor | None = None  # (rows, <= sample_size) float32, on the CPU
+        self._keys: torch.Tensor | None = None
+        self.batches = 0
+        self.count = 0
+
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+        """(rows, n): one row (per tensor) or one row per channel."""
+        if not self.per_channel:
+            return x.reshape(1, -1)
+        if x.ndim < 2 or not -x.ndim <= self.channel_axis < x.ndim:
+            raise ModelError(f"a per-channel activation quantizer needs inputs with a channel axis "
+                             f"{self.channel_axis}, got shape {tuple(x.shape)}")
+        return x.movedim(self.channel_axis, 0).reshape(x.shape[self.channel_axis], -1)
+
+    @torch.no_grad()
+    def observe(self, x: torch.Tensor) -> None:
+        """Add ``x`` to the statistics."""
+        rows = self._rows(x.detach().float())
+        lo, hi = rows.min(dim=1).values, rows.max(dim=1).values
+        if self.min_val is not None and self.min_val.shape != lo.shape:
+            raise ModelError(f"the input of this quantizer had {self.min_val.numel()} channels, now {lo.numel()}")
+        self.min_val = lo if self.min_val is None else torch.minimum(self.min_val, lo)
+        self.max_val = hi if self.max_val is None else torch.maximum(self.max_val, hi)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.batches)
+        keys = torch.rand(rows.shape, generator=g)  # uniform keys: keeping the smallest = uniform sample
+        if self._keys is not None and self._keys.shape[1] >= self.sample_size:
+            threshold = self._keys.max(dim=1, keepdim=True).values
+            take = (keys < threshold).any(dim=0)
+            keys, values = keys[:, take], rows[:, take.to(rows.device)].cpu()
+        else:
+            values = rows.cpu()
+        if self._keys is not None:
+            keys = torch.cat([self._keys, keys], dim=1)
+            values = torch.cat([self.sample, values], dim=1)
+        if keys.shape[1] > self.sample_size:
+            keys, idx = keys.topk(self.sample_size, dim=1, largest=False, sorted=False)
+            values = values.gather(1, idx)
+        self._keys, self.sample = keys, values
+        self.batches += 1
+        self.count += rows.shape[1]
+
+    # -- calibration result ----------------------------------------------------------------------------------------
+    def grid_spec(self) -> GridSpec:
+        """The grid the quantizer uses (``unsigned`` or ``symmetric``; per channel = axis 0 of the sample rows)."""
+        if self.signed is None:
+            raise QuantizationError("this activation quantizer has not decided signed/unsigned: calibrate it first")
+        return GridSpec(bits=self.bits, scheme="symmetric" if self.signed else "unsigned",
+                        granularity="channel" if self.per_channel else "tensor")
+
+    def finish_calibration(self, method: str = "minmax", **options: object) -> torch.Tensor:
+        """Decide signed/unsigned from the observed minimum (unless fixed), choose α with clipping ``method`` on the
+        observed values, enable quantization and stop observing. Returns α."""
+        from learnq.ptq.clipping import choose_clip
+
+        if self.min_val is None or self.sample is None:
+            raise DataError("this activation quantizer observed no data; run calibrate() over a calibration set")
+        if self.signed is None:
+            self.signed = bool((self.min_val < 0).any())
+        spec = self.grid_spec()
+        if method == "minmax" and not options:
+            alpha = torch.maximum(self.max_val.abs(), self.min_val.abs()) if self.signed else self.max_val.clamp(min=0)
+        else:
+            alpha = choose_clip(self.sample, spec, method, **options)
+        self.set_alpha(alpha.float().cpu())
+        self.observing = False
+        self.enabled = True
+        return self.alpha.detach().clone()
+
+    def set_alpha(self, alpha: torch.Tensor | float) -> None:
+        """Set α (scalar, or one value per channel for a per-channel quantizer); marks the quantizer calibrated."""
+        a = torch.as_tensor(alpha, dtype=torch.float32).detach()
+        if not self.per_channel:
+            if a.numel() != 1:
+                raise ConfigError(f"a per-tensor activation quantizer takes one α, got {a.numel()} values")
+            a = a.reshape(())
+        else:
+            a = a.reshape(-1)
+        if not bool(torch.isfinite(a).all()) or bool((a < 0).any()):
+            raise QuantizationError(f"activation α must be finite and >= 0, got {a.reshape(-1).tolist()[:8]}")
+        self.alpha = a.to(self.alpha.device)
+        self.calibrated = True
+
+    # -- forward ---------------------------------------------------------------------------------------------------
+    def _scale_offset(self) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        a = self.alpha
+        if not self.signed:
+            return a / (2**self.bits - 1), torch.zeros_like(a), 0, 2**self.bits - 1
+        if self.bits == 1:
+            return 2 * a, -a, 0, 1
+        top = 2 ** (self.bits - 1) - 1
+        return a / top, torch.zeros_like(a), -top - 1, top
+
+    def fake_quant(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` on the quantizer's grid (α as set)."""
+        if not self.calibrated or self.signed is None:
+            raise QuantizationError("this activation quantizer is enabled but has no α: calibrate it first")
+        scale, offset, qmin, qmax = self._scale_offset()
+        if self.per_channel:
+            shape = [1] * x.ndim
+            shape[self.channel_axis] = -1
+            scale, offset = scale.reshape(shape), offset.reshape(shape)
+        scale, offset = scale.to(x.device), offset.to(x.device)
+        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+        codes = torch.round((x.float() - offset) / safe).clamp_(qmin, qmax)
+        out = torch.where(scale > 0, codes * safe + offset, torch.zeros_like(codes)).to(x.dtype)
+        if torch.is_grad_enabled() and x.requires_grad:
+            return ste(x, out)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observing:
+            self.observe(x)
+        if self.enabled:
+            return self.fake_quant(x)
+        return x
+
+    def extra_repr(self) -> str:
+        kind = "signed" if self.signed else ("unsigned" if self.signed is False else "auto")
+        return (f"bits={self.bits}, {kind}, {'per-channel' if self.per_channel else 'per-tensor'}, "
+                f"enabled={self.enabled}, observing={self.observing}")
+
+
+def _input_hook(module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: the layer's first input goes through ``module.input_quantizer``."""
+    if not args:
+        return args
+    return (module.input_quantizer(args[0]),) + tuple(args[1:])
+
+
+def attach_input_quantizers(model: nn.Module, bits: int, *, selection: Selection = Selection(),
+                            per_channel: bool = False, signed: bool | None = None, sample_size: int = 32768,
+                            seed: int = 0) -> dict[str, ActQuantizer]:
+    """Put an :class:`ActQuantizer` at the input of every selected conv/linear layer (in place); returns
+    ``{layer name: quantizer}``. A layer that already has one keeps it (returned as is)."""
+    check_bits(bits, "activation bits")
+    layers = candidate_layers(model, selection)
+    if not layers:
+        raise ModelError(f"{type(model).__name__} has no layer matching the selection (types "
+                         f"{list(selection.types)}) to put activation quantizers in front of")
+    out: dict[str, ActQuantizer] = {}
+    for i, (name, layer) in enumerate(layers):
+        existing = getattr(layer, ATTR, None)
+        if isinstance(existing, ActQuantizer):
+            out[name] = existing
+            continue
+        if existing is not None:
+            raise ModelError(f"layer {name!r} already has an attribute {ATTR!r}; learnq cannot attach its own")
+        q = ActQuantizer(bits, signed=signed, per_channel=per_channel, sample_size=sample_size, seed=seed + i)
+        layer.add_module(ATTR, q)
+        layer.register_forward_pre_hook(_input_hook)
+        out[name] = q
+    return out
+
+
+def input_quantizers(model: nn.Module) -> dict[str, ActQuantizer]:
+    """``{layer name: ActQuantizer}`` of every layer with an input quantizer, in model order."""
+    return {name: m.get_submodule(ATTR) for name, m in model.named_modules()
+            if isinstance(getattr(m, ATTR, None), ActQuantizer)}
+
+
+def remove_input_quantizers(model: nn.Module) -> int:
+    """Undo :func:`attach_input_quantizers` (submodules and hooks); returns how many were removed."""
+    removed = 0
+    layers = [m for _, m in model.named_modules() if isinstance(getattr(m, ATTR, None), ActQuantizer)]
+    for layer in layers:
+        for hid, fn in list(layer._forward_pre_hooks.items()):
+            if fn is _input_hook:
+                del layer._forward_pre_hooks[hid]
+                layer._forward_pre_hooks_with_kwargs.pop(hid, None)
+                getattr(layer, "_forward_pre_hooks_always_called", {}).pop(hid, None)
+        del layer._modules[ATTR]
+        removed += 1
+    return removed
+
+
+def calibration_batches(data: object, batch_size: int = 256) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """``(inputs, targets or None)`` batches of a calibration set: a tensor of inputs, a Dataset of (input, target)
+    pairs (or of inputs) or a DataLoader. Raises DataError when it yields nothing."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if isinstance(data, torch.Tensor):
+        if data.ndim == 0 or data.shape[0] == 0:
+            raise DataError("the calibration tensor is empty; give at least one sample (shape (N, ...))")
+        batches: object = ((data[i:i + batch_size], None) for i in range(0, data.shape[0], batch_size))
+    elif isinstance(data, DataLoader):
+        batches = data
+    elif isinstance(data, Dataset):
+        try:
+            size = len(data)  # type: ignore[arg-type]
+        except TypeError:
+            size = None
+        if size == 0:
+            raise DataError("the calibration data set is empty; give at least one sample")
+        batches = DataLoader(data, batch_size=batch_size, shuffle=False)
+    else:
+        raise DataError(f"calibration data must be a tensor, a Dataset or a DataLoader, got {type(data).__name__}")
+    seen = 0
+    for batch in batches:  # type: ignore[attr-defined]
+        if isinstance(batch, (list, tuple)):
+            x, y = batch[0], (batch[1] if len(batch) > 1 else None)
+        else:
+            x, y = batch, None
+        if not isinstance(x, torch.Tensor):
+            raise DataError(f"calibration batches must hold tensors, got {type(x).__name__}")
+        if x.shape[0] == 0:
+            continue
+        seen += x.shape[0]
+        yield x, y
+    if seen == 0:
+        raise DataError("the calibration data yielded no samples; give at least one")
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, calib_data: object, *, device: str | torch.device = "cpu",
+              batch_size: int = 256) -> None:
+    """Run every input quantizer's observer over the calibration set (model in eval mode, quantizers of the layers
+    observed as they are: enabled ones keep quantizing). Statistics accumulate over calls; reset with
+    ``q.reset_stats()``."""
+    quantizers = input_quantizers(model)
+    if not quantizers:
+        raise ModelError("the model has no activation quantizers; call attach_input_quantizers first")
+    was_training = model.training
+    model.eval()
+    model.to(device)
+    for q in quantizers.values():
+        q.observing = True
+    try:
+        for x, _ in calibration_batches(calib_data, batch_size):
+            model(x.to(device))
+    finally:
+        for q in quantizers.values():
+            q.observing = False
+        model.train(was_training)
+
+
+def activation_state(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The JSON description of the model's input quantizers and their α tensors (keyed by state-dict name)."""
+    meta: dict = {"version": STATE_VERSION, "quantizers": {}}
+    tensors: dict[str, torch.Tensor] = {}
+    for name, q in input_quantizers(model).items():
+        meta["quantizers"][name] = {"bits": q.bits, "signed": q.signed, "per_channel": q.per_channel,
+                                    "channel_axis": q.channel_axis, "enabled": q.enabled, "calibrated": q.calibrated,
+                                    "shape": list(q.alpha.shape)}
+        tensors[f"{name}.{ATTR}.alpha" if name else f"{ATTR}.alpha"] = q.alpha.detach().cpu().clone()
+    return meta, tensors
+
+
+def restore_activation_state(model: nn.Module, meta: dict, tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """Re-attach the input quantizers ``meta`` (from :func:`activation_state`) describes to ``model`` (a freshly
+    built copy of the network), with α from ``tensors`` when given (else zeros, to be filled by a state-dict load)."""
+    if not isinstance(meta, dict) or meta.get("version") != STATE_VERSION or not isinstance(
+            meta.get("quantizers"), dict):
+        raise ConfigError(f"activation state must be a dict with version {STATE_VERSION} and 'quantizers' (from "
+                          "learnq.act_quant.activation_state)")
+    tensors = tensors or {}
+    for name, rec in meta["quantizers"].items():
+        try:
+            layer = model.get_submodule(name) if name else model
+        except AttributeError:
+            raise ModelError(f"the activation state names layer {name!r}, which the model does not have") from None
+        try:
+            q = ActQuantizer(int(rec["bits"]), signed=rec["signed"], per_channel=bool(rec["per_channel"]),
+                             channel_axis=int(rec["channel_axis"]))
+            shape = tuple(int(s) for s in rec["shape"])
+            enabled, calibrated = bool(rec["enabled"]), bool(rec["calibrated"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"the activation state of layer {name!r} is malformed ({exc!r})") from None
+        key = f"{name}.{ATTR}.alpha" if name else f"{ATTR}.alpha"
+        alpha = tensors.get(key)
+        alpha = torch.zeros(shape) if alpha is None else torch.as_tensor(alpha, dtype=torch.float32)
+        if tuple(alpha.shape) != shape:
+            raise ConfigError(f"{key} has shape {tuple(alpha.shape)}, its description says {shape}")
+        q.alpha = alpha.clone()
+        q.calibrated, q.enabled = calibrated, enabled
+        existing = getattr(layer, ATTR, None)
+        if isinstance(existing, ActQuantizer):
+            layer._modules[ATTR] = q
+        elif existing is not None:
+            raise ModelError(f"layer {name!r} already has an attribute {ATTR!r}; cannot restore its quantizer")
+        else:
+            layer.add_module(ATTR, q)
+            layer.register_forward_pre_hook(_input_hook)
+        try:
+            dev = next(layer.parameters()).device
+        except StopIteration:
+            dev = torch.device("cpu")
+        q.to(dev)
+
+
+__all__ = ["ATTR", "STATE_VERSION", "ActQuantizer", "activation_state", "attach_input_quantizers", "calibrate",
+           "calibration_batches", "input_quantizers", "remove_input_quantizers", "restore_activation_state"]

@@ -1,0 +1,320 @@
+"""Step selection for post-training quantization: the clipping value α of each group of a tensor.
+
+Every rule returns α per group, a float32 tensor of shape ``(spec.granularity.num_groups(x.shape),)``, for
+:func:`learnq.grid.compute_params` (``clip=α``): the grid then covers [-α, α] (``symmetric``, ``lapq``) or [0, α]
+(``unsigned``, post-ReLU activations). α never exceeds the group's own range (max|x|, or max x for ``unsigned``):
+clipping beyond the largest value only coarsens the grid.
+
+* ``minmax``  α = max|x| (Gong et al. 2018, the ℓ∞ rule of LAPQ seeds/001 §2).
+* ``lp``      α_p = argmin_α mean(|Q_α(x) - x|^p), LAPQ seeds/001 §4.1 Eq. (12) (METHODS.md §2, step 1). Bounded
+              scalar search on (0, max|x|]: a grid of ``grid`` candidates, then a golden-section refinement inside
+              the bracket around the best candidate (the error is piecewise smooth but not unimodal, so a pure
+              Brent search as in the reference code can stop in a local minimum; the grid first avoids that).
+* ``mse``     ``lp`` with p = 2 (MMSE).
+* ``aciq``    Banner et al. (ACIQ, arXiv:1810.05723), as summarised in seeds/002 supplement §9.1 Eq. (1)-(4) and
+              METHODS.md §2: α = k·σ (Gaussian) or α = k·b (Laplace, b = mean|x - mean x|), k from the tables in
+              METHODS.md for 1..8 bits; a post-ReLU (``unsigned``) grid of b bits uses the signed k of b + 1 bits.
+              Outside the tables k is the minimiser of the same error model, truncation + α²/(3·4^M)
+              (:func:`aciq_k`), which reproduces the tables to 0.01.
+* ``kl``      TensorRT's calibration (Migacz 2017, "8-bit inference with TensorRT"): histogram of |x| with
+              ``bins`` bins on [0, max|x|]; for each candidate i of kept bins the reference P (outliers folded into
+              its last bin) is compared with its quantization Q onto the grid's levels per sign (2^(b-1) for signed
+              grids, 2^b for ``unsigned``) by KL(P‖Q) after the reference code's ε-smoothing; α = (i* + 0.5)·width,
+              capped at max|x|.
+
+``choose_clip(x, spec, method, **options)`` dispatches by name (``CLIP_METHODS``); unknown names or options raise
+ConfigError. The affine scheme has two ends and no single α: only ``minmax`` (α = max x) accepts it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from functools import lru_cache
+
+import torch
+
+from learnq.errors import ConfigError, QuantizationError
+from learnq.grid import GridSpec, check_tensor
+
+# ACIQ clipping factors k (METHODS.md §2; Banner et al.): signed grids, by bits.
+ACIQ_GAUSS: dict[int, float] = {1: 1.24, 2: 1.71, 3: 2.15, 4: 2.55, 5: 2.93, 6: 3.28, 7: 3.61, 8: 3.92}
+ACIQ_LAPLACE: dict[int, float] = {1: 1.86, 2: 2.83, 3: 3.89, 4: 5.03, 5: 6.2, 6: 7.41, 7: 8.64, 8: 9.89}
+DISTRIBUTIONS = ("gaussian", "laplace")
+
+_CHUNK = 1 << 22  # elements per block of the Lp search (bounds memory: candidates x values)
+
+
+def scale_offset(alpha: torch.Tensor, spec: GridSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step and offset of ``spec``'s grid for clipping value(s) ``alpha`` (as :func:`learnq.grid.compute_params`)."""
+    if spec.scheme == "lapq" or spec.sign_grid:
+        return 2 * alpha / (2**spec.bits - 1), -alpha
+    if spec.scheme == "unsigned":
+        return alpha / (2**spec.bits - 1), torch.zeros_like(alpha)
+    if spec.scheme == "symmetric":
+        return alpha / spec.qrange()[1], torch.zeros_like(alpha)
+    raise ConfigError(f"scheme {spec.scheme!r} has no single clipping value; use 'symmetric', 'lapq' or 'unsigned'")
+
+
+def fake_quant_alpha(x: torch.Tensor, alpha: torch.Tensor, spec: GridSpec) -> torch.Tensor:
+    """Q_α(x): ``x`` on ``spec``'s grid clipped at ``alpha`` (broadcast against ``x``); α = 0 gives 0."""
+    scale, offset = scale_offset(alpha, spec)
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    t = (x - offset) / safe
+    t = torch.floor(t) if spec.rounding == "floor" else torch.round(t)
+    qmin, qmax = spec.qrange()
+    out = t.clamp(qmin, qmax) * safe + offset
+    return torch.where(scale > 0, out, torch.zeros_like(out))
+
+
+def _rows(x: torch.Tensor, spec: GridSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values, mask)``: the (n_groups, group_len) float32 view of ``x`` and its real-entry mask."""
+    check_tensor(x, "the tensor to clip")
+    g = spec.granularity
+    rows = g.view(x.detach().float())
+    return rows, g.group_mask(tuple(x.shape), device=rows.device)
+
+
+def _top(rows: torch.Tensor, spec: GridSpec) -> torch.Tensor:
+    """The largest useful α per group: max|x|, or max(x, 0) for the unsigned grid."""
+    if spec.scheme == "unsigned":
+        return rows.max(dim=1).values.clamp(min=0)
+    return rows.abs().max(dim=1).values
+
+
+def _check_scheme(spec: GridSpec, method: str) -> None:
+    if not isinstance(spec, GridSpec):
+        raise ConfigError(f"spec must be a learnq.grid.GridSpec, got {type(spec).__name__}")
+    if spec.scheme == "affine":
+        raise ConfigError(f"clipping method {method!r} needs a grid with one clipping value α (scheme 'symmetric', "
+                          "'lapq' or 'unsigned'); the affine grid has two ends: use clip 'minmax' or another scheme")
+
+
+def clip_minmax(x: torch.Tensor, spec: GridSpec) -> torch.Tensor:
+    """α = max|x| per group (max x for the unsigned and affine grids)."""
+    rows, _ = _rows(x, spec)
+    if spec.scheme == "affine":
+        return rows.max(dim=1).values.contiguous()
+    return _top(rows, spec).contiguous()
+
+
+def lp_error(x: torch.Tensor, alpha: torch.Tensor | float, spec: GridSpec, p: float = 2.0) -> torch.Tensor:
+    """mean(|Q_α(x) - x|^p) per group for the given α per group (the objective of :func:`clip_lp`)."""
+    rows, mask = _rows(x, spec)
+    a = torch.as_tensor(alpha, dtype=torch.float32, device=rows.device).reshape(-1, 1).expand(rows.shape[0], 1)
+    err = (fake_quant_alpha(rows, a, spec) - rows).abs().pow(p) * mask
+    return err.sum(dim=1) / mask.sum(dim=1)
+
+
+def _lp_batch(rows: torch.Tensor, mask: torch.Tensor, cand: torch.Tensor, spec: GridSpec, p: float) -> torch.Tensor:
+    """Errors of candidates ``cand`` (n_groups, K) on ``rows`` (n_groups, L): (n_groups, K), chunked over K."""
+    n, width = rows.shape
+    step = max(1, _CHUNK // max(1, n * width))
+    out = []
+    count = mask.sum(dim=1, keepdim=True)
+    for start in range(0, cand.shape[1], step):
+        a = cand[:, start:start + step].unsqueeze(2)  # (n, k, 1)
+        err = (fake_quant_alpha(rows.unsqueeze(1), a, spec) - rows.unsqueeze(1)).abs().pow(p)
+        out.append((err * mask.unsqueeze(1)).sum(dim=2) / count)
+    return torch.cat(out, dim=1)
+
+
+def clip_lp(x: torch.Tensor, spec: GridSpec, p: float = 2.0, *, grid: int = 100, refine: int = 30) -> torch.Tensor:
+    """α_p = argmin_α mean(|Q_α(x) - x|^p) per group, searched on (0, max|x|] (LAPQ Eq. 12).
+
+    ``grid`` evenly spaced candidates α_k = k·max/grid, then ``refine`` golden-section steps inside
+    [α_(k-1), α_(k+1)] around the best one; the result is never worse than the best grid candidate.
+    """
+    _check_scheme(spec, "lp")
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or p <= 0:
+        raise ConfigError(f"p of the Lp clipping must be a finite number > 0, got {p!r}")
+    for name, value, least in (("grid", grid, 2), ("refine", refine, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ConfigError(f"{name} of the Lp clipping must be an integer >= {least}, got {value!r}")
+    rows, mask = _rows(x, spec)
+    top = _top(rows, spec)
+    live = top > 0
+    if not bool(live.any()):
+        return top.contiguous()
+    ks = torch.arange(1, grid + 1, dtype=torch.float32, device=rows.device) / grid
+    cand = top.unsqueeze(1) * ks  # (n, grid)
+    errs = _lp_batch(rows, mask, cand, spec, float(p))
+    best = errs.argmin(dim=1)
+    idx = torch.arange(rows.shape[0], device=rows.device)
+    alpha, best_err = cand[idx, best], errs[idx, best]
+    lo = top * (best.float() / grid)  # k-1 (0 for the first candidate)
+    hi = top * ((best + 2).clamp(max=grid).float() / grid)
+    ratio = (math.sqrt(5) - 1) / 2
+    for _ in range(refine):
+        c = hi - ratio * (hi - lo)
+        d = lo + ratio * (hi - lo)
+        ec, ed = _lp_batch(rows, mask, torch.stack([c, d], 1), spec, float(p)).unbind(1)
+        left = ec <= ed
+        hi = torch.where(left, d, hi)
+        lo = torch.where(left, lo, c)
+        for a, e in ((c, ec), (d, ed)):
+            better = (e < best_err) & (a > 0)
+            alpha, best_err = torch.where(better, a, alpha), torch.where(better, e, best_err)
+    return torch.where(live, alpha, top).contiguous()
+
+
+def clip_mse(x: torch.Tensor, spec: GridSpec) -> torch.Tensor:
+    """Minimum mean-squared-error clipping: :func:`clip_lp` with p = 2."""
+    return clip_lp(x, spec, p=2.0)
+
+
+@lru_cache(maxsize=64)
+def aciq_k(bits: int, distribution: str = "laplace") -> float:
+    """ACIQ factor k for a signed grid of ``bits`` bits: the minimiser of the expected error of a unit-scale
+    distribution, ``2·E[(X-α)²; X>α] + α²/(3·4^bits)`` (seeds/002 supplement Eq. 4)."""
+    from scipy import optimize, stats
+
+    rounding = 1.0 / (3.0 * 4.0**bits)
+    if distribution == "gaussian":
+        def err(a: float) -> float:
+            return 2 * ((1 + a * a) * stats.norm.sf(a) - a * stats.norm.pdf(a)) + a * a * rounding
+    else:
+        def err(a: float) -> float:
+            return 2 * math.exp(-a) + a * a * rounding
+    return float(optimize.minimize_scalar(err, bounds=(1e-3, 60.0), method="bounded",
+                                          options={"xatol": 1e-6}).x)
+
+
+def aciq_factor(bits: int, distribution: str, unsigned: bool) -> float:
+    """k of the tables (signed bits, or bits + 1 for a post-ReLU grid), else :func:`aciq_k`."""
+    table = ACIQ_GAUSS if distribution == "gaussian" else ACIQ_LAPLACE
+    b = bits + 1 if unsigned else bits
+    return table[b] if b in table else aciq_k(b, distribution)
+
+
+def clip_aciq(x: torch.Tensor, spec: GridSpec, distribution: str = "laplace") -> torch.Tensor:
+    """ACIQ analytical clipping: α = k·σ (``gaussian``) or k·b, b = mean|x - mean x| (``laplace``), per group,
+    capped at the group's max|x|."""
+    _check_scheme(spec, "aciq")
+    if distribution not in DISTRIBUTIONS:
+        raise ConfigError(f"ACIQ distribution {distribution!r} is unknown; use 'gaussian' or 'laplace'")
+    rows, mask = _rows(x, spec)
+    count = mask.sum(dim=1)
+    mean = (rows * mask).sum(dim=1) / count
+    dev = (rows - mean.unsqueeze(1)) * mask
+    if distribution == "gaussian":
+        spread = (dev.pow(2).sum(dim=1) / count).sqrt()
+    else:
+        spread = dev.abs().sum(dim=1) / count
+    k = aciq_factor(spec.bits, distribution, spec.scheme == "unsigned")
+    return torch.minimum(k * spread, _top(rows, spec)).contiguous()
+
+
+def _smooth(p: torch.Tensor, inside: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """The reference code's smoothing of each row's first i entries (``inside``): zero entries get ε and the nonzero
+    ones give that mass back evenly."""
+    zero = (p == 0) & inside
+    n_zero = zero.sum(dim=1, keepdim=True).to(p.dtype)
+    n_nonzero = ((p != 0) & inside).sum(dim=1, keepdim=True).to(p.dtype).clamp(min=1)
+    return torch.where(zero, eps, torch.where(inside, p - eps * n_zero / n_nonzero, 0.0))
+
+
+def kl_divergences(hist: torch.Tensor, levels: int, start: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """KL(P_i‖Q_i) for every candidate count of kept bins i in [start, len(hist)] (TensorRT's procedure).
+
+    Returns ``(candidates i, divergences)`` (float64). P_i is ``hist[:i]`` with the mass of ``hist[i:]`` added to its
+    last bin; Q_i splits ``hist[:i]`` (without that mass) into ``levels`` runs of ``i // levels`` bins (the last run
+    takes the rest), spreads each run's mass evenly over the bins where P_i is nonzero and is zero where P_i is.
+    Both are normalised and ε-smoothed over their i bins; a divergence that is not a number (smoothing made an entry
+    negative) counts as +inf.
+    """
+    hist = hist.double().reshape(-1).cpu()
+    nbins = hist.numel()
+    first = levels if start is None else start
+    cands = torch.arange(max(first, 1), nbins + 1, dtype=torch.int64)
+    j = torch.arange(nbins, dtype=torch.int64)
+    tail = torch.cat([hist.flip(0).cumsum(0).flip(0), hist.new_zeros(1)])  # tail[i] = sum(hist[i:])
+    out = []
+    for block in cands.split(256):
+        rows = torch.arange(len(block))
+        width = int(block.max())  # columns past the largest candidate are zero in every row
+        i = block.unsqueeze(1)  # (k, 1)
+        inside = j[:width].unsqueeze(0) < i  # (k, width)
+        sliced = hist[:width].unsqueeze(0) * inside
+        p = sliced.clone()
+        p[rows, block - 1] += tail[block]
+        merged = (i // levels).clamp(min=1)
+        run = torch.minimum(j[:width].unsqueeze(0) // merged, torch.tensor(levels - 1))
+        run = torch.where(inside, run, levels)  # bins past i go to a dump run
+        nz = (p != 0).double()
+        mass = torch.zeros(len(block), levels + 1, dtype=torch.float64).scatter_add_(1, run, sliced)
+        count = torch.zeros(len(block), levels + 1, dtype=torch.float64).scatter_add_(1, run, nz)
+        q = (mass / count.clamp(min=1)).gather(1, run) * nz
+        p = _smooth(p / p.sum(dim=1, keepdim=True), inside)
+        q_sum = q.sum(dim=1, keepdim=True)
+        q = _smooth(q / torch.where(q_sum > 0, q_sum, 1.0), inside)
+        terms = torch.where(inside & (p > 0), p * torch.log(p / q), 0.0)
+        kl = terms.sum(dim=1)
+        out.append(torch.where((q_sum.squeeze(1) > 0) & ~kl.isnan(), kl, math.inf))
+    return cands, torch.cat(out)
+
+
+def clip_kl(x: torch.Tensor, spec: GridSpec, bins: int = 2048) -> torch.Tensor:
+    """TensorRT KL-divergence threshold per group on the histogram of |x| (of max(x, 0) for the unsigned grid)."""
+    _check_scheme(spec, "kl")
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
+        raise ConfigError(f"bins of the KL clipping must be an integer >= 2, got {bins!r}")
+    rows, mask = _rows(x, spec)
+    top = _top(rows, spec)
+    levels = 2**spec.bits if spec.scheme == "unsigned" else 2 ** (spec.bits - 1)
+    alpha = top.clone()
+    if levels >= bins:
+        return alpha.contiguous()
+    mags = rows.clamp(min=0) if spec.scheme == "unsigned" else rows.abs()
+    for g in range(rows.shape[0]):
+        if float(top[g]) <= 0:
+            continue
+        values = mags[g][mask[g]].double().cpu()
+        hist = torch.histc(values, bins=bins, min=0.0, max=float(top[g]))
+        cands, kl = kl_divergences(hist, levels)
+        best = int(cands[int(torch.argmin(kl))])
+        width = float(top[g]) / bins
+        alpha[g] = min((best + 0.5) * width, float(top[g]))
+    return alpha.contiguous()
+
+
+CLIP_METHODS: dict[str, Callable[..., torch.Tensor]] = {
+    "minmax": clip_minmax,
+    "lp": clip_lp,
+    "mse": clip_mse,
+    "aciq": clip_aciq,
+    "kl": clip_kl,
+}
+
+
+def clip_options(method: str) -> list[str]:
+    """The keyword options clipping ``method`` accepts."""
+    fn = get_clip(method)
+    return [name for name in list(inspect.signature(fn).parameters)[2:]]
+
+
+def get_clip(method: str) -> Callable[..., torch.Tensor]:
+    """The clipping function registered as ``method``; ConfigError listing the known ones otherwise."""
+    if not isinstance(method, str) or method not in CLIP_METHODS:
+        raise ConfigError(f"clipping method {method!r} is unknown; use one of {', '.join(CLIP_METHODS)}")
+    return CLIP_METHODS[method]
+
+
+def choose_clip(x: torch.Tensor, spec: GridSpec, method: str, **options: object) -> torch.Tensor:
+    """α per group of ``x`` by clipping rule ``method`` (``CLIP_METHODS``) with its ``options``."""
+    fn = get_clip(method)
+    known = clip_options(method)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(f"clipping method {method!r} has no option(s) {', '.join(unknown)}; "
+                          f"its options are: {', '.join(known) if known else 'none'}")
+    alpha = fn(x, spec, **options)
+    if not bool(torch.isfinite(alpha).all()):
+        raise QuantizationError(f"clipping method {method!r} gave a non-finite α; check the tensor")
+    return alpha
+
+
+__all__ = ["ACIQ_GAUSS", "ACIQ_LAPLACE", "CLIP_METHODS", "DISTRIBUTIONS", "aciq_factor", "aciq_k", "choose_clip",
+           "clip_aciq", "clip_kl", "clip_lp", "clip_minmax", "clip_mse", "clip_options", "fake_quant_alpha",
+           "get_clip", "kl_divergences", "lp_error", "scale_offset"]
