@@ -86,7 +86,7 @@ class ObserverFakeQuant(nn.Module):
             zero = torch.round(-lo / scale)
             q = (torch.round(x.detach() / scale) + zero).clamp(0, levels)
             yq = (q - zero) * scale
-        return passthrough(torch.maximum(torch.minimum(x, hi), lo), yq)
+        return passthrough(torch.clamp(x, min=lo, max=hi), yq)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, momentum={self.momentum}"
@@ -123,8 +123,12 @@ def insert_activation_quantizers(model: nn.Module, bits: int = 8, method: str = 
     device = tensors[0].device if tensors else torch.device("cpu")
     wrapped: dict[int, QuantizedActivation] = {}
     names: list[str] = []
+    already = 0
     for parent_name, parent in list(model.named_modules(remove_duplicate=False)):
-        if isinstance(parent, QuantizedActivation) or ".parametrizations" in f".{parent_name}":
+        if isinstance(parent, QuantizedActivation):
+            already += 1
+            continue
+        if ".parametrizations" in f".{parent_name}":
             continue
         for child_name, child in list(parent._modules.items()):
             if child is None or not isinstance(child, kinds) or isinstance(child, QuantizedActivation):
@@ -138,6 +142,9 @@ def insert_activation_quantizers(model: nn.Module, bits: int = 8, method: str = 
                 wrapped[id(child)] = QuantizedActivation(child, quantizer)
             parent._modules[child_name] = wrapped[id(child)]
             names.append(f"{parent_name}.{child_name}" if parent_name else child_name)
+    if not names and already:
+        raise ConfigError(f"{type(model).__name__}'s activations already have quantizers ({already}); build the model "
+                          "again to change them")
     if not names:
         kinds_text = ", ".join(k.__name__ for k in kinds)
         raise ModelError(f"{type(model).__name__} has no {kinds_text} module to quantize after; activations applied "
