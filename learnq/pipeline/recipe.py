@@ -10,6 +10,8 @@ unknown keys, wrong types and unknown names are ``ConfigError`` naming the key p
     [[variants]]    method, bits (or wbits), abits, granularity, scheme, rounding, name, bits_overrides,
                     [variants.select] (learnq.attach.Selection), [variants.options] (the method's own keys)
     [[regularizers]] name, strength, [regularizers.options]      (learnq.regularizers)
+    [satnl]         learnable                                    (learnq.regularizers.SatNL, during training)
+    [asam]          rho, eta                                     (learnq.optim.ASAM wraps the optimizer)
     [qat]           method, bits, granularity, [qat.options]     (learnq.pipeline.variants.QAT_METHODS)
     [report]        plots
 
@@ -121,6 +123,28 @@ class RegularizerSection:
 
 
 @dataclass
+class SatNLSection:
+    """``[satnl]``: train through ``a·tanh(w/a)`` (``learnq.regularizers.SatNL``); the table's presence turns it on.
+
+    learnable: ``a`` is a trained parameter (no weight decay) instead of the fixed initial ``max|w|`` of each layer.
+    The saturation is baked into the weights after training, so the saved float model holds ``a·tanh(w/a)``.
+    """
+
+    learnable: bool = False
+
+
+@dataclass
+class ASAMSection:
+    """``[asam]``: wrap the optimizer in ``learnq.optim.ASAM`` (two forward/backward passes per step).
+
+    rho: neighbourhood radius ``ρ`` (> 0). eta: ``η`` in the weights' normalisation ``|w| + η`` (>= 0).
+    """
+
+    rho: float = 0.5
+    eta: float = 0.01
+
+
+@dataclass
 class QATSection:
     """``[qat]``: quantizers attached before training (``learnq.pipeline.variants.QAT_METHODS``)."""
 
@@ -150,6 +174,8 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     variants: list[VariantSection] = field(default_factory=list)
     regularizers: list[RegularizerSection] = field(default_factory=list)
+    satnl: SatNLSection | None = None
+    asam: ASAMSection | None = None
     qat: QATSection | None = None
     report: ReportSection = field(default_factory=ReportSection)
 
@@ -228,6 +254,8 @@ def validate_recipe(recipe: Recipe) -> None:
         labels[variant.label] = i
     for i, reg in enumerate(recipe.regularizers):
         _validate_regularizer(reg, f"regularizers[{i}]")
+    if recipe.asam is not None:
+        _validate_asam(recipe.asam)
     if recipe.qat is not None:
         with _at("qat.method"):
             info = get_qat(recipe.qat.method)
@@ -309,6 +337,15 @@ def _validate_regularizer(reg: RegularizerSection, path: str) -> None:
                               f"{', '.join(accepted) or 'none'} (and strength, a key of its own)")
 
 
+def _validate_asam(asam: ASAMSection) -> None:
+    from learnq.regularizers.base import check_positive
+
+    with _at("asam.rho"):
+        check_positive(asam.rho, "rho")
+    with _at("asam.eta"):
+        check_positive(asam.eta, "eta", allow_zero=True)
+
+
 def builtin_recipes() -> list[str]:
     """Names of the recipes shipped with learnq (``learnq/recipes/*.toml``)."""
     folder = resources.files("learnq") / "recipes"
@@ -351,11 +388,11 @@ def load_recipe(path_or_name: str | Path) -> Recipe:
 def recipe_fields() -> dict[str, list[str]]:
     """Section -> its keys (for documentation and error messages)."""
     sections = {"recipe": Recipe, "data": DataSection, "model": ModelSection, "train": TrainConfig,
-                "variants": VariantSection, "regularizers": RegularizerSection, "qat": QATSection,
-                "report": ReportSection}
+                "variants": VariantSection, "regularizers": RegularizerSection, "satnl": SatNLSection,
+                "asam": ASAMSection, "qat": QATSection, "report": ReportSection}
     return {name: [f.name for f in dataclasses.fields(cls)] for name, cls in sections.items()}
 
 
 __all__ = ["RECIPE_VERSION", "Recipe", "DataSection", "ModelSection", "VariantSection", "RegularizerSection",
-           "QATSection", "ReportSection", "load_recipe", "parse_recipe", "builtin_recipes", "validate_recipe",
-           "recipe_fields"]
+           "SatNLSection", "ASAMSection", "QATSection", "ReportSection", "load_recipe", "parse_recipe",
+           "builtin_recipes", "validate_recipe", "recipe_fields"]

@@ -9,10 +9,16 @@ No paper. A run directory holds:
 * ``checkpoints/last.pt``: the trainer's state after every epoch (``--resume``);
 * per quantized variant, ``<name>.safetensors`` (``<method>-w<bits>`` unless the recipe names it), with the same
   metadata plus ``variant``; the float baseline's file is ``model.safetensors`` itself;
-* ``metrics.json``: the float model's test metrics, the training history and (``run``) one row per variant
-  ``{method, bits, accuracy, file, file_bytes, ratio}``, where accuracy is that of the model *reloaded from its file*
-  on the test split and ratio is the model's float32 bytes over the file's bytes;
+* ``metrics.json``: the float model's test metrics, the training history, what the training-time methods ended
+  with (``training``: each regularizer's per-layer loss, DSMM's temperatures, SatNL's saturation levels) and
+  (``run``) one row per variant ``{method, bits, accuracy, file, file_bytes, ratio}``, where accuracy is that of the
+  model *reloaded from its file* on the test split and ratio is the model's float32 bytes over the file's bytes;
 * ``report.md``, ``training.png``, ``accuracy_vs_size.png`` (``run``; see learnq.pipeline.report).
+
+Training-time sections of the recipe (:func:`prepare_training`): ``[satnl]`` reparametrises the conv/linear
+weights before anything else is attached, ``[[regularizers]]`` add loss terms (their own parameters, e.g. DSMM's
+temperatures, in groups without weight decay), ``[qat]`` attaches quantizers, ``[asam]`` wraps the optimizer. After
+training, SatNL is baked into the weights (``SatNL.remove``), so ``model.safetensors`` holds ``a·tanh(w/a)``.
 
 Under torchrun every process trains (data parallel); only rank 0 writes files, quantizes and reports.
 """
@@ -58,6 +64,16 @@ class TrainedRun:
     history: list[dict]
     test: dict  # {"loss", "accuracy", "n"} of the float model on the test split
     is_main: bool = True
+    regularizers: dict[str, nn.Module] = field(default_factory=dict)  # the recipe's regularizers, trained
+    training: dict = field(default_factory=dict)  # training_summary(): what metrics.json records as "training"
+
+
+@dataclass
+class TrainingParts:
+    """What :func:`prepare_training` leaves: the keyword arguments of ``train`` and the objects behind them."""
+
+    kwargs: dict[str, Any]  # extra_losses, extra_params and, with [asam] or a [qat] that needs one, optimizer_wrapper
+    regularizers: dict[str, nn.Module]  # loss key (as in the history's "extra") -> Regularizer
 
 
 @dataclass
@@ -102,10 +118,26 @@ def load_splits(recipe: Recipe, *, progress: bool = False) -> Splits:
                         test_fraction=d.test_fraction, limit=d.limit, **options)
 
 
-def training_extras(recipe: Recipe, model: nn.Module, device: str) -> dict[str, Any]:
-    """Keyword arguments of ``train`` for the recipe's ``[[regularizers]]`` and ``[qat]`` sections."""
+def prepare_training(recipe: Recipe, model: nn.Module, device: str) -> TrainingParts:
+    """Set ``model`` up for the recipe's training-time sections and return the keyword arguments of ``train``.
+
+    In this order: ``[satnl]`` reparametrises the weights (``SatNL.apply``; first, so that everything attached later
+    sees the saturated weight), ``[[regularizers]]`` are built on the model (one extra loss term each, keyed by name,
+    or ``name<i>`` when a name repeats), ``[qat]`` attaches its quantizers, ``[asam]`` becomes the
+    ``optimizer_wrapper``. Changes ``model`` in place. Learnable SatNL levels and the regularizers' parameters get
+    optimizer groups with ``weight_decay=0``. ``ConfigError`` if ``[asam]`` is given with a ``[qat]`` method that
+    wraps the optimizer itself.
+    """
     losses: dict[str, Any] = {}
     groups: list[dict] = []
+    regularizers: dict[str, nn.Module] = {}
+    if recipe.satnl is not None:
+        from learnq.regularizers import SatNL
+
+        SatNL.apply(model, learnable=recipe.satnl.learnable)
+        scales = SatNL.scale_parameters(model)
+        if scales:
+            groups.append({"params": scales, "weight_decay": 0.0})
     if recipe.regularizers:
         from learnq.regularizers import build_regularizer
 
@@ -116,6 +148,7 @@ def training_extras(recipe: Recipe, model: nn.Module, device: str) -> dict[str, 
                 kwargs["strength"] = section.strength
             reg = build_regularizer(section.name, model, **kwargs).to(device)
             key = section.name if names.count(section.name) == 1 else f"{section.name}{i}"
+            regularizers[key] = reg
             losses[key] = lambda _model, reg=reg: reg()
             own = [p for p in reg.parameters() if p.requires_grad]
             if own:
@@ -127,7 +160,41 @@ def training_extras(recipe: Recipe, model: nn.Module, device: str) -> dict[str, 
         extras["extra_losses"].update(prepared.pop("extra_losses", {}) or {})
         extras["extra_params"].extend(prepared.pop("extra_params", []) or [])
         extras.update(prepared)
-    return extras
+    if recipe.asam is not None:
+        if extras.get("optimizer_wrapper") is not None:
+            raise ConfigError(f"asam: the [qat] method {recipe.qat.method!r} already wraps the optimizer; "  # type: ignore[union-attr]
+                              "remove the [asam] table")
+        from learnq.optim import ASAM
+
+        rho, eta = recipe.asam.rho, recipe.asam.eta
+        extras["optimizer_wrapper"] = lambda optimizer, net: ASAM(optimizer, net, rho=rho, eta=eta)
+    return TrainingParts(kwargs=extras, regularizers=regularizers)
+
+
+def training_extras(recipe: Recipe, model: nn.Module, device: str) -> dict[str, Any]:
+    """Keyword arguments of ``train`` for the recipe's training-time sections (``prepare_training(...).kwargs``)."""
+    return prepare_training(recipe, model, device).kwargs
+
+
+def training_summary(recipe: Recipe, model: nn.Module, regularizers: dict[str, nn.Module]) -> dict[str, Any]:
+    """JSON record of the training-time methods at the end of training (call before ``SatNL.remove``).
+
+    ``{"regularizers": {key: {"name", "strength", "per_layer"[, "alpha"]}}, "satnl": {"learnable", "scales"} | None,
+    "asam": {"rho", "eta"} | None}``; ``per_layer`` is each layer's unweighted loss, ``alpha`` DSMM's temperatures.
+    """
+    regs: dict[str, Any] = {}
+    for key, reg in regularizers.items():
+        record: dict[str, Any] = {"name": reg.name, "strength": reg.strength, "per_layer": reg.per_layer()}
+        if hasattr(reg, "alphas"):
+            record["alpha"] = reg.alphas()
+        regs[key] = record
+    satnl = None
+    if recipe.satnl is not None:
+        from learnq.regularizers import SatNL
+
+        satnl = {"learnable": recipe.satnl.learnable, "scales": SatNL.scales(model)}
+    asam = None if recipe.asam is None else {"rho": recipe.asam.rho, "eta": recipe.asam.eta}
+    return {"regularizers": regs, "satnl": satnl, "asam": asam}
 
 
 def _metadata(trained: TrainedRun, metrics: dict, variant: VariantSection | None = None) -> dict:
@@ -152,14 +219,19 @@ def train_recipe(recipe: Recipe, out: str | os.PathLike, *, resume: bool = False
     spec = model_spec(recipe.model.name, splits.input_shape, splits.num_classes, **recipe.model.args)
     set_seed(recipe.train.seed)  # the same initial weights on every process
     model = model_from_spec(spec, device="cpu")
-    extras = training_extras(recipe, model, device)
+    parts = prepare_training(recipe, model, device)
     result = train(model, splits.train, recipe.train, test_set=splits.test, checkpoint_dir=str(out_dir / "checkpoints"),
-                   resume=resume, progress=progress, **extras)
+                   resume=resume, progress=progress, **parts.kwargs)
     model = result.model
+    summary = training_summary(recipe, model, parts.regularizers)
+    if recipe.satnl is not None:
+        from learnq.regularizers import SatNL
+
+        SatNL.remove(model)  # bake a·tanh(w/a) into the weights: the saved float model is the one trained
     main = is_main_process()
     test = evaluate(model, splits.test, device=next(model.parameters()).device, batch_size=EVAL_BATCH)
     trained = TrainedRun(recipe=recipe, out=out_dir, model=model, splits=splits, spec=spec, history=result.history,
-                         test=test, is_main=main)
+                         test=test, is_main=main, regularizers=parts.regularizers, training=summary)
     if main:
         _write_json(out_dir / "recipe.json", recipe.to_dict())
         save(model, out_dir / MODEL_FILE, metadata=_metadata(trained, {"test": test, "epochs": len(result.history)}))
@@ -170,7 +242,7 @@ def train_recipe(recipe: Recipe, out: str | os.PathLike, *, resume: bool = False
 def write_metrics(trained: TrainedRun, rows: list[dict] | None = None, details: list[dict] | None = None) -> Path:
     """Write ``metrics.json``: version, recipe name, seed, the float test metrics, history and (run) the rows."""
     payload: dict[str, Any] = {"version": METRICS_VERSION, "recipe": trained.recipe.name, "seed": trained.recipe.seed,
-                               "test": trained.test, "history": trained.history}
+                               "test": trained.test, "history": trained.history, "training": trained.training}
     if rows is not None:
         payload["rows"] = rows
         payload["variants"] = details or []
@@ -281,6 +353,6 @@ def evaluate_file(path: str | os.PathLike, *, device: str = "cpu") -> dict:
             "method": method, "bits": bits, **metrics}
 
 
-__all__ = ["TrainedRun", "RunResult", "ROW_KEYS", "MODEL_FILE", "prepare_out", "load_splits", "training_extras",
-           "train_recipe", "write_metrics", "run_variant", "run_recipe", "resolve_model_file", "rebuild",
-           "evaluate_file"]
+__all__ = ["TrainedRun", "TrainingParts", "RunResult", "ROW_KEYS", "MODEL_FILE", "prepare_out", "load_splits",
+           "prepare_training", "training_extras", "training_summary", "train_recipe", "write_metrics", "run_variant",
+           "run_recipe", "resolve_model_file", "rebuild", "evaluate_file"]
