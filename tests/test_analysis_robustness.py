@@ -72,6 +72,16 @@ def test_optimal_clip_mse_per_group_with_partial_last_group() -> None:
         assert float(alpha[k]) == pytest.approx(amax * (min(range(20), key=lambda i: errors[i]) + 1) / 20)
 
 
+def test_optimal_clip_other_rules_come_from_ptq_clipping() -> None:
+    from learnq.ptq.clipping import choose_clip
+
+    w = torch.randn(500, generator=torch.Generator().manual_seed(2))
+    spec = GridSpec(bits=4)
+    assert torch.equal(optimal_clip(w, spec, "aciq"), choose_clip(w, spec, "aciq"))
+    with pytest.raises(ConfigError, match="affine"):
+        optimal_clip(w, GridSpec(bits=4, scheme="affine"), "aciq")
+
+
 def test_quantize_scaled() -> None:
     w = torch.tensor([[-1.0, 0.2, 0.7], [0.3, 0.9, 1.5]])
     for scheme in ("symmetric", "affine", "lapq"):
@@ -124,7 +134,7 @@ def test_errors(classifier) -> None:
     with pytest.raises(ConfigError, match="factor"):
         step_robustness(model, test, factors=(1.0, -2.0))
     with pytest.raises(ConfigError, match="step rule"):
-        step_robustness(model, test, step="kl")
+        step_robustness(model, test, step="bogus")
     with pytest.raises(ConfigError, match="scheme"):
         step_robustness(model, test, scheme="unsigned")
     with pytest.raises(ConfigError, match="mse_grid"):

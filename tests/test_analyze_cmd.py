@@ -90,6 +90,9 @@ def test_robustness_matches_plain_minmax(run_dir, capsys) -> None:
     assert printed["rows"][1]["accuracy"] == evaluate(plain, splits.test)["accuracy"]
     assert printed["float"] == evaluate(model, splits.test)
     assert (out / "analysis" / "robustness-w3.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert main(["analyze", "robustness", str(out), "--bits", "3", "--factors", "1", "--step", "mse", "--per-layer",
+                 "--quiet"]) == 0
+    assert (out / "analysis" / "robustness-w3-mse-per-layer.json").is_file()
 
 
 def test_errors(run_dir, tmp_path, capsys) -> None:

@@ -12,6 +12,8 @@ comes from one of two rules:
 * ``mse``: the ``α`` minimising ``Σ (w - Q_α(w))²`` over ``mse_grid`` candidates ``α = (i/mse_grid)·α_minmax``,
   ``i = 1..mse_grid`` (ties go to the smaller ``α``; a constant group, stored exactly by any grid, keeps its
   min-max ``α``).
+* any other rule of ``learnq.ptq.clipping`` (``aciq``, the supplement's PTQ for Fig. 1A; ``kl``; ``lp``), for the
+  symmetric and LAPQ grids.
 
 Every grid's step is proportional to ``α``, so the scaled step is obtained by quantizing with ``clip = factor·α``
 (``quantize_tensor(w, spec, clip=factor·α)``): ``factor < 1`` clips more and steps finer, ``factor > 1`` clips
@@ -86,15 +88,20 @@ def quantize_scaled(w: torch.Tensor, spec: GridSpec, alpha: torch.Tensor, factor
 def optimal_clip(w: torch.Tensor, spec: GridSpec, rule: str = "minmax", *, mse_grid: int = MSE_GRID,
                  name: str = "tensor") -> torch.Tensor:
     """The optimal clipping value ``α`` of each group of ``w`` (float32, shape ``(n_groups,)``) under ``rule``."""
+    from learnq.ptq.clipping import CLIP_METHODS, choose_clip
+
     check_tensor(w, name)
-    if rule not in STEP_RULES:
-        raise ConfigError(f"step rule {rule!r} is unknown; use one of {', '.join(STEP_RULES)}")
+    if rule not in STEP_RULES and rule not in CLIP_METHODS:
+        known = ", ".join(dict.fromkeys((*STEP_RULES, *CLIP_METHODS)))
+        raise ConfigError(f"step rule {rule!r} is unknown; use one of {known}")
     if spec.scheme not in SCHEMES:
         raise ConfigError(f"scheme {spec.scheme!r} cannot quantize signed weights here; "
                           f"use one of {', '.join(SCHEMES)}")
     alpha = _minmax_alpha(w, spec)
     if rule == "minmax":
         return alpha
+    if rule != "mse":  # the other rules of learnq.ptq.clipping (aciq, kl, lp): symmetric and lapq grids only
+        return choose_clip(w.detach().float(), spec, rule).float()
     if isinstance(mse_grid, bool) or not isinstance(mse_grid, int) or mse_grid < 1:
         raise ConfigError(f"mse_grid must be an integer >= 1, got {mse_grid!r}")
     g = spec.granularity

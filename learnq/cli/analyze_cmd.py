@@ -5,7 +5,7 @@
 * ``kl``: layer-wise KL divergence of the outputs before and after naive min-max PTQ at ``--bits`` (or against the
   model of another file, ``--quantized``) (learnq.analysis.kl; supplement Fig. 1A) -> ``kl-w<B>.json``/``.png``;
 * ``robustness``: accuracy with every weight step scaled by each ``--factors`` value around its optimum
-  (learnq.analysis.robustness; supplement Fig. 5A) -> ``robustness-w<B>.json``/``.png``.
+  (learnq.analysis.robustness; supplement Fig. 5A) -> ``robustness-w<B>[-<step>][-per-layer].json``/``.png``.
 
 The network is rebuilt from the file's pipeline metadata (``model``; ``kl`` and ``robustness`` also need ``data``)
 and its weights loaded with ``learnq.load``; a file saved from user code has no such metadata and is refused with a
@@ -69,7 +69,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     _grid_args(p)
     p.add_argument("--factors", default="0.5,0.625,0.75,0.875,1,1.25,1.5,1.75,2",
                    help="comma-separated step factors (default 0.5,...,2)")
-    p.add_argument("--step", choices=("minmax", "mse"), default="minmax", help="the optimal step (default minmax)")
+    p.add_argument("--step", choices=("minmax", "mse", "aciq", "kl"), default="minmax",
+                   help="the rule giving the optimal step (default minmax)")
     p.add_argument("--per-layer", action="store_true", help="scale one layer at a time (others at their optimum)")
     p.set_defaults(func=run_robustness)
 
@@ -225,7 +226,8 @@ def run_robustness(args: argparse.Namespace) -> int:
                            granularity=args.granularity, per_layer=args.per_layer, device=args.device,
                            progress=show_progress(args))
     out = _out_dir(args, model_file)
-    stem = f"robustness-w{args.bits}"
+    stem = f"robustness-w{args.bits}" + ("" if args.step == "minmax" else f"-{args.step}") + (
+        "-per-layer" if args.per_layer else "")
     png = plot_robustness(rows, out / f"{stem}.png", float_accuracy=float_metrics["accuracy"])
     result = {"file": str(model_file), "bits": args.bits, "step": args.step, "scheme": args.scheme,
               "granularity": args.granularity, "split": args.split, "per_layer": args.per_layer,
