@@ -125,6 +125,22 @@ def test_after_satnl_the_quantizer_sees_the_saturated_weight(method):
         assert torch.equal(model(x), out)
 
 
+@pytest.mark.parametrize("method", sorted(CONFIGS))
+def test_state_dict_resumes_into_a_freshly_prepared_model(method):
+    torch.manual_seed(0)
+    model = cnn()
+    handle = learnq.prepare(model, CONFIGS[method]())
+    x = train_steps(model, handle, (2, 5, 5))
+    torch.manual_seed(1)
+    other = cnn()
+    learnq.prepare(other, CONFIGS[method]())
+    other.load_state_dict(model.state_dict())
+    model.eval()
+    other.eval()
+    with torch.no_grad():
+        assert torch.equal(other(x), model(x))
+
+
 def test_tied_holders_must_be_parametrized_alike():
     model = Tied()
     SatNL.apply(model)  # SatNL parametrizes the tied weight in its first holder only

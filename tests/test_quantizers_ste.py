@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from learnq.attach import Selection
 from learnq.errors import ConfigError
 from learnq.granularity import Granularity
 from learnq.quantizers import QAT_METHODS, STE, QATConfig, STEQuantizer, fake_quantize_ste
@@ -79,5 +80,10 @@ def test_config_json_round_trip_and_registry():
         QATConfig.from_dict({**data, "bogus": 1})
     with pytest.raises(ConfigError, match="unknown"):
         QATConfig.from_dict({"method": "nope"})
+    with_sel = STE(selection=Selection(skip_first=True, include=("fc*",)))
+    assert QATConfig.from_dict(with_sel.to_dict()) == with_sel
+    assert QATConfig.from_dict({"method": "ste", "selection": {"biases": True}}).selection == Selection(biases=True)
+    with pytest.raises(ConfigError, match="selection"):
+        STE.from_dict({"selection": {"bogus": 1}})
     assert set(QAT_METHODS) == {"ste", "lsq", "nested", "diffq"}
     assert all(cls.description for cls in QAT_METHODS.values())
