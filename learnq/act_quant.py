@@ -22,18 +22,20 @@ With gradients enabled the quantizer passes them straight through (``learnq.ste.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from learnq.attach import Selection, candidate_layers
+from learnq.attach import Selection, candidate_layers, select_parameters
 from learnq.errors import ConfigError, DataError, ModelError, QuantizationError
 from learnq.grid import GridSpec, check_bits
 from learnq.ste import ste
 
 STATE_VERSION = 1
 ATTR = "input_quantizer"
+ACTIVATIONS_KEY = "activations"  # the model file's metadata key of activation_state (learnq.checkpoint)
 
 
 class ActQuantizer(nn.Module):
@@ -197,9 +199,11 @@ def attach_input_quantizers(model: nn.Module, bits: int, *, selection: Selection
                             per_channel: bool = False, signed: bool | None = None, sample_size: int = 32768,
                             seed: int = 0) -> dict[str, ActQuantizer]:
     """Put an :class:`ActQuantizer` at the input of every selected conv/linear layer (in place); returns
-    ``{layer name: quantizer}``. A layer that already has one keeps it (returned as is)."""
+    ``{layer name: quantizer}``. The layers are those whose weight ``selection`` selects (types, include/exclude
+    globs on ``<layer>.weight``, first/last, depthwise). A layer that already has one keeps it (returned as is)."""
     check_bits(bits, "activation bits")
-    layers = candidate_layers(model, selection)
+    chosen = {n.rpartition(".")[0] for n in select_parameters(model, replace(selection, biases=False), require=False)}
+    layers = [(name, layer) for name, layer in candidate_layers(model, selection) if name in chosen]
     if not layers:
         raise ModelError(f"{type(model).__name__} has no layer matching the selection (types "
                          f"{list(selection.types)}) to put activation quantizers in front of")
@@ -353,5 +357,6 @@ def restore_activation_state(model: nn.Module, meta: dict, tensors: dict[str, to
         q.to(dev)
 
 
-__all__ = ["ATTR", "STATE_VERSION", "ActQuantizer", "activation_state", "attach_input_quantizers", "calibrate",
-           "calibration_batches", "input_quantizers", "remove_input_quantizers", "restore_activation_state"]
+__all__ = ["ACTIVATIONS_KEY", "ATTR", "STATE_VERSION", "ActQuantizer", "activation_state", "attach_input_quantizers",
+           "calibrate", "calibration_batches", "input_quantizers", "remove_input_quantizers",
+           "restore_activation_state"]
