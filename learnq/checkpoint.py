@@ -35,6 +35,7 @@ from safetensors import SafetensorError
 from torch import nn
 from torch.nn.utils import parametrize
 
+from learnq.act_quant import ACTIVATIONS_KEY, activation_state, input_quantizers, restore_activation_state
 from learnq.errors import CheckpointError, ConfigError, LearnqError, QuantizationError
 from learnq.granularity import Granularity
 from learnq.grid import MAX_BITS, QuantizedTensor, check_bits
@@ -194,6 +195,8 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = N
     from learnq.size import report_for
 
     user = dict(metadata or {})
+    if input_quantizers(model) and ACTIVATIONS_KEY not in user:  # activation quantizers: re-attached by load
+        user[ACTIVATIONS_KEY] = activation_state(model)[0]
     entries = model_entries(model, quantized)
     tensors: dict[str, torch.Tensor] = {}
     packed: dict[str, torch.Tensor] = {}
@@ -410,6 +413,12 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, strict: boo
     mf = read(path, device)
     if model is None:
         return mf
+    if ACTIVATIONS_KEY in mf.metadata:  # the file's activation quantizers (learnq.act_quant), α from its tensors
+        try:
+            restore_activation_state(model, mf.metadata[ACTIVATIONS_KEY],
+                                     {k: v for k, v in mf.entries.items() if isinstance(v, torch.Tensor)})
+        except LearnqError as exc:
+            raise CheckpointError(f"{mf.path!r}: its activation quantizers do not fit the model ({exc})") from exc
     state = plain_state(model)
     if strict:
         missing = [k for k in state if k not in mf.entries]
