@@ -16,7 +16,8 @@ from learnq import __version__
 from learnq.errors import LearnqError
 
 # module name (in learnq.cli) of each subcommand, in the order `learnq --help` lists them
-COMMANDS: list[str] = ["demo", "run_cmd", "train_cmd", "eval_cmd", "inspect_cmd", "list_cmd", "analyze_cmd"]
+COMMANDS: list[str] = ["demo", "run_cmd", "train_cmd", "eval_cmd", "quantize_cmd", "inspect_cmd", "list_cmd",
+                       "analyze_cmd"]
 
 
 def build_parser() -> argparse.ArgumentParser:
