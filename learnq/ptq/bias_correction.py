@@ -64,11 +64,13 @@ def correct_bias(w_q: torch.Tensor, w: torch.Tensor, *, variance: bool = False, 
     """The quantized weight ``w_q`` with each channel along ``axis`` (the output channel) corrected so that its mean
     (and with ``variance=True`` first its standard deviation) equals that of the float weight ``w``.
 
-    Applied after any step selection; returns a new tensor of ``w_q``'s dtype.
+    Applied after any step selection; computed in float64 when either input is float64, else float32; returns a new
+    tensor of ``w_q``'s dtype.
     """
     axis = _check(w_q, w, axis)
-    q = _channels(w_q.detach().float(), axis)
-    f = _channels(w.detach().float(), axis)
+    dtype = torch.float64 if torch.float64 in (w_q.dtype, w.dtype) else torch.float32
+    q = _channels(w_q.detach().to(dtype), axis)
+    f = _channels(w.detach().to(dtype), axis)
     if variance:
         mu_q = q.mean(dim=1, keepdim=True)
         sd_q = q.std(dim=1, correction=0, keepdim=True)
