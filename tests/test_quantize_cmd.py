@@ -1,0 +1,109 @@
+"""Tests for ``learnq quantize`` (learnq.cli.quantize_cmd): round trips through model files, --json, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import learnq
+from learnq.act_quant import input_quantizers
+from learnq.cli import main
+from learnq.cli.quantize_cmd import parse_options
+from learnq.errors import ConfigError
+from learnq.pipeline.data import load_dataset
+from learnq.pipeline.models import build_model, model_from_spec, model_spec
+from learnq.pipeline.train import evaluate
+
+JSON_KEYS = {"accuracy", "file_bytes", "calib_seconds", "loss_evals", "wbits", "abits", "method", "file", "calib"}
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    """A pipeline model file: an MLP trained briefly on seeded synthetic 1x8x8 data, with model/data metadata."""
+    out = tmp_path_factory.mktemp("q")
+    splits = load_dataset("synthetic", seed=0, input_shape=(1, 8, 8), size=400, calib_size=64)
+    torch.manual_seed(0)
+    model = build_model("mlp", (1, 8, 8), 10)
+    x, y = splits.train.tensors
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(40):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    test = evaluate(model, splits.test)
+    meta = {"model": model_spec("mlp", (1, 8, 8), 10), "data": splits.preprocessing, "metrics": {"test": test}}
+    path = out / "model.safetensors"
+    learnq.save(model, path, metadata=meta)
+    return path, splits, test
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_json_round_trip_with_eval_and_load(model_file, tmp_path, capsys) -> None:
+    path, splits, test = model_file
+    out = tmp_path / "w4a4.safetensors"
+    code, text, _ = _run(capsys, "quantize", str(path), "--method", "mse", "--wbits", "4", "--abits", "4",
+                         "--calib", "32", "--out", str(out), "--json")
+    assert code == 0
+    report = json.loads(text)
+    assert JSON_KEYS <= set(report)
+    assert (report["method"], report["wbits"], report["abits"], report["calib"]) == ("mse", 4, 4, 32)
+    assert report["loss_evals"] == 0 and report["calib_seconds"] > 0
+    assert report["file_bytes"] == out.stat().st_size
+    assert report["float_accuracy"] == test["accuracy"]
+    assert report["accuracy"] == report["accuracy_before_save"]  # the file computes what the model computed
+    code, text, _ = _run(capsys, "eval", str(out), "--json")
+    assert code == 0
+    evaluated = json.loads(text)
+    assert evaluated["accuracy"] == report["accuracy"] and evaluated["method"] == "mse" and evaluated["bits"] == 4
+    meta = learnq.load(out).metadata
+    model = model_from_spec(meta["model"])
+    learnq.load(out, model)
+    assert set(input_quantizers(model)) == {"fc1", "fc2"}
+    assert evaluate(model, splits.test)["accuracy"] == report["accuracy"]
+    assert meta["ptq"]["calib"] == 32 and meta["variant"] == {"method": "mse", "bits": 4, "abits": 4}
+
+
+def test_weights_only_default_out_and_table(model_file, capsys) -> None:
+    path, _, _ = model_file
+    code, text, _ = _run(capsys, "quantize", str(path), "--method", "lp", "--wbits", "4", "--abits", "32",
+                         "--calib", "16", "--option", "p=3.0", "--granularity", "channel", "--bias-correction")
+    assert code == 0
+    out = path.with_name("model.lp-w4a32.safetensors")
+    assert out.is_file() and "quantized test accuracy" in text
+    meta = learnq.load(out).metadata
+    assert "activations" not in meta and meta["ptq"]["options"] == {"p": 3.0}
+    model = learnq.load(out, model_from_spec(meta["model"]))
+    assert not input_quantizers(model)
+
+
+def test_errors(model_file, tmp_path, capsys) -> None:
+    path, _, _ = model_file
+    code, _, err = _run(capsys, "quantize", str(path), "--method", "percentile")
+    assert code == 2 and "--method" in err
+    code, _, err = _run(capsys, "quantize", str(path), "--calib", "0")
+    assert code == 2 and "--calib" in err
+    code, _, err = _run(capsys, "quantize", str(path), "--option", "p")
+    assert code == 2 and "KEY=VALUE" in err
+    code, _, err = _run(capsys, "quantize", str(path), "--method", "aciq", "--option", "bins=3")
+    assert code == 2 and "no option 'bins'" in err
+    code, _, err = _run(capsys, "quantize", str(path), "--out", str(path))
+    assert code == 2 and "input file" in err
+    plain = tmp_path / "plain.safetensors"
+    learnq.save(build_model("mlp", (1, 8, 8), 10), plain)
+    code, _, err = _run(capsys, "quantize", str(plain))
+    assert code == 2 and "pipeline metadata" in err
+
+
+def test_parse_options() -> None:
+    assert parse_options(["p=3", "distribution=gaussian", "x=[1, 2]"]) == {"p": 3, "distribution": "gaussian",
+                                                                           "x": [1, 2]}
+    with pytest.raises(ConfigError):
+        parse_options(["=3"])
