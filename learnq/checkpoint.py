@@ -49,6 +49,11 @@ FORMAT = "learnq"
 FORMAT_VERSION = 1
 SEP = "::"
 _MAX_HEADER = 100 * 2**20
+# A model whose BatchNorm layers were folded before quantization (learnq.ptq.quantize) carries the folded
+# (layer, BatchNorm) pairs in this attribute; save records them under this metadata key and load folds the same
+# pairs of the freshly built model it loads into, so the file's tensors fit it.
+FOLDED_BN_ATTR = "learnq_folded_batchnorm"
+FOLDED_BN_KEY = "folded_batchnorm"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 Entry = QuantizedTensor | torch.Tensor
@@ -197,6 +202,9 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = N
     user = dict(metadata or {})
     if input_quantizers(model) and ACTIVATIONS_KEY not in user:  # activation quantizers: re-attached by load
         user[ACTIVATIONS_KEY] = activation_state(model)[0]
+    folded = getattr(model, FOLDED_BN_ATTR, None)
+    if folded and FOLDED_BN_KEY not in user:  # BatchNorm folded before quantization: folded again by load
+        user[FOLDED_BN_KEY] = [list(pair) for pair in folded]
     entries = model_entries(model, quantized)
     tensors: dict[str, torch.Tensor] = {}
     packed: dict[str, torch.Tensor] = {}
@@ -401,6 +409,37 @@ def read(path: str | os.PathLike, device: str | torch.device = "cpu") -> ModelFi
 
 
 # -- load -------------------------------------------------------------------------------------------------------
+def _fold_like(model: nn.Module, recorded: Any, path: str) -> None:
+    """Fold the BatchNorm layers of ``model`` that the file's model had folded (a no-op when already folded)."""
+    try:
+        pairs = [(str(layer), str(bn)) for layer, bn in recorded]
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path!r}: its '{FOLDED_BN_KEY}' metadata is malformed") from exc
+    if not pairs or all(isinstance(_submodule(model, bn), nn.Identity) for _, bn in pairs):
+        return
+    from learnq.pipeline.bn_fold import find_conv_bn_pairs, fold_batchnorm
+
+    was_training = model.training
+    model.eval()
+    try:
+        found = find_conv_bn_pairs(model)
+        if sorted(found) != sorted(pairs):
+            raise CheckpointError(f"{path!r} was written from a model whose BatchNorm layers {pairs} were folded "
+                                  f"into the layer before them, but this model's foldable pairs are {found}; load "
+                                  "it into the network it was made from")
+        fold_batchnorm(model, inplace=True)
+    finally:
+        model.train(was_training)
+    setattr(model, FOLDED_BN_ATTR, pairs)
+
+
+def _submodule(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
+
+
 def load(path: str | os.PathLike, model: nn.Module | None = None, *, strict: bool = True,
          device: str | torch.device = "cpu") -> nn.Module | ModelFile:
     """Read ``path``; without ``model`` return the :class:`ModelFile`, with one load it into ``model``.
@@ -413,6 +452,8 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, strict: boo
     mf = read(path, device)
     if model is None:
         return mf
+    if FOLDED_BN_KEY in mf.metadata:
+        _fold_like(model, mf.metadata[FOLDED_BN_KEY], mf.path)
     if ACTIVATIONS_KEY in mf.metadata:  # the file's activation quantizers (learnq.act_quant), α from its tensors
         try:
             restore_activation_state(model, mf.metadata[ACTIVATIONS_KEY],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -99,12 +101,11 @@ def test_every_clipping_method_runs_and_saves(trained, tmp_path, method: str, op
         expected = result.model(x)
     path = tmp_path / f"{method}.safetensors"
     learnq.save(result.model, path)
-    from learnq.pipeline.bn_fold import fold_batchnorm
-
-    fresh = fold_batchnorm(model)
+    fresh = copy.deepcopy(model)  # unfolded: load folds its BatchNorm as the file records, then loads
     learnq.load(path, fresh)
+    assert isinstance(fresh[1], nn.Identity) and learnq.load(path).metadata["folded_batchnorm"] == [["0", "1"]]
     with torch.no_grad():
-        assert torch.equal(fresh(x), expected)
+        assert torch.equal(fresh.eval()(x), expected)
 
 
 def test_bias_correction_option_equalises_channel_means(trained) -> None:

@@ -102,6 +102,28 @@ def test_errors(model_file, tmp_path, capsys) -> None:
     assert code == 2 and "pipeline metadata" in err
 
 
+def test_batchnorm_network_round_trip(tmp_path, capsys) -> None:
+    # BatchNorm is folded before quantization; learnq eval / learnq.load fold the rebuilt network the same way
+    splits = load_dataset("synthetic", seed=0, input_shape=(3, 8, 8), size=120, calib_size=16)
+    torch.manual_seed(0)
+    spec = model_spec("resnet20", (3, 8, 8), 10, width_mult=0.25)
+    model = model_from_spec(spec)
+    with torch.no_grad():  # non-trivial running statistics
+        model(splits.train.tensors[0])
+    model.eval()
+    path = tmp_path / "resnet.safetensors"
+    learnq.save(model, path, metadata={"model": spec, "data": splits.preprocessing})
+    out = tmp_path / "q.safetensors"
+    code, text, _ = _run(capsys, "quantize", str(path), "--method", "minmax", "--wbits", "8", "--abits", "8",
+                         "--calib", "16", "--out", str(out), "--json")
+    assert code == 0
+    report = json.loads(text)
+    assert report["accuracy"] == report["accuracy_before_save"]
+    code, text, _ = _run(capsys, "eval", str(out), "--json")
+    assert code == 0 and json.loads(text)["accuracy"] == report["accuracy"]
+    assert learnq.load(out).metadata["folded_batchnorm"]
+
+
 def test_parse_options() -> None:
     assert parse_options(["p=3", "distribution=gaussian", "x=[1, 2]"]) == {"p": 3, "distribution": "gaussian",
                                                                            "x": [1, 2]}

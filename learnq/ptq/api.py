@@ -37,6 +37,7 @@ from torch import nn
 
 from learnq.act_quant import ActQuantizer, attach_input_quantizers, calibrate, calibration_batches
 from learnq.attach import LAYER_TYPES, Selection, select_parameters
+from learnq.checkpoint import FOLDED_BN_ATTR
 from learnq.errors import ConfigError, ModelError
 from learnq.granularity import Granularity
 from learnq.grid import GridSpec, check_bits
@@ -271,9 +272,12 @@ def quantize(model: nn.Module, calibration_data: Any, *, method: str = "minmax",
     work = model if inplace else copy.deepcopy(model)
     work.eval()
     if fold_bn:
-        from learnq.pipeline.bn_fold import fold_batchnorm
+        from learnq.pipeline.bn_fold import find_conv_bn_pairs, fold_batchnorm
 
+        pairs = [list(p) for p in find_conv_bn_pairs(work)]
         work = fold_batchnorm(work, inplace=True)
+        if pairs:  # learnq.save records them, learnq.load folds a fresh model the same way
+            setattr(work, FOLDED_BN_ATTR, list(getattr(work, FOLDED_BN_ATTR, None) or []) + pairs)
     work.to(torch_device)
     skipped = unquantizable(work)
     skip = info.skip_first_last if skip_first_last is None else bool(skip_first_last)
