@@ -234,6 +234,19 @@ def test_kl_clips_outliers_and_keeps_uniform_range() -> None:
     assert float(clip_kl(uniform, GridSpec(8), bins=64)) == float(uniform.abs().max())
 
 
+def test_kl_ignores_the_single_bin_candidates_near_zero() -> None:
+    # no magnitude below 0.02: with i counted from `levels`, the candidate i = (first nonzero bin) + 1 keeps one bin
+    # that Q matches exactly (KL = 0) and would clip everything to ~0.02; candidates start at bins/16 instead
+    torch.manual_seed(8)
+    mags = torch.rand(5000) * 0.98 + 0.02
+    x = mags * torch.where(torch.rand(5000) < 0.5, -1.0, 1.0)
+    hist = torch.histc(x.abs().double(), bins=2048, min=0.0, max=float(x.abs().max()))
+    first = int(torch.nonzero(hist)[0])
+    cands, kl = kl_divergences(hist, 8)
+    assert 8 <= first < 128 and float(kl[cands == first + 1]) == 0.0  # the degenerate candidate
+    assert float(clip_kl(x, GridSpec(4))) > 0.5
+
+
 def test_choose_clip_dispatch_and_errors() -> None:
     x = torch.randn(10, 10)
     spec = GridSpec(4)

@@ -19,8 +19,9 @@ clipping beyond the largest value only coarsens the grid.
 * ``kl``      TensorRT's calibration (Migacz 2017, "8-bit inference with TensorRT"): histogram of |x| with
               ``bins`` bins on [0, max|x|]; for each candidate i of kept bins the reference P (outliers folded into
               its last bin) is compared with its quantization Q onto the grid's levels per sign (2^(b-1) for signed
-              grids, 2^b for ``unsigned``) by KL(P‖Q) after the reference code's ε-smoothing; α = (i* + 0.5)·width,
-              capped at max|x|.
+              grids, 2^b for ``unsigned``) by KL(P‖Q) after the reference code's ε-smoothing, for i from
+              max(levels, bins/16) (TensorRT's 128 of 2048 bins) to ``bins``; α = (i* + 0.5)·width, capped at
+              max|x|.
 
 ``choose_clip(x, spec, method, **options)`` dispatches by name (``CLIP_METHODS``); unknown names or options raise
 ConfigError. The affine scheme has two ends and no single α: only ``minmax`` (α = max x) accepts it.
@@ -256,15 +257,21 @@ def kl_divergences(hist: torch.Tensor, levels: int, start: int | None = None) ->
 
 
 def clip_kl(x: torch.Tensor, spec: GridSpec, bins: int = 2048) -> torch.Tensor:
-    """TensorRT KL-divergence threshold per group on the histogram of |x| (of max(x, 0) for the unsigned grid)."""
+    """TensorRT KL-divergence threshold per group on the histogram of |x| (of max(x, 0) for the unsigned grid).
+
+    Candidates keep i >= max(levels, bins/16) bins (TensorRT's 128 of 2048): below that, a kept histogram whose only
+    nonzero bin is its last one (every value folded in as an outlier) is matched exactly by Q (KL = 0), which would
+    clip a tensor whose smallest magnitude is far from zero (sparse weights, normalised images) to nearly nothing.
+    """
     _check_scheme(spec, "kl")
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
         raise ConfigError(f"bins of the KL clipping must be an integer >= 2, got {bins!r}")
     rows, mask = _rows(x, spec)
     top = _top(rows, spec)
     levels = 2**spec.bits if spec.scheme == "unsigned" else 2 ** (spec.bits - 1)
+    start = max(levels, bins // 16)
     alpha = top.clone()
-    if levels >= bins:
+    if start >= bins:
         return alpha.contiguous()
     mags = rows.clamp(min=0) if spec.scheme == "unsigned" else rows.abs()
     for g in range(rows.shape[0]):
@@ -272,7 +279,7 @@ def clip_kl(x: torch.Tensor, spec: GridSpec, bins: int = 2048) -> torch.Tensor:
             continue
         values = mags[g][mask[g]].double().cpu()
         hist = torch.histc(values, bins=bins, min=0.0, max=float(top[g]))
-        cands, kl = kl_divergences(hist, levels)
+        cands, kl = kl_divergences(hist, levels, start)
         best = int(cands[int(torch.argmin(kl))])
         width = float(top[g]) / bins
         alpha[g] = min((best + 0.5) * width, float(top[g]))
