@@ -12,7 +12,7 @@ unknown keys, wrong types and unknown names are ``ConfigError`` naming the key p
     [[regularizers]] name, strength, [regularizers.options]      (learnq.regularizers)
     [satnl]         learnable                                    (learnq.regularizers.SatNL, during training)
     [asam]          rho, eta                                     (learnq.optim.ASAM wraps the optimizer)
-    [qat]           method, bits, granularity, [qat.options]     (learnq.pipeline.variants.QAT_METHODS)
+    [qat]           method, bits, granularity, bits_overrides, [qat.select], [qat.options]   (learnq.pipeline.qat)
     [report]        plots
 
 Top-level keys: ``version`` (1), ``name``, ``description``, ``seed`` (the default of ``data.seed`` and
@@ -146,11 +146,16 @@ class ASAMSection:
 
 @dataclass
 class QATSection:
-    """``[qat]``: quantizers attached before training (``learnq.pipeline.variants.QAT_METHODS``)."""
+    """``[qat]``: quantizers attached before training (``learnq.pipeline.variants.QAT_METHODS``, registered by
+    ``learnq.pipeline.qat``; docs/qat.md). The trained model is the quantized model: a ``[qat]`` recipe has no
+    ``[[variants]]``. bits_overrides: parameter-name globs -> fixed bits; select: which parameters (default: the
+    method's own choice)."""
 
     method: str
     bits: int | None = None
     granularity: str = "channel"
+    bits_overrides: dict[str, int] = field(default_factory=dict)
+    select: Selection = field(default_factory=Selection)
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -260,6 +265,12 @@ def validate_recipe(recipe: Recipe) -> None:
         with _at("qat.method"):
             info = get_qat(recipe.qat.method)
         check_options(info.options, recipe.qat.options, "qat.options")
+        if info.validate is not None:
+            info.validate(recipe.qat, "qat")
+        if recipe.variants:
+            raise ConfigError("variants: a recipe with [qat] trains the quantized model itself (model.safetensors is "
+                              "its row); remove the [[variants]] tables, or drop [qat] and name the QAT method in a "
+                              "[[variants]] table (which fine-tunes the float model) to compare with float and PTQ")
 
 
 def _validate_data(data: DataSection) -> None:
@@ -296,14 +307,16 @@ def _validate_variant(variant: VariantSection, path: str) -> None:
     with _at(f"{path}.method"):
         info = get_variant(variant.method)
     if info.quantizes:
-        if variant.bits is None:
+        if variant.bits is None and not info.learned_bits:
             raise ConfigError(f"{path}.bits: missing; method {variant.method!r} needs a bit-width (1 to 16)")
-        with _at(f"{path}.bits"):
-            check_bits(variant.bits)
+        if variant.bits is not None:
+            with _at(f"{path}.bits"):
+                check_bits(variant.bits)
         with _at(f"{path}.granularity"):
             Granularity.parse(variant.granularity)
-        with _at(path):
-            variant.grid_spec()
+        if variant.bits is not None:
+            with _at(path):
+                variant.grid_spec()
         for pattern, bits in variant.bits_overrides.items():
             with _at(f"{path}.bits_overrides.{pattern}"):
                 check_bits(bits)
@@ -318,6 +331,8 @@ def _validate_variant(variant: VariantSection, path: str) -> None:
         raise ConfigError(f"{path}.name: {variant.label!r} is not a valid file stem; use letters, digits, '-', "
                           "'_', '.' and '+'")
     variant.options = check_options(info.options, variant.options, f"{path}.options")
+    if info.validate is not None:
+        info.validate(variant, path)
 
 
 def _validate_regularizer(reg: RegularizerSection, path: str) -> None:

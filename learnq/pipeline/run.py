@@ -10,15 +10,19 @@ No paper. A run directory holds:
 * per quantized variant, ``<name>.safetensors`` (``<method>-w<bits>`` unless the recipe names it), with the same
   metadata plus ``variant``; the float baseline's file is ``model.safetensors`` itself;
 * ``metrics.json``: the float model's test metrics, the training history, what the training-time methods ended
-  with (``training``: each regularizer's per-layer loss, DSMM's temperatures, SatNL's saturation levels) and
-  (``run``) one row per variant ``{method, bits, accuracy, file, file_bytes, ratio}``, where accuracy is that of the
-  model *reloaded from its file* on the test split and ratio is the model's float32 bytes over the file's bytes;
+  with (``training``: each regularizer's per-layer loss, DSMM's temperatures, SatNL's saturation levels, the
+  ``[qat]`` quantizer's true size and bits) and (``run``) one row per variant ``{method, bits, accuracy, file,
+  file_bytes, ratio}``, where accuracy is that of the model *reloaded from its file* on the test split and ratio is
+  the model's float32 bytes over the file's bytes (methods that learn their widths report the stored code bits per
+  quantized value as ``bits``);
 * ``report.md``, ``training.png``, ``accuracy_vs_size.png`` (``run``; see learnq.pipeline.report).
 
 Training-time sections of the recipe (:func:`prepare_training`): ``[satnl]`` reparametrises the conv/linear
 weights before anything else is attached, ``[[regularizers]]`` add loss terms (their own parameters, e.g. DSMM's
 temperatures, in groups without weight decay), ``[qat]`` attaches quantizers, ``[asam]`` wraps the optimizer. After
-training, SatNL is baked into the weights (``SatNL.remove``), so ``model.safetensors`` holds ``a·tanh(w/a)``.
+training, SatNL is baked into the weights (``SatNL.remove``), so ``model.safetensors`` holds ``a·tanh(w/a)``; the
+``[qat]`` quantizers are frozen (``QuantHandle.freeze``), so ``model.safetensors`` is the quantized model and the run's
+one row (``method`` = the QAT method).
 
 Under torchrun every process trains (data parallel); only rank 0 writes files, quantizes and reports.
 """
@@ -42,6 +46,7 @@ from learnq.errors import CheckpointError, ConfigError
 from learnq.pipeline import schema
 from learnq.pipeline.data import Splits, dataset_from_preprocessing, load_dataset
 from learnq.pipeline.models import model_from_spec, model_spec
+from learnq.pipeline.qat import freeze_with_summary, mean_bits
 from learnq.pipeline.recipe import Recipe, VariantSection
 from learnq.pipeline.train import evaluate, is_main_process, set_seed, train
 from learnq.pipeline.variants import apply_variant, get_qat, get_variant
@@ -74,6 +79,7 @@ class TrainingParts:
 
     kwargs: dict[str, Any]  # extra_losses, extra_params and, with [asam] or a [qat] that needs one, optimizer_wrapper
     regularizers: dict[str, nn.Module]  # loss key (as in the history's "extra") -> Regularizer
+    qat_handle: Any = None  # the [qat] method's learnq.QuantHandle, frozen after training
 
 
 @dataclass
@@ -154,9 +160,11 @@ def prepare_training(recipe: Recipe, model: nn.Module, device: str) -> TrainingP
             if own:
                 groups.append({"params": own, "weight_decay": 0.0})
     extras: dict[str, Any] = {"extra_losses": losses, "extra_params": groups}
+    handle = None
     if recipe.qat is not None:
         info = get_qat(recipe.qat.method)
         prepared = dict(info.prepare(model, recipe.qat, recipe.seed, device))
+        handle = prepared.pop("handle", None)
         extras["extra_losses"].update(prepared.pop("extra_losses", {}) or {})
         extras["extra_params"].extend(prepared.pop("extra_params", []) or [])
         extras.update(prepared)
@@ -168,7 +176,7 @@ def prepare_training(recipe: Recipe, model: nn.Module, device: str) -> TrainingP
 
         rho, eta = recipe.asam.rho, recipe.asam.eta
         extras["optimizer_wrapper"] = lambda optimizer, net: ASAM(optimizer, net, rho=rho, eta=eta)
-    return TrainingParts(kwargs=extras, regularizers=regularizers)
+    return TrainingParts(kwargs=extras, regularizers=regularizers, qat_handle=handle)
 
 
 def training_extras(recipe: Recipe, model: nn.Module, device: str) -> dict[str, Any]:
@@ -224,17 +232,23 @@ def train_recipe(recipe: Recipe, out: str | os.PathLike, *, resume: bool = False
                    resume=resume, progress=progress, **parts.kwargs)
     model = result.model
     summary = training_summary(recipe, model, parts.regularizers)
+    if parts.qat_handle is not None:  # first: freezing also bakes in the parametrizations before the quantizers
+        summary["qat"] = freeze_with_summary(parts.qat_handle)
     if recipe.satnl is not None:
         from learnq.regularizers import SatNL
 
-        SatNL.remove(model)  # bake a·tanh(w/a) into the weights: the saved float model is the one trained
+        if SatNL.is_applied(model):  # bake a·tanh(w/a) into the weights: the saved float model is the one trained
+            SatNL.remove(model)
     main = is_main_process()
     test = evaluate(model, splits.test, device=next(model.parameters()).device, batch_size=EVAL_BATCH)
     trained = TrainedRun(recipe=recipe, out=out_dir, model=model, splits=splits, spec=spec, history=result.history,
                          test=test, is_main=main, regularizers=parts.regularizers, training=summary)
     if main:
         _write_json(out_dir / "recipe.json", recipe.to_dict())
-        save(model, out_dir / MODEL_FILE, metadata=_metadata(trained, {"test": test, "epochs": len(result.history)}))
+        file_metrics: dict[str, Any] = {"test": test, "epochs": len(result.history)}
+        if "qat" in summary and summary["qat"]["bits"] is not None:
+            file_metrics["bits"] = round(summary["qat"]["bits"], 2)  # as the run's row reports it
+        save(model, out_dir / MODEL_FILE, metadata=_metadata(trained, file_metrics))
         write_metrics(trained)
     return trained
 
@@ -258,23 +272,50 @@ def run_variant(trained: TrainedRun, variant: VariantSection) -> tuple[dict, dic
     """
     info = get_variant(variant.method)
     device = _device(trained.recipe)
+    bits: float = variant.weight_bits
     if info.quantizes:
         set_seed(trained.recipe.seed)
         model = apply_variant(copy.deepcopy(trained.model), trained.splits, variant, trained.recipe.seed, device)
         before = evaluate(model, trained.splits.test, device=device, batch_size=EVAL_BATCH)
         name = f"{variant.label}.safetensors"
-        size = save(model, trained.out / name, metadata=_metadata(trained, {"test": before}, variant))
+        file_metrics: dict[str, Any] = {"test": before}
+        if info.learned_bits:
+            bits = file_metrics["bits"] = _learned_bits(model, variant.label)
+        size = save(model, trained.out / name, metadata=_metadata(trained, file_metrics, variant))
     else:
         before = trained.test
         name = MODEL_FILE
         size = read(trained.out / name).size
+    return _file_row(trained, variant.method, bits, variant.label, name, before, size)
+
+
+def _learned_bits(model: nn.Module, label: str) -> float:
+    value = mean_bits(model)
+    if value is None:
+        raise ConfigError(f"variant {label}: the method quantized no parameter; check its select / bits_overrides")
+    return round(value, 2)
+
+
+def run_qat_model(trained: TrainedRun) -> tuple[dict, dict]:
+    """The row of a ``[qat]`` run: its trained (frozen, quantized) ``model.safetensors`` reloaded and evaluated;
+    ``method`` is the QAT method and ``bits`` the stored code bits per quantized value."""
+    qat = trained.training["qat"]
+    size = read(trained.out / MODEL_FILE).size
+    bits = round(qat["bits"], 2) if qat["bits"] is not None else 32
+    return _file_row(trained, qat["method"], bits, qat["method"], MODEL_FILE, trained.test, size)
+
+
+def _file_row(trained: TrainedRun, method: str, bits: float, label: str, name: str, before: dict,
+              size: Any) -> tuple[dict, dict]:
+    """Reload file ``name`` into a fresh network, evaluate it, and build the row and detail records."""
+    device = _device(trained.recipe)
     reloaded = model_from_spec(trained.spec, device="cpu")
     load(trained.out / name, reloaded, device=device)
     after = evaluate(reloaded, trained.splits.test, device=device, batch_size=EVAL_BATCH)
     file_bytes = int(size.file_bytes)
-    row = {"method": variant.method, "bits": variant.weight_bits, "accuracy": after["accuracy"], "file": name,
+    row = {"method": method, "bits": bits, "accuracy": after["accuracy"], "file": name,
            "file_bytes": file_bytes, "ratio": size.float32_bytes / file_bytes}
-    detail = {"name": variant.label, "method": variant.method, "bits": variant.weight_bits, "file": name,
+    detail = {"name": label, "method": method, "bits": bits, "file": name,
               "test_loss": after["loss"], "accuracy": after["accuracy"], "n": after["n"],
               "accuracy_before_save": before["accuracy"], "naive_bytes": size.naive_bytes,
               "stored_bytes": size.stored_bytes, "zlib_bytes": size.zlib_bytes, "float32_bytes": size.float32_bytes,
@@ -290,6 +331,10 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, *, resume: bool = False, 
         return RunResult(out=trained.out, rows=[], test=trained.test, history=trained.history, is_main=False)
     rows: list[dict] = []
     details: list[dict] = []
+    if "qat" in trained.training:
+        row, detail = run_qat_model(trained)
+        rows.append(row)
+        details.append(detail)
     show = progress and sys.stderr.isatty()
     for variant in tqdm(recipe.variants, desc="variants", unit="variant", disable=not show):
         row, detail = run_variant(trained, variant)
@@ -347,12 +392,14 @@ def evaluate_file(path: str | os.PathLike, *, device: str = "cpu") -> dict:
     model, splits, meta = rebuild(path, device=torch_device)
     metrics = evaluate(model, splits.test, device=torch_device, batch_size=EVAL_BATCH)
     variant = meta.get("variant") or {}
-    method = variant.get("method", "float")
-    bits = variant.get("bits") or 32
+    qat = (meta.get("recipe") or {}).get("qat") or {}
+    method = variant.get("method") or qat.get("method") or "float"
+    bits = variant.get("bits") or (meta.get("metrics") or {}).get("bits") or 32
     return {"file": str(resolve_model_file(path)), "model": meta["model"]["name"], "data": meta["data"]["name"],
             "method": method, "bits": bits, **metrics}
 
 
 __all__ = ["TrainedRun", "TrainingParts", "RunResult", "ROW_KEYS", "MODEL_FILE", "prepare_out", "load_splits",
            "prepare_training", "training_extras", "training_summary", "train_recipe", "write_metrics", "run_variant",
+           "run_qat_model",
            "run_recipe", "resolve_model_file", "rebuild", "evaluate_file"]

@@ -19,8 +19,9 @@ Registered here: ``float`` (the float32 baseline, nothing quantized) and ``minma
 
 ``options`` holds the defaults of the method's own recipe keys; the type of each default is the type a recipe
 must give (None: any value), so unknown or mistyped options are refused before anything runs.
-``QAT_METHODS`` is the matching registry for a recipe's ``[qat]`` section (quantizers attached before training);
-it is empty until the training-time quantizers land.
+``QAT_METHODS`` is the matching registry for a recipe's ``[qat]`` section (quantizers attached before training).
+The training-time quantizers (``nested``, ``diffq``, ``ste``, ``lsq``) register themselves in both registries from
+:mod:`learnq.pipeline.qat`, imported at the end of this module.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ class VariantInfo:
     activations: the method can quantize activations (a recipe may give ``abits``).
     needs_calibration: the method reads ``splits.calib``.
     options: defaults of the method's own recipe keys (``[variants.options]``).
+    learned_bits: the method learns its bit-widths (DiffQ, nested): ``bits`` is left out of the recipe and the row
+    reports the stored code bits per quantized value instead.
+    validate: ``validate(variant, path)``, the method's own recipe-time checks (``ConfigError`` naming ``path``).
     """
 
     name: str
@@ -60,6 +64,8 @@ class VariantInfo:
     activations: bool = False
     needs_calibration: bool = False
     options: Mapping[str, Any] = field(default_factory=dict)
+    learned_bits: bool = False
+    validate: Callable[[Any, str], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -67,13 +73,16 @@ class QATInfo:
     """One training-time quantization method for a recipe's ``[qat]`` section.
 
     ``prepare(model, qat, seed, device)`` attaches its quantizers to ``model`` before training and returns a dict of
-    keyword arguments for ``learnq.pipeline.train.train`` (``extra_losses``, ``extra_params``, ``optimizer_wrapper``).
+    keyword arguments for ``learnq.pipeline.train.train`` (``extra_losses``, ``extra_params``, ``optimizer_wrapper``)
+    and optionally ``handle``: a ``learnq.QuantHandle`` the pipeline freezes after training. ``validate(qat, path)``:
+    the method's own recipe-time checks.
     """
 
     name: str
     description: str
     prepare: Callable[..., dict[str, Any]]
     options: Mapping[str, Any] = field(default_factory=dict)
+    validate: Callable[[Any, str], None] | None = None
 
 
 VARIANTS: dict[str, VariantInfo] = {}
@@ -159,6 +168,9 @@ register_variant(VariantInfo("float", "float32 baseline: the trained model, noth
 register_variant(VariantInfo("minmax", "weight-only min-max PTQ (per-channel symmetric by default), no calibration",
                              apply_minmax))
 
+
+# the training-time quantizers register themselves (learnq.pipeline.qat imports the names above)
+from learnq.pipeline import qat as _qat  # noqa: E402,F401
 
 __all__ = ["VARIANTS", "QAT_METHODS", "VariantInfo", "QATInfo", "VariantFn", "register_variant", "register_qat",
            "get_variant", "get_qat", "check_options", "apply_variant", "apply_float", "apply_minmax"]
