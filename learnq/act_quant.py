@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from learnq.attach import Selection, candidate_layers, select_parameters
+from learnq.attach import LAYER_TYPES, Selection, candidate_layers, select_parameters
 from learnq.errors import ConfigError, DataError, ModelError, QuantizationError
 from learnq.grid import GridSpec, check_bits
 from learnq.ste import ste
@@ -203,7 +203,9 @@ def attach_input_quantizers(model: nn.Module, bits: int, *, selection: Selection
     globs on ``<layer>.weight``, first/last, depthwise). A layer that already has one keeps it (returned as is)."""
     check_bits(bits, "activation bits")
     chosen = {n.rpartition(".")[0] for n in select_parameters(model, replace(selection, biases=False), require=False)}
-    layers = [(name, layer) for name, layer in candidate_layers(model, selection) if name in chosen]
+    kinds = LAYER_TYPES["conv"] + LAYER_TYPES["linear"]  # layers with float inputs (not embeddings)
+    layers = [(name, layer) for name, layer in candidate_layers(model, selection)
+              if name in chosen and isinstance(layer, kinds)]
     if not layers:
         raise ModelError(f"{type(model).__name__} has no layer matching the selection (types "
                          f"{list(selection.types)}) to put activation quantizers in front of")

@@ -197,3 +197,25 @@ def test_registered_method_gets_the_context(trained) -> None:
         assert [row["name"] for row in result.layers] == ["5"]  # its default: first and last left in float
     finally:
         PTQ_METHODS.pop("fake-test", None)
+
+
+class _Embedded(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, 8)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, i: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.emb(i))
+
+
+def test_embeddings_reported_or_quantized_when_selected() -> None:
+    torch.manual_seed(4)
+    model = _Embedded()
+    ids = torch.randint(0, 10, (40,))
+    default = quantize(model, ids, wbits=4, abits=8)
+    assert [s.split(" ")[0] for s in default.skipped] == ["emb"]
+    assert not parametrize.is_parametrized(default.model.emb)
+    chosen = quantize(model, ids, wbits=4, abits=8, selection=Selection(types=("linear", "embedding")))
+    assert chosen.skipped == [] and parametrize.is_parametrized(chosen.model.emb)
+    assert set(input_quantizers(chosen.model)) == {"fc"}  # integer ids are never fake-quantized

@@ -297,6 +297,7 @@ def quantize(model: nn.Module, calibration_data: Any, *, method: str = "minmax",
                      progress=bool(progress) and sys.stderr.isatty(), options=opts, method=info.name,
                      batch_size=batch_size)
     extra = dict(info.fn(ctx) or {})
+    skipped = [entry for entry in skipped if f"{entry[0]}.weight" not in ctx.weights]  # e.g. selected embeddings
     layers = extra.pop("layers", None) or _layer_report(ctx)
     work.eval()
     return PTQResult(model=work, method=info.name, wbits=wb or FLOAT_BITS, abits=ab or FLOAT_BITS,
