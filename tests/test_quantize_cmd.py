@@ -84,6 +84,16 @@ def test_weights_only_default_out_and_table(model_file, capsys) -> None:
     assert not input_quantizers(model)
 
 
+def test_same_seed_same_file(model_file, tmp_path, capsys) -> None:
+    path, _, _ = model_file
+    outs = [tmp_path / "a.safetensors", tmp_path / "b.safetensors"]
+    for out in outs:  # the KL rule reads the activation sample, which is drawn with the seed
+        code, _, _ = _run(capsys, "quantize", str(path), "--method", "kl", "--wbits", "4", "--abits", "4",
+                          "--calib", "48", "--seed", "3", "--option", "bins=256", "--out", str(out), "--quiet")
+        assert code == 0
+    assert outs[0].read_bytes() == outs[1].read_bytes()
+
+
 def test_errors(model_file, tmp_path, capsys) -> None:
     path, _, _ = model_file
     code, _, err = _run(capsys, "quantize", str(path), "--method", "percentile")
