@@ -14,6 +14,10 @@ The schemes differ only in how ``scale``, ``offset`` and ``[qmin, qmax]`` follow
 * ``lapq`` (LAPQ, seeds/001 §3): ``Δ = 2α/(2^b-1)``, ``q = round(clamp((w+α)/Δ, 0, 2^b-1))``, ``ŵ = qΔ - α``:
   2^b levels on [-α, α]; zero is not a level.
 
+DiffQ's eval grid (seeds/003 §3, Eq. 6 at the rounded widths b̃) is the affine grid over ONE range [lo, hi] per
+tensor with a width per group: ``scale_s = (hi - lo)/(2^b̃_s - 1)``, ``offset_s = lo`` (:func:`range_group_params`);
+a :class:`QuantizedTensor` with ``value_range`` is stored in a model file as that range alone.
+
 Rounding is to nearest (ties to even, as torch.round) or floor (the thesis's nested layer, seeds/004 §3.1).
 Error bound: a value inside the clipping range comes back within Δ/2 (nearest) or Δ (floor).
 A group whose values are all equal is stored exactly, as code 0 with offset equal to that value (no division by
@@ -188,6 +192,23 @@ def fake_quantize(w: torch.Tensor, spec: GridSpec, params: QuantParams) -> torch
     return dequantize(quantize(w, spec, params), spec.granularity, params, w.dtype)
 
 
+def range_group_params(lo: torch.Tensor | float, hi: torch.Tensor | float, group_bits: torch.Tensor) -> QuantParams:
+    """DiffQ's grid (seeds/003 §3, Eq. 6 with b̃): ``scale_s = (hi - lo)/(2^b_s - 1)``, ``offset_s = lo`` per group.
+
+    ``group_bits`` holds the whole width of every group (any numeric dtype, shape (n_groups,)); ``lo``/``hi`` are the
+    tensor's range (0-dim float32 tensors or floats). A zero step (``hi == lo``: a constant tensor, or one that
+    underflows) becomes 1, so the tensor is stored exactly as code 0. DiffQ's eval forward and export and the model
+    file's loader all call this one function, so the steps are the same bits wherever they are computed.
+    """
+    widths = torch.as_tensor(group_bits).reshape(-1).to(torch.int64)
+    levels = (2**widths - 1).to(torch.float32)  # exact integers (at most 65535)
+    low = torch.as_tensor(lo, dtype=torch.float32, device=widths.device).reshape(())
+    high = torch.as_tensor(hi, dtype=torch.float32, device=widths.device).reshape(())
+    scale = (high - low) / levels
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return QuantParams(scale=scale.contiguous(), offset=low.expand(widths.shape).clone())
+
+
 def bits_for_range(qmin: int, qmax: int) -> int:
     """Bits needed to store every integer of [qmin, qmax] as an offset from qmin."""
     return max(1, math.ceil(math.log2(qmax - qmin + 1)))
@@ -199,6 +220,10 @@ class QuantizedTensor:
 
     ``codes`` (int32, the tensor's shape) are stored as ``codes - qmin`` in ``bits`` bits each; when ``group_bits``
     is given (DiffQ's learned bits per group), each group is stored with its own width instead.
+
+    ``value_range`` (optional, float32 ``[lo, hi]``) says that ``scale`` and ``offset`` are
+    ``range_group_params(lo, hi, widths)`` (widths: ``group_bits``, else ``bits`` for every group): the model file
+    then stores these two values instead of a step and an offset per group (and checks that they give them).
     """
 
     codes: torch.Tensor
@@ -212,6 +237,7 @@ class QuantizedTensor:
     dtype: torch.dtype = torch.float32
     group_bits: torch.Tensor | None = None
     extra: dict = field(default_factory=dict)
+    value_range: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
@@ -219,6 +245,14 @@ class QuantizedTensor:
         if self.scale.numel() != n or self.offset.numel() != n:
             raise QuantizationError(
                 f"scale/offset have {self.scale.numel()}/{self.offset.numel()} values for {n} groups")
+        if self.value_range is not None and self.value_range.numel() != 2:
+            raise QuantizationError(f"value_range must hold 2 values [lo, hi], got {self.value_range.numel()}")
+
+    def group_widths(self) -> torch.Tensor:
+        """The width of every group: ``group_bits``, or ``bits`` for every group (int64, shape (n_groups,))."""
+        if self.group_bits is not None:
+            return self.group_bits.detach().reshape(-1).to(torch.int64)
+        return torch.full((self.scale.numel(),), self.bits, dtype=torch.int64, device=self.scale.device)
 
     @property
     def shape(self) -> tuple[int, ...]:

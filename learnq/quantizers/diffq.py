@@ -11,8 +11,10 @@ of ``g`` consecutive weights (flattened, C order; the last group may be partial)
 The loss is ``task + λ·M(b)`` (Eq. 10, ``handle.loss()``). Differentiable in ``w`` and ``b``: no STE.
 
 Evaluation: ``b̃ = round(b)``, real affine quantization on the tensor's min-max range with each group's own width:
-``scale_s = (max - min)/(2^b̃_s - 1)``, ``offset = min``, codes ``round((w - min)/scale_s)`` in ``[0, 2^b̃_s - 1]``,
-exported with ``QuantizedTensor.group_bits = b̃``. True size per tensor (Eq. 12):
+``scale_s = (max - min)/(2^b̃_s - 1)``, ``offset = min`` (:func:`learnq.grid.range_group_params`), codes
+``round((w - min)/scale_s)`` in ``[0, 2^b̃_s - 1]``, exported with ``QuantizedTensor.group_bits = b̃`` and
+``value_range = [min, max]`` (the model file stores the range, not a step and an offset per group). True size per
+tensor (Eq. 12):
 
     (2·32 + 8 + (d/g)·max(C) + Σ_s n_s·b̃_s) bits,   C = ceil(log2(1 + max_s b̃_s - b_min))
 
@@ -40,6 +42,7 @@ from torch import nn
 
 from learnq.errors import ConfigError
 from learnq.granularity import Granularity
+from learnq.grid import range_group_params
 from learnq.quantizers.base import QATConfig, WeightQuantizer, check_choice, check_float, check_int
 
 NOISES = ("gaussian", "uniform")
@@ -137,17 +140,16 @@ class DiffQQuantizer(WeightQuantizer):
         w = x.float()
         lo, hi = torch.aminmax(w)
         b = self.rounded_bits()
-        levels = 2**b - 1
-        scale = torch.where(hi > lo, (hi - lo) / levels, torch.ones_like(levels))
-        offset = lo.expand(b.shape).clone()
+        params = range_group_params(lo, hi, b)  # the model file's loader computes the steps with this same function
         gran = self.granularity
-        codes = torch.round((w - lo) / gran.expand(scale, x.shape)).clamp_(min=0)
-        codes = torch.minimum(codes, gran.expand(levels, x.shape))
-        return codes.to(torch.int32), scale, offset, gran
+        codes = torch.round((w - lo) / gran.expand(params.scale, x.shape)).clamp_(min=0)
+        codes = torch.minimum(codes, gran.expand(2**b - 1, x.shape))
+        return codes.to(torch.int32), params.scale, params.offset, gran
 
     def _export_meta(self, x: torch.Tensor, codes: torch.Tensor) -> dict[str, Any]:
         b = self.rounded_bits()
-        meta: dict[str, Any] = {"bits": int(b.max()), "qmin": 0, "scheme": "affine"}
+        meta: dict[str, Any] = {"bits": int(b.max()), "qmin": 0, "scheme": "affine",
+                                "value_range": torch.stack(torch.aminmax(x.detach().float()))}
         if self.granularity.kind == "group":
             meta["group_bits"] = b.to(torch.uint8)
         return meta
