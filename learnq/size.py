@@ -1,18 +1,21 @@
 """Model sizes, honestly: naive, stored, entropy-coded and zlib-compressed (DiffQ seeds/003 §3.3, Eq. 12).
 
-Per tensor of a model (or of a learnq model file):
+Per tensor of a model (or of a learnq model file; see :mod:`learnq.checkpoint` for the layout):
 
 * ``naive_bits``: Σ bits·numel of the codes (each group at its own width when the tensor has DiffQ's per-group
-  widths), plus 32 bits per stored scale and offset value and 8 bits per stored group width. DiffQ's Eq. 12 counts
-  the same quantities (its ``2·32`` bits of min/max per tensor are our scale/offset; its per-group bit field is our
-  8-bit width). A float tensor counts 8·nbytes.
-* ``stored_bytes``: the bytes its tensors occupy in the file (packed codes round up to whole bytes per width).
+  widths), plus 32 bits per stored float32 value (a step and an offset per group, or, for a tensor with
+  ``value_range``, the two values of the range) and the bits of the stored group widths (``bits_for_range`` of the
+  smallest and largest width, per group). For a DiffQ tensor this is Eq. 12 without its 8-bit width field (the
+  file keeps that in its JSON header): ``2·32 + (d/g)·C' + Σ_s n_s·b̃_s`` with ``C' <= C``. A float tensor counts
+  8·nbytes.
+* ``stored_bytes``: the bytes of its slices in the file (packed codes and widths round up to whole bytes).
 * ``entropy_bits``: ``H(codes)·numel`` (the empirical Shannon entropy of the codes, what an ideal entropy coder of
-  independent symbols reaches) plus the other stored tensors' bits as they are (scales, offsets, widths, floats).
+  independent symbols reaches) plus the other stored bytes' bits as they are (steps, offsets, range, widths, floats).
 * ``zlib_bytes``: zlib level 9 of the packed codes plus the other stored bytes as they are.
 
-Totals are sums; the file on disk adds the safetensors header (8 bytes + JSON) to ``stored_bytes``.
-``float32_bytes`` is what the same tensors take as float32 (4 bytes per value; integer buffers at their own size).
+Totals are sums; the file on disk adds the safetensors header (8 bytes + JSON, a few KiB at most) to
+``stored_bytes``. ``float32_bytes`` is what the same tensors take as float32 (4 bytes per value; integer buffers at
+their own size).
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from learnq.checkpoint import Entry, ModelFile, model_entries, offset_stored, pack_codes, read
+from learnq.checkpoint import ModelFile, model_entries, read
 from learnq.errors import ConfigError
+from learnq.file_layout import Encoded, Entry, dtype_name, encode
 from learnq.grid import QuantizedTensor
 
 
@@ -93,8 +97,14 @@ class SizeReport:
         size = self.file_bytes if self.file_bytes is not None else self.stored_bytes
         return self.float32_bytes / size if size else math.inf
 
+    @property
+    def header_bytes(self) -> int | None:
+        """What the file adds to the stored bytes: the safetensors header (None for a model not yet written)."""
+        return None if self.file_bytes is None else self.file_bytes - self.stored_bytes
+
     def totals(self) -> dict[str, float | int | None]:
         return {"naive_bytes": self.naive_bytes, "stored_bytes": self.stored_bytes, "file_bytes": self.file_bytes,
+                "header_bytes": self.header_bytes,
                 "entropy_bytes": self.entropy_bytes, "zlib_bytes": self.zlib_bytes,
                 "float32_bytes": self.float32_bytes, "ratio_vs_float32": self.ratio}
 
@@ -119,41 +129,29 @@ def entropy_bits(codes: torch.Tensor) -> float:
     return float(-(p * torch.log2(p)).sum()) * n
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def tensor_size(name: str, value: Entry, packed: torch.Tensor | None = None) -> TensorSize:
-    """Sizes of one entry; ``packed`` (its packed codes, if already computed) saves packing again."""
+def tensor_size(name: str, value: Entry, encoded: Encoded | None = None) -> TensorSize:
+    """Sizes of one entry; ``encoded`` (what :func:`learnq.checkpoint.encode` made of it) saves encoding again."""
+    enc = encoded if encoded is not None else encode(name, value)
+    stored = sum(t.numel() * t.element_size() for _, t in enc.parts())
     if isinstance(value, torch.Tensor):
-        nbytes = value.numel() * value.element_size()
         return TensorSize(name=name, shape=tuple(value.shape), numel=value.numel(), bits=8 * value.element_size(),
-                          granularity=None, method=None, naive_bits=8 * nbytes, stored_bytes=nbytes,
-                          entropy_bits=8.0 * nbytes, zlib_bytes=nbytes, kind="float", dtype=_dtype_name(value.dtype))
+                          granularity=None, method=None, naive_bits=8 * stored, stored_bytes=stored,
+                          entropy_bits=8.0 * stored, zlib_bytes=stored, kind="float", dtype=dtype_name(value.dtype))
     qt: QuantizedTensor = value
-    numel = qt.codes.numel()
-    n_groups = qt.scale.numel()
-    side = 4 * n_groups * (2 if offset_stored(qt) else 1)  # scale (+ offset) float32
-    if qt.group_bits is None:
-        code_bits = qt.bits * numel
-    else:
-        side += n_groups  # one uint8 width per group
-        per_group = qt.granularity.group_mask(qt.shape).sum(dim=1)
-        code_bits = int((per_group * qt.group_bits.detach().cpu().reshape(-1).to(torch.int64)).sum())
-    if packed is None:
-        packed = pack_codes(qt, name)
-    raw = packed.detach().cpu().numpy().tobytes()
-    return TensorSize(name=name, shape=qt.shape, numel=numel, bits=qt.bits, granularity=str(qt.granularity),
-                      method=qt.method, naive_bits=code_bits + 8 * side, stored_bytes=len(raw) + side,
-                      entropy_bits=entropy_bits(qt.codes) + 8.0 * side, zlib_bytes=len(zlib.compress(raw, 9)) + side,
-                      kind="quantized", dtype=_dtype_name(qt.dtype))
+    codes = enc.codes.numpy().tobytes()  # type: ignore[union-attr]
+    side = stored - len(codes)  # packed widths and float32 steps/offsets/range
+    naive = enc.code_bits + enc.width_bits + 32 * enc.params.numel()  # type: ignore[union-attr]
+    return TensorSize(name=name, shape=qt.shape, numel=qt.codes.numel(), bits=qt.bits, granularity=str(qt.granularity),
+                      method=qt.method, naive_bits=naive, stored_bytes=stored,
+                      entropy_bits=entropy_bits(qt.codes) + 8.0 * side, zlib_bytes=len(zlib.compress(codes, 9)) + side,
+                      kind="quantized", dtype=dtype_name(qt.dtype))
 
 
 def report_for(entries: Mapping[str, Entry], file_bytes: int | None = None,
-               packed: Mapping[str, torch.Tensor] | None = None) -> SizeReport:
+               encoded: Mapping[str, Encoded] | None = None) -> SizeReport:
     """The size report of ``entries`` (name -> QuantizedTensor or tensor)."""
-    packed = packed or {}
-    return SizeReport([tensor_size(k, v, packed.get(k)) for k, v in entries.items()], file_bytes)
+    encoded = encoded or {}
+    return SizeReport([tensor_size(k, v, encoded.get(k)) for k, v in entries.items()], file_bytes)
 
 
 def size_report(model_or_file: nn.Module | ModelFile | str | os.PathLike) -> SizeReport:

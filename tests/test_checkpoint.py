@@ -3,6 +3,7 @@ file refused with a CheckpointError that names the tensor or the file (never unp
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
@@ -21,7 +22,8 @@ from torch import nn
 from learnq.checkpoint import FORMAT_VERSION, ModelFile, load, read, save
 from learnq.errors import CheckpointError, ConfigError, QuantizationError
 from learnq.granularity import Granularity
-from learnq.grid import GridSpec, QuantizedTensor, quantize_tensor
+from learnq.grid import GridSpec, QuantizedTensor, quantize_tensor, range_group_params
+from learnq.packing import unpack
 from learnq.quantized import QuantizedWeight, attach_quantized, plain_state, quantized_parameters
 
 SCHEMES = ["symmetric", "affine", "unsigned", "lapq"]
@@ -47,6 +49,12 @@ def header(path) -> tuple[dict, int]:
     data = open(path, "rb").read()
     n = int.from_bytes(data[:8], "little")
     return json.loads(data[8:8 + n]), 8 + n
+
+
+def learnq_json(path) -> tuple[dict, dict]:
+    """(the plain learnq header entry, the compressed JSON inside it)."""
+    outer = json.loads(header(path)[0]["__metadata__"]["learnq"])
+    return outer, json.loads(zlib.decompress(base64.b64decode(outer["zlib"])))
 
 
 def assert_same_model(a: nn.Module, b: nn.Module, dtype: torch.dtype = torch.float32) -> None:
@@ -115,19 +123,28 @@ def test_round_trip_group_bits(tmp_path, gran):
     model = mlp()
     attach_quantized(model, "0.weight", qt)
     report = save(model, tmp_path / "m.lq")
-    with safe_open(tmp_path / "m.lq", "pt") as f:
-        assert torch.equal(f.get_tensor("0.weight::bits"), widths)
-        # one stream per width, each rounded up to whole bytes: that is the whole codes tensor
-        counts = {w: int(granularity.group_mask(shape).sum(1)[widths == w].sum()) for w in widths.unique().tolist()}
-        assert f.get_tensor("0.weight::codes").numel() == sum(math.ceil(c * w / 8) for w, c in counts.items())
-    got = read(tmp_path / "m.lq").entries["0.weight"]
+    mf = read(tmp_path / "m.lq")
+    # the widths minus the smallest at ceil(log2(largest - smallest + 1)) bits, then one code stream per width, each
+    # rounded up to whole bytes: that is the whole uint8 slice; the float32 slice holds the n steps and n offsets
+    low, high = int(widths.min()), int(widths.max())
+    wbits = max(1, math.ceil(math.log2(high - low + 1)))
+    counts = {w: int(granularity.group_mask(shape).sum(1)[widths == w].sum()) for w in widths.unique().tolist()}
+    code_bytes = sum(math.ceil(c * w / 8) for w, c in counts.items())
+    packed, params = mf.slices["0.weight"]
+    assert (packed.blob, packed.nbytes) == ("uint8", math.ceil(n * wbits / 8) + code_bytes)
+    assert (params.blob, params.nbytes) == ("float32", 4 * 2 * n)
+    data = (tmp_path / "m.lq").read_bytes()
+    assert torch.equal(unpack(torch.tensor(list(data[packed.start:packed.stop]), dtype=torch.uint8), wbits, n) + low,
+                       widths.to(torch.int32))
+    got = mf.entries["0.weight"]
     assert torch.equal(got.codes, qt.codes) and torch.equal(got.group_bits, widths)
-    assert got.method == "diffq" and got.extra == {"b_min": 2}
+    assert got.method == "diffq" and got.extra == {"b_min": 2} and got.value_range is None
     fresh = mlp(seed=1)
     load(tmp_path / "m.lq", fresh)
     assert_same_model(model, fresh)
     sizes = {t.name: t for t in report.tensors}
-    assert sizes["0.weight"].naive_bits == int((per_elem).sum()) + n * (32 + 32 + 8)
+    assert sizes["0.weight"].naive_bits == int((per_elem).sum()) + n * (32 + 32) + n * wbits
+    assert sizes["0.weight"].stored_bytes == packed.nbytes + params.nbytes
 
 
 def test_codes_that_do_not_fit_their_width_are_refused(tmp_path):
@@ -180,14 +197,19 @@ def test_quantized_argument_order_and_offset_dropped(tmp_path):
     sym = quantize_tensor(model[0].weight.detach(), GridSpec(bits=5))  # offset all zero
     save(model, tmp_path / "m.lq", quantized={"0.weight": sym})
     hdr, _ = header(tmp_path / "m.lq")
-    assert "0.weight::offset" not in hdr and "2.weight::offset" in hdr and "0.weight" not in hdr
-    info = json.loads(hdr["__metadata__"]["learnq"])
+    assert set(hdr) == {"__metadata__", "uint8", "float32", "int64"}  # one blob per dtype, not per tensor
+    outer, info = learnq_json(tmp_path / "m.lq")
+    assert list(outer) == ["format", "version", "crc32", "zlib"] and outer["format"] == "learnq"
+    records = {r[0]: r for r in info["tensors"]}
     # model order; a parametrized weight comes after its module's plain tensors, as in state_dict
-    assert list(info["tensors"])[:4] == ["0.weight", "0.bias", "2.bias", "2.weight"]
-    assert info["tensors"]["0.weight"]["offset"] is False and info["tensors"]["2.weight"]["offset"] is True
-    assert info["tensors"]["2.weight"]["crc32"].keys() == {"codes", "scale", "offset"}
-    assert info["tensors"]["0.bias"] == {"kind": "float", "shape": [6], "dtype": "float32", "numel": 6,
-                                         "crc32": zlib.crc32(model[0].bias.detach().numpy().tobytes())}
+    assert [r[0] for r in info["tensors"]][:4] == ["0.weight", "0.bias", "2.bias", "2.weight"]
+    # grids without their defaults: symmetric min-max per tensor with offsets dropped, affine with offsets
+    assert info["grids"][records["0.weight"][3]] == {"bits": 5, "qmin": -16}
+    assert info["grids"][records["2.weight"][3]] == {"bits": 4, "scheme": "affine", "offset": True}
+    assert records["0.bias"] == ["0.bias", [6], zlib.crc32(model[0].bias.detach().numpy().tobytes()), "float32"]
+    slices = read(tmp_path / "m.lq").slices
+    assert [s.nbytes for s in slices["0.weight"]] == [math.ceil(60 * 5 / 8), 4]  # the step only
+    assert [s.nbytes for s in slices["2.weight"]] == [math.ceil(18 * 4 / 8), 8]  # step and offset
     got = read(tmp_path / "m.lq").entries["0.weight"]
     assert torch.equal(got.dequantize(), sym.dequantize()) and torch.equal(got.offset, torch.zeros(1))
     with pytest.raises(ConfigError, match="nope"):
@@ -231,13 +253,49 @@ def saved(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("tensor", ["0.weight::codes", "0.weight::scale", "2.weight::offset", "0.bias"])
-def test_flipped_byte_fails_checksum(saved, tensor):
-    hdr, start = header(saved)
+@pytest.mark.parametrize(("tensor", "part", "where"), [
+    ("0.weight", 0, 1),  # its codes
+    ("0.weight", 1, 1),  # its first step
+    ("2.weight", 1, -1),  # its last offset
+    ("0.bias", 0, 1),
+    ("3.num_batches_tracked", 0, 0),
+])
+def test_flipped_byte_fails_checksum(saved, tensor, part, where):
+    piece = read(saved).slices[tensor][part]
     data = bytearray(saved.read_bytes())
-    data[start + hdr[tensor]["data_offsets"][0] + 1] ^= 0x10
+    data[piece.start + where if where >= 0 else piece.stop + where] ^= 0x10
     saved.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match=f"'{tensor}' is corrupted"):
+    with pytest.raises(CheckpointError, match=f"tensor '{tensor}' is corrupted"):
+        read(saved)
+
+
+def test_damaged_learnq_metadata(saved):
+    hdr, _ = header(saved)
+    outer = json.loads(hdr["__metadata__"]["learnq"])
+    text = zlib.decompress(base64.b64decode(outer["zlib"]))
+    with safe_open(saved, "pt") as f:
+        blobs = {k: f.get_tensor(k) for k in f.keys()}
+
+    def rewrite(**changes):
+        safetensors.torch.save_file(blobs, saved, metadata={"learnq": json.dumps({**outer, **changes})})
+
+    rewrite(crc32=outer["crc32"] ^ 1)
+    with pytest.raises(CheckpointError, match="learnq metadata .*CRC-32 mismatch.* is corrupted"):
+        read(saved)
+    rewrite(zlib=outer["zlib"][:-8])
+    with pytest.raises(CheckpointError, match="m.lq': its learnq metadata .*is corrupted"):
+        read(saved)
+    # a record that does not fit its blob (consistent CRC): named
+    info = json.loads(text)
+    info["tensors"][1][1] = [7]  # 0.bias has 6 values
+    bad = json.dumps(info).encode()
+    rewrite(zlib=base64.b64encode(zlib.compress(bad)).decode(), crc32=zlib.crc32(bad))
+    with pytest.raises(CheckpointError, match="blob 'float32' .*'0.bias'"):
+        read(saved)
+    info["tensors"][1] = ["0.bias", [6], 0, "complex128"]
+    bad = json.dumps(info).encode()
+    rewrite(zlib=base64.b64encode(zlib.compress(bad)).decode(), crc32=zlib.crc32(bad))
+    with pytest.raises(CheckpointError, match="metadata of tensor '0.bias' is malformed"):
         read(saved)
 
 
@@ -265,13 +323,15 @@ def test_every_flipped_byte_is_caught(tmp_path):
 
 @pytest.mark.parametrize("cut", [1, 20, 200])  # the data region is 227 bytes
 def test_truncated_file(saved, cut):
-    hdr, start = header(saved)
+    slices = read(saved).slices
+    _, start = header(saved)
+    assert saved.stat().st_size - start == 227
     data = saved.read_bytes()[:-cut]
     saved.write_bytes(data)
-    past = sorted(k for k, v in hdr.items() if k != "__metadata__" and start + v["data_offsets"][1] > len(data))
+    past = [k for k, v in slices.items() if any(s.stop > len(data) for s in v)]
     with pytest.raises(CheckpointError, match="truncated") as err:
         read(saved)
-    assert any(f"'{k}'" in str(err.value) for k in past)
+    assert past and all(f"'{k}'" in str(err.value) for k in past[:5])
 
 
 def test_truncated_inside_header(saved):
@@ -348,3 +408,105 @@ def test_load_to_cuda(saved):
     reference = mlp()
     quantize_model(reference, GridSpec(bits=4, scheme="affine", granularity=Granularity.parse("group:7")))
     assert torch.equal(model[0].weight.cpu(), reference[0].weight)
+
+
+# -- value_range: DiffQ's grid stored as its range ---------------------------------------------------------------
+def range_tensor(w: torch.Tensor, granularity: Granularity, widths: torch.Tensor | None, bits: int) -> QuantizedTensor:
+    """DiffQ's eval grid by hand: one range per tensor, a width per group."""
+    lo, hi = torch.aminmax(w)
+    n = granularity.num_groups(tuple(w.shape))
+    per_group = widths if widths is not None else torch.full((n,), bits)
+    params = range_group_params(lo, hi, per_group)
+    step = granularity.expand(params.scale, w.shape)
+    top = granularity.expand(2 ** per_group.to(torch.int64) - 1, w.shape)
+    codes = torch.minimum(torch.round((w - lo) / step).clamp(min=0), top.float()).to(torch.int32)
+    return QuantizedTensor(codes=codes, scale=params.scale, offset=params.offset, granularity=granularity, bits=bits,
+                           scheme="affine", method="diffq", group_bits=widths, value_range=torch.stack([lo, hi]))
+
+
+@pytest.mark.parametrize(("gran", "constant"), [("group:8", False), ("group:7", True), ("tensor", False)])
+def test_value_range_round_trip(tmp_path, gran, constant):
+    torch.manual_seed(5)
+    model = mlp()
+    w = torch.full((6, 10), 0.25) if constant else model[0].weight.detach()
+    granularity = Granularity.parse(gran)
+    n = granularity.num_groups((6, 10))
+    widths = torch.randint(2, 9, (n,), dtype=torch.uint8) if granularity.kind == "group" else None
+    qt = range_tensor(w, granularity, widths, bits=8 if widths is None else int(widths.max()))
+    if constant:
+        assert torch.equal(qt.scale, torch.ones(n)) and torch.equal(qt.dequantize(), w)
+    attach_quantized(model, "0.weight", qt)
+    report = save(model, tmp_path / "m.lq", quantized={"0.weight": qt})  # QuantizedWeight drops value_range
+    mf = read(tmp_path / "m.lq")
+    packed, params = mf.slices["0.weight"]
+    assert params.nbytes == 8  # lo and hi, not a step and an offset per group
+    got = mf.entries["0.weight"]
+    assert torch.equal(got.value_range, qt.value_range) and torch.equal(got.codes, qt.codes)
+    for a, b in ((got.scale, qt.scale), (got.offset, qt.offset), (got.dequantize(), qt.dequantize())):
+        assert torch.equal(a.view(torch.int32), b.view(torch.int32))  # bit for bit
+    wbits = 0 if widths is None else max(1, math.ceil(math.log2(int(widths.max()) - int(widths.min()) + 1)))
+    code_bits = 60 * 8 if widths is None else int((granularity.group_mask((6, 10)).sum(1) * widths).sum())
+    size = next(t for t in report.tensors if t.name == "0.weight")
+    assert size.naive_bits == code_bits + 64 + n * wbits
+    assert size.stored_bytes == packed.nbytes + params.nbytes
+    fresh = mlp(seed=1)
+    load(tmp_path / "m.lq", fresh)
+    assert torch.equal(fresh[0].weight, qt.dequantize())
+
+
+def test_value_range_that_does_not_give_the_steps_is_refused(tmp_path):
+    model = mlp()
+    qt = range_tensor(model[0].weight.detach(), Granularity.parse("group:8"), torch.full((8,), 4, dtype=torch.uint8),
+                      bits=4)
+    lo, hi = qt.value_range.tolist()
+    bad = [torch.tensor([lo, hi * 1.5]), torch.tensor([hi, lo]), qt.value_range.double(),
+           torch.tensor([lo, float("inf")])]
+    for value_range in bad:
+        wrong = QuantizedTensor(codes=qt.codes, scale=qt.scale, offset=qt.offset, granularity=qt.granularity, bits=4,
+                                scheme="affine", group_bits=qt.group_bits, value_range=value_range)
+        with pytest.raises(QuantizationError, match="^0.weight: .*value_range"):
+            save(model, tmp_path / "m.lq", quantized={"0.weight": wrong})
+    with pytest.raises(QuantizationError, match="value_range must hold 2 values"):
+        QuantizedTensor(codes=qt.codes, scale=qt.scale, offset=qt.offset, granularity=qt.granularity, bits=4,
+                        value_range=torch.zeros(3))
+    assert not (tmp_path / "m.lq").exists()
+
+
+def test_header_does_not_grow_with_the_tensor_count(tmp_path):
+    # 200 BatchNorm layers = 1000 tensors: the header stays a few bytes per tensor (names and CRCs, compressed)
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.BatchNorm1d(4) for _ in range(200)])
+    for bn in model:
+        bn.running_mean.uniform_(-1, 1)
+    save(model, tmp_path / "m.lq")
+    _, start = header(tmp_path / "m.lq")
+    assert len(hdr := header(tmp_path / "m.lq")[0]) == 3  # metadata, float32 and int64 blobs
+    assert start < 8 * 1000 and hdr["float32"]["shape"] == [200 * 16]
+    fresh = nn.Sequential(*[nn.BatchNorm1d(4) for _ in range(200)])
+    load(tmp_path / "m.lq", fresh)
+    assert all(torch.equal(a.running_mean, b.running_mean) for a, b in zip(model, fresh, strict=True))
+
+
+def test_range_group_params_hand_computed():
+    params = range_group_params(torch.tensor(-1.0), torch.tensor(2.0), torch.tensor([2, 1, 16, 4], dtype=torch.uint8))
+    assert torch.equal(params.scale, torch.tensor([3 / 3, 3 / 1, 3 / 65535, 3 / 15], dtype=torch.float32))
+    assert torch.equal(params.offset, torch.full((4,), -1.0))
+    constant = range_group_params(0.5, 0.5, torch.tensor([3.0, 8.0]))  # float widths, as DiffQ's rounded bits
+    assert torch.equal(constant.scale, torch.ones(2)) and torch.equal(constant.offset, torch.full((2,), 0.5))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_diffq_trained_on_cuda_loads_bit_identical_on_cpu(tmp_path):
+    import learnq
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(40, 64), nn.ReLU(), nn.Linear(64, 3)).cuda()
+    learnq.prepare(model, learnq.DiffQ(group_size=8))
+    model.eval()
+    expected = {k: v.cpu() for k, v in plain_state(model).items()}  # the eval forward's weights, computed on CUDA
+    save(model, tmp_path / "m.lq")
+    assert read(tmp_path / "m.lq").slices["0.weight"][1].nbytes == 8
+    fresh = nn.Sequential(nn.Linear(40, 64), nn.ReLU(), nn.Linear(64, 3))
+    load(tmp_path / "m.lq", fresh)
+    got = plain_state(fresh)
+    assert all(torch.equal(got[k].view(torch.int32), v.view(torch.int32)) for k, v in expected.items())

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from learnq.checkpoint import save
+from learnq.checkpoint import read, save
 from learnq.cli import main
 from learnq.granularity import Granularity
 from learnq.grid import GridSpec, quantize_tensor
@@ -37,6 +37,12 @@ def test_table(model_file, capsys):
     assert next(line.split() for line in lines if line.startswith("2.weight"))[1:5] == ["4x32", "float32", "-", "-"]
     assert f"file  {report.file_bytes}".split() in [line.split() for line in lines]
     assert f"stored  {report.stored_bytes}".split() in [line.split() for line in lines]
+    assert f"header  {report.file_bytes - report.stored_bytes}".split() in [line.split() for line in lines]
+    # per tensor, the bytes are those of its slices in the file
+    slices = read(path).slices
+    for name in ("0.weight", "0.bias", "2.weight"):
+        row = next(line.split() for line in lines if line.startswith(name + " "))
+        assert int(row[5]) == sum(s.nbytes for s in slices[name])
     assert any(line.split()[-1] == f"{report.ratio:.2f}x" for line in lines if line.startswith("ratio"))
     assert "  task: unit-test" in lines and "  accuracy: 0.875" in lines
     assert max(len(line) for line in lines) < 120  # long metadata values are cut
@@ -50,6 +56,7 @@ def test_json(model_file, capsys):
     assert data["totals"]["file_bytes"] == path.stat().st_size == report.file_bytes
     assert data["totals"]["zlib_bytes"] == report.zlib_bytes
     assert data["totals"]["naive_bytes"] == report.naive_bytes
+    assert data["totals"]["header_bytes"] == report.file_bytes - report.stored_bytes < 1024
     assert [t["name"] for t in data["tensors"]] == ["0.bias", "0.weight", "2.weight", "2.bias"]
     q = next(t for t in data["tensors"] if t["name"] == "0.weight")
     assert (q["bits"], q["granularity"], q["method"], q["shape"]) == (3, "group:7", "lapq", [32, 16])

@@ -1,8 +1,9 @@
 """``learnq inspect FILE``: what a learnq model file holds and how big it is (see learnq.checkpoint, learnq.size).
 
-Prints one row per tensor (name, shape, bits, granularity, method, stored bytes, entropy-coded bytes), the totals
-(naive, stored, file, entropy, zlib and float32 bytes, ratio vs float32) and the user metadata; ``--json`` prints
-the same as one object. A missing or bad file ends with exit status 2 and one line on stderr.
+Prints one row per tensor (name, shape, bits, granularity, method, stored bytes: those of its slices of the
+file's blobs, entropy-coded bytes), the totals (naive, stored, file, header, entropy, zlib and float32 bytes, ratio
+vs float32) and the user metadata; ``--json`` prints the same as one object. A missing or bad file ends with exit
+status 2 and one line on stderr.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(["name", "shape", "bits", "granularity", "method", "bytes", "entropy B"], rows))
     print()
     totals = [["naive", round(report.naive_bytes)], ["stored", report.stored_bytes], ["file", report.file_bytes],
+              ["header", report.header_bytes],
               ["entropy", round(report.entropy_bytes)], ["zlib", report.zlib_bytes],
               ["float32", report.float32_bytes], ["ratio vs float32", f"{report.ratio:.2f}x"]]
     print(format_table(["total", "bytes"], totals))
