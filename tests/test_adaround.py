@@ -8,6 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+import learnq
+from learnq.act_quant import input_quantizers
 from learnq.errors import ConfigError, DataError, ModelError
 from learnq.granularity import Granularity
 from learnq.grid import GridSpec, compute_params
@@ -22,6 +24,7 @@ from learnq.ptq.adaround import (
     rectified_sigmoid,
     rounding_regularizer,
 )
+from learnq.ptq.api import PTQ_METHODS, load_plugins, quantize
 from learnq.quantized import QuantizedWeight, quantized_parameters
 
 
@@ -161,3 +164,34 @@ def test_adaround_weights_errors():
         adaround_weights(net, torch.randn(4, 4), GridSpec(bits=4), inputs="both")
     with pytest.raises(DataError):
         adaround_weights(net, torch.randn(0, 4), GridSpec(bits=4))
+
+
+def test_adaround_is_a_registered_ptq_method(tmp_path):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    x = torch.randn(48, 8)
+    load_plugins()
+    assert "adaround" in PTQ_METHODS and not PTQ_METHODS["adaround"].skip_first_last
+    result = quantize(net, x, method="adaround", wbits=3, abits=8, iterations=20, progress=False)
+    assert [row["name"] for row in result.extra["adaround"]] == ["0.weight", "2.weight", "4.weight"]
+    exported = dict(quantized_parameters(result.model))
+    assert {qt.method for qt in exported.values()} == {"adaround"}
+    acts = input_quantizers(result.model)
+    assert list(acts) == ["0", "2", "4"] and all(q.enabled for q in acts.values())
+    assert acts["2"].signed is False  # after a ReLU: the unsigned grid
+    assert not hasattr(net[0], "parametrizations")  # the caller's model is untouched
+    # the model file computes exactly what the quantized model computes
+    learnq.save(result.model, tmp_path / "ada.safetensors")
+    fresh = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    learnq.load(tmp_path / "ada.safetensors", fresh)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), result.model(x))
+    with pytest.raises(ConfigError):
+        quantize(net, x, method="adaround", bias_correction=True, iterations=1, progress=False)
+    with pytest.raises(ConfigError):
+        quantize(net, x, method="adaround", iterations=1, beta_end=0.0, progress=False)
+    with pytest.raises(ConfigError):
+        quantize(net, x, method="adaround", rounds=3, progress=False)
+    weights_only = quantize(net, x, method="adaround", wbits=4, abits=32, iterations=5, clip="minmax",
+                            progress=False)
+    assert not input_quantizers(weights_only.model)

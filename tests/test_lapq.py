@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
+import learnq
 from learnq.errors import ConfigError, DataError, ModelError
 from learnq.ptq.api import PTQ_METHODS, load_plugins, quantize
 from learnq.ptq.calib_loss import CalibrationLoss
@@ -109,7 +112,7 @@ def trained():
     return net, TensorDataset(x[600:728], labels[600:728]), (x[728:], labels[728:])
 
 
-def test_lapq_method_lowers_the_loss_below_its_lp_start(trained):
+def test_lapq_method_lowers_the_loss_below_its_lp_start(trained, tmp_path):
     net, calib, _ = trained
     result = quantize(net, calib, method="lapq", wbits=2, abits=3, progress=False, seed=0)
     rep = result.extra["lapq"]
@@ -127,6 +130,12 @@ def test_lapq_method_lowers_the_loss_below_its_lp_start(trained):
     assert set(names) == {"2.weight", "4.weight"}
     assert all(qt.method == "lapq" and qt.extra.get("bias_correction") == "mean" for qt in names.values())
     assert net[2].weight.requires_grad and not hasattr(net[2], "parametrizations")  # the caller's model untouched
+    # the model file computes exactly what the LAPQ model computes
+    learnq.save(result.model, tmp_path / "lapq.safetensors")
+    fresh = learnq.load(tmp_path / "lapq.safetensors", copy.deepcopy(net))
+    x, _ = calib.tensors
+    with torch.no_grad():
+        assert torch.equal(fresh(x), result.model(x))
 
 
 def test_run_lapq_start_is_the_lp_point_of_p_star(trained):

@@ -22,6 +22,10 @@ and finally rounded hard: up where ``h(V) >= 1/2`` (``V >= 0``). The bias is not
 
 Layers are processed one at a time in definition order; each is replaced by a frozen
 :class:`learnq.quantized.QuantizedWeight` (method ``"adaround"``), so export, size and save are the usual ones.
+Activations stay in float while the rounding is learned; the registered PTQ method ``adaround``
+(``learnq.ptq.quantize(..., method="adaround")``) then attaches input quantizers observed on the model with the
+rounded weights. A layer called several times per forward pass is reconstructed on the inputs of its first call.
+The paper's defaults are 10,000 iterations (batch 32, λ = 0.01); here 1,000 (option ``iterations``).
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +44,7 @@ from tqdm.auto import tqdm
 from learnq.attach import BitsRule, Selection, select_parameters
 from learnq.errors import ConfigError, DataError, ModelError
 from learnq.grid import GridSpec, QuantizedTensor, check_tensor, compute_params
+from learnq.ptq.api import PTQContext, register_ptq_method
 from learnq.quantized import attach_quantized, get_module, split_name
 
 ZETA = 1.1
@@ -148,6 +154,8 @@ def learn_rounding(weight: torch.Tensor, spec: GridSpec, fn: Callable[[torch.Ten
         raise ConfigError(f"AdaRound warmup must be a fraction in [0, 1), got {warmup!r}")
     if not (lr > 0 and reg_weight >= 0 and batch_size >= 1):
         raise ConfigError("AdaRound needs lr > 0, reg_weight >= 0 and batch_size >= 1")
+    if len(beta_range) != 2 or not all(b > 0 for b in beta_range):
+        raise ConfigError(f"AdaRound beta_range must be two values > 0 (start, end), got {beta_range!r}")
     device = weight.device
     g = spec.granularity
     w = weight.detach().float()
@@ -245,6 +253,37 @@ def adaround_weights(model: nn.Module, calib_inputs: torch.Tensor, spec: GridSpe
     return out
 
 
-__all__ = ["ZETA", "GAMMA", "AdaRoundInfo", "adaround_weights", "beta_schedule", "capture_inputs",
+OPTIONS: dict[str, Any] = {"iterations": 1000, "lr": 1e-2, "reg_weight": 0.01, "beta_start": 20.0, "beta_end": 2.0,
+                           "warmup": 0.2, "round_batch_size": 32, "inputs": "quantized", "clip": "mse",
+                           "act_clip": "mse"}
+
+
+def _adaround_method(ctx: PTQContext) -> dict[str, Any]:
+    """The ``adaround`` PTQ method: weights by :func:`adaround_weights` (range by option ``clip``, float
+    activations while the rounding is learned), then input quantizers observed on the model with rounded weights
+    (α by option ``act_clip``)."""
+    if ctx.bias_correction or ctx.variance_correction:
+        raise ConfigError("AdaRound learns the rounding to reconstruct each layer's output; bias correction does not "
+                          "apply to it: drop bias_correction / variance_correction")
+    opts = ctx.options
+    infos: dict[str, AdaRoundInfo] = {}
+    if ctx.wspec is not None:
+        infos = adaround_weights(ctx.model, ctx.inputs, ctx.wspec, selection=ctx.selection, clip=opts["clip"],
+                                 inputs=opts["inputs"], iterations=opts["iterations"], lr=opts["lr"],
+                                 reg_weight=opts["reg_weight"], beta_range=(opts["beta_start"], opts["beta_end"]),
+                                 warmup=opts["warmup"], batch_size=opts["round_batch_size"], device=ctx.device,
+                                 seed=ctx.seed, progress=ctx.progress)
+        for name in infos:
+            module_name, param = split_name(name)
+            ctx.weights[name] = get_module(ctx.model, module_name).parametrizations[param][-1]
+    ctx.attach_activations(clip=opts["act_clip"])
+    return {"adaround": [asdict(info) for info in infos.values()]}
+
+
+register_ptq_method("adaround", "AdaRound (Nagel et al. 2020): learned up/down rounding per layer, layer by layer",
+                    _adaround_method, options=OPTIONS)
+
+
+__all__ = ["ZETA", "GAMMA", "OPTIONS", "AdaRoundInfo", "adaround_weights", "beta_schedule", "capture_inputs",
            "inverse_rectified_sigmoid", "layer_function", "learn_rounding", "rectified_sigmoid",
            "rounding_regularizer"]

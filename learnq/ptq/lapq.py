@@ -216,7 +216,6 @@ def _lapq_method(ctx: PTQContext) -> dict[str, Any]:
     if ctx.targets is None:
         raise DataError("LAPQ minimises the cross-entropy on the calibration set, which therefore needs labels: give "
                         "a Dataset of (input, target) pairs or a DataLoader yielding them")
-    ctx.options["_label"] = "lapq"
     opts = {k: v for k, v in ctx.options.items() if not k.startswith("_")}
     correct_bias = bool(opts.pop("correct_bias"))
     ctx.bias_correction = ctx.bias_correction or correct_bias
