@@ -101,6 +101,7 @@ def test_recipe_keys_map_to_the_method_configs():
         STE(bits=2, granularity="tensor", scheme="symmetric")  # pipeline keys (epochs) are not config fields
     assert Q.qat_config("lsq", bits=3, granularity="row") == LSQ(bits=3, granularity="channel")
     assert Q.qat_config("nested", bits=None, granularity="tensor").granularity == "scalar"
+    assert Q.qat_config("nested", bits=None).init_bits == 8  # the pipeline's default (the config's is 16)
     assert Q.qat_config("nested", bits=None, granularity="scalar").granularity == "scalar"
     assert Q.qat_config("nested", bits=None, granularity="channel").granularity == "row"
     assert Q.qat_config("nested", bits=None, granularity="column").granularity == "column"

@@ -52,12 +52,14 @@ DEFAULT_GRANULARITY = "channel"  # the recipe sections' default (VariantSection 
 
 METHOD_OPTIONS: dict[str, dict[str, Any]] = {
     "diffq": {"group_size": 8, "b_min": 2, "b_max": 15, "init_bits": 8.0, "noise": "gaussian", "penalty": 1e-3},
-    "nested": {"threshold": 1e-10, "init_scale": None, "init_bits": 16, "min_scale": REFERENCE_SCALE,
+    "nested": {"threshold": 1e-10, "init_scale": None, "init_bits": 8, "min_scale": REFERENCE_SCALE,
                "biases": True, "gamma_inverse": 0.0, "gamma_bins": 0.0, "gamma_deviation": 0.0},
     "ste": {"scheme": "affine"},
     "lsq": {},
 }
-"""Each method's own option keys and defaults (the fields of its config: learnq.DiffQ, Nested, STE, LSQ)."""
+"""Each method's own option keys and defaults (the fields of its config: learnq.DiffQ, Nested, STE, LSQ). One default
+differs from the Python config's: the nested layer starts its scales at 8 bits (``init_bits = 8``, not 16), because
+weights that grow while training would otherwise need codes wider than 16 bits and could not be exported."""
 
 QUANT_OPTIONS: dict[str, Any] = {"quant_lr": None}
 FINETUNE_OPTIONS: dict[str, Any] = {"epochs": 3, "lr": 1e-3, "batch_size": 64, "optimizer": "adam",
@@ -120,7 +122,8 @@ def qat_config(method: str, *, bits: int | None, granularity: str = DEFAULT_GRAN
     if method not in _CONFIGS:
         raise ConfigError(f"{path}.method: {method!r} is not a training-time quantizer; use one of "
                           f"{', '.join(_CONFIGS)}")
-    opts = {k: v for k, v in (options or {}).items() if k in METHOD_OPTIONS[method]}
+    given = {k: v for k, v in (options or {}).items() if k in METHOD_OPTIONS[method]}
+    opts = {**METHOD_OPTIONS[method], **given}
     if method in FIXED_BITS:
         if bits is None:
             raise ConfigError(f"{path}.bits: missing; {method} trains at a fixed bit-width (1 to 16, LSQ 2 to 16)")
