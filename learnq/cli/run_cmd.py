@@ -39,10 +39,13 @@ def default_out(recipe: Recipe, out: str | None) -> Path:
 
 
 def rows_table(rows: list[dict]) -> str:
-    """The results table: method, bits, test accuracy, file size, compression ratio vs float32."""
-    body = [[r["method"], r["bits"], f"{100 * r['accuracy']:.2f}%", format_bytes(r["file_bytes"]),
-             f"{r['ratio']:.2f}x", r["file"]] for r in rows]
-    return format_table(["method", "bits", "test acc", "file size", "vs float32", "file"], body)
+    """The results table: method, bits, test accuracy, file size, compression ratio vs float32 (and the activation
+    bits, after the weight bits, when a row quantizes activations)."""
+    acts = any(r.get("abits", 32) != 32 for r in rows)
+    body = [[r["method"], r["bits"], *([r.get("abits", 32)] if acts else []), f"{100 * r['accuracy']:.2f}%",
+             format_bytes(r["file_bytes"]), f"{r['ratio']:.2f}x", r["file"]] for r in rows]
+    head = ["method", "bits", *(["abits"] if acts else []), "test acc", "file size", "vs float32", "file"]
+    return format_table(head, body)
 
 
 def print_result(result: RunResult, args: argparse.Namespace) -> None:

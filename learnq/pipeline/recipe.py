@@ -78,9 +78,11 @@ class ModelSection:
 class VariantSection:
     """``[[variants]]``: one quantized model to make from the trained one (a report row and a file).
 
-    bits: weight bits (``wbits`` is an alias). abits: activation bits, for methods that quantize activations.
+    bits: weight bits (``wbits`` is an alias; 32 with ``abits`` leaves the weights in float). abits: activation
+    bits, for methods that quantize activations (learnq.pipeline.ptq_variants); left out: float activations.
     granularity / scheme / rounding / bits_overrides / select: the grid and which parameters it applies to.
-    name: the row's label and file stem (default ``<method>-w<bits>``, ``float`` for the baseline).
+    name: the row's label and file stem (default ``<method>-w<bits>``, ``<method>-w<bits>a<abits>`` with abits,
+    ``float`` for the baseline).
     options: the method's own keys (see the method's registry entry).
     """
 
@@ -105,7 +107,9 @@ class VariantSection:
     def label(self) -> str:
         if self.name is not None:
             return self.name
-        return self.method if self.bits is None else f"{self.method}-w{self.bits}"
+        if self.bits is None:
+            return self.method
+        return f"{self.method}-w{self.bits}" + ("" if self.abits is None else f"a{self.abits}")
 
     def grid_spec(self) -> GridSpec:
         if self.bits is None:
@@ -307,14 +311,15 @@ def _validate_variant(variant: VariantSection, path: str) -> None:
     with _at(f"{path}.method"):
         info = get_variant(variant.method)
     if info.quantizes:
+        float_weights = info.activations and variant.bits == FLOAT_BITS and variant.abits is not None  # W32A<b>
         if variant.bits is None and not info.learned_bits:
             raise ConfigError(f"{path}.bits: missing; method {variant.method!r} needs a bit-width (1 to 16)")
-        if variant.bits is not None:
+        if variant.bits is not None and not float_weights:
             with _at(f"{path}.bits"):
                 check_bits(variant.bits)
         with _at(f"{path}.granularity"):
             Granularity.parse(variant.granularity)
-        if variant.bits is not None:
+        if variant.bits is not None and not float_weights:
             with _at(path):
                 variant.grid_spec()
         for pattern, bits in variant.bits_overrides.items():

@@ -59,12 +59,15 @@ def markdown_report(*, recipe: Recipe, history: list[dict], rows: list[dict], te
               f"{recipe.train.batch_size}), seed {recipe.seed}. Float model on the test split: accuracy "
               f"{100 * test['accuracy']:.2f}% (n = {test['n']}), loss {test['loss']:.4f}.", ""]
     if rows:
-        table = [[r["method"], r["bits"], f"{100 * r['accuracy']:.2f}", f"`{r['file']}`", r["file_bytes"],
-                  format_bytes(r["file_bytes"]), f"{r['ratio']:.2f}x"] for r in rows]
+        acts = any(r.get("abits", 32) != 32 for r in rows)  # an activation-bits column when a row quantizes them
+        table = [[r["method"], r["bits"], *([r.get("abits", 32)] if acts else []), f"{100 * r['accuracy']:.2f}",
+                  f"`{r['file']}`", r["file_bytes"], format_bytes(r["file_bytes"]), f"{r['ratio']:.2f}x"]
+                 for r in rows]
         parts += ["## Variants", "",
                   "Accuracy of each model reloaded from its file, on the test split; ratio = float32 bytes of the "
                   "model / file bytes.", "",
-                  markdown_table(["method", "bits", "accuracy %", "file", "bytes", "size", "ratio"], table), ""]
+                  markdown_table(["method", "bits", *(["abits"] if acts else []), "accuracy %", "file", "bytes",
+                                  "size", "ratio"], table), ""]
     if history:
         table = [[h["epoch"], f"{h['train_loss']:.4f}", f"{100 * h['train_acc']:.2f}",
                   "-" if h.get("test_loss") is None else f"{h['test_loss']:.4f}",

@@ -12,9 +12,9 @@ No paper. A run directory holds:
 * ``metrics.json``: the float model's test metrics, the training history, what the training-time methods ended
   with (``training``: each regularizer's per-layer loss, DSMM's temperatures, SatNL's saturation levels, the
   ``[qat]`` quantizer's true size and bits) and (``run``) one row per variant ``{method, bits, accuracy, file,
-  file_bytes, ratio}``, where accuracy is that of the model *reloaded from its file* on the test split and ratio is
-  the model's float32 bytes over the file's bytes (methods that learn their widths report the stored code bits per
-  quantized value as ``bits``);
+  file_bytes, ratio, abits}``, where accuracy is that of the model *reloaded from its file* on the test split and
+  ratio is the model's float32 bytes over the file's bytes (methods that learn their widths report the stored code
+  bits per quantized value as ``bits``); ``bits`` are the weights' bits and ``abits`` the activations' (32: float);
 * ``report.md``, ``training.png``, ``accuracy_vs_size.png`` (``run``; see learnq.pipeline.report).
 
 Training-time sections of the recipe (:func:`prepare_training`): ``[satnl]`` reparametrises the conv/linear
@@ -47,13 +47,13 @@ from learnq.pipeline import schema
 from learnq.pipeline.data import Splits, dataset_from_preprocessing, load_dataset
 from learnq.pipeline.models import model_from_spec, model_spec
 from learnq.pipeline.qat import freeze_with_summary, mean_bits
-from learnq.pipeline.recipe import Recipe, VariantSection
+from learnq.pipeline.recipe import FLOAT_BITS, Recipe, VariantSection
 from learnq.pipeline.train import evaluate, is_main_process, set_seed, train
 from learnq.pipeline.variants import apply_variant, get_qat, get_variant
 
 METRICS_VERSION = 1
 MODEL_FILE = "model.safetensors"
-ROW_KEYS = ("method", "bits", "accuracy", "file", "file_bytes", "ratio")
+ROW_KEYS = ("method", "bits", "accuracy", "file", "file_bytes", "ratio", "abits")
 EVAL_BATCH = 256
 
 
@@ -286,7 +286,8 @@ def run_variant(trained: TrainedRun, variant: VariantSection) -> tuple[dict, dic
         before = trained.test
         name = MODEL_FILE
         size = read(trained.out / name).size
-    return _file_row(trained, variant.method, bits, variant.label, name, before, size)
+    abits = FLOAT_BITS if variant.abits is None else variant.abits
+    return _file_row(trained, variant.method, bits, variant.label, name, before, size, abits)
 
 
 def _learned_bits(model: nn.Module, label: str) -> float:
@@ -306,7 +307,7 @@ def run_qat_model(trained: TrainedRun) -> tuple[dict, dict]:
 
 
 def _file_row(trained: TrainedRun, method: str, bits: float, label: str, name: str, before: dict,
-              size: Any) -> tuple[dict, dict]:
+              size: Any, abits: int = 32) -> tuple[dict, dict]:
     """Reload file ``name`` into a fresh network, evaluate it, and build the row and detail records."""
     device = _device(trained.recipe)
     reloaded = model_from_spec(trained.spec, device="cpu")
@@ -314,8 +315,8 @@ def _file_row(trained: TrainedRun, method: str, bits: float, label: str, name: s
     after = evaluate(reloaded, trained.splits.test, device=device, batch_size=EVAL_BATCH)
     file_bytes = int(size.file_bytes)
     row = {"method": method, "bits": bits, "accuracy": after["accuracy"], "file": name,
-           "file_bytes": file_bytes, "ratio": size.float32_bytes / file_bytes}
-    detail = {"name": label, "method": method, "bits": bits, "file": name,
+           "file_bytes": file_bytes, "ratio": size.float32_bytes / file_bytes, "abits": abits}
+    detail = {"name": label, "method": method, "bits": bits, "abits": abits, "file": name,
               "test_loss": after["loss"], "accuracy": after["accuracy"], "n": after["n"],
               "accuracy_before_save": before["accuracy"], "naive_bytes": size.naive_bytes,
               "stored_bytes": size.stored_bytes, "zlib_bytes": size.zlib_bytes, "float32_bytes": size.float32_bytes,
@@ -383,7 +384,8 @@ def rebuild(path: str | os.PathLike, *, device: str = "cpu") -> tuple[nn.Module,
 def evaluate_file(path: str | os.PathLike, *, device: str = "cpu") -> dict:
     """``learnq eval``: rebuild the model and its test split from the file's metadata and evaluate it.
 
-    Returns ``{"file", "model", "data", "method", "bits", "loss", "accuracy", "n"}``.
+    Returns ``{"file", "model", "data", "method", "bits", "abits", "loss", "accuracy", "n"}`` (``abits`` 32: float
+    activations).
     """
     try:
         torch_device = str(torch.device(device))
@@ -396,7 +398,7 @@ def evaluate_file(path: str | os.PathLike, *, device: str = "cpu") -> dict:
     method = variant.get("method") or qat.get("method") or "float"
     bits = variant.get("bits") or (meta.get("metrics") or {}).get("bits") or 32
     return {"file": str(resolve_model_file(path)), "model": meta["model"]["name"], "data": meta["data"]["name"],
-            "method": method, "bits": bits, **metrics}
+            "method": method, "bits": bits, "abits": variant.get("abits") or FLOAT_BITS, **metrics}
 
 
 __all__ = ["TrainedRun", "TrainingParts", "RunResult", "ROW_KEYS", "MODEL_FILE", "prepare_out", "load_splits",
