@@ -29,6 +29,7 @@ class QuantizedWeight(nn.Module):
         self.register_buffer("scale", qt.scale.float().clone())
         self.register_buffer("offset", qt.offset.float().clone())
         self.register_buffer("group_bits", None if qt.group_bits is None else qt.group_bits.clone())
+        self.register_buffer("value_range", None if qt.value_range is None else qt.value_range.float().clone())
         self.granularity: Granularity = qt.granularity
         self.bits = qt.bits
         self.qmin = qt.qmin
@@ -40,7 +41,8 @@ class QuantizedWeight(nn.Module):
     def quantized(self) -> QuantizedTensor:
         return QuantizedTensor(codes=self.codes, scale=self.scale, offset=self.offset, granularity=self.granularity,
                                bits=self.bits, qmin=self.qmin, scheme=self.scheme, method=self.method,
-                               dtype=self.out_dtype, group_bits=self.group_bits, extra=dict(self.extra))
+                               dtype=self.out_dtype, group_bits=self.group_bits, value_range=self.value_range,
+                               extra=dict(self.extra))
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:  # noqa: ARG002 - the stored codes are the truth
         return self.quantized().dequantize()
