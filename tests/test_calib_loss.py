@@ -140,6 +140,11 @@ def test_set_alphas_requantizes_only_the_changed_weights():
     loss(a)
     assert (w3.computations, w5.computations) == (before[0], before[1] + 1)
     assert float(w5.alpha) == pytest.approx(a[3], rel=1e-6)
+    # get() is a copy, not a view of the quantizer's α buffer (restoring a saved α must work)
+    c5 = loss.coordinates[3]
+    saved = c5.get()
+    c5.set(saved * 2)
+    assert float(saved) == pytest.approx(a[3], rel=1e-6)
 
 
 def test_steps_are_alpha_times_the_grid_factor():

@@ -69,7 +69,8 @@ class StepCoordinate:
         return w.detach()
 
     def get(self) -> torch.Tensor:
-        return self.quantizer.alpha.detach().float().reshape(-1).cpu()
+        """A copy of the current α (flat, float32, CPU)."""
+        return self.quantizer.alpha.detach().float().reshape(-1).cpu().clone()
 
     def set(self, alpha: torch.Tensor) -> None:
         if isinstance(self.quantizer, ActQuantizer) and not self.quantizer.per_channel:
