@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from learnq.checkpoint import read
 from learnq.cli import main
 from learnq.pipeline.run import ROW_KEYS
 
@@ -23,17 +24,24 @@ def test_demo_json(demo, capsys):
     result = json.loads(capsys.readouterr().out)
     assert set(result) == {"rows", "out"} and result["out"] == str(demo)
     rows = result["rows"]
-    assert [tuple(r) for r in rows] == [ROW_KEYS] * 4
-    assert [(r["method"], r["bits"]) for r in rows] == [("float", 32), ("minmax", 8), ("minmax", 4), ("minmax", 2)]
-    by_bits = {r["bits"]: r for r in rows}
+    assert [tuple(r) for r in rows] == [ROW_KEYS] * len(rows)
+    fixed = [(r["method"], r["bits"], r["abits"]) for r in rows if r["method"] not in ("diffq", "nested")]
+    assert fixed == [("float", 32, 32), ("minmax", 8, 32), ("minmax", 4, 32), ("minmax", 2, 32), ("ste", 2, 32),
+                     ("lsq", 2, 32), ("mse", 4, 4), ("aciq", 4, 4), ("lapq", 4, 4)]
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
-    assert by_bits[32]["accuracy"] > 0.9  # a trained digits classifier
-    assert abs(by_bits[8]["accuracy"] - by_bits[32]["accuracy"]) <= 0.02
     for r in rows:
         assert r["file_bytes"] == os.path.getsize(demo / r["file"])
+    assert json.loads((demo / "metrics.json").read_text())["rows"] == rows
+    by_bits = {r["bits"]: r for r in rows if r["method"] in ("float", "minmax")}
+    assert by_bits[32]["accuracy"] > 0.9  # a trained digits classifier
+    assert abs(by_bits[8]["accuracy"] - by_bits[32]["accuracy"]) <= 0.02
     assert by_bits[32]["file_bytes"] > by_bits[8]["file_bytes"] > by_bits[4]["file_bytes"] > by_bits[2]["file_bytes"]
     assert by_bits[32]["ratio"] < by_bits[8]["ratio"] < by_bits[4]["ratio"] < by_bits[2]["ratio"]
-    assert json.loads((demo / "metrics.json").read_text())["rows"] == rows
+    for r in rows:
+        if r["abits"] == 4:  # W4A4 PTQ of weights and activations: a 4-bit file, a few points below float
+            assert by_bits[32]["accuracy"] - r["accuracy"] < 0.05
+            assert r["file_bytes"] < by_bits[8]["file_bytes"]
+            assert set(read(demo / r["file"]).metadata["activations"]["quantizers"]) == {"fc1", "fc2"}
 
 
 def test_demo_default_out_is_a_new_temporary_directory(tmp_path, monkeypatch, capsys):

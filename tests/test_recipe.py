@@ -147,8 +147,11 @@ def test_builtin_digits_and_the_repository_copy_are_identical():
     assert (ROOT / "recipes" / "digits.toml").read_bytes() == packaged.read_bytes()
     r = load_recipe("digits")
     assert r.name == "digits" and r.data.name == "digits"
-    assert [(v.method, v.weight_bits, str(v.grid_spec().granularity) if v.bits else None) for v in r.variants] == [
+    assert [(v.method, v.weight_bits, str(v.grid_spec().granularity) if v.bits else None) for v in r.variants
+            if v.method in ("float", "minmax")] == [
         ("float", 32, None), ("minmax", 8, "axis:0"), ("minmax", 4, "axis:0"), ("minmax", 2, "axis:0")]
+    ptq = [(v.label, v.weight_bits, v.abits, str(v.grid_spec().granularity)) for v in r.variants if v.abits]
+    assert ptq == [("mse-w4a4", 4, 4, "tensor"), ("aciq-w4a4", 4, 4, "tensor"), ("lapq-w4a4", 4, 4, "tensor")]
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.toml")), ids=lambda p: p.name)
