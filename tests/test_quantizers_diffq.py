@@ -243,3 +243,29 @@ def test_fixed_bits_override_and_config_validation():
         DiffQ(noise="laplace")
     with pytest.raises(ConfigError, match="DiffQ.group_size"):
         DiffQ(group_size=-1)
+
+
+@pytest.mark.parametrize("rows", [(4, 8), (1, 32)], ids=["groups", "one-group"])
+def test_fused_pseudo_quantization_matches_the_plain_autograd_graph(rows):
+    """The fused node of the training forward (_PseudoQuantFn, for speed) has the values and gradients of
+    ``w + (max(w) - min(w))/(2^b - 1)/2 · ε``, ``b = b_min + σ(l)·span``, differentiated by autograd, and passes
+    gradcheck in float64; with ``span = 0`` its second input is a fixed bit-width."""
+    from learnq.quantizers.diffq import _PseudoQuantFn
+
+    torch.manual_seed(0)
+    w = (torch.randperm(32).double() / 7 - 2).requires_grad_()  # distinct values: one argmin, one argmax
+    logits = torch.randn(rows[0], dtype=torch.float64).requires_grad_()
+    eps = torch.randn(32, dtype=torch.float64)
+    upstream = torch.randn(32, dtype=torch.float64)
+    fused = _PseudoQuantFn.apply(w, logits, eps, rows, 2.0, 13.0)
+    lo, hi = torch.aminmax(w)
+    bits = 2 + torch.sigmoid(logits) * 13
+    plain = w + ((hi - lo) / (2**bits - 1) / 2).repeat_interleave(rows[1]) * eps
+    assert torch.allclose(fused, plain, rtol=0, atol=1e-14)
+    g_fused = torch.autograd.grad(fused, (w, logits), upstream)
+    g_plain = torch.autograd.grad(plain, (w, logits), upstream)
+    for a, b in zip(g_fused, g_plain, strict=True):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda w_, l_: _PseudoQuantFn.apply(w_, l_, eps, rows, 2.0, 13.0), (w, logits))
+    fixed = _PseudoQuantFn.apply(w, torch.full((1,), 4.0, dtype=torch.float64), eps, (1, 32), 0.0, 0.0)
+    assert torch.allclose(fixed, w + (hi - lo) / 15 / 2 * eps, rtol=0, atol=1e-14)
