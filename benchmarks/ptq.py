@@ -1,0 +1,291 @@
+"""Benchmark for issue 6: post-training quantization of float networks, every learnq PTQ method against PyTorch's
+HistogramObserver, and LAPQ's Table 1 claim (seeds/001 §5.1: LAPQ beats MMSE and ACIQ at 4 bits).
+
+Networks: a LeNet-5 (``learnq.pipeline.models.lenet``: conv1, conv2, fc1, fc2, fc3) trained in float on ``mnist5k``
+(10 epochs, Adam) and on ``digits`` (8x8, 30 epochs), through ``train_recipe``; one float model per seed, cached in
+``--cache`` (default ``$TMPDIR/learnq-bench-ptq``), so a rerun only quantizes. A seed is a whole replicate: data
+split, 512-sample calibration set (drawn from the training split), initialisation, training and the PTQ seed.
+
+Protocol (the paper's): weights and the inputs of the quantized layers, one step per tensor, symmetric weight grid;
+the first and last layers stay in float for every method (LAPQ's default; ``skip_first_last=True`` for the others),
+so every row quantizes conv2, fc1, fc2 and their inputs (post-ReLU, unsigned grid). Bit configurations W8A8, W4A8,
+W4A4, W2A8, W32A4 (32: float). learnq rows are ``learnq.ptq.quantize(model, splits.calib, method=...)`` with the
+method's defaults: minmax, mse (MMSE), aciq (Laplace), kl, each of mse and aciq also with bias correction (``+bc``;
+it changes weights only, so there is no W32A4 ``+bc`` row), adaround (1000 iterations per layer, MSE ranges) and
+lapq (p in linspace(2, 4, 10), quadratic fit, Powell with maxiter 2, bias correction inside every evaluation).
+
+Outside baseline, ``torch-hist``: the same layers fake-quantized with qparams from ``torch.ao.quantization.
+HistogramObserver``: weights ``qint8`` per-tensor symmetric with quant_min/max = -2^(b-1), 2^(b-1)-1, activations
+``quint8`` per-tensor affine with quant_min/max = 0, 2^b-1 observed over the calibration set on the model with
+quantized weights (inputs of the same layers, by forward pre-hooks), then ``torch.fake_quantize_per_tensor_affine``.
+Stock HistogramObserver searches its range for a 256-bin destination grid (``dst_nbins = 2^8`` from the dtype) at any
+quant_min/max, so ``torch-hist-b`` is the same with ``dst_nbins = 2^b`` set after construction (its search then
+targets the actual bit-width).
+
+Writes ``benchmarks/results/ptq.json`` (every run: accuracy, calibration seconds, loss evaluations, chosen steps
+per layer; the aggregates) and ``benchmarks/results/ptq.md`` (the tables).
+
+    .venv/bin/python benchmarks/ptq.py            # 3 seeds x 2 networks (~20 min on 2 cores, first run)
+    .venv/bin/python benchmarks/ptq.py --quick    # smoke test: 1 seed, short training, W4A4 only, cheap options
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.ao.quantization import HistogramObserver
+
+from learnq.pipeline.recipe import Recipe
+from learnq.pipeline.run import MODEL_FILE, rebuild, train_recipe
+from learnq.pipeline.train import evaluate
+from learnq.ptq import quantize
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CONFIGS = ((8, 8), (4, 8), (4, 4), (2, 8), (32, 4))
+NETWORKS: dict[str, dict[str, Any]] = {
+    "mnist5k": {"data": {"name": "mnist5k", "calib_size": 512, "test_fraction": 0.2}, "model": {"name": "lenet"},
+                "train": {"epochs": 10, "batch_size": 64, "lr": 1e-3, "optimizer": "adam"}},
+    "digits": {"data": {"name": "digits", "calib_size": 512, "test_fraction": 0.2}, "model": {"name": "lenet"},
+               "train": {"epochs": 30, "batch_size": 32, "lr": 3e-3, "optimizer": "adam", "scheduler": "cosine"}},
+}
+#: row name -> (learnq PTQ method or "torch", keyword arguments); options the quick run overrides are in QUICK
+METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "minmax": ("minmax", {}), "mse": ("mse", {}), "mse+bc": ("mse", {"bias_correction": True}),
+    "aciq": ("aciq", {}), "aciq+bc": ("aciq", {"bias_correction": True}), "kl": ("kl", {}),
+    "adaround": ("adaround", {}), "lapq": ("lapq", {}),
+    "torch-hist": ("torch", {"per_bits": False}), "torch-hist-b": ("torch", {"per_bits": True}),
+}
+QUICK = {"adaround": {"iterations": 100}, "lapq": {"p_count": 4, "maxiter": 1}}
+
+
+def float_model(network: str, seed: int, cache: Path, epochs: int | None, limit: int | None) -> tuple[nn.Module, Any,
+                                                                                                        dict]:
+    """The float network of ``network`` trained with ``seed`` (from ``cache`` when it is there): model, splits,
+    and the file's metadata (training seconds included)."""
+    spec = NETWORKS[network]
+    tag = f"{network}-seed{seed}" + (f"-e{epochs}" if epochs else "") + (f"-n{limit}" if limit else "")
+    folder = cache / tag
+    if not (folder / MODEL_FILE).is_file():
+        data = {"name": f"bench-ptq-{tag}", "seed": seed, "data": dict(spec["data"]), "model": dict(spec["model"]),
+                "train": dict(spec["train"]), "report": {"plots": False}}
+        if epochs:
+            data["train"]["epochs"] = epochs
+        if limit:
+            data["data"]["limit"] = limit
+        start = time.perf_counter()
+        train_recipe(Recipe.from_dict(data), folder)
+        (folder / "train_seconds.txt").write_text(f"{time.perf_counter() - start:.3f}\n")
+    model, splits, meta = rebuild(folder / MODEL_FILE)
+    model.eval()
+    seconds = (folder / "train_seconds.txt").read_text().strip() if (folder / "train_seconds.txt").is_file() else "nan"
+    return model, splits, {"train_seconds": float(seconds), "file": str(folder / MODEL_FILE)}
+
+
+def quantized_layers(model: nn.Module) -> list[str]:
+    """The conv/linear layers every row quantizes: all but the first and the last (definition order)."""
+    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return names[1:-1]
+
+
+# -- the outside baseline: torch.ao HistogramObserver --------------------------------------------------------------
+def _observer(bits: int, signed: bool, per_bits: bool) -> HistogramObserver:
+    if signed:
+        obs = HistogramObserver(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric, quant_min=-2 ** (bits - 1),
+                                quant_max=2 ** (bits - 1) - 1)
+    else:
+        obs = HistogramObserver(dtype=torch.quint8, qscheme=torch.per_tensor_affine, quant_min=0,
+                                quant_max=2 ** bits - 1)
+    if per_bits:
+        obs.dst_nbins = 2 ** bits  # the range search's destination grid: the real bit-width instead of 2^8
+    return obs
+
+
+def _fake(x: torch.Tensor, obs: HistogramObserver) -> torch.Tensor:
+    scale, zero = obs.calculate_qparams()
+    return torch.fake_quantize_per_tensor_affine(x, float(scale), int(zero), obs.quant_min, obs.quant_max)
+
+
+def torch_histogram_ptq(model: nn.Module, calib: torch.Tensor, wbits: int, abits: int, *, per_bits: bool,
+                        device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """A copy of ``model`` with the selected layers' weights and inputs fake-quantized by HistogramObserver qparams."""
+    model = copy.deepcopy(model).to(device).eval()
+    layers = {name: model.get_submodule(name) for name in quantized_layers(model)}
+    steps: dict[str, Any] = {}
+    for name, layer in layers.items():
+        if wbits < 32:
+            obs = _observer(wbits, True, per_bits)
+            obs(layer.weight.detach())
+            layer.weight.data = _fake(layer.weight.detach(), obs)
+            steps[f"{name}.weight"] = float(obs.calculate_qparams()[0])
+    if abits < 32:
+        observers = {name: _observer(abits, False, per_bits) for name in layers}
+        handles = [layer.register_forward_pre_hook(lambda _m, args, o=observers[name]: (o(args[0]),))
+                   for name, layer in layers.items()]
+        with torch.no_grad():
+            for batch in calib.split(256):
+                model(batch.to(device))
+        for h in handles:
+            h.remove()
+        for name, layer in layers.items():
+            layer.register_forward_pre_hook(lambda _m, args, o=observers[name]: (_fake(args[0], o),))
+            steps[f"{name}.input"] = float(observers[name].calculate_qparams()[0])
+    return model, steps
+
+
+# -- one run ---------------------------------------------------------------------------------------------------
+def run_row(model: nn.Module, splits: Any, row: str, wbits: int, abits: int, seed: int, quick: bool,
+            device: str) -> dict[str, Any]:
+    method, kwargs = METHODS[row]
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    if method == "torch":
+        quantized, steps = torch_histogram_ptq(model, splits.calib.tensors[0], wbits, abits, device=device, **kwargs)
+        seconds, evals = time.perf_counter() - start, 0
+    else:
+        options = {**kwargs, **(QUICK.get(method, {}) if quick else {})}
+        result = quantize(model, splits.calib, method=method, wbits=wbits, abits=abits, granularity="tensor",
+                          skip_first_last=True, seed=seed, progress=False, device=device, **options)
+        quantized, seconds, evals = result.model, result.calib_seconds, result.loss_evals
+        steps = {layer["name"]: {k: layer[k] for k in ("w_alpha", "a_alpha") if k in layer} for layer in result.layers}
+    acc = evaluate(quantized, splits.test, device=device, batch_size=256)["accuracy"]
+    return {"row": row, "wbits": wbits, "abits": abits, "seed": seed, "accuracy": acc, "calib_seconds": seconds,
+            "loss_evals": evals, "steps": steps}
+
+
+def _stat(values: list[float]) -> dict[str, Any]:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values)}
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """network -> row -> "W{w}A{a}" -> accuracy / calib_seconds / loss_evals statistics over seeds."""
+    out: dict[str, Any] = {}
+    for r in runs:
+        cfg = f"W{r['wbits']}A{r['abits']}"
+        out.setdefault(r["network"], {}).setdefault(r["row"], {}).setdefault(cfg, []).append(r)
+    return {net: {row: {cfg: {k: _stat([x[k] for x in rs]) for k in ("accuracy", "calib_seconds", "loss_evals")}
+                        for cfg, rs in by_cfg.items()} for row, by_cfg in rows.items()} for net, rows in out.items()}
+
+
+def claim_check(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """LAPQ against mse(+bc) and aciq(+bc) per network and 4-bit configuration: paired per seed (same float model)."""
+    index = {(r["network"], r["row"], r["wbits"], r["abits"], r["seed"]): r["accuracy"] for r in runs}
+    out = []
+    for net, row, w, a, seed in index:
+        if row != "lapq" or 4 not in (w, a):
+            continue
+        for other in ("mse", "mse+bc", "aciq", "aciq+bc", "torch-hist-b"):
+            key = (net, other, w, a, seed)
+            if key in index:
+                out.append({"network": net, "config": f"W{w}A{a}", "seed": seed, "other": other,
+                            "lapq": index[(net, row, w, a, seed)], "other_accuracy": index[key]})
+    return out
+
+
+def markdown(summary: dict[str, Any], floats: dict[str, list[float]], claims: list[dict[str, Any]], n_seeds: int,
+             configs: list[tuple[int, int]]) -> str:
+    cfgs = [f"W{w}A{a}" for w, a in configs]
+    lines: list[str] = []
+    for net, rows in summary.items():
+        fl = _stat(floats[net])
+        lines += [f"**{net} LeNet: test accuracy (%), mean ± std over {n_seeds} seed(s); float32 "
+                  f"{100 * fl['mean']:.2f} ± {100 * fl['std']:.2f}**", "",
+                  "| method | " + " | ".join(cfgs) + " |", "| --- | " + " | ".join("---:" for _ in cfgs) + " |"]
+        for row, by_cfg in rows.items():
+            cells = [f"{100 * by_cfg[c]['accuracy']['mean']:.2f} ± {100 * by_cfg[c]['accuracy']['std']:.2f}"
+                     if c in by_cfg else "" for c in cfgs]
+            lines.append(f"| {row} | " + " | ".join(cells) + " |")
+        lines += ["", f"**{net}: calibration wall time (s, mean over seeds) / loss evaluations**", "",
+                  "| method | " + " | ".join(cfgs) + " |", "| --- | " + " | ".join("---:" for _ in cfgs) + " |"]
+        for row, by_cfg in rows.items():
+            cells = [f"{by_cfg[c]['calib_seconds']['mean']:.2f} / {by_cfg[c]['loss_evals']['mean']:.0f}"
+                     if c in by_cfg else "" for c in cfgs]
+            lines.append(f"| {row} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if claims:
+        lines += ["**LAPQ vs the others at 4 bits, paired by seed: seeds where LAPQ is better / equal / worse; mean "
+                  "difference in points**", "", "| network | config | vs | better | equal | worse | mean diff |",
+                  "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+        groups: dict[tuple[str, str, str], list[float]] = {}
+        for c in claims:
+            groups.setdefault((c["network"], c["config"], c["other"]), []).append(c["lapq"] - c["other_accuracy"])
+        for (net, cfg, other), diffs in groups.items():
+            better, equal = sum(d > 0 for d in diffs), sum(d == 0 for d in diffs)
+            lines.append(f"| {net} | {cfg} | {other} | {better} | {equal} | {len(diffs) - better - equal} | "
+                         f"{100 * statistics.fmean(diffs):+.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 seed, 3 epochs, W4A4 only, cheap AdaRound/LAPQ")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--networks", default="mnist5k,digits")
+    parser.add_argument("--rows", default=",".join(METHODS), help="comma-separated rows (methods)")
+    parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "learnq-bench-ptq"),
+                        help="folder of the trained float models (reused by later runs)")
+    parser.add_argument("--out", default=str(RESULTS), help="folder for ptq.json and ptq.md")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    seeds = [0] if args.quick else list(range(args.seeds))
+    configs = [(4, 4)] if args.quick else list(CONFIGS)
+    epochs, limit = (3, 1500) if args.quick else (None, None)
+    rows = args.rows.split(",")
+    unknown = [r for r in rows if r not in METHODS]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; known: {', '.join(METHODS)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "ptq-quick" if args.quick else "ptq"
+    runs: list[dict[str, Any]] = []
+    floats: dict[str, list[float]] = {}
+    trainings: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    for net in args.networks.split(","):
+        for seed in seeds:
+            model, splits, info = float_model(net, seed, Path(args.cache), epochs, limit)
+            fl = evaluate(model, splits.test, device=args.device, batch_size=256)["accuracy"]
+            floats.setdefault(net, []).append(fl)
+            trainings.append({"network": net, "seed": seed, "float": fl, "n_test": len(splits.test),
+                              "n_calib": len(splits.calib), **info})
+            print(f"{net} seed {seed}: float {100 * fl:.2f}% (n = {len(splits.test)})", flush=True)
+            for w, a in configs:
+                for row in rows:
+                    if w == 32 and row.endswith("+bc"):
+                        continue  # bias correction changes weights only
+                    r = run_row(model, splits, row, w, a, seed, args.quick, args.device)
+                    r["network"] = net
+                    runs.append(r)
+                    print(f"  W{w}A{a} {row:13s} {100 * r['accuracy']:6.2f}%  {r['calib_seconds']:7.2f} s  "
+                          f"{r['loss_evals']:4d} evals", flush=True)
+    summary = aggregate(runs)
+    claims = claim_check(runs)
+    payload = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "seeds": seeds,
+               "configs": [f"W{w}A{a}" for w, a in configs], "networks": NETWORKS, "rows": rows,
+               "torch": torch.__version__, "platform": platform.platform(), "threads": args.threads,
+               "wall_seconds": time.perf_counter() - start, "floats": trainings, "summary": summary,
+               "claims": claims, "runs": runs}
+    (out / f"{stem}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    text = markdown(summary, floats, claims, len(seeds), configs)
+    (out / f"{stem}.md").write_text(text + "\n")
+    print(text)
+    print(f"wrote {out / (stem + '.json')} and {out / (stem + '.md')} in {payload['wall_seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
