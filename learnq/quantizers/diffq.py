@@ -167,11 +167,14 @@ class DiffQQuantizer(WeightQuantizer):
     def size_bits(self, x: torch.Tensor | None = None) -> torch.Tensor:
         """Σ_s n_s·b_s (Eq. 8 in bits). Detached when the parameter was not used in the model's latest forward or is
         frozen, so that the size penalty gives no bits gradient to parameters that got no task gradient."""
-        total = (self.group_counts * self.bits()).sum() if self.logits is not None else \
-            torch.tensor(float(self.numel * self.fixed_bits), device=self.group_counts.device)
+        if self.logits is None:
+            return torch.tensor(float(self.numel * self.fixed_bits), device=self.group_counts.device)
+        logits = self.logits
         if not self.used_in_last_forward() or self.source_frozen():
-            total = total.detach()
-        return total
+            logits = logits.detach()
+        # b_min·N + (b_max - b_min)·Σ_s n_s·σ(l_s): two operations on the (n_groups,) vector
+        span = float(self.b_max - self.b_min)
+        return torch.dot(self.group_counts, torch.sigmoid(logits)) * span + float(self.b_min * self.numel)
 
     def true_size_bits(self, x: torch.Tensor | None = None) -> int:
         """Eq. 12 in bits: two float32 range values, the 8-bit width of the bits field, the per-group bits field
