@@ -220,6 +220,18 @@ def test_failed_trials_do_not_count_and_too_many_stop_the_sweep(tmp):
         run_sweep(sweep_of(), tmp / "b", trials=5, runner=broken)
 
 
+def test_ctrl_c_fails_the_running_trial_and_a_resume_reruns_its_knobs(tmp):
+    def interrupted(recipe, out):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(sweep_of(), tmp, trials=2, runner=interrupted)
+    result = run_sweep(sweep_of(), tmp, trials=2, runner=fake_runner)
+    assert [t["state"] for t in result.trials] == ["fail", "complete", "complete"]
+    assert result.trials[1]["retry_of"] == 0 and result.trials[1]["params"] == result.trials[0]["params"]
+    assert result.new == [1, 2]
+
+
 def test_duplicates_are_pruned_and_an_exhausted_space_stops(tmp, monkeypatch):
     monkeypatch.setattr(sweep_module, "MAX_DUPLICATES", 3)
     space = '[sweep]\nsampler = "random"\n[sweep.space]\n"variant.bits" = [2, 4]\n'
@@ -238,6 +250,8 @@ def test_an_out_dir_belongs_to_one_study_and_a_study_to_one_recipe(tmp):
     run_sweep(sweep_of(), tmp / "a", trials=1, runner=fake_runner)
     with pytest.raises(ConfigError, match="holds the trials of study 'tiny-sweep'"):
         run_sweep(sweep_of(), tmp / "a", trials=1, study="other", runner=fake_runner)
+    more = sweep_of(SPACE.replace('sampler = "random"', 'sampler = "random"\ntrials = 9\nmax_failed = 1'))
+    assert run_sweep(more, tmp / "a", trials=1, runner=fake_runner).new == []  # run-time keys may change
     changed = sweep_of(SPACE.replace("[1]", "[2]"))
     with pytest.raises(ConfigError, match="started from another recipe .*sweep.space"):
         run_sweep(changed, tmp / "a", trials=2, runner=fake_runner)
@@ -276,7 +290,7 @@ def test_a_trial_killed_on_this_host_is_failed_and_rerun_with_its_knobs(tmp):
     states = {t["number"]: t["state"] for t in result.trials}
     assert states[0] == "fail" and sum(s == "complete" for s in states.values()) == 2
     retry = result.trials[1]
-    assert retry["retry_of"] == 0 and retry["params"] == fixed
+    assert retry["retry_of"] == 0 and retry["params"] == fixed and result.trials[0]["retried_as"] == 1
     assert result.new == [1, 2]
 
 

@@ -48,7 +48,9 @@ def trials_table(result: SweepResult) -> str:
             continue
         done = t["state"] == "complete"
         params = short_params(t["params"])
-        body.append([t["number"], t["state"], "*" if t["number"] in front else "", t["method"] or "-",
+        method = t["method"] or next((v for k, v in t["params"].items() if k.endswith(".method")), "-")
+        state = t["state"] if t["retried_as"] is None else f"{t['state']} (rerun as {t['retried_as']})"
+        body.append([t["number"], state, "*" if t["number"] in front else "", method,
                      t["bits"] if done else "-", f"{100 * t['accuracy']:.2f}%" if done else "-",
                      format_bytes(t["file_bytes"]) if done else "-", params or "-"])
     return format_table(["trial", "state", "front", "method", "bits", "test acc", "file size", "params"], body)

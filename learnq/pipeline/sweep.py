@@ -178,11 +178,13 @@ def fail_dead_trials(study: Any) -> list[int]:
 
 def trial_record(trial: Any) -> dict[str, Any]:
     """``{number, state, params, method, bits, accuracy, file_bytes, file, ratio, run_dir, error, retry_of,
-    duplicate_of}`` (state: complete, fail, running, waiting or pruned, the last for a duplicate)."""
+    duplicate_of, retried_as}`` (state: complete, fail, running, waiting or pruned, the last for a duplicate;
+    retried_as is filled in by :func:`sweep_result`)."""
     row = trial.user_attrs.get("row") or {}
     record = {"number": trial.number, "state": trial.state.name.lower(), "params": dict(trial.params)}
     record.update({k: row.get(k) for k in ("method", "bits", "accuracy", "file_bytes", "file", "ratio")})
     record.update({k: trial.user_attrs.get(k) for k in ("run_dir", "error", "retry_of", "duplicate_of")})
+    record["retried_as"] = None
     return record
 
 
@@ -265,8 +267,8 @@ def run_sweep(sweep: SweepRecipe, out: str | os.PathLike, *, trials: int | None 
     out_dir = prepare_out(out)
     name = study or sweep.recipe.name
     url = storage or default_storage(out_dir)
-    _claim_out(out_dir, name, url)
     st = open_study(sweep, url, name)
+    _claim_out(out_dir, name, url)
     states = optuna.trial.TrialState
     new: list[int] = []
     failed = duplicates = 0
@@ -283,8 +285,9 @@ def run_sweep(sweep: SweepRecipe, out: str | os.PathLike, *, trials: int | None 
         try:
             st.optimize(objective, n_trials=1, catch=(TrialFailed,), gc_after_trial=False)
         except KeyboardInterrupt:
-            if objective.number is not None:  # optuna marked it failed: run its parameters again on resume
-                retry_trial(st, st.trials[objective.number])
+            interrupted = None if objective.number is None else st.trials[objective.number]
+            if interrupted is not None and interrupted.state == states.FAIL:  # optuna failed it: rerun on resume
+                retry_trial(st, interrupted)
             raise
         assert objective.number is not None  # optimize ran one trial
         record = trial_record(st.trials[objective.number])
@@ -310,6 +313,9 @@ def run_sweep(sweep: SweepRecipe, out: str | os.PathLike, *, trials: int | None 
 
 def sweep_result(study: Any, out: Path, storage: str, new: list[int] | None = None) -> SweepResult:
     records = [trial_record(t) for t in study.get_trials(deepcopy=False)]
+    for record in records:
+        if record["retry_of"] is not None and record["retry_of"] < len(records):
+            records[record["retry_of"]]["retried_as"] = record["number"]
     done = [r for r in records if r["state"] == "complete" and r["accuracy"] is not None]
     front = [done[i]["number"] for i in pareto_front([(r["accuracy"], r["file_bytes"]) for r in done])]
     return SweepResult(out=out, study=study.study_name, storage=hide_password(storage), trials=records, front=front,

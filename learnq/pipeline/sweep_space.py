@@ -38,6 +38,7 @@ SAMPLERS = ("tpe", "nsga2", "random")
 _SEGMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)(?:\[(\d+)\])?$")
 _GRID_FIELDS = ("granularity", "scheme", "rounding", "bits_overrides", "select")
 _MACHINE_KEYS = (("data", "root"), ("train", "device"))  # may differ between the workers of one study
+_RUN_TIME_KEYS = ("trials", "max_failed", "heartbeat", "grace")  # [sweep] keys a resumed or second worker may change
 
 
 @dataclass
@@ -239,11 +240,13 @@ class SweepRecipe:
         return SweepRecipe(self.recipe.with_seed(seed), self.sweep, self.knobs)
 
     def fingerprint(self) -> dict[str, Any]:
-        """What every worker of one study must agree on (the recipe without machine-specific keys, the sweep)."""
+        """What every worker of one study must agree on: the recipe without machine-specific keys, the space and
+        the sampler (not the run-time keys trials, max_failed, heartbeat, grace)."""
         d = self.recipe.to_dict()
         for section, key in _MACHINE_KEYS:
             d[section].pop(key, None)
-        return {"recipe": d, "sweep": schema.to_dict(self.sweep)}
+        sweep = {k: v for k, v in schema.to_dict(self.sweep).items() if k not in _RUN_TIME_KEYS}
+        return {"recipe": d, "sweep": sweep}
 
     def check(self) -> None:
         """Resolve every choice (range end) of every knob with every method choice; ``ConfigError`` naming the
@@ -270,8 +273,10 @@ class SweepRecipe:
                                           f"{describe(combo) or 'the recipe as is'}: {exc}") from exc
         for knob in self.knobs:
             if not knob.is_method and knob.path not in used:
+                base = _get(self.recipe.to_dict(), knob.target[:_section_len(knob.target)])["method"]
+                searched = "; ".join(f"{k.path}: {', '.join(map(str, k.choices or ()))}" for k in method_knobs)
                 raise ConfigError(f'sweep.space."{knob.path}": no searched method takes this key '
-                                  f"({describe(combos[0]) or 'the recipe as is'}); remove it")
+                                  f"({searched or 'method ' + base}); remove it")
 
 
 def describe(values: Mapping[str, Any]) -> str:
