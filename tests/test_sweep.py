@@ -167,6 +167,38 @@ def test_sampling_is_conditional_on_the_method():
     assert sweep.sample(optuna.trial.FixedTrial(fixed)) == {"variant.method": "float", "train.lr": 0.005}
 
 
+QAT = """
+[qat]
+method = "nested"
+granularity = "row"
+[[regularizers]]
+name = "kure"
+strength = 0.01
+"""
+QAT_SPACE = """
+[sweep]
+sampler = "random"
+[sweep.space]
+"qat.method" = ["nested", "ste"]
+"qat.bits" = [2, 4]
+"qat.options.threshold" = { low = 1e-12, high = 1e-8, log = true }
+"regularizers[0].strength" = { low = 1e-4, high = 1e-1, log = true }
+"""
+
+
+def test_a_qat_recipe_searches_its_qat_table_and_a_method_switch_takes_the_bits_knob():
+    sweep = sweep_of(QAT_SPACE, variant=QAT)  # ste needs bits, which the template (nested) has not: the knob has
+    fixed = {"qat.method": "ste", "qat.bits": 4, "qat.options.threshold": 1e-10, "regularizers[0].strength": 0.02}
+    values = sweep.sample(optuna.trial.FixedTrial(fixed))
+    assert values == {"qat.method": "ste", "qat.bits": 4, "regularizers[0].strength": 0.02}
+    recipe = sweep.resolve(values)
+    assert (recipe.qat.method, recipe.qat.bits, recipe.regularizers[0].strength) == ("ste", 4, 0.02)
+    fixed["qat.method"] = "nested"
+    assert sweep.resolve(sweep.sample(optuna.trial.FixedTrial(fixed))).qat.options["threshold"] == 1e-10
+    with pytest.raises(ConfigError, match=r"sweep\.space: with qat\.method = 'ste', .*qat\.bits: missing"):
+        sweep_of(QAT_SPACE.replace('"qat.bits" = [2, 4]\n', ""), variant=QAT)
+
+
 def test_short_params_and_hidden_passwords():
     assert short_params({"variant.method": "diffq", "variant.bits": 4, "variant.options.penalty": 0.012345,
                          "train.lr": 0.003, "variant.granularity": "tensor"}) == \
@@ -341,6 +373,15 @@ def test_resume_runs_exactly_the_missing_trials_and_leaves_finished_ones_alone(t
     model_file = tmp / new["run_dir"] / new["file"]
     assert metrics["rows"][0]["file_bytes"] == new["file_bytes"] == model_file.stat().st_size
     assert (new["method"], new["bits"]) == ("minmax", new["params"]["variant.bits"])
+
+
+def test_a_qat_trial_is_the_trained_quantized_model(tmp):
+    result = run_sweep(sweep_of(QAT_SPACE, variant=QAT), tmp, trials=1)
+    trial = result.trials[0]
+    assert trial["state"] == "complete" and trial["file"] == "model.safetensors"
+    assert trial["method"] == trial["params"]["qat.method"]
+    if trial["method"] == "ste":
+        assert trial["bits"] == trial["params"]["qat.bits"]
 
 
 def test_sweep_and_report_commands(tmp, capsys):

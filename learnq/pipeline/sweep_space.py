@@ -15,7 +15,7 @@ Each trial samples the method knobs first, then only the knobs its method takes 
 base table's fields the trial's method does not take are dropped. The resolved recipe runs through
 :func:`learnq.pipeline.run.run_recipe` into ``OUT/trial-<number>/``; the objectives are the row's test accuracy
 (maximised) and its model file's bytes (minimised). Every choice of every knob is validated with every method
-when the recipe is read, so a bad space fails before anything trains.
+choice when the recipe is read (:meth:`SweepRecipe.check`), so a bad space fails before anything trains.
 
 Running the study is :mod:`learnq.pipeline.sweep`.
 """
@@ -213,9 +213,9 @@ class SweepRecipe:
     sweep: SweepSection
     knobs: list[Knob]
 
-    def resolve(self, values: Mapping[str, Any], name: str | None = None) -> Recipe:
-        """The recipe with knob values (keyed by knob path) set: method knobs first (fields the method does not
-        take are dropped), then the others. ``ConfigError`` if the result is not a valid recipe."""
+    def apply(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """``Recipe.to_dict()`` with knob values (keyed by knob path) set, not validated: method knobs first (the
+        fields the new method does not take are dropped), then the others."""
         d = self.recipe.to_dict()
         by_path = {k.path: k for k in self.knobs}
         for path in sorted(values, key=lambda p: not by_path[p].is_method):
@@ -223,6 +223,11 @@ class SweepRecipe:
             _get(d, knob.target[:-1])[knob.target[-1]] = values[path]
             if knob.is_method:
                 _prune(_get(d, knob.target[:-1]), str(knob.target[0]))
+        return d
+
+    def resolve(self, values: Mapping[str, Any], name: str | None = None) -> Recipe:
+        """The recipe with knob values set (:meth:`apply`), validated; ``name`` renames it."""
+        d = self.apply(values)
         if name is not None:
             d["name"] = name
         return Recipe.from_dict(d)
@@ -230,7 +235,7 @@ class SweepRecipe:
     def sample(self, trial: Any) -> dict[str, Any]:
         """The trial's knob values: method knobs, then every other knob the trial's method takes."""
         values = {k.path: k.suggest(trial) for k in self.knobs if k.is_method}
-        d = self.resolve(values).to_dict()
+        d = self.apply(values)
         for knob in self.knobs:
             if not knob.is_method and _applies(knob, d):
                 values[knob.path] = knob.suggest(trial)
@@ -249,25 +254,27 @@ class SweepRecipe:
         return {"recipe": d, "sweep": sweep}
 
     def check(self) -> None:
-        """Resolve every choice (range end) of every knob with every method choice; ``ConfigError`` naming the
-        knob and value that makes an invalid recipe, or a knob no searched method takes."""
+        """For every combination of method choices: resolve the recipe with every knob the methods take at its
+        first choice (low end), then with each other choice (range end) of each knob in turn. ``ConfigError``
+        naming the knob and value that makes an invalid recipe, or a knob that no searched method takes."""
         method_knobs = [k for k in self.knobs if k.is_method]
         combos: list[dict[str, Any]] = [{}]
         for knob in method_knobs:
             combos = [{**c, knob.path: v} for c in combos for v in knob.candidates()]
         used: set[str] = set()
         for combo in combos:
+            d = self.apply(combo)
+            takes = [k for k in self.knobs if not k.is_method and _applies(k, d)]
+            first = {**combo, **{k.path: k.candidates()[0] for k in takes}}
             try:
-                d = self.resolve(combo).to_dict()
+                self.resolve(first)
             except ConfigError as exc:
-                raise ConfigError(f"sweep.space: with {describe(combo)}: {exc}") from exc
-            for knob in self.knobs:
-                if knob.is_method or not _applies(knob, d):
-                    continue
+                raise ConfigError(f"sweep.space: with {describe(first)}: {exc}") from exc
+            for knob in takes:
                 used.add(knob.path)
-                for value in knob.candidates():
+                for value in knob.candidates()[1:]:
                     try:
-                        self.resolve({**combo, knob.path: value})
+                        self.resolve({**first, knob.path: value})
                     except ConfigError as exc:
                         raise ConfigError(f'sweep.space."{knob.path}": value {value!r} with '
                                           f"{describe(combo) or 'the recipe as is'}: {exc}") from exc
