@@ -25,7 +25,7 @@ targets the actual bit-width).
 Writes ``benchmarks/results/ptq.json`` (every run: accuracy, calibration seconds, loss evaluations, chosen steps
 per layer; the aggregates) and ``benchmarks/results/ptq.md`` (the tables).
 
-    .venv/bin/python benchmarks/ptq.py            # 3 seeds x 2 networks (~20 min on 2 cores, first run)
+    .venv/bin/python benchmarks/ptq.py            # 3 seeds x 2 networks (612 s on 2 busy cores, training included)
     .venv/bin/python benchmarks/ptq.py --quick    # smoke test: 1 seed, short training, W4A4 only, cheap options
 """
 
