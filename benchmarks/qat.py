@@ -50,7 +50,7 @@ def configs(quick: bool, lambdas: tuple[float, ...] = LAMBDAS) -> list[tuple[str
     for lam in ((1.0, 100.0) if quick else lambdas):
         out.append((f"diffq λ={lam:g}", {"method": "diffq", "options": {"penalty": lam, "quant_lr": DIFFQ_LR}}))
     for method in ("ste", "lsq"):
-        for bits in ((2, 4) if quick else (2, 3, 4, 8)):
+        for bits in ((2, 4) if quick else ((1, 2, 3, 4, 8) if method == "ste" else (2, 3, 4, 8))):  # LSQ: >= 2
             out.append((f"{method} w{bits}", {"method": method, "bits": bits, "granularity": "channel"}))
     nested = [(1e-10, {}), (1e-10, {"gamma_bins": 1e-2})] if quick else [
         (1e-10, {}), (1e-2, {}), (1e-1, {}), (1.0, {}), (1e-10, {"gamma_bins": 1e-2}), (1e-10, {"gamma_bins": 1e-1}),
@@ -110,11 +110,15 @@ def pareto_front(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean (and std) over seeds of each label's accuracy, bits and sizes, in first-seen order."""
     out = []
+    base = {r["seed"]: r["accuracy"] for r in runs if r["label"] == "float"}
     for label in dict.fromkeys(r["label"] for r in runs):
         mine = [r for r in runs if r["label"] == label]
         acc = [r["accuracy"] for r in mine]
+        delta = [r["accuracy"] - base[r["seed"]] for r in mine if r["seed"] in base]  # paired: same seed and split
         out.append({"label": label, "method": mine[0]["method"], "seeds": len(mine),
                     "accuracy": statistics.mean(acc), "accuracy_std": statistics.pstdev(acc),
+                    "delta": statistics.mean(delta) if delta else None,
+                    "delta_std": statistics.pstdev(delta) if delta else None,
                     "bits": statistics.mean(r["bits"] for r in mine),
                     "true_kb": statistics.mean(r["true_kb"] for r in mine),
                     "file_kb": statistics.mean(r["file_kb"] for r in mine),
@@ -150,12 +154,13 @@ def markdown(summary: list[dict[str, Any]], front: list[dict[str, Any]], meta: d
     float_row = next(s for s in summary if s["label"] == "float")
     lines = [f"Command: `{meta['command']}`; {meta['seeds']} seed(s), {meta['epochs']} epochs, "
              f"{meta['minutes']:.1f} min on {meta['machine']}.", "",
-             "| method | bits/weight | accuracy % (± std) | true size kB | file kB | x smaller (true) | front |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| method | bits/weight | accuracy % (± std) | vs float, same seed (pt) | true size kB | file kB | "
+             "x smaller (true) | front |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     on_front = {p["label"] for p in front}
     for s in summary:
         bits = f"{s['bits']:.2f}" if s["method"] in ("diffq", "nested") else f"{s['bits']:g}"
-        lines.append(f"| {s['label']} | {bits} | {100 * s['accuracy']:.2f} ± {100 * s['accuracy_std']:.2f} | "
+        delta = "-" if s["delta"] is None else f"{100 * s['delta']:+.2f} ± {100 * s['delta_std']:.2f}"
+        lines.append(f"| {s['label']} | {bits} | {100 * s['accuracy']:.2f} ± {100 * s['accuracy_std']:.2f} | {delta} | "
                      f"{s['true_kb']:.1f} | {s['file_kb']:.1f} | {float_row['true_kb'] / s['true_kb']:.1f} | "
                      f"{'*' if s['label'] in on_front else ''} |")
     return "\n".join(lines) + "\n"
