@@ -189,7 +189,7 @@ def _cell(stat: dict[str, float]) -> str:
     return f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}"
 
 
-def markdown(summary: dict[str, Any], schemes: list[str], n_seeds: int, layer: str) -> str:
+def markdown(summary: dict[str, Any], schemes: list[str], n_seeds: int, layer: str, config: dict[str, Any]) -> str:
     """The accuracy tables (one per weight grid), α per layer and the weight statistics, as Markdown."""
     lines = []
     for scheme in schemes:
@@ -203,7 +203,9 @@ def markdown(summary: dict[str, Any], schemes: list[str], n_seeds: int, layer: s
         lines.append("")
     dsmm = {m: e["dsmm_alpha"] for m, e in summary.items() if "dsmm_alpha" in e}
     for method, alphas in dsmm.items():
-        lines += [f"**DSMM temperature α per layer after training ({method}; init → mean ± std over seeds)**", "",
+        key = "dsmm" if method == "dsmm" else "dsmm_tuned"
+        setting = f"λ = {config[key]:g}, α₀ = {config[key + '_alpha_init']:g}"
+        lines += [f"**DSMM temperature α per layer after training ({method}: {setting}; mean ± std over seeds)**", "",
                   "| layer | α |", "| --- | ---: |"]
         lines += [f"| {layer} | {a['mean']:.3g} ± {a['std']:.2g} |" for layer, a in alphas.items()]
         lines.append("")
@@ -268,6 +270,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--satnl-learnable", action="store_true", help="train SatNL's saturation levels")
     p.add_argument("--asam-rho", type=float, default=0.5, help="ASAM ρ for symreg+satnl+asam (default 0.5)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: 2 is slower on a busy machine)")
+    p.add_argument("--render", default=None, metavar="JSON",
+                   help="only rewrite the .md and _accuracy.png of a saved results JSON")
     p.add_argument("--out", default=str(RESULTS), help="output prefix (default benchmarks/results/regularizers)")
     args = p.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -280,8 +284,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _md_header(payload: dict[str, Any]) -> str:
+    return f"<!-- {payload['command']} ({payload['seconds'] / 60:.1f} min) -->\n\n"
+
+
+def render(path: Path) -> None:
+    """Rewrite the Markdown table and the accuracy plot of a saved JSON (no training; the histograms need the
+    weights, which the JSON does not hold)."""
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    config, summary = payload["config"], payload["summary"]
+    stem = path.with_name(path.name.removesuffix(".json"))
+    table = markdown(summary, config["schemes"], config["seeds"], payload["layer"], config)
+    stem.with_name(stem.name + ".md").write_text(_md_header(payload) + table, encoding="utf-8")
+    plot_accuracy(summary, config["schemes"], stem.with_name(stem.name + "_accuracy.png"))
+    print(table)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render is not None:
+        render(Path(args.render))
+        return 0
     torch.set_num_threads(args.threads)
     base = load_recipe(args.recipe)
     out = Path(args.out)
@@ -302,15 +325,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{time.perf_counter() - start:6.0f}s] {method:18s} seed {seed}: float {100 * run['float']:.1f}  "
                   f"W{'/'.join(map(str, BITS))}A8 {ptq}  ({run['train_seconds']:.0f}s)", flush=True)
     summary = aggregate(runs, args.methods, args.schemes)
-    table = markdown(summary, args.schemes, args.seeds, layer)
+    config = {k: v for k, v in vars(args).items() if k not in ("out", "render")}
+    table = markdown(summary, args.schemes, args.seeds, layer, config)
     print()
     print(table)
     total = time.perf_counter() - start
-    config = {k: v for k, v in vars(args).items() if k not in ("out",)}
     payload = {
         "benchmark": "regularizers", "command": "python benchmarks/regularizers.py " + " ".join(sys.argv[1:]),
         "config": config, "recipe": base.to_dict(), "bits": list(BITS), "abits": ABITS, "layer": layer,
-        "ptq": "learnq.ptq.quantize(method='minmax', granularity='tensor', abits=8): weights and conv/linear inputs",
+        "ptq": "learnq.ptq.quantize(method='minmax', granularity='tensor', abits=8): weights and conv/linear inputs; "
+               "affine weights by learnq.ptq.weights.quantize_weights, then quantize(wbits=32, abits=8)",
         "std": "sample standard deviation over seeds (n - 1)", "seconds": total,
         "commit": _git_commit(),
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": args.threads,
@@ -320,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     json_path = out.with_name(out.name + ".json")
     json_path.write_text(json.dumps(payload, indent=1, default=float) + "\n", encoding="utf-8")
     md_path = out.with_name(out.name + ".md")
-    md_path.write_text(f"<!-- {payload['command']} ({total / 60:.1f} min) -->\n\n" + table, encoding="utf-8")
+    md_path.write_text(_md_header(payload) + table, encoding="utf-8")
     records = [tensor_stats(w, f"{method}: {layer}.weight") for method, w in hist_weights.items()]
     plot_histograms(records, out.with_name(out.name + "_hist.png"), log=True, max_cols=3,
                     title=f"{layer}.weight after training (seed {args.first_seed}); red: beyond 3σ")

@@ -98,7 +98,7 @@ def test_prepare_training_applies_satnl_first_and_groups_its_levels():
     before = {n: m.weight.detach().abs().max().item() for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     parts = prepare_training(recipe, model, "cpu")
     assert SatNL.is_applied(model)
-    assert SatNL.scales(model) == pytest.approx({n: v for n, v in before.items()}, rel=1e-6)
+    assert SatNL.scales(model) == pytest.approx(before, rel=1e-6)
     groups = parts.kwargs["extra_params"]
     # SatNL's two levels, then DSMM's two temperatures; both without weight decay
     assert [len(g["params"]) for g in groups] == [2, 2] and all(g["weight_decay"] == 0.0 for g in groups)
