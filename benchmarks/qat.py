@@ -127,25 +127,46 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def plot(summary: list[dict[str, Any]], front: list[dict[str, Any]], path: Path) -> None:
+    """Accuracy (mean over seeds) against true size, one line per method; points far below the float model are drawn
+    as triangles on the lower edge, labelled with their accuracy."""
+    from matplotlib.ticker import FuncFormatter
+
     from learnq.pipeline.report import _figure
 
     fig = _figure(8, 5)
     ax = fig.subplots()
+    top = max(100 * s["accuracy"] for s in summary)
+    floor = min(100 * s["accuracy"] for s in summary if s["method"] != "minmax") - 1.0
     colors = {"float": "black", "minmax": "grey", "diffq": "tab:blue", "ste": "tab:orange", "lsq": "tab:green",
               "nested": "tab:red"}
     for method, color in colors.items():
-        pts = [s for s in summary if s["method"] == method]
-        if pts:
-            ax.scatter([p["true_kb"] for p in pts], [100 * p["accuracy"] for p in pts], color=color,
-                       label=method if method != "minmax" else "min-max PTQ", s=28, zorder=3)
-    ax.plot([p["true_kb"] for p in front], [100 * p["accuracy"] for p in front], color="purple", lw=1, ls="--",
-            label="Pareto front", zorder=2)
-    ax.axvline(THESIS_KB[1], color="tab:red", lw=0.8, ls=":", label="thesis: 50 kB")
+        pts = sorted((s for s in summary if s["method"] == method), key=lambda s: s["true_kb"])
+        if not pts:
+            continue
+        ys = [max(floor, 100 * p["accuracy"]) for p in pts]
+        ax.plot([p["true_kb"] for p in pts], ys, color=color, marker="o", ms=5, lw=0 if method == "nested" else 0.8,
+                alpha=0.9, label="min-max PTQ" if method == "minmax" else method)
+        for p, y in zip(pts, ys, strict=True):
+            if y > 100 * p["accuracy"]:
+                ax.plot([p["true_kb"]], [y], marker="v", color=color, ms=9)
+                ax.annotate(f"{100 * p['accuracy']:.1f}%", (p["true_kb"], y), xytext=(6, 2),
+                            textcoords="offset points", fontsize=8, color=color)
+    ax.plot([p["true_kb"] for p in front], [100 * p["accuracy"] for p in front], color="purple", marker="*", ms=12,
+            ls="--", lw=1, label="Pareto front (all methods)")
+    ax.axvline(THESIS_KB[1], color="tab:red", lw=0.8, ls=":", label="thesis: 0.36 MB -> 50 kB")
+    base = next((s for s in summary if s["method"] == "float"), None)
+    if base is not None:
+        ax.axhline(100 * base["accuracy"], color="black", lw=0.6, ls=":")
     ax.set_xscale("log")
-    ax.set(xlabel="true model size (kB, log scale)", ylabel="test accuracy (%)",
+    plain = FuncFormatter(lambda v, _pos: f"{v:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.set_ylim(floor - 0.3, top + 0.5)
+    ax.set(xlabel="true model size (kB, log scale)", ylabel="test accuracy (%), mean over seeds",
            title="mnist5k, thesis MNIST network: accuracy vs true size")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, format="png")
 
@@ -167,6 +188,12 @@ def markdown(summary: list[dict[str, Any]], front: list[dict[str, Any]], meta: d
 
 
 def pareto(args: argparse.Namespace) -> None:
+    stem = args.out or str(RESULTS / ("qat_quick" if args.quick else "qat"))
+    if args.replot:  # redraw the figure and table of an earlier run from its JSON
+        saved = json.loads(Path(f"{stem}.json").read_text())
+        plot(saved["summary"], saved["front"], Path(f"{stem}_pareto.png"))
+        Path(f"{stem}.md").write_text(markdown(saved["summary"], saved["front"], saved["meta"]))
+        return
     t0 = time.perf_counter()
     torch.set_num_threads(args.threads)
     lambdas = tuple(float(v) for v in args.lambdas.split(","))
@@ -186,7 +213,6 @@ def pareto(args: argparse.Namespace) -> None:
             "epochs": args.epochs or "the recipe's", "minutes": (time.perf_counter() - t0) / 60,
             "machine": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
                        f"torch {torch.__version__}, {args.threads} thread(s)"}
-    stem = args.out or str(RESULTS / ("qat_quick" if args.quick else "qat"))
     Path(stem).parent.mkdir(parents=True, exist_ok=True)
     Path(f"{stem}.json").write_text(json.dumps({"meta": meta, "runs": runs, "summary": summary, "front": front},
                                                indent=2) + "\n")
@@ -361,6 +387,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.add_argument("--limit", type=int, default=None, help="at most this many training samples")
     a.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     a.add_argument("--out", default=None, help="output stem (default benchmarks/results/qat)")
+    a.add_argument("--replot", action="store_true", help="only redraw the PNG and table from the stem's JSON")
     a.set_defaults(func=pareto, ptq_bits=(8, 4, 3, 2))
     for name in ("speed", "speed-worker"):
         s = sub.add_parser(name, help="learnq DiffQ vs the diffq package" if name == "speed" else argparse.SUPPRESS)
