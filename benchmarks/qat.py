@@ -238,7 +238,7 @@ def speed(args: argparse.Namespace) -> None:
         out = Path(args.out or RESULTS / "qat_speed.json")
         cmd = [str(BENCH_PYTHON), __file__, "speed-worker", "--data", str(data), "--out", str(out),
                "--threads", str(args.threads), "--epochs", str(args.epochs), "--seed", str(args.seed),
-               "--penalty", str(args.penalty), "--rounds", str(args.rounds)]
+               "--penalties", args.penalties, "--bits-lr", str(args.bits_lr), "--rounds", str(args.rounds)]
         subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
@@ -265,12 +265,14 @@ def _interleaved(fns: dict[str, Any], rounds: int, warmup: int = 5) -> dict[str,
 
 def speed_worker(args: argparse.Namespace) -> None:
     """Under .venv-bench: float32, learnq DiffQ and diffq's DiffQuantizer on one network, data, seed and λ."""
+    import contextlib
     import copy
     import pickle
 
     import diffq
     import torch.nn.functional as F
     from torch import nn
+    from torch.nn.utils import parametrize
 
     import learnq
     from learnq.pipeline.models import model_from_spec, model_spec
@@ -279,67 +281,69 @@ def speed_worker(args: argparse.Namespace) -> None:
     data = torch.load(args.data, weights_only=True)
     torch.manual_seed(args.seed)
     init = model_from_spec(model_spec("thesis-mnist", (1, 28, 28), 10))
-    group, lam, batch = 8, args.penalty, 64
+    group, batch, kinds = 8, 64, ("float", "learnq", "diffq")
     setups: dict[str, Any] = {}
 
-    def make(kind: str) -> tuple[nn.Module, Any, Any]:
+    def make(kind: str, lam: float) -> tuple[nn.Module, Any, Any, float]:
         model = copy.deepcopy(init)
         if kind == "float":
-            return model, torch.optim.Adam(model.parameters(), lr=1e-3), None
+            return model, torch.optim.Adam(model.parameters(), lr=1e-3), None, lam
         if kind == "learnq":
             handle = learnq.prepare(model, learnq.DiffQ(group_size=group, penalty=lam))
-            opt = torch.optim.Adam([{"params": handle.split_parameters()[0]}, *handle.param_groups()], lr=1e-3)
-            return model, opt, handle
+            groups = [{"params": handle.split_parameters()[0]}, *handle.param_groups(lr=args.bits_lr)]
+            return model, torch.optim.Adam(groups, lr=1e-3), handle, lam
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)  # the package: optimizer first, then the quantizer
         quantizer = diffq.DiffQuantizer(model, group_size=group, min_size=0.0, exclude=["bias"])
-        quantizer.setup_optimizer(opt)  # bits logits: lr 1e-3, no weight decay (as learnq's group)
-        return model, opt, quantizer
-
-    def extra(kind: str, q: Any) -> Any:
-        if kind == "learnq":
-            return q.loss()
-        return lam * q.model_size() if kind == "diffq" else 0.0
+        quantizer.setup_optimizer(opt, lr=args.bits_lr)  # bits logits: own lr, no weight decay (as learnq's group)
+        return model, opt, quantizer, lam
 
     def step_fn(kind: str, x: torch.Tensor, y: torch.Tensor) -> Any:
-        model, opt, q = setups[kind]
+        model, opt, q, lam = setups[kind]
 
         def step() -> None:
             opt.zero_grad(set_to_none=True)
-            (F.cross_entropy(model(x), y) + extra(kind, q)).backward()
+            loss = F.cross_entropy(model(x), y)
+            if kind == "learnq":
+                loss = loss + q.loss()  # λ·M(b), M in MB (Eq. 8)
+            elif kind == "diffq":
+                loss = loss + lam * q.model_size()  # the package README's loss
+            loss.backward()
             opt.step()
         return step
 
-    kinds = ("float", "learnq", "diffq")
-    results: dict[str, Any] = {"accuracy": {}, "true_size_mb": {}, "train_seconds": {}}
-    for kind in kinds:  # accuracy and size after the same training: same init, batches and noise seed
-        setups[kind] = make(kind)
-        model, opt, q = setups[kind]
-        order = torch.Generator().manual_seed(args.seed)
-        torch.manual_seed(args.seed)
-        model.train()
-        t0 = time.perf_counter()
-        n = len(data["train_y"])
-        for _ in range(args.epochs):
-            perm = torch.randperm(n, generator=order)
-            for i in range(0, n, batch):
-                idx = perm[i:i + batch]
-                step_fn(kind, data["train_x"][idx], data["train_y"][idx])()
-        results["train_seconds"][kind] = time.perf_counter() - t0
-        model.eval()
-        with torch.no_grad():
-            pred = torch.cat([model(data["test_x"][i:i + 256]).argmax(1) for i in range(0, len(data["test_y"]), 256)])
-        results["accuracy"][kind] = float((pred == data["test_y"]).float().mean())
-        params = sum(p.numel() for p in init.parameters())
-        results["true_size_mb"][kind] = (4 * params / 2**20 if kind == "float" else
-                                         q.true_size_mb() if kind == "learnq" else q.true_model_size())
-    _, _, quantizer = setups["diffq"]
-    results["diffq_pickle_mb"] = len(pickle.dumps(quantizer.get_quantized_state(packed=True))) / 2**20
-    with tempfile.TemporaryDirectory() as tmp:
-        results["learnq_file_mb"] = learnq.save(setups["learnq"][0], Path(tmp) / "m.safetensors").file_bytes / 2**20
-    quants = setups["learnq"][2].quantizers.values()  # mean rounded bits per quantized weight
-    pkg = [quantizer._get_bits(qp.logit).round().clamp(1, 15) for qp in quantizer._qparams]
-    results["bits"] = {"learnq": sum(float((q.group_counts * q.rounded_bits()).sum()) for q in quants) /
-                       sum(q.numel for q in quants), "diffq": float(torch.cat(pkg).mean())}
+    params = sum(p.numel() for p in init.parameters())
+    results: dict[str, Any] = {"accuracy": {}}
+    for lam in (float(v) for v in args.penalties.split(",")):  # same init, batches and noise seed for all three
+        record: dict[str, Any] = {"accuracy": {}, "true_size_mb": {}, "train_seconds": {}}
+        for kind in kinds:
+            setups[kind] = make(kind, lam)
+            model, _, q, _ = setups[kind]
+            order = torch.Generator().manual_seed(args.seed)
+            torch.manual_seed(args.seed)
+            model.train()
+            t0 = time.perf_counter()
+            for _ in range(args.epochs):
+                perm = torch.randperm(len(data["train_y"]), generator=order)
+                for i in range(0, len(perm), batch):
+                    step_fn(kind, data["train_x"][perm[i:i + batch]], data["train_y"][perm[i:i + batch]])()
+            record["train_seconds"][kind] = time.perf_counter() - t0
+            model.eval()
+            with torch.no_grad():
+                n_test = len(data["test_y"])
+                pred = torch.cat([model(data["test_x"][i:i + 256]).argmax(1) for i in range(0, n_test, 256)])
+            record["accuracy"][kind] = float((pred == data["test_y"]).float().mean())
+            record["true_size_mb"][kind] = (4 * params / 2**20 if kind == "float" else
+                                            q.true_size_mb() if kind == "learnq" else q.true_model_size())
+        quantizer = setups["diffq"][2]
+        record["diffq_pickle_mb"] = len(pickle.dumps(quantizer.get_quantized_state(packed=True))) / 2**20
+        with tempfile.TemporaryDirectory() as tmp:
+            record["learnq_file_mb"] = learnq.save(setups["learnq"][0], Path(tmp) / "m.safetensors").file_bytes / 2**20
+        quants = setups["learnq"][2].quantizers.values()  # mean rounded bits per quantized weight
+        pkg = [quantizer._get_bits(qp.logit).round().clamp(1, 15) for qp in quantizer._qparams]
+        record["bits"] = {"learnq": sum(float((q.group_counts * q.rounded_bits()).sum()) for q in quants) /
+                          sum(q.numel for q in quants), "diffq": float(torch.cat(pkg).mean())}
+        results["accuracy"][f"{lam:g}"] = record
+        print(f"λ={lam:g}: {json.dumps(record)}", flush=True)
 
     results["train_step"] = {}
     for b in (64, 256, 1024):
@@ -357,18 +361,25 @@ def speed_worker(args: argparse.Namespace) -> None:
         setups[kind][0].eval()
     models = {"float": setups["float"][0], "learnq": setups["learnq"][0], "learnq-loaded": loaded.eval(),
               "diffq": setups["diffq"][0]}
+    def full(m: nn.Module, cached: bool = False) -> Any:
+        def run() -> None:  # the test split in batches of 256; cached: under parametrize.cached() (one dequantize)
+            with parametrize.cached() if cached else contextlib.nullcontext():
+                for i in range(0, len(data["test_y"]), 256):
+                    m(data["test_x"][i:i + 256])
+        return run
+
     with torch.no_grad():
         evals["batch256"] = _interleaved({k: (lambda m=m: m(xe)) for k, m in models.items()}, args.rounds)
-        full = {k: (lambda m=m: [m(data["test_x"][i:i + 256]) for i in range(0, len(data["test_y"]), 256)])
-                for k, m in models.items()}
-        evals["test_split"] = _interleaved(full, max(5, args.rounds // 3), warmup=2)
+        split = {k: full(m) for k, m in models.items()} | {"learnq-loaded, parametrize.cached()": full(loaded, True)}
+        evals["test_split"] = _interleaved(split, max(5, args.rounds // 3), warmup=2)
     results["eval"] = evals
-    results["meta"] = {"threads": args.threads, "torch": torch.__version__, "diffq": getattr(diffq, "__version__",
-                       "0.2.4"), "penalty": lam, "group_size": group, "epochs": args.epochs, "seed": args.seed,
-                       "batch": batch, "rounds": args.rounds, "python": platform.python_version(),
+    results["meta"] = {"threads": args.threads, "torch": torch.__version__, "diffq": "0.2.4", "group_size": group,
+                       "penalties": args.penalties, "bits_lr": args.bits_lr, "epochs": args.epochs,
+                       "seed": args.seed, "batch": batch, "rounds": args.rounds, "python": platform.python_version(),
                        "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                        "command": "python benchmarks/qat.py speed " + " ".join(
-                           f"--{k} {getattr(args, k)}" for k in ("epochs", "seed", "penalty", "threads", "rounds"))}
+                           f"--{k.replace('_', '-')} {getattr(args, k)}" for k in
+                           ("epochs", "seed", "penalties", "bits_lr", "threads", "rounds"))}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
@@ -391,9 +402,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.set_defaults(func=pareto, ptq_bits=(8, 4, 3, 2))
     for name in ("speed", "speed-worker"):
         s = sub.add_parser(name, help="learnq DiffQ vs the diffq package" if name == "speed" else argparse.SUPPRESS)
-        s.add_argument("--epochs", type=int, default=5, help="training epochs of the accuracy comparison")
+        s.add_argument("--epochs", type=int, default=15, help="training epochs of the accuracy comparison")
         s.add_argument("--seed", type=int, default=0)
-        s.add_argument("--penalty", type=float, default=1e-3, help="λ of both (the package README's value)")
+        s.add_argument("--penalties", default="0.001,10", help="λ of both: the package README's, the recipe's")
+        s.add_argument("--bits-lr", type=float, default=0.01, help="lr of the bits logits, both (default 0.01)")
         s.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
         s.add_argument("--rounds", type=int, default=30, help="interleaved timing rounds of 10 steps")
         s.add_argument("--out", default=None, help="JSON output (default benchmarks/results/qat_speed.json)")
