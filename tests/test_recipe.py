@@ -170,3 +170,21 @@ def test_load_recipe_names_what_is_missing(tmp_path):
     f.write_text('[train]\nepochs = "x"\n')
     with pytest.raises(ConfigError, match=r"mine\.toml: train\.epochs: expected int, got str"):
         load_recipe(f)
+
+
+def test_a_sweep_recipe_parses_as_its_base_recipe_and_its_space_is_validated():
+    base = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "digits-sweep.toml")
+    assert len(base.variants) == 1
+    bad = """
+[data]
+name = "digits"
+[model]
+name = "mlp"
+[[variants]]
+method = "minmax"
+bits = 4
+[sweep.space]
+"variant.bits" = [2, 40]
+"""
+    with pytest.raises(ConfigError, match="variant.bits"):
+        parse_recipe(bad)

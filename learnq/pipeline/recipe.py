@@ -373,7 +373,11 @@ def builtin_recipes() -> list[str]:
 
 
 def parse_recipe(text: str, source: str = "recipe", default_name: str | None = None) -> Recipe:
-    """Parse TOML ``text``; errors are ``ConfigError`` starting with ``source``."""
+    """Parse TOML ``text``; errors are ``ConfigError`` starting with ``source``.
+
+    A sweep recipe (one with a ``[sweep]`` table, learnq.pipeline.sweep_space) is validated whole and its base recipe
+    returned: ``learnq run`` on it runs the recipe as written, without searching.
+    """
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -381,6 +385,10 @@ def parse_recipe(text: str, source: str = "recipe", default_name: str | None = N
     if default_name is not None and "name" not in data:
         data["name"] = default_name
     try:
+        if "sweep" in data:
+            from learnq.pipeline.sweep_space import sweep_from_dict  # imports this module: import here
+
+            return sweep_from_dict(data).recipe
         return Recipe.from_dict(data)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from exc
