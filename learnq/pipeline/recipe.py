@@ -372,18 +372,24 @@ def builtin_recipes() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
-def parse_recipe(text: str, source: str = "recipe", default_name: str | None = None) -> Recipe:
-    """Parse TOML ``text``; errors are ``ConfigError`` starting with ``source``.
-
-    A sweep recipe (one with a ``[sweep]`` table, learnq.pipeline.sweep_space) is validated whole and its base recipe
-    returned: ``learnq run`` on it runs the recipe as written, without searching.
-    """
+def read_toml(text: str, source: str = "recipe", default_name: str | None = None) -> dict[str, Any]:
+    """The table of a recipe's TOML ``text`` (``name`` defaulting to ``default_name``); ConfigError if not TOML."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
     if default_name is not None and "name" not in data:
         data["name"] = default_name
+    return data
+
+
+def parse_recipe(text: str, source: str = "recipe", default_name: str | None = None) -> Recipe:
+    """Parse TOML ``text``; errors are ``ConfigError`` starting with ``source``.
+
+    A sweep recipe (one with a ``[sweep]`` table, learnq.pipeline.sweep_space) is validated whole and its base recipe
+    returned: ``learnq run`` on it runs the recipe as written, without searching.
+    """
+    data = read_toml(text, source, default_name)
     try:
         if "sweep" in data:
             from learnq.pipeline.sweep_space import sweep_from_dict  # imports this module: import here

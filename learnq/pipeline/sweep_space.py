@@ -347,14 +347,9 @@ def sweep_from_dict(data: Mapping[str, Any]) -> SweepRecipe:
 
 def parse_sweep_recipe(text: str, source: str = "recipe", default_name: str | None = None) -> SweepRecipe:
     """Parse TOML ``text``; errors are ``ConfigError`` starting with ``source``."""
-    from learnq.pipeline.recipe import tomllib
+    from learnq.pipeline.recipe import read_toml
 
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
-    if default_name is not None and "name" not in data:
-        data["name"] = default_name
+    data = read_toml(text, source, default_name)
     try:
         return sweep_from_dict(data)
     except ConfigError as exc:
