@@ -37,6 +37,25 @@ class QuantizedWeight(nn.Module):
         self.method = qt.method
         self.out_dtype = qt.dtype
         self.extra = dict(qt.extra)
+        self._cache: tuple | None = None  # (meta, buffer refs, value, its version)
+
+    def _meta(self) -> tuple:
+        return (self.out_dtype, self.granularity, self.bits, self.qmin, self.scheme)
+
+    def _buffers_now(self) -> tuple:
+        return (self.codes, self.scale, self.offset, self.value_range, self.group_bits)
+
+    def _cache_valid(self) -> bool:
+        """The cached tensor still equals ``quantized().dequantize()``: the same buffer objects (kept alive by the
+        cache, so an identity is never reused) at the same version (no in-place write) and storage, the same
+        output dtype, granularity and bits, and the cached tensor itself not written in place."""
+        cached = self._cache
+        if cached is None or cached[0] != self._meta() or cached[2]._version != cached[3]:
+            return False
+        for t, (ref, version, ptr) in zip(self._buffers_now(), cached[1], strict=True):
+            if t is not ref or (t is not None and (t._version != version or t.data_ptr() != ptr)):
+                return False
+        return True
 
     def quantized(self) -> QuantizedTensor:
         return QuantizedTensor(codes=self.codes, scale=self.scale, offset=self.offset, granularity=self.granularity,
@@ -45,7 +64,16 @@ class QuantizedWeight(nn.Module):
                                extra=dict(self.extra))
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:  # noqa: ARG002 - the stored codes are the truth
-        return self.quantized().dequantize()
+        """The dequantized tensor, computed once and cached until a buffer changes (in place, replaced, moved) or
+        the cached tensor itself is written in place; the values are those of ``quantized().dequantize()``."""
+        if self._cache_valid():
+            return self._cache[2]  # type: ignore[index]
+        with torch.no_grad():
+            value = self.quantized().dequantize()
+        refs = tuple((t, None if t is None else t._version, None if t is None else t.data_ptr())
+                     for t in self._buffers_now())
+        self._cache = (self._meta(), refs, value, value._version)
+        return value
 
     def right_inverse(self, value: torch.Tensor) -> torch.Tensor:
         # What parametrize stores as ``original``: the dequantized values (so state_dict stays meaningful).

@@ -55,3 +55,26 @@ def test_plain_state_names_and_attach_shape_check():
         assert "shape" in str(exc)
     else:  # pragma: no cover
         raise AssertionError("a shape mismatch must be refused")
+
+
+def test_frozen_weight_is_dequantized_once_and_recomputed_when_its_buffers_change():
+    model = nn.Sequential(nn.Linear(3, 4))
+    qt = learnq.grid.quantize_tensor(model[0].weight.detach(), learnq.grid.GridSpec(bits=4))
+    attach_quantized(model, "0.weight", qt)
+    qw = model[0].parametrizations.weight[0]
+    first = model[0].weight
+    assert model[0].weight is first  # cached: the same tensor, no dequantize per access
+    assert torch.equal(first, qt.dequantize())
+    with torch.no_grad():
+        qw.scale.mul_(2)  # in place: version change
+    assert torch.equal(model[0].weight, 2 * qt.dequantize())
+    qw.load_state_dict({k: v for k, v in qw.state_dict().items()} | {"codes": torch.zeros_like(qw.codes)})
+    zero_codes = model[0].weight  # codes 0 -> every value is the (per-row) offset
+    assert torch.equal(zero_codes, qw.offset.reshape(-1, 1).expand(4, 3) if qw.offset.numel() == 4 else
+                       qw.offset.expand(4, 3))
+    qw.double()  # buffers replaced (float scale -> float64); output still the QuantizedTensor's dequantize()
+    assert torch.equal(model[0].weight, qw.quantized().dequantize())
+    w = model[0].weight
+    with torch.no_grad():
+        w.add_(1.0)  # the cached tensor itself written in place: recomputed
+    assert torch.equal(model[0].weight, qw.quantized().dequantize())
