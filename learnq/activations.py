@@ -14,6 +14,12 @@ in eval mode it uses the tracked range. Gradient: identity inside the range, zer
 :func:`insert_activation_quantizers` wraps every ``nn.ReLU`` / ``nn.ReLU6`` module (or the types given) as
 ``QuantizedActivation(act, quantizer)``. Activations applied as functions (``F.relu`` in ``forward``) cannot be
 found this way; a module instance used at several places gets one shared quantizer.
+
+Model files: :func:`wrapper_state` describes the wrapped activations of a model (name, activation type, method,
+bits, the learned clip α or the observed range) as JSON; ``learnq.save`` stores it under the metadata key
+:data:`WRAPPERS_KEY` (the quantizers' tensors are ordinary model tensors of the file) and ``learnq.load`` calls
+:func:`restore_wrappers` to wrap the same activations of a freshly built model before loading its tensors, so the
+reloaded model computes in eval mode exactly what the trained one did.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from learnq.errors import ConfigError, ModelError, QuantizationError
 from learnq.quantizers.base import check_float, check_int, passthrough
 
 ACTIVATION_METHODS = ("pact", "observer")
+WRAPPERS_KEY = "activation_wrappers"  # the model file's metadata key of wrapper_state (learnq.checkpoint)
+WRAPPERS_VERSION = 1
 
 
 class PACT(nn.Module):
@@ -119,8 +127,7 @@ def insert_activation_quantizers(model: nn.Module, bits: int = 8, method: str = 
     kinds = (after,) if isinstance(after, type) else tuple(after)
     if not kinds or not all(isinstance(k, type) and issubclass(k, nn.Module) for k in kinds):
         raise ConfigError(f"after must be nn.Module classes such as (nn.ReLU, nn.ReLU6), got {after!r}")
-    tensors = [*model.parameters(), *model.buffers()]
-    device = tensors[0].device if tensors else torch.device("cpu")
+    device = _device_of(model)
     wrapped: dict[int, QuantizedActivation] = {}
     names: list[str] = []
     already = 0
@@ -134,12 +141,8 @@ def insert_activation_quantizers(model: nn.Module, bits: int = 8, method: str = 
             if child is None or not isinstance(child, kinds) or isinstance(child, QuantizedActivation):
                 continue
             if id(child) not in wrapped:
-                if method == "pact":
-                    clip = init_clip if init_clip is not None else (6.0 if isinstance(child, nn.ReLU6) else 10.0)
-                    quantizer: nn.Module = PACT(bits, clip, device=device)
-                else:
-                    quantizer = ObserverFakeQuant(bits, momentum, device=device)
-                wrapped[id(child)] = QuantizedActivation(child, quantizer)
+                wrapped[id(child)] = QuantizedActivation(child, _quantizer(child, bits, method, init_clip, momentum,
+                                                                           device))
             parent._modules[child_name] = wrapped[id(child)]
             names.append(f"{parent_name}.{child_name}" if parent_name else child_name)
     if not names and already:
@@ -152,4 +155,103 @@ def insert_activation_quantizers(model: nn.Module, bits: int = 8, method: str = 
     return names
 
 
-__all__ = ["PACT", "ObserverFakeQuant", "QuantizedActivation", "insert_activation_quantizers", "ACTIVATION_METHODS"]
+def _device_of(model: nn.Module) -> torch.device:
+    tensors = [*model.parameters(), *model.buffers()]
+    return tensors[0].device if tensors else torch.device("cpu")
+
+
+def _quantizer(activation: nn.Module, bits: int, method: str, init_clip: float | None, momentum: float,
+               device: torch.device | str) -> nn.Module:
+    if method == "pact":
+        clip = init_clip if init_clip is not None else (6.0 if isinstance(activation, nn.ReLU6) else 10.0)
+        return PACT(bits, clip, device=device)
+    return ObserverFakeQuant(bits, momentum, device=device)
+
+
+def wrapped_activations(model: nn.Module) -> dict[str, QuantizedActivation]:
+    """``{name: QuantizedActivation}`` of every wrapped activation of ``model`` (every name of a shared one), in
+    model order."""
+    return {name: m for name, m in model.named_modules(remove_duplicate=False)
+            if isinstance(m, QuantizedActivation) and ".parametrizations" not in f".{name}"}
+
+
+def wrapper_state(model: nn.Module) -> dict:
+    """The JSON description of the model's wrapped activations: ``{"version": 1, "modules": {name: record}}`` with
+    record ``{"activation": class name, "method", "bits"}`` plus ``"clip"`` (PACT's α) or ``"momentum"``,
+    ``"range"`` ([min, max]) and ``"observed"`` (the observer's state)."""
+    modules: dict[str, dict] = {}
+    for name, wrapper in wrapped_activations(model).items():
+        q = wrapper.quantizer
+        record: dict = {"activation": type(wrapper[0]).__name__, "bits": int(q.bits)}  # type: ignore[arg-type]
+        if isinstance(q, PACT):
+            record.update(method="pact", clip=float(q.clip.detach()))
+        elif isinstance(q, ObserverFakeQuant):
+            record.update(method="observer", momentum=q.momentum, observed=bool(q.observed),
+                          range=[float(q.running_min), float(q.running_max)])
+        else:
+            raise QuantizationError(f"activation {name!r} has a quantizer of type {type(q).__name__}, which a model "
+                                    "file cannot describe; use PACT or ObserverFakeQuant")
+        modules[name] = record
+    return {"version": WRAPPERS_VERSION, "modules": modules}
+
+
+def restore_wrappers(model: nn.Module, state: dict) -> list[str]:
+    """Wrap the activations that ``state`` (from :func:`wrapper_state`) names in ``model`` (a freshly built copy of
+    the network), in place, with quantizers holding the recorded α / range; return the names wrapped.
+
+    A module already wrapped with the recorded method and bits keeps its wrapper (its quantizer's values are set).
+    Raises ConfigError for a malformed state, ModelError when a named module is missing or of another type.
+    """
+    if not isinstance(state, dict) or state.get("version") != WRAPPERS_VERSION or not isinstance(
+            state.get("modules"), dict):
+        raise ConfigError(f"activation wrapper state must be a dict with version {WRAPPERS_VERSION} and 'modules' "
+                          "(from learnq.activations.wrapper_state)")
+    device = _device_of(model)
+    made: dict[int, QuantizedActivation] = {}
+    for name, rec in state["modules"].items():
+        parent_name, _, child_name = name.rpartition(".")
+        try:
+            method, bits, kind = str(rec["method"]), int(rec["bits"]), str(rec["activation"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"the activation state of {name!r} is malformed ({exc!r})") from None
+        try:
+            parent = model.get_submodule(parent_name)
+            child = parent._modules[child_name]
+        except (AttributeError, KeyError):
+            raise ModelError(f"the activation state names module {name!r}, which the model does not have; load it "
+                             "into the network it was made from") from None
+        if method not in ACTIVATION_METHODS:
+            raise ConfigError(f"the activation state of {name!r} has unknown method {method!r}")
+        if isinstance(child, QuantizedActivation):
+            wrapper = child
+        elif id(child) in made:
+            wrapper = made[id(child)]
+        else:
+            if child is None or type(child).__name__ != kind:
+                raise ModelError(f"module {name!r} is {type(child).__name__} in the model but {kind} in the "
+                                 "activation state; load it into the network it was made from")
+            wrapper = QuantizedActivation(child, _quantizer(child, bits, method, 1.0, float(rec.get("momentum", 0.1)),
+                                                            device))
+            made[id(child)] = wrapper
+        q = wrapper.quantizer
+        if type(wrapper[0]).__name__ != kind or (type(q) is not (PACT if method == "pact" else ObserverFakeQuant)) \
+                or q.bits != bits:
+            raise ModelError(f"module {name!r} is already wrapped with another activation or quantizer than the "
+                             "activation state records; build the model again")
+        try:
+            with torch.no_grad():
+                if isinstance(q, PACT):
+                    q.clip.fill_(float(rec["clip"]))
+                else:
+                    lo, hi = (float(v) for v in rec["range"])
+                    q.running_min.fill_(lo)
+                    q.running_max.fill_(hi)
+                    q.observed.fill_(bool(rec["observed"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"the activation state of {name!r} is malformed ({exc!r})") from None
+        parent._modules[child_name] = wrapper
+    return list(state["modules"])
+
+
+__all__ = ["PACT", "ObserverFakeQuant", "QuantizedActivation", "insert_activation_quantizers", "ACTIVATION_METHODS",
+           "WRAPPERS_KEY", "WRAPPERS_VERSION", "wrapped_activations", "wrapper_state", "restore_wrappers"]

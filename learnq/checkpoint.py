@@ -49,6 +49,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from learnq.act_quant import ACTIVATIONS_KEY, activation_state, input_quantizers, restore_activation_state
+from learnq.activations import WRAPPERS_KEY, restore_wrappers, wrapped_activations, wrapper_state
 from learnq.errors import CheckpointError, ConfigError, LearnqError
 from learnq.file_layout import Entry, Slice, crc32, damaged, decode_record, dtype_name, encode, locate, place_records
 from learnq.grid import QuantizedTensor
@@ -129,6 +130,8 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = N
     user = dict(metadata or {})
     if input_quantizers(model) and ACTIVATIONS_KEY not in user:  # activation quantizers: re-attached by load
         user[ACTIVATIONS_KEY] = activation_state(model)[0]
+    if wrapped_activations(model) and WRAPPERS_KEY not in user:  # PACT / observer wrappers: re-wrapped by load
+        user[WRAPPERS_KEY] = wrapper_state(model)
     folded = getattr(model, FOLDED_BN_ATTR, None)
     if folded and FOLDED_BN_KEY not in user:  # BatchNorm folded before quantization: folded again by load
         user[FOLDED_BN_KEY] = [list(pair) for pair in folded]
@@ -308,6 +311,12 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, strict: boo
                                      {k: v for k, v in mf.entries.items() if isinstance(v, torch.Tensor)})
         except LearnqError as exc:
             raise CheckpointError(f"{mf.path!r}: its activation quantizers do not fit the model ({exc})") from exc
+    if WRAPPERS_KEY in mf.metadata:  # wrapped activations (learnq.activations: PACT, observer), values from tensors
+        try:
+            restore_wrappers(model, mf.metadata[WRAPPERS_KEY])
+        except LearnqError as exc:
+            raise CheckpointError(f"{mf.path!r}: its activation quantizers (PACT/observer) do not fit the model "
+                                  f"({exc})") from exc
     state = plain_state(model)
     if strict:
         missing = [k for k in state if k not in mf.entries]

@@ -73,3 +73,96 @@ def test_insert_pact_and_observer_quantizers():
         insert_activation_quantizers(nn.Sequential(nn.Linear(2, 2)))
     with pytest.raises(ConfigError, match="unknown"):
         insert_activation_quantizers(Net(), method="lsq")
+
+
+# -- model files: save records the wrapped activations, load wraps a freshly built network ---------------------------
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU6(), nn.Linear(16, 3))
+
+
+def small_cnn() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU6(),
+                         nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 3 * 4, 3))
+
+
+def _train(model: nn.Module, x: torch.Tensor, steps: int = 5) -> None:
+    y = torch.arange(x.shape[0]) % 3
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    model.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+
+
+@pytest.mark.parametrize("build", [mlp, small_cnn])
+@pytest.mark.parametrize("method", ["pact", "observer"])
+def test_save_load_rewraps_and_is_bit_identical(tmp_path, build, method):
+    import learnq
+    from learnq.activations import WRAPPERS_KEY
+
+    torch.manual_seed(0)
+    model = build()
+    names = insert_activation_quantizers(model, bits=3, method=method, init_clip=0.5 if method == "pact" else None)
+    x = torch.randn(6, 1, 3, 4)
+    _train(model, x)
+    if method == "pact":  # the clips were learned (moved away from their initial value)
+        assert all(model.get_submodule(n).quantizer.clip.item() != 0.5 for n in names)
+    learnq.save(model, tmp_path / "m.safetensors")
+    meta = learnq.load(tmp_path / "m.safetensors").metadata[WRAPPERS_KEY]
+    assert list(meta["modules"]) == names
+    rec = meta["modules"][names[0]]
+    assert rec["method"] == method and rec["bits"] == 3
+    if method == "pact":
+        assert rec["clip"] == model.get_submodule(names[0]).quantizer.clip.item()
+    else:
+        q = model.get_submodule(names[0]).quantizer
+        assert rec["range"] == [q.running_min.item(), q.running_max.item()] and rec["observed"] is True
+    torch.manual_seed(1)
+    fresh = learnq.load(tmp_path / "m.safetensors", build())
+    assert [type(fresh.get_submodule(n)) for n in names] == [QuantizedActivation] * len(names)
+    fresh.eval()
+    probe = torch.randn(9, 1, 3, 4) * 3
+    with torch.no_grad():
+        assert torch.equal(fresh(probe), model(probe))
+
+
+def test_load_refuses_a_network_without_the_recorded_activation(tmp_path):
+    import learnq
+    from learnq.errors import CheckpointError
+
+    model = mlp()
+    insert_activation_quantizers(model, bits=4)
+    learnq.save(model, tmp_path / "m.safetensors")
+    other = mlp()
+    other[4] = nn.ReLU()  # ReLU6 in the file
+    with pytest.raises(CheckpointError, match="ReLU6"):
+        learnq.load(tmp_path / "m.safetensors", other)
+    with pytest.raises(CheckpointError, match="'4'"):
+        learnq.load(tmp_path / "m.safetensors", nn.Sequential(*mlp()[:3]), strict=False)
+    observer = mlp()
+    insert_activation_quantizers(observer, bits=4, method="observer")
+    with pytest.raises(CheckpointError, match="already wrapped"):  # wrapped with another quantizer than recorded
+        learnq.load(tmp_path / "m.safetensors", observer)
+    same = mlp()
+    insert_activation_quantizers(same, bits=4)
+    assert torch.equal(learnq.load(tmp_path / "m.safetensors", same)[2].quantizer.clip, model[2].quantizer.clip)
+
+
+def test_wrapper_state_round_trip_without_a_file():
+    from learnq.activations import restore_wrappers, wrapper_state
+
+    model = Net()
+    insert_activation_quantizers(model, bits=5)
+    with torch.no_grad():
+        model.act.quantizer.clip.fill_(1.25)
+    fresh = Net()
+    assert restore_wrappers(fresh, wrapper_state(model)) == ["act", "block.1"]
+    assert fresh.act.quantizer.clip.item() == 1.25 and fresh.block[1].quantizer.clip.item() == 6.0
+    assert fresh.act.quantizer.bits == 5
+    with pytest.raises(ConfigError, match="version"):
+        restore_wrappers(Net(), {"modules": {}})
+    with pytest.raises(ConfigError, match="malformed"):
+        restore_wrappers(Net(), {"version": 1, "modules": {"act": {"method": "pact", "bits": 4,
+                                                                    "activation": "ReLU"}}})
