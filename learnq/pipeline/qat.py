@@ -19,6 +19,12 @@ and the method's ``options``: its config fields (:data:`METHOD_OPTIONS`), ``quan
 parameters; default: the method's, DiffQ 1e-3, nested 1e-4, LSQ the model's lr) and, for variants, the fine-tuning
 schedule (:data:`FINETUNE_OPTIONS`). Everything is validated when the recipe is read.
 
+Activations (PACT, Choi et al. 2018, Eq. 1-3, :mod:`learnq.activations`): ``abits`` (a variant's own key; in
+``[qat]`` ``options.abits``) wraps every ReLU/ReLU6 module of the model with an activation quantizer before training
+or fine-tuning, ``options.act_method`` picks it (``"pact"``, the default: learned clip α, trained with the model's
+parameters and their weight decay as PACT's L2 on α; ``"observer"``: running min-max range). The model file records
+the wrapped activations, so the reloaded model computes what the trained one did; the row reports ``abits``.
+
 Importing this module registers the four methods in ``learnq.pipeline.variants`` (it is imported at the end of
 that module, so recipes and ``learnq list methods`` always see them).
 """
@@ -33,9 +39,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from learnq.activations import ACTIVATION_METHODS, insert_activation_quantizers, wrapped_activations
 from learnq.attach import Selection
 from learnq.errors import ConfigError, LearnqError
 from learnq.granularity import Granularity
+from learnq.grid import check_bits
 from learnq.pipeline.train.config import TrainConfig
 from learnq.pipeline.train.evaluate import split_batch, task_loss
 from learnq.pipeline.train.optim import build_optimizer, build_scheduler
@@ -65,6 +73,12 @@ QUANT_OPTIONS: dict[str, Any] = {"quant_lr": None}
 FINETUNE_OPTIONS: dict[str, Any] = {"epochs": 3, "lr": 1e-3, "batch_size": 64, "optimizer": "adam",
                                     "scheduler": "cosine", "weight_decay": 0.0}
 """A variant's fine-tuning schedule: epochs over ``splits.train`` from the trained float model (seed: the run's)."""
+
+ACT_OPTIONS: dict[str, Any] = {"act_method": None}
+"""Activation quantizer options of every QAT method: ``act_method`` ("pact" or "observer"; default "pact" when
+activation bits are given). A ``[qat]`` table also takes ``abits`` here (:data:`QAT_ACT_OPTIONS`); a variant has its
+own ``abits`` key."""
+QAT_ACT_OPTIONS: dict[str, Any] = {"abits": None, **ACT_OPTIONS}
 
 _CONFIGS: dict[str, type[QATConfig]] = {"diffq": DiffQ, "nested": Nested, "ste": STE, "lsq": LSQ}
 _NESTED_GRANULARITY = {("tensor", None): "scalar", ("axis", 0): "row", ("axis", 1): "column"}
@@ -147,6 +161,46 @@ def _check_quant_lr(options: Mapping[str, Any], path: str) -> None:
         raise ConfigError(f"{path}.options.quant_lr: must be a finite number > 0 (or left out), got {lr!r}")
 
 
+def activation_bits(section: Any, path: str) -> int | None:
+    """The activation bits of a QAT variant (its ``abits``) or ``[qat]`` table (``options.abits``), checked with
+    ``options.act_method``; None: float activations. ``ConfigError`` naming the key."""
+    options = section.options or {}
+    own = getattr(section, "abits", None)
+    given = options.get("abits")
+    if own is not None and given is not None and own != given:
+        raise ConfigError(f"{path}: abits = {own} and options.abits = {given} disagree; give one of them")
+    abits = own if own is not None else given
+    key = f"{path}.abits" if own is not None else f"{path}.options.abits"
+    if abits is not None:
+        try:
+            check_bits(abits, "abits")
+        except LearnqError as exc:
+            raise ConfigError(f"{key}: {exc}") from exc
+    method = options.get("act_method")
+    if method is not None:
+        if method not in ACTIVATION_METHODS:
+            raise ConfigError(f"{path}.options.act_method: unknown activation quantizer {method!r}; use "
+                              f"{' or '.join(repr(m) for m in ACTIVATION_METHODS)}")
+        if abits is None:
+            raise ConfigError(f"{path}.options.act_method: activation bits are missing; give "
+                              f"{'abits' if hasattr(section, 'abits') else 'options.abits'} (1 to 16)")
+    return abits
+
+
+def insert_activations(model: nn.Module, section: Any, path: str) -> list[str]:
+    """Wrap ``model``'s ReLU/ReLU6 modules with the section's activation quantizers (nothing without activation
+    bits); returns the wrapped names. ``ConfigError`` naming the key when the model has no such module."""
+    abits = activation_bits(section, path)
+    if abits is None:
+        return []
+    method = (section.options or {}).get("act_method") or "pact"
+    try:
+        return insert_activation_quantizers(model, abits, method)
+    except LearnqError as exc:
+        key = f"{path}.abits" if getattr(section, "abits", None) is not None else f"{path}.options.abits"
+        raise ConfigError(f"{key}: {exc}") from exc
+
+
 def finetune_config(options: Mapping[str, Any], seed: int = 0, device: str = "cpu",
                     path: str = "variants") -> TrainConfig:
     """The :class:`TrainConfig` of a QAT variant's fine-tuning (``options`` holding :data:`FINETUNE_OPTIONS`)."""
@@ -171,6 +225,7 @@ def validate_variant(variant: Any, path: str) -> None:
     qat_config(variant.method, bits=variant.bits, granularity=variant.granularity, options=variant.options,
                bits_overrides=variant.bits_overrides, select=variant.select, path=path)
     _check_quant_lr(variant.options, path)
+    activation_bits(variant, path)
     finetune_config(variant.options, path=path)
 
 
@@ -179,6 +234,7 @@ def validate_qat(section: Any, path: str = "qat") -> None:
     qat_config(section.method, bits=section.bits, granularity=section.granularity, options=section.options,
                bits_overrides=section.bits_overrides, select=section.select, path=path)
     _check_quant_lr(section.options, path)
+    activation_bits(section, path)
 
 
 def section_config(section: Any, path: str) -> QATConfig:
@@ -254,7 +310,8 @@ def mean_bits(model: nn.Module) -> float | None:
 
 def freeze_with_summary(handle: QuantHandle) -> dict[str, Any]:
     """Freeze ``handle``'s quantizers (eval output unchanged) and return a JSON record of what was trained:
-    ``{"method", "config", "true_size_mb" (the handle's, before freezing), "bits" (:func:`mean_bits`)}``."""
+    ``{"method", "config", "true_size_mb" (the handle's, before freezing), "bits" (:func:`mean_bits`), "abits" (the
+    wrapped activations' bits; None without them)}``."""
     model = handle.model
     was = model.training
     model.eval()
@@ -263,8 +320,9 @@ def freeze_with_summary(handle: QuantHandle) -> dict[str, Any]:
         handle.freeze()
     finally:
         model.train(was)
+    act_bits = {int(w.quantizer.bits) for w in wrapped_activations(model).values()}  # type: ignore[arg-type]
     return {"method": handle.config.method, "config": handle.config.to_dict(), "true_size_mb": size,
-            "bits": mean_bits(model)}
+            "bits": mean_bits(model), "abits": act_bits.pop() if len(act_bits) == 1 else None}
 
 
 # -- the registry entries ------------------------------------------------------------------------------------------
@@ -274,7 +332,8 @@ def apply_qat_variant(model: nn.Module, splits: Any, variant: Any, seed: int, de
     """Fine-tune a copy of the trained float model with the variant's quantizer, then freeze it (the returned model
     computes in eval mode exactly what the fine-tuned model computed, and so does its saved file)."""
     config = section_config(variant, f"variant {variant.label}")
-    handle = prepare(model.to(device), config)
+    insert_activations(model.to(device), variant, f"variant {variant.label}")
+    handle = prepare(model, config)
     finetune(model, handle, splits.train, finetune_config(variant.options, seed, device, path=f"variant "
                                                                                               f"{variant.label}"),
              quant_lr=variant.options.get("quant_lr"))
@@ -286,6 +345,7 @@ def apply_qat_variant(model: nn.Module, splits: Any, variant: Any, seed: int, de
 def prepare_qat(model: nn.Module, section: Any, seed: int, device: str) -> dict[str, Any]:
     """``[qat]``: attach the quantizer to the recipe's model before training; the keyword arguments of ``train``
     plus ``handle`` (which ``prepare_training`` keeps, to freeze the quantizers after training)."""
+    insert_activations(model, section, "qat")
     handle = prepare(model, section_config(section, "qat"))
     return {"extra_losses": {"qat": lambda _model: handle.loss()},
             "extra_params": handle.param_groups(lr=section.options.get("quant_lr")), "handle": handle}
@@ -293,14 +353,15 @@ def prepare_qat(model: nn.Module, section: Any, seed: int, device: str) -> dict[
 
 for _name in ("nested", "diffq", "ste", "lsq"):
     _cls = _CONFIGS[_name]
-    register_qat(QATInfo(_name, _cls.description, prepare_qat, options={**METHOD_OPTIONS[_name], **QUANT_OPTIONS},
-                         validate=validate_qat))
+    register_qat(QATInfo(_name, _cls.description, prepare_qat,
+                         options={**METHOD_OPTIONS[_name], **QUANT_OPTIONS, **QAT_ACT_OPTIONS}, validate=validate_qat))
     register_variant(VariantInfo(_name, f"{_cls.description}; fine-tunes the trained float model, then freezes",
-                                 apply_qat_variant, learned_bits=_name in LEARNED_BITS,
-                                 options={**METHOD_OPTIONS[_name], **QUANT_OPTIONS, **FINETUNE_OPTIONS},
+                                 apply_qat_variant, learned_bits=_name in LEARNED_BITS, activations=True,
+                                 options={**METHOD_OPTIONS[_name], **QUANT_OPTIONS, **ACT_OPTIONS, **FINETUNE_OPTIONS},
                                  validate=validate_variant))
 
 
-__all__ = ["METHOD_OPTIONS", "QUANT_OPTIONS", "FINETUNE_OPTIONS", "FIXED_BITS", "LEARNED_BITS", "qat_config",
-           "finetune_config", "validate_variant", "validate_qat", "section_config", "finetune", "mean_bits",
-           "freeze_with_summary", "apply_qat_variant", "prepare_qat"]
+__all__ = ["METHOD_OPTIONS", "QUANT_OPTIONS", "ACT_OPTIONS", "QAT_ACT_OPTIONS", "FINETUNE_OPTIONS", "FIXED_BITS",
+           "LEARNED_BITS", "qat_config", "activation_bits", "insert_activations", "finetune_config",
+           "validate_variant", "validate_qat", "section_config", "finetune", "mean_bits", "freeze_with_summary",
+           "apply_qat_variant", "prepare_qat"]
