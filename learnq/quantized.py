@@ -43,7 +43,8 @@ class QuantizedWeight(nn.Module):
         return (self.out_dtype, self.granularity, self.bits, self.qmin, self.scheme)
 
     def _buffers_now(self) -> tuple:
-        return (self.codes, self.scale, self.offset, self.value_range, self.group_bits)
+        b = self._buffers  # direct dict reads: nn.Module.__getattr__ is slow and this runs per weight access
+        return (b["codes"], b["scale"], b["offset"], b["value_range"], b["group_bits"])
 
     def _cache_valid(self) -> bool:
         """The cached tensor still equals ``quantized().dequantize()``: the same buffer objects (kept alive by the

@@ -112,7 +112,7 @@ class WeightQuantizer(nn.Module):
         self._sources: list[torch.Tensor] | None = None  # [original, tensors of earlier parametrizations]
         self._pre: list[nn.Module] = []  # parametrizations registered before this one
         self._train_cache: tuple[int, torch.Tensor] | None = None
-        self._eval_cache: tuple[tuple, torch.Tensor] | None = None
+        self._eval_cache: tuple | None = None  # (dtype, ((tensor, version, data_ptr), ...), value)
         self._used_gen = -1
 
     # -- to implement -------------------------------------------------------------------------------------------
@@ -161,12 +161,18 @@ class WeightQuantizer(nn.Module):
         return y
 
     def _eval_value(self, x: torch.Tensor) -> torch.Tensor:
-        key = self._state_key(x)
+        tracked = self._tracked(x)
         cached = self._eval_cache
-        if key is not None and cached is not None and cached[0] == key:
-            return cached[1]
+        if tracked is not None and cached is not None and cached[0] == x.dtype and len(cached[1]) == len(tracked):
+            for t, (ref, version, ptr) in zip(tracked, cached[1]):  # noqa: B905 - lengths checked
+                if t is not ref or (t is not None and (t._version != version or t.data_ptr() != ptr)):
+                    break
+            else:
+                return cached[2]
         y = self.quantized_value(x)
-        self._eval_cache = (key, y) if key is not None else None
+        self._eval_cache = None if tracked is None else (
+            x.dtype, tuple((t, None if t is None else t._version, None if t is None else t.data_ptr())
+                           for t in tracked), y)
         return y
 
     def quantized_value(self, x: torch.Tensor) -> torch.Tensor:
@@ -175,7 +181,11 @@ class WeightQuantizer(nn.Module):
             codes, scale, offset, gran = self._grid(x.detach())
             return dequantize(codes, gran, QuantParams(scale, offset), x.dtype)
 
-    def _state_key(self, x: torch.Tensor) -> tuple | None:
+    def _tracked(self, x: torch.Tensor) -> tuple | None:
+        """The tensors the eval value depends on (the sources, the quantizer's own parameters and buffers), or None
+        when ``x`` cannot be tracked (a Parameter other than the attached one, or a plain tensor when unprepared).
+        The eval cache holds them and compares identity, version (in-place writes) and storage (``.to()``,
+        ``.data =``): a few attribute reads per forward."""
         sources = self._sources
         if sources is None:
             if not isinstance(x, nn.Parameter):
@@ -183,8 +193,7 @@ class WeightQuantizer(nn.Module):
             sources = [x]
         elif isinstance(x, nn.Parameter) and x is not sources[0]:
             return None
-        own = [*self.parameters(recurse=False), *self.buffers(recurse=False)]
-        return (x.dtype,) + tuple((id(t), t._version, t.data_ptr(), t.device, t.dtype) for t in (*sources, *own))
+        return (*sources, *self._parameters.values(), *self._buffers.values())
 
     def invalidate(self) -> None:
         """Drop the cached eval tensor (call after changing weights through ``.data`` in eval mode)."""
