@@ -27,9 +27,17 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
+# `make bench BENCH_ARGS=--quick`: every benchmark's smoke mode (results under $TMPDIR/learnq-bench-quick).
+# The diffq package (the side-by-side runs) lives in its own venv, .venv-bench: torch pinned first, then diffq
+# (it builds a Cython extension) and the two packages learnq needs there besides torch and numpy.
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[all]'
-	$(PY) benchmarks/run_all.py
+	test -x .venv-bench/bin/python || $(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/python -c 'import diffq, safetensors, tqdm' 2>/dev/null || { \
+	  .venv-bench/bin/python -m pip install -q --upgrade pip && \
+	  .venv-bench/bin/python -m pip install -q torch==2.13.0 && \
+	  .venv-bench/bin/python -m pip install -q diffq==0.2.4 safetensors tqdm; }
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check learnq tests benchmarks
