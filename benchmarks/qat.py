@@ -10,7 +10,9 @@ DiffQ, codes plus float32 steps for the others, float tensors at 32 bits) and th
 
 ``speed``: learnq's DiffQ side by side with the ``diffq`` package (0.2.4, ``DiffQuantizer``), which lives only in
 ``.venv-bench``: the same network, data, seed, λ and group size; accuracy, true size, train-step and eval times,
-and the float32 step and eval. Run from ``.venv``: it loads the data, then runs :func:`speed_worker` under
+and the float32 step and eval, on the thesis MLP (the worst case: each weight used once per sample); then train step
+and eval of two conv nets (``lenet`` on mnist5k, ``thesis-cifar`` on 3x32x32) at group sizes 8 and 16.
+Run from ``.venv``: it loads the data, then runs :func:`speed_worker` under
 ``.venv-bench/bin/python`` (torch threads fixed, warm-up, interleaved rounds, medians). Writes
 ``benchmarks/results/qat_speed.json``.
 
@@ -238,7 +240,8 @@ def speed(args: argparse.Namespace) -> None:
         out = Path(args.out or RESULTS / "qat_speed.json")
         cmd = [str(BENCH_PYTHON), __file__, "speed-worker", "--data", str(data), "--out", str(out),
                "--threads", str(args.threads), "--epochs", str(args.epochs), "--seed", str(args.seed),
-               "--penalties", args.penalties, "--bits-lr", str(args.bits_lr), "--rounds", str(args.rounds)]
+               "--penalties", args.penalties, "--bits-lr", str(args.bits_lr), "--rounds", str(args.rounds),
+               "--nets", args.nets, "--conv-rounds", str(args.conv_rounds), "--conv-steps", str(args.conv_steps)]
         subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
@@ -250,7 +253,7 @@ def _timed(fn: Any, steps: int = 10) -> tuple[float, float]:
     return (time.perf_counter() - wall) / steps, (time.thread_time() - cpu) / steps
 
 
-def _interleaved(fns: dict[str, Any], rounds: int, warmup: int = 5) -> dict[str, dict[str, float]]:
+def _interleaved(fns: dict[str, Any], rounds: int, warmup: int = 5, steps: int = 10) -> dict[str, dict[str, float]]:
     """Median over ``rounds`` interleaved rounds of the per-call wall and CPU time of each function (ms)."""
     for fn in fns.values():
         for _ in range(warmup):
@@ -258,9 +261,14 @@ def _interleaved(fns: dict[str, Any], rounds: int, warmup: int = 5) -> dict[str,
     samples: dict[str, list[tuple[float, float]]] = {k: [] for k in fns}
     for _ in range(rounds):
         for k, fn in fns.items():
-            samples[k].append(_timed(fn))
+            samples[k].append(_timed(fn, steps))
     return {k: {"wall_ms": 1e3 * statistics.median(w for w, _ in v), "cpu_ms": 1e3 * statistics.median(c for _, c in v)}
             for k, v in samples.items()}
+
+
+def _command(args: argparse.Namespace) -> str:
+    return "python benchmarks/qat.py speed " + " ".join(f"--{k.replace('_', '-')} {getattr(args, k)}" for k in (
+        "epochs", "seed", "penalties", "bits_lr", "threads", "rounds", "nets", "conv_rounds", "conv_steps"))
 
 
 def speed_worker(args: argparse.Namespace) -> None:
@@ -279,6 +287,12 @@ def speed_worker(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     data = torch.load(args.data, weights_only=True)
+    if "mlp" not in args.nets.split(","):  # conv nets only: keep the MLP results of the JSON
+        results = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
+        results["conv"] = conv_speed(args, data)
+        results.setdefault("meta", {})["conv_command"] = _command(args)
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        return
     torch.manual_seed(args.seed)
     init = model_from_spec(model_spec("thesis-mnist", (1, 28, 28), 10))
     group, batch, kinds = 8, 64, ("float", "learnq", "diffq")
@@ -373,16 +387,102 @@ def speed_worker(args: argparse.Namespace) -> None:
         split = {k: full(m) for k, m in models.items()} | {"learnq-loaded, parametrize.cached()": full(loaded, True)}
         evals["test_split"] = _interleaved(split, max(5, args.rounds // 3), warmup=2)
     results["eval"] = evals
+    results["conv"] = conv_speed(args, data)
     results["meta"] = {"threads": args.threads, "torch": torch.__version__, "diffq": "0.2.4", "group_size": group,
                        "penalties": args.penalties, "bits_lr": args.bits_lr, "epochs": args.epochs,
                        "seed": args.seed, "batch": batch, "rounds": args.rounds, "python": platform.python_version(),
                        "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                       "command": "python benchmarks/qat.py speed " + " ".join(
-                           f"--{k.replace('_', '-')} {getattr(args, k)}" for k in
-                           ("epochs", "seed", "penalties", "bits_lr", "threads", "rounds"))}
+                       "command": _command(args)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
+
+
+CONV_NETS = (("lenet", (1, 28, 28)), ("thesis-cifar", (3, 32, 32)))  # mnist5k images; synthetic 3x32x32
+
+
+def conv_speed(args: argparse.Namespace, data: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Under .venv-bench: train step and eval of conv nets (each weight reused at every position: the realistic
+    case), float32 vs learnq DiffQ vs the package at group sizes 8 and 16, batches 64 and 256. ``lenet`` on
+    mnist5k images, ``thesis-cifar`` on synthetic 3x32x32 inputs (timing does not depend on the values)."""
+    import copy
+
+    import diffq
+    import torch.nn.functional as F
+
+    import learnq
+    from learnq.pipeline.models import model_from_spec, model_spec
+
+    out: dict[str, Any] = {}
+    for net, shape in CONV_NETS:
+        if net not in args.nets.split(","):
+            continue
+        torch.manual_seed(args.seed)
+        init = model_from_spec(model_spec(net, shape, 10))
+        if shape[0] == 1:
+            xs, ys = data["train_x"][:256], data["train_y"][:256]
+        else:
+            xs, ys = torch.randn(256, *shape), torch.randint(0, 10, (256,))
+        models: dict[str, Any] = {"float": (copy.deepcopy(init), None)}
+        record_skip: dict[str, list[str]] = {}
+        opts: dict[str, Any] = {}
+        for g in (8, 16):
+            m = copy.deepcopy(init)
+            models[f"learnq g{g}"] = (m, learnq.prepare(m, learnq.DiffQ(group_size=g, penalty=1e-3)))
+            m = copy.deepcopy(init)  # the package refuses a tensor its group size does not divide: left float there
+            skip = [n for n, p in m.named_parameters() if p.numel() % g]
+            record_skip[f"diffq g{g}"] = skip
+            opts[f"diffq g{g}"] = torch.optim.Adam(m.parameters(), lr=1e-3)  # the package: optimizer first
+            models[f"diffq g{g}"] = (m, diffq.DiffQuantizer(m, group_size=g, min_size=0.0, exclude=["bias", *skip]))
+            models[f"diffq g{g}"][1].setup_optimizer(opts[f"diffq g{g}"], lr=args.bits_lr)
+        steps: dict[str, Any] = {}
+        for kind, (m, q) in models.items():
+            if kind.startswith("learnq"):
+                opt = torch.optim.Adam([{"params": q.split_parameters()[0]}, *q.param_groups(lr=args.bits_lr)],
+                                       lr=1e-3)
+            else:
+                opt = opts.get(kind) or torch.optim.Adam(m.parameters(), lr=1e-3)
+            steps[kind] = (m, q, opt)
+
+        def step_fn(kind: str, x: torch.Tensor, y: torch.Tensor, setups: dict[str, Any] = steps) -> Any:
+            m, q, opt = setups[kind]
+
+            def step() -> None:
+                opt.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(m(x), y)
+                if kind.startswith("learnq"):
+                    loss = loss + q.loss()
+                elif kind.startswith("diffq"):
+                    loss = loss + 1e-3 * q.model_size()
+                loss.backward()
+                opt.step()
+            return step
+
+        record: dict[str, Any] = {"params": sum(p.numel() for p in init.parameters()), "train_step": {}, "eval": {},
+                                  "diffq_left_float": record_skip}
+        for b in (64, 256):
+            for m, _ in models.values():
+                m.train()
+            fns = {k: step_fn(k, xs[:b], ys[:b]) for k in models}
+            record["train_step"][str(b)] = _interleaved(fns, args.conv_rounds, warmup=2, steps=args.conv_steps)
+            print(f"{net} train batch {b}: {json.dumps(record['train_step'][str(b)])}", flush=True)
+        evals: dict[str, Any] = {}
+        for kind, (m, _) in models.items():
+            m.eval()
+            evals[kind] = m
+            if kind.startswith("learnq"):  # as a user gets it: saved, then loaded into the plain network
+                with tempfile.TemporaryDirectory() as tmp:
+                    learnq.save(m, Path(tmp) / "q.safetensors")
+                    loaded = copy.deepcopy(init)
+                    learnq.load(Path(tmp) / "q.safetensors", loaded)
+                evals[f"{kind} loaded"] = loaded.eval()
+        with torch.no_grad():
+            for b in (64, 256):
+                fns = {k: (lambda m=m, x=xs[:b]: m(x)) for k, m in evals.items()}
+                record["eval"][str(b)] = _interleaved(fns, args.conv_rounds, warmup=2, steps=args.conv_steps)
+                print(f"{net} eval batch {b}: {json.dumps(record['eval'][str(b)])}", flush=True)
+        out[net] = record
+    return out
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -408,6 +508,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         s.add_argument("--bits-lr", type=float, default=0.01, help="lr of the bits logits, both (default 0.01)")
         s.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
         s.add_argument("--rounds", type=int, default=30, help="interleaved timing rounds of 10 steps")
+        s.add_argument("--nets", default="mlp,lenet,thesis-cifar",
+                       help="networks: mlp (accuracy + timing), lenet, thesis-cifar (timing); without mlp the JSON's "
+                            "MLP results are kept")
+        s.add_argument("--conv-rounds", type=int, default=9, help="interleaved rounds for the conv nets")
+        s.add_argument("--conv-steps", type=int, default=2, help="calls per round for the conv nets")
         s.add_argument("--out", default=None, help="JSON output (default benchmarks/results/qat_speed.json)")
         s.add_argument("--data", default=None, help=argparse.SUPPRESS)
         s.set_defaults(func=speed if name == "speed" else speed_worker)
