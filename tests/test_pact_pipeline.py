@@ -110,8 +110,9 @@ def test_qat_table_trains_with_pact(tmp_path):
     text = BASE + '[qat]\nmethod = "ste"\nbits = 4\noptions = { abits = 3 }\n'
     result = run_recipe(parse_recipe(text), tmp_path)
     row = result.rows[0]
+    assert row["abits"] == 3
     assert row["accuracy"] == result.test["accuracy"]  # the reloaded file == the trained model in memory
-    assert evaluate_file(tmp_path)["accuracy"] == row["accuracy"]
+    assert (evaluate_file(tmp_path)["accuracy"], evaluate_file(tmp_path)["abits"]) == (row["accuracy"], 3)
     training = json.loads((tmp_path / "metrics.json").read_text())["training"]
     assert training["qat"]["abits"] == 3
     model, _, _ = rebuild(tmp_path)

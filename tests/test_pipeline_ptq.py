@@ -185,7 +185,7 @@ def test_labels_name_the_activation_bits():
     ('method = "mse"\nbits = 4\noptions = { p = 3.0 }\n', r"variants\[0\]\.options\.p: unknown option"),
     ('method = "lp"\nbits = 4\noptions = { p = "three" }\n', r"variants\[0\]\.options\.p: expected float"),
     ('method = "lapq"\nbits = 4\noptions = { maxiter = 1.5 }\n', r"variants\[0\]\.options\.maxiter: expected int"),
-    ('method = "ste"\nbits = 4\nabits = 4\n', r"variants\[0\]\.abits: method 'ste' quantizes weights only"),
+    ('method = "float"\nabits = 4\n', r"variants\[0\]\.abits: method 'float' quantizes weights only"),
 ])
 def test_recipe_errors(text, message):
     with pytest.raises(ConfigError, match=message):

@@ -66,7 +66,7 @@ def test_minimal_recipe_fills_defaults():
     ('[[variants]]\nmethod = "minmax"\nbits = 4\ncolor = 1\n', "variants[0].color: unknown key"),
     ('[[variants]]\nmethod = "minmax"\nbits = 4\ngranularity = "diagonal"\n',
      "variants[0].granularity: granularity 'diagonal' is unknown"),
-    ('[[variants]]\nmethod = "ste"\nbits = 4\nabits = 8\n', "variants[0].abits: method 'ste' quantizes weights"),
+    ('[[variants]]\nmethod = "float"\nabits = 8\n', "variants[0].abits: method 'float' quantizes weights"),
     ('[[variants]]\nmethod = "minmax"\nbits = 4\noptions = { p = 2 }\n', "variants[0].options.p: unknown option"),
     ('[[variants]]\nmethod = "minmax"\nbits = 4\nselect = { typs = ["conv"] }\n', "variants[0].select.typs"),
     ('[[variants]]\nmethod = "minmax"\nbits = 4\nbits_overrides = { "0.weight" = 20 }\n',

@@ -303,7 +303,8 @@ def run_qat_model(trained: TrainedRun) -> tuple[dict, dict]:
     qat = trained.training["qat"]
     size = read(trained.out / MODEL_FILE).size
     bits = round(qat["bits"], 2) if qat["bits"] is not None else 32
-    return _file_row(trained, qat["method"], bits, qat["method"], MODEL_FILE, trained.test, size)
+    abits = qat.get("abits") or FLOAT_BITS
+    return _file_row(trained, qat["method"], bits, qat["method"], MODEL_FILE, trained.test, size, abits)
 
 
 def _file_row(trained: TrainedRun, method: str, bits: float, label: str, name: str, before: dict,
@@ -398,7 +399,8 @@ def evaluate_file(path: str | os.PathLike, *, device: str = "cpu") -> dict:
     method = variant.get("method") or qat.get("method") or "float"
     bits = variant.get("bits") or (meta.get("metrics") or {}).get("bits") or 32
     return {"file": str(resolve_model_file(path)), "model": meta["model"]["name"], "data": meta["data"]["name"],
-            "method": method, "bits": bits, "abits": variant.get("abits") or FLOAT_BITS, **metrics}
+            "method": method, "bits": bits,
+            "abits": variant.get("abits") or (qat.get("options") or {}).get("abits") or FLOAT_BITS, **metrics}
 
 
 __all__ = ["TrainedRun", "TrainingParts", "RunResult", "ROW_KEYS", "MODEL_FILE", "prepare_out", "load_splits",
