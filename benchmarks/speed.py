@@ -34,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -198,7 +199,7 @@ def files_table(speed: dict[str, Any]) -> list[str]:
 def packing_table(packing: dict[str, Any]) -> list[str]:
     m = packing["machine"]
     lines = [f"**Bit packing against diffq's `bitpack`** (`{packing['_path']}`, `benchmarks/packing.py`; "
-             f"{packing['unit']} ({packing['repeats']}), {packing['input_dtype']} codes, torch threads "
+             f"median of {packing['repeats']} calls after one warm-up, {packing['input_dtype']} codes, torch threads "
              f"{packing['threads']}; {m['cpu']}, {m['cores'] if 'cores' in m else m['cpu_count']} cores, torch "
              f"{m['torch']}; {_load_text(m['load_average_1m'])} (1 min) when it started).", ""]
     if not packing["diffq_available"]:
@@ -277,7 +278,9 @@ def section(speed: dict[str, Any], packing: dict[str, Any], qat: dict[str, Any],
              "which move by up to 25 % between runs.")
     parts = [intro, "", *files_table(speed), "", *packing_table(packing), "", *qat_tables(qat), "",
              *ptq_table(ptq)]
-    return "\n".join(parts) + "\n"
+    wrap = {"width": 118, "break_long_words": False, "break_on_hyphens": False}
+    return "\n".join(line if line.startswith("|") or not line else textwrap.fill(line, **wrap)
+                     for line in parts) + "\n"
 
 
 def render(args: argparse.Namespace) -> None:
