@@ -244,6 +244,30 @@ def qat_tables(qat: dict[str, Any]) -> list[str]:
             else:
                 cells += ["-", "-"]
         lines.append(f"| {names.get(key, key)} | " + " | ".join(cells) + " |")
+    return lines + conv_tables(qat.get("conv", {}))
+
+
+def conv_tables(conv: dict[str, Any]) -> list[str]:
+    """The conv nets of ``qat.py speed`` (when it measured them): per network and batch, each contender's wall time
+    per call in ms and, in brackets, its ratio to the float32 model's."""
+    lines: list[str] = []
+    for part, title in (("train_step", "train step"), ("eval", "eval (no grad)")):
+        kinds = list(dict.fromkeys(k for net in conv.values() for t in net.get(part, {}).values() for k in t))
+        if not kinds:
+            continue
+        lines += ["", f"| conv net, {title} | batch | " + " | ".join(kinds) + " |", "| --- | ---: |" + " ---: |" *
+                  len(kinds)]
+        for name, net in conv.items():
+            for batch, t in net.get(part, {}).items():
+                base = t.get("float", {}).get("wall_ms")
+                cells = [("-" if k not in t else f"{t[k]['wall_ms']:.2f}" +
+                          (f" ({t[k]['wall_ms'] / base:.2f}x)" if base else "")) for k in kinds]
+                params = f" ({net['params']:,} params)" if "params" in net else ""
+                lines.append(f"| {name}{params} | {batch} | " + " | ".join(cells) + " |")
+    if lines:
+        lines[0:0] = ["", "Conv nets (each weight reused at every output position), ms per call (x float32); "
+                      "`g8`, `g16`: group size. The package leaves some tensors in float (`diffq_left_float` in the "
+                      "JSON)."]
     return lines
 
 
