@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import tempfile
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+from ddp_util import spawn_ranks
 from torch import nn
 
 import learnq
@@ -144,16 +142,8 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         torch.distributed.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_two_processes_end_with_identical_weights_and_clips():
-    with tempfile.TemporaryDirectory() as out:
-        mp.spawn(_ddp_worker, args=(2, _free_port(), out), nprocs=2, join=True)
-        r0, r1 = (torch.load(os.path.join(out, f"rank{r}.pt"), weights_only=True) for r in range(2))
+    r0, r1 = spawn_ranks(_ddp_worker)
     assert r0["state"].keys() == r1["state"].keys()
     clips = [k for k in r0["state"] if k.endswith(".clip")]
     assert clips == ["1.1.clip", "3.1.clip"]

@@ -5,12 +5,10 @@ round trip bit for bit; works after SatNL; optimizer groups; remove(); DDP with 
 from __future__ import annotations
 
 import os
-import socket
-import tempfile
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+from ddp_util import spawn_ranks
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -233,16 +231,8 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         torch.distributed.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_two_processes_end_identical():
-    with tempfile.TemporaryDirectory() as out:
-        mp.spawn(_ddp_worker, args=(2, _free_port(), out), nprocs=2, join=True)
-        r0, r1 = (torch.load(os.path.join(out, f"rank{r}.pt"), weights_only=True) for r in range(2))
+    r0, r1 = spawn_ranks(_ddp_worker)
     for method in CONFIGS:
         assert r0[method]["state"].keys() == r1[method]["state"].keys()
         for key in r0[method]["state"]:
