@@ -278,7 +278,7 @@ def _fold_like(model: nn.Module, recorded: Any, path: str) -> None:
             raise CheckpointError(f"{path!r} was written from a model whose BatchNorm layers {pairs} were folded "
                                   f"into the layer before them, but this model's foldable pairs are {found}; load "
                                   "it into the network it was made from")
-        fold_batchnorm(model, inplace=True)
+        fold_batchnorm(model, inplace=True, pairs=found)
     finally:
         model.train(was_training)
     setattr(model, FOLDED_BN_ATTR, pairs)

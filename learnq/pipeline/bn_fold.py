@@ -143,16 +143,18 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-def fold_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
+def fold_batchnorm(model: nn.Module, inplace: bool = False,
+                   pairs: list[tuple[str, str]] | None = None) -> nn.Module:
     """Fold every eval-mode BatchNorm into the conv/linear layer directly before it; returns the folded model.
 
     The BatchNorm becomes ``nn.Identity`` and the layer gets a bias if it had none; with ``inplace=False`` (default)
     ``model`` is deep-copied first and left untouched. Raises ModelError, before changing anything, when a BatchNorm
     of a pair is in training mode (call ``model.eval()`` first) or a layer's weight/bias is parametrized (fold before
-    attaching quantizers).
+    attaching quantizers). ``pairs``: the (layer, BatchNorm) pairs, when the caller already has them from
+    :func:`find_conv_bn_pairs` on this model (saves a second trace).
     """
     target = model if inplace else copy.deepcopy(model)
-    pairs = find_conv_bn_pairs(target)
+    pairs = find_conv_bn_pairs(target) if pairs is None else pairs
     training = [bn for _, bn in pairs if target.get_submodule(bn).training]
     if training:
         raise ModelError(
