@@ -26,7 +26,7 @@ from dataclasses import replace
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from learnq.attach import LAYER_TYPES, Selection, candidate_layers, select_parameters
 from learnq.errors import ConfigError, DataError, ModelError, QuantizationError
@@ -245,27 +245,30 @@ def remove_input_quantizers(model: nn.Module) -> int:
     return removed
 
 
-def calibration_batches(data: object, batch_size: int = 256) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-    """``(inputs, targets or None)`` batches of a calibration set: a tensor of inputs, a Dataset of (input, target)
-    pairs (or of inputs) or a DataLoader. Raises DataError when it yields nothing."""
+def calibration_batches(data: object, batch_size: int = 256, *,
+                        what: str = "calibration data") -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """``(inputs, targets or None)`` batches of a data set in order: a tensor of inputs, a Dataset of (input, target)
+    pairs (or of inputs) or a DataLoader. Raises DataError when it yields nothing; ``what`` names the data in errors.
+    The one place learnq turns "some data" into batches for calibration and analyses."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if isinstance(data, torch.Tensor):
         if data.ndim == 0 or data.shape[0] == 0:
-            raise DataError("the calibration tensor is empty; give at least one sample (shape (N, ...))")
+            raise DataError(f"the {what} tensor is empty; give at least one sample (shape (N, ...))")
         batches: object = ((data[i:i + batch_size], None) for i in range(0, data.shape[0], batch_size))
     elif isinstance(data, DataLoader):
         batches = data
     elif isinstance(data, Dataset):
-        try:
-            size = len(data)  # type: ignore[arg-type]
-        except TypeError:
-            size = None
-        if size == 0:
-            raise DataError("the calibration data set is empty; give at least one sample")
+        if not isinstance(data, IterableDataset):
+            try:
+                size = len(data)  # type: ignore[arg-type]
+            except TypeError:
+                raise DataError(f"the {what} set has no length; pass a DataLoader instead") from None
+            if size == 0:
+                raise DataError(f"the {what} set is empty; give at least one sample")
         batches = DataLoader(data, batch_size=batch_size, shuffle=False)
     else:
-        raise DataError(f"calibration data must be a tensor, a Dataset or a DataLoader, got {type(data).__name__}")
+        raise DataError(f"{what} must be a tensor of inputs, a Dataset or a DataLoader, got {type(data).__name__}")
     seen = 0
     for batch in batches:  # type: ignore[attr-defined]
         if isinstance(batch, (list, tuple)):
@@ -273,13 +276,13 @@ def calibration_batches(data: object, batch_size: int = 256) -> Iterator[tuple[t
         else:
             x, y = batch, None
         if not isinstance(x, torch.Tensor):
-            raise DataError(f"calibration batches must hold tensors, got {type(x).__name__}")
+            raise DataError(f"{what} batches must hold tensors, got {type(x).__name__}")
         if x.shape[0] == 0:
             continue
         seen += x.shape[0]
         yield x, y
     if seen == 0:
-        raise DataError("the calibration data yielded no samples; give at least one")
+        raise DataError(f"the {what} yielded no samples; give at least one")
 
 
 @torch.no_grad()

@@ -33,8 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
+from learnq.act_quant import calibration_batches
 from learnq.analysis.plots import grid_shape, new_figure, save_png, series_color
 from learnq.attach import Selection
 from learnq.errors import ConfigError, DataError, ModelError
@@ -71,42 +72,18 @@ def quantized_copy(model: nn.Module, bits: int, *, scheme: str = "symmetric", gr
 
 def iter_inputs(data: Data, max_samples: int | None = None, batch_size: int = 256) -> Iterator[torch.Tensor]:
     """Input batches of ``data`` (a tensor of inputs, a Dataset of ``(x, y)`` or ``x``, or a DataLoader), in order,
-    stopping after ``max_samples`` samples (all of them when None)."""
+    stopping after ``max_samples`` samples (all of them when None). Batching: learnq.act_quant.calibration_batches."""
     batch_size = _positive_int(batch_size, "batch_size")
     if max_samples is not None:
         _positive_int(max_samples, "max_samples")
-    if isinstance(data, torch.Tensor):
-        if data.ndim == 0 or data.shape[0] == 0:
-            raise DataError("the input tensor is empty; give a batch of inputs (N, ...)")
-        x = data[:max_samples] if max_samples is not None else data
-        yield from x.split(batch_size)
-        return
-    if isinstance(data, DataLoader):
-        loader = data
-    elif isinstance(data, Dataset):
-        try:
-            n = len(data)  # type: ignore[arg-type]
-        except TypeError:
-            raise DataError("the data set has no length; pass a DataLoader instead") from None
-        if n == 0:
-            raise DataError("the data set is empty; give at least one sample")
-        subset = Subset(data, range(min(n, max_samples))) if max_samples is not None else data
-        loader = DataLoader(subset, batch_size=batch_size, shuffle=False)
-    else:
-        raise DataError(f"data must be a tensor of inputs, a Dataset or a DataLoader, got {type(data).__name__}")
     seen = 0
-    for batch in loader:
-        x = batch[0] if isinstance(batch, (list, tuple)) else batch
-        if not isinstance(x, torch.Tensor):
-            raise DataError(f"a batch's inputs must be a tensor, got {type(x).__name__}")
+    for x, _ in calibration_batches(data, batch_size, what="data"):
         if max_samples is not None:
             x = x[: max_samples - seen]
         seen += x.shape[0]
         yield x
         if max_samples is not None and seen >= max_samples:
             return
-    if seen == 0:
-        raise DataError("the data yielded no samples")
 
 
 @torch.no_grad()
