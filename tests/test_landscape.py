@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from blob_util import blobs, trained_mlp
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -20,19 +21,8 @@ from learnq.ptq.calib_loss import step_coordinates
 
 @pytest.fixture(scope="module")
 def setup():
-    gen = torch.Generator().manual_seed(0)
-    centres = torch.randn(4, 10, generator=gen) * 2.0
-    labels = torch.randint(0, 4, (400,), generator=gen)
-    x = centres[labels] + torch.randn(400, 10, generator=gen) * 1.5
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 12), nn.ReLU(),
-                        nn.Linear(12, 4))
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    for _ in range(60):
-        opt.zero_grad()
-        F.cross_entropy(net(x[:300]), labels[:300]).backward()
-        opt.step()
-    net.eval()
+    x, labels = blobs(10, 4, 400, spread=1.5)
+    net = trained_mlp(x[:300], labels[:300], (16, 16, 12), 4, steps=60)
     calib = TensorDataset(x[300:], labels[300:])
     quantized = quantize(net, calib, method="mse", wbits=3, abits=3, skip_first_last=True, progress=False).model
     return net, calib, quantized

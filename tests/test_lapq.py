@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from blob_util import blobs, trained_mlp
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -96,19 +96,8 @@ def test_powell_maxiter_zero_evaluates_the_start_once():
 @pytest.fixture(scope="module")
 def trained():
     """A 4-layer MLP trained on seeded Gaussian blobs; calibration and test sets."""
-    gen = torch.Generator().manual_seed(0)
-    centres = torch.randn(5, 12, generator=gen) * 2.0
-    labels = torch.randint(0, 5, (900,), generator=gen)
-    x = centres[labels] + torch.randn(900, 12, generator=gen) * 2.5
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 24), nn.ReLU(),
-                        nn.Linear(24, 5))
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    for _ in range(150):
-        opt.zero_grad()
-        F.cross_entropy(net(x[:600]), labels[:600]).backward()
-        opt.step()
-    net.eval()
+    x, labels = blobs(12, 5, 900, spread=2.5)
+    net = trained_mlp(x[:600], labels[:600], (32, 32, 24), 5, steps=150)
     return net, TensorDataset(x[600:728], labels[600:728]), (x[728:], labels[728:])
 
 
