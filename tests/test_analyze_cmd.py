@@ -69,14 +69,16 @@ def test_kl_matches_the_library(run_dir, capsys) -> None:
     assert main(["analyze", "kl", str(out), "--bits", "4", "--samples", "40", "--json"]) == 0
     printed = _json(capsys)
     direct = layer_kl(model, quantized_copy(model, 4), splits.test, max_samples=40)
-    assert printed["kl"] == pytest.approx(direct, rel=1e-12)
+    # the command rebuilds the same data and loads the same weights bit for bit, and both paths run the first batch
+    # cut to 40 samples through the same layers: the same kernels on the same shapes, so the KL is identical
+    assert printed["kl"] == direct
     assert all(v > 0 for v in printed["kl"].values())
     assert (out / "analysis" / "kl-w4.png").read_bytes()[:8] == PNG_SIGNATURE
     assert json.loads((out / "analysis" / "kl-w4.json").read_text())["kl"] == printed["kl"]
     # the run's 4-bit variant file is the same quantization as the naive PTQ above
     assert main(["analyze", "kl", str(out), "--quantized", str(out / "minmax-w4.safetensors"), "--samples", "40",
                  "--json"]) == 0
-    assert _json(capsys)["kl"] == pytest.approx(direct, rel=1e-12)
+    assert _json(capsys)["kl"] == direct  # the file's weights are the dequantized codes, equal to quantized_copy's
     assert (out / "analysis" / "kl-minmax-w4.png").is_file()
 
 
