@@ -6,7 +6,7 @@ EXTRAS ?= plots,data,dev,sweep,onnx
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: demo test test-slow bench lint clean venv
+.PHONY: demo test test-portable test-slow bench lint clean venv
 
 venv: $(STAMP)
 
@@ -23,6 +23,18 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile
+
+# The suite on the kernels other CPUs pick (float comparisons must hold on any CPU):
+# MKL's BLAS (MKL_CBWR), ATen's vectorized ops (ATEN_CPU_CAPABILITY) and oneDNN's convolutions (ONEDNN_MAX_CPU_ISA)
+# each choose their code path by CPU. Pass 1: the portable pre-AVX paths of all three; pass 2: the AVX2 paths (ATen
+# only where the CPU has AVX2: ATen trusts the variable). One thread per process, two processes.
+HAS_AVX2 := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && grep -qw fma /proc/cpuinfo && echo 1)
+PORTABLE := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+test-portable: $(STAMP)
+	$(PORTABLE) MKL_CBWR=COMPATIBLE ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 \
+	  $(PY) -m pytest -q -n 2 --dist loadfile
+	$(PORTABLE) MKL_CBWR=AVX2 $(if $(HAS_AVX2),ATEN_CPU_CAPABILITY=avx2) ONEDNN_MAX_CPU_ISA=AVX2 \
+	  $(PY) -m pytest -q -n 2 --dist loadfile
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
