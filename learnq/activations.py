@@ -269,5 +269,6 @@ def restore_wrappers(model: nn.Module, state: dict) -> list[str]:
     return list(state["modules"])
 
 
-__all__ = ["PACT", "MIN_CLIP", "ObserverFakeQuant", "QuantizedActivation", "insert_activation_quantizers", "ACTIVATION_METHODS",
-           "WRAPPERS_KEY", "WRAPPERS_VERSION", "wrapped_activations", "wrapper_state", "restore_wrappers"]
+__all__ = ["PACT", "MIN_CLIP", "ObserverFakeQuant", "QuantizedActivation", "insert_activation_quantizers",
+           "ACTIVATION_METHODS", "WRAPPERS_KEY", "WRAPPERS_VERSION", "wrapped_activations", "wrapper_state",
+           "restore_wrappers"]

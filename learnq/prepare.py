@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from learnq.attach import Selection, bits_for, select_parameters
+from learnq.attach import Selection, bits_for, check_finite, select_parameters
 from learnq.errors import ConfigError
 from learnq.grid import QuantizedTensor
 from learnq.quantized import QuantizedWeight, get_module, split_name
@@ -87,6 +87,15 @@ def _chain(module: nn.Module, attr: str) -> list[nn.Module]:
     return []
 
 
+def _through(original: nn.Parameter, chain: list[nn.Module]) -> torch.Tensor:
+    """The parameter's value through the parametrizations registered before the quantizer (no gradient)."""
+    with torch.no_grad():
+        x = original
+        for p in chain:
+            x = p(x)
+        return x
+
+
 def _original(model: nn.Module, name: str) -> tuple[nn.Module, str, nn.Parameter]:
     module_name, attr = split_name(name)
     module = get_module(model, module_name)
@@ -118,7 +127,8 @@ def prepare(model: nn.Module, method_config: QATConfig | Mapping[str, Any] | str
 
     selection: which parameters (default: ``method_config.selection``, else the method's default: every linear
     and conv weight, plus biases for the nested layer). Raises ConfigError if a parameter already has a quantizer
-    or a tied parameter is parametrized differently in its holders; ModelError if nothing is selected.
+    or a tied parameter is parametrized differently in its holders; ModelError if nothing is selected or a selected
+    parameter holds NaN or Inf values (nothing is attached then).
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -150,13 +160,14 @@ def prepare(model: nn.Module, method_config: QATConfig | Mapping[str, Any] | str
                     f"({[type(p).__name__ for p in chain]} vs {[type(p).__name__ for p in other]}); parametrize "
                     "every holder the same way before learnq.prepare")
         by_param[id(original)] = name
+        check_finite(name, original, "learnq.prepare")  # before anything is attached
+        if chain:
+            check_finite(f"{name} (through {', '.join(type(p).__name__ for p in chain)})", _through(original, chain),
+                         "learnq.prepare")
         plans.append((name, original, holders, chain))
     attachments: list[Attachment] = []
     for name, original, holders, chain in plans:
-        with torch.no_grad():
-            x = original
-            for p in chain:
-                x = p(x)
+        x = _through(original, chain)
         bits = bits_for(name, None, config.bits_overrides)  # type: ignore[arg-type]
         q = config.build(name, x.detach(), bits)
         q.name = name

@@ -4,6 +4,7 @@ round trip bit for bit; works after SatNL; optimizer groups; remove(); DDP with 
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
@@ -238,3 +239,25 @@ def test_ddp_two_processes_end_identical():
         for key in r0[method]["state"]:
             assert torch.equal(r0[method]["state"][key], r1[method]["state"][key]), (method, key)
         assert torch.equal(r0[method]["out"], r1[method]["out"])
+
+
+@pytest.mark.parametrize("method", list(QAT_METHODS))
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_nan_or_inf_weights_raise_model_error_naming_the_parameter(method, bad):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    with torch.no_grad():
+        model[2].weight[1, 5] = bad
+    with pytest.raises(ModelError, match=r"parameter '2\.weight' has 1 NaN or Inf value\(s\) of 24; learnq\.prepare"):
+        learnq.prepare(model, QAT_METHODS[method]())
+    assert not parametrize.is_parametrized(model[0])  # nothing attached, not even to the finite layer before it
+    assert not parametrize.is_parametrized(model[2])
+
+
+def test_nan_bias_raises_model_error_when_biases_are_quantized():
+    model = nn.Sequential(nn.Linear(4, 8))
+    with torch.no_grad():
+        model[0].bias[0] = float("nan")
+    learnq.prepare(copy.deepcopy(model), learnq.STE())  # STE leaves biases in float: accepted
+    with pytest.raises(ModelError, match=r"parameter '0\.bias' has 1 NaN"):
+        learnq.prepare(model, learnq.Nested())  # the nested layer quantizes biases

@@ -219,3 +219,17 @@ def test_embeddings_reported_or_quantized_when_selected() -> None:
     chosen = quantize(model, ids, wbits=4, abits=8, selection=Selection(types=("linear", "embedding")))
     assert chosen.skipped == [] and parametrize.is_parametrized(chosen.model.emb)
     assert set(input_quantizers(chosen.model)) == {"fc"}  # integer ids are never fake-quantized
+
+
+@pytest.mark.parametrize("method", ["minmax", "mse"])
+def test_nan_or_inf_weight_raises_model_error_naming_the_parameter(method):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    with torch.no_grad():
+        model[2].weight[0, 0] = float("inf")
+    with pytest.raises(ModelError, match=r"parameter '2\.weight' has 1 NaN or Inf value\(s\) of 24"):
+        quantize(model, torch.randn(16, 4), method=method, wbits=4, abits=8, progress=False)
+    bn = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU()).eval()
+    bn[1].running_var[1] = float("nan")  # shows up in the folded weight
+    with pytest.raises(ModelError, match=r"parameter '0\.weight' has 9 NaN"):
+        quantize(bn, torch.randn(4, 1, 5, 5), method=method, wbits=4, abits=8, progress=False)

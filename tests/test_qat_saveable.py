@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from resnet_util import DepthwiseResNet, adam_steps, digits
 
 import learnq
 from learnq.activations import MIN_CLIP, insert_activation_quantizers
 from learnq.errors import QuantizationError
 from learnq.quantizers import QAT_METHODS
-from resnet_util import DepthwiseResNet, adam_steps, digits
 
 
 @pytest.fixture(scope="module")

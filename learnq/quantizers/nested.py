@@ -194,7 +194,8 @@ class Nested(QATConfig):
     granularity: ``scalar``, ``row``, ``column`` or ``channel`` (biases always scalar). threshold: λ of the
     gradient-ratio rule. init_scale: None (each group starts at max|P|/(2^(init_bits-1)-1)) or a number (the
     reference: 100·eps(float32)). min_scale: lower bound of s. max_bits: the widest codes training may reach (s is
-    kept at or above max|P|/(2^(max_bits-1)-1) per group, so the model is saveable at any step). biases: quantize the layers' biases too.
+    kept at or above max|P|/(2^(max_bits-1)-1) per group, so the model is saveable at any step). biases: quantize
+    the layers' biases too.
     gamma_inverse / gamma_bins / gamma_deviation: weights of the inverse-scale, bin-count and deviation losses in
     ``handle.loss()``. A parameter named in ``bits_overrides`` gets a fixed-bit STE min-max quantizer instead.
     """
