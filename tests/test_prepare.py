@@ -204,6 +204,28 @@ def test_sizes_of_fixed_bit_methods():
     assert handle.summary()["0.weight"]["bits"] == 4
 
 
+@pytest.mark.parametrize("method", sorted(CONFIGS))
+def test_sizes_and_summary_stay_readable_after_freeze(method):
+    torch.manual_seed(0)
+    model = mlp()
+    handle = learnq.prepare(model, CONFIGS[method]())
+    train_steps(model, handle, (6,))
+    model.eval()
+    sizes = (handle.true_size_mb(), handle.true_size_mb(include_float=False), handle.size_mb().item(),
+             handle.size_mb(include_float=False).item())
+    summary = handle.summary()
+    handle.freeze()
+    assert (handle.true_size_mb(), handle.true_size_mb(include_float=False), handle.size_mb().item(),
+            handle.size_mb(include_float=False).item()) == sizes
+    assert handle.summary() == summary
+    with pytest.raises(ConfigError, match="already frozen"):
+        handle.loss()
+    removed = learnq.prepare(mlp(), CONFIGS[method]())
+    removed.remove()
+    with pytest.raises(ConfigError, match="already removed"):
+        removed.true_size_mb()
+
+
 # -- DDP ----------------------------------------------------------------------------------------------------------
 def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
