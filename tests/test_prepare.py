@@ -195,10 +195,12 @@ def test_remove_keeps_earlier_parametrizations_and_trained_values():
 
 
 def test_sizes_of_fixed_bit_methods():
-    model = mlp()  # weights 48 and 24, biases 8 and 3
-    handle = learnq.prepare(model, learnq.STE(bits=4))
-    assert handle.true_size_mb(include_float=False) == pytest.approx((72 * 4 + 2 * 64) / 2**23)
-    assert handle.true_size_mb() == pytest.approx((72 * 4 + 2 * 64 + 11 * 32) / 2**23)
+    model = mlp()  # weights 48 (8 rows) and 24 (3 rows), biases 8 and 3
+    handle = learnq.prepare(model, learnq.STE(bits=4))  # per channel: a float32 step and offset per row
+    assert handle.true_size_mb(include_float=False) == pytest.approx((72 * 4 + 11 * 64) / 2**23)
+    assert handle.true_size_mb() == pytest.approx((72 * 4 + 11 * 64 + 11 * 32) / 2**23)
+    per_tensor = learnq.prepare(mlp(), learnq.STE(bits=4, granularity="tensor"))
+    assert per_tensor.true_size_mb(include_float=False) == pytest.approx((72 * 4 + 2 * 64) / 2**23)
     assert handle.size_mb().item() == pytest.approx(handle.true_size_mb())
     assert handle.loss().item() == 0.0
     assert handle.summary()["0.weight"]["bits"] == 4
@@ -283,3 +285,13 @@ def test_nan_bias_raises_model_error_when_biases_are_quantized():
     learnq.prepare(copy.deepcopy(model), learnq.STE())  # STE leaves biases in float: accepted
     with pytest.raises(ModelError, match=r"parameter '0\.bias' has 1 NaN"):
         learnq.prepare(model, learnq.Nested())  # the nested layer quantizes biases
+
+
+@pytest.mark.parametrize(("method", "tensor_option"), [("ste", "tensor"), ("lsq", "tensor"), ("nested", "scalar")])
+def test_weights_get_one_step_per_output_channel_by_default(method, tensor_option):
+    model = cnn()
+    default = learnq.prepare(model, QAT_METHODS[method]())
+    q = default.quantizers["0.weight"]
+    assert str(q.granularity) == "axis:0" and q.export_quantized().scale.numel() == 4  # Conv2d(2, 4, 3)
+    per_tensor = learnq.prepare(cnn(), QAT_METHODS[method](granularity=tensor_option))
+    assert per_tensor.quantizers["0.weight"].export_quantized().scale.numel() == 1

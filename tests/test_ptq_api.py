@@ -19,6 +19,7 @@ from learnq.pipeline.data import load_dataset
 from learnq.pipeline.train import evaluate
 from learnq.ptq import PTQ_METHODS, quantize, register_ptq_method
 from learnq.ptq.weight_quant import PTQWeight, attach_weight_quantizers
+from learnq.quantized import quantized_parameters
 
 
 @pytest.fixture(scope="module")
@@ -233,3 +234,13 @@ def test_nan_or_inf_weight_raises_model_error_naming_the_parameter(method):
     bn[1].running_var[1] = float("nan")  # shows up in the folded weight
     with pytest.raises(ModelError, match=r"parameter '0\.weight' has 9 NaN"):
         quantize(bn, torch.randn(4, 1, 5, 5), method=method, wbits=4, abits=8, progress=False)
+
+
+def test_weights_are_quantized_per_channel_by_default(trained):
+    model, splits = trained
+    default = quantize(model, splits.calib, wbits=4, abits=8, progress=False)
+    tensor = quantize(model, splits.calib, wbits=4, abits=8, granularity="tensor", progress=False)
+    grids = {name: str(qt.granularity) for name, qt in quantized_parameters(default.model)}
+    assert grids == {"0.weight": "axis:0", "5.weight": "axis:0", "7.weight": "axis:0"}
+    assert {str(qt.granularity) for _, qt in quantized_parameters(tensor.model)} == {"tensor"}
+    assert [qt.scale.numel() for _, qt in quantized_parameters(default.model)] == [8, 32, 10]

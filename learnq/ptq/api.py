@@ -239,15 +239,16 @@ def _layer_report(ctx: PTQContext) -> list[dict]:
 
 
 def quantize(model: nn.Module, calibration_data: Any, *, method: str = "minmax", wbits: int = 8, abits: int = 8,
-             granularity: str | Granularity = "tensor", scheme: str = "symmetric", selection: Selection | None = None,
+             granularity: str | Granularity = "channel", scheme: str = "symmetric", selection: Selection | None = None,
              skip_first_last: bool | None = None, bias_correction: bool = False, variance_correction: bool = False,
              act_per_channel: bool = False, fold_bn: bool = True, inplace: bool = False, device: str = "cpu",
              seed: int = 0, progress: bool = True, batch_size: int = 256, **options: Any) -> PTQResult:
     """Post-training quantization of ``model`` with ``calibration_data`` (a tensor of inputs, a Dataset of
     (input, target) pairs or a DataLoader) by ``method`` (``PTQ_METHODS``) at W``wbits``A``abits``.
 
-    granularity / scheme: the weight grid (activations are per tensor unless ``act_per_channel``; unsigned after
-    non-negative inputs, symmetric otherwise). skip_first_last: leave the first and last layers in float (None: the
+    granularity / scheme: the weight grid, one step per output channel by default (``"tensor"``: one per tensor,
+    as some papers' protocols; activations are per tensor unless ``act_per_channel``; unsigned after non-negative
+    inputs, symmetric otherwise). skip_first_last: leave the first and last layers in float (None: the
     method's default; LAPQ's is True). options: the method's own (``PTQ_METHODS[method].options``).
     Raises DataError for empty calibration data, ModelError for a model without a quantizable layer or with NaN/Inf
     values in a weight it quantizes (naming it), ConfigError for an unknown method or option.

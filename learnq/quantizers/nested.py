@@ -191,8 +191,8 @@ class NestedQuantizer(WeightQuantizer):
 class Nested(QATConfig):
     """The thesis's nested quantization layer (seeds/004 Sec. 3.1) plus its custom loss terms (Sec. 3.2).
 
-    granularity: ``scalar``, ``row``, ``column`` or ``channel`` (biases always scalar). threshold: λ of the
-    gradient-ratio rule. init_scale: None (each group starts at max|P|/(2^(init_bits-1)-1)) or a number (the
+    granularity: ``channel`` (= ``row``, the default), ``scalar`` or ``column`` (biases always scalar). threshold:
+    λ of the gradient-ratio rule. init_scale: None (each group starts at max|P|/(2^(init_bits-1)-1)) or a number (the
     reference: 100·eps(float32)). min_scale: lower bound of s. max_bits: the widest codes training may reach (s is
     kept at or above max|P|/(2^(max_bits-1)-1) per group, so the model is saveable at any step). biases: quantize
     the layers' biases too.
@@ -203,7 +203,7 @@ class Nested(QATConfig):
     method = "nested"
     description = "nested quantization layer: learned scale, floor, gradient-ratio rule, custom losses (thesis Ch. 3)"
     default_lr: ClassVar[float | None] = 1e-4  # the reference's Adam lr
-    granularity: str = "scalar"
+    granularity: str = "channel"
     threshold: float = 1e-10
     init_scale: float | None = None
     init_bits: int = 16
