@@ -13,9 +13,10 @@ so under gradient descent ``s`` only grows (coarser grid) and an element whose g
 value votes zero. λ = 0 gives ``s`` no gradient from the task at all (the thesis's custom-loss experiments, where
 the scales are trained by the loss terms of :mod:`learnq.quantizers.losses` only).
 
-Granularity (learnq's convention, :mod:`learnq.granularity`): ``scalar`` one s; ``row`` (= ``channel``) one s per
-output unit / output channel (axis 0); ``column`` one s per input feature / input channel (axis 1); biases and
-other 1-D parameters always use a scalar s. The TensorFlow reference's "rowwise" on a Keras ``(in, out)`` kernel is
+Granularity (learnq's convention, :mod:`learnq.granularity`): ``scalar`` one s; ``row`` (= ``channel``, the
+default, as every learnq weight grid) one s per output unit / output channel (axis 0); ``column`` one s per input
+feature / input channel (axis 1); biases and other 1-D parameters always use a scalar s. The TensorFlow reference's
+"rowwise" on a Keras ``(in, out)`` kernel is
 one scale per input feature, i.e. learnq's ``column``.
 
 Choices where the thesis is silent, and differences from the reference code (anuunchin/learned-quantization):
