@@ -16,8 +16,7 @@ the scales are trained by the loss terms of :mod:`learnq.quantizers.losses` only
 Granularity (learnq's convention, :mod:`learnq.granularity`): ``scalar`` one s; ``row`` (= ``channel``, the
 default, as every learnq weight grid) one s per output unit / output channel (axis 0); ``column`` one s per input
 feature / input channel (axis 1); biases and other 1-D parameters always use a scalar s. The TensorFlow reference's
-"rowwise" on a Keras ``(in, out)`` kernel is
-one scale per input feature, i.e. learnq's ``column``.
+"rowwise" on a Keras ``(in, out)`` kernel is one scale per input feature, i.e. learnq's ``column``.
 
 Choices where the thesis is silent, and differences from the reference code (anuunchin/learned-quantization):
 
