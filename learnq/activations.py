@@ -5,7 +5,10 @@ min-max, as DiffQ §5 uses for activations and as PyTorch's FakeQuantize does).
 PACT: ``y = clamp(x, 0, α)`` with a learnable clip ``α`` per layer, then ``k``-bit unsigned quantization
 ``y_q = round(y·(2^k-1)/α)·α/(2^k-1)`` with a straight-through gradient. Gradients (PACT Eq. 3):
 ``∂y_q/∂x = 1`` for ``0 <= x < α`` (0 elsewhere), ``∂y_q/∂α = 1`` for ``x >= α`` (0 elsewhere). PACT regularises α
-with L2 (weight decay on it); α's initial value is 10 (the paper's) or 6 after a ReLU6.
+with L2 (weight decay on it); α's initial value is 10 (the paper's) or 6 after a ReLU6. α must stay positive (at
+α <= 0 the clip maps every input to α, and the grid's step α/(2^k-1) is no step at all): like LSQ's step, it is
+projected onto ``[MIN_CLIP, ∞)`` before every training forward, and every forward (and the ONNX export) uses
+``max(α, MIN_CLIP)``, so the state after the last optimizer step is as usable and saveable as any other.
 
 Observer: in training mode it tracks an exponential moving average of each batch's min and max (the first batch
 sets them), and fake-quantizes on the affine grid over ``[min(lo, 0), max(hi, 0)]`` (zero exactly representable);
@@ -24,6 +27,7 @@ reloaded model computes in eval mode exactly what the trained one did.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -35,6 +39,7 @@ from learnq.quantizers.base import check_float, check_int, passthrough
 ACTIVATION_METHODS = ("pact", "observer")
 WRAPPERS_KEY = "activation_wrappers"  # the model file's metadata key of wrapper_state (learnq.checkpoint)
 WRAPPERS_VERSION = 1
+MIN_CLIP = 1e-6  # PACT's α floor: positive, far below any useful activation range
 
 
 class PACT(nn.Module):
@@ -46,8 +51,15 @@ class PACT(nn.Module):
         check_float("PACT", "init_clip", init_clip, strict=True)
         self.clip = nn.Parameter(torch.tensor(float(init_clip), device=device))
 
+    def effective_clip(self) -> torch.Tensor:
+        """``max(α, MIN_CLIP)``: the clip every forward uses (differentiable in α above the floor)."""
+        return self.clip.clamp(min=MIN_CLIP)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        alpha = self.clip.to(x.dtype)
+        if self.training:
+            with torch.no_grad():
+                self.clip.data.clamp_(min=MIN_CLIP)
+        alpha = self.effective_clip().to(x.dtype)
         y = torch.where(x >= alpha, alpha, x.clamp(min=0))  # PACT Eq. 1; ∂y/∂α = 1 where x >= α
         with torch.no_grad():
             step = alpha.detach().clamp(min=torch.finfo(x.dtype).tiny) / (2**self.bits - 1)
@@ -184,7 +196,11 @@ def wrapper_state(model: nn.Module) -> dict:
         q = wrapper.quantizer
         record: dict = {"activation": type(wrapper[0]).__name__, "bits": int(q.bits)}  # type: ignore[arg-type]
         if isinstance(q, PACT):
-            record.update(method="pact", clip=float(q.clip.detach()))
+            clip = float(q.clip.detach())
+            if not math.isfinite(clip):
+                raise QuantizationError(f"activation {name!r}: its PACT clip α is {clip}, not a number a model file "
+                                        "can hold; the training diverged (lower the learning rate)")
+            record.update(method="pact", clip=clip)
         elif isinstance(q, ObserverFakeQuant):
             record.update(method="observer", momentum=q.momentum, observed=bool(q.observed),
                           range=[float(q.running_min), float(q.running_max)])
@@ -253,5 +269,6 @@ def restore_wrappers(model: nn.Module, state: dict) -> list[str]:
     return list(state["modules"])
 
 
-__all__ = ["PACT", "ObserverFakeQuant", "QuantizedActivation", "insert_activation_quantizers", "ACTIVATION_METHODS",
-           "WRAPPERS_KEY", "WRAPPERS_VERSION", "wrapped_activations", "wrapper_state", "restore_wrappers"]
+__all__ = ["PACT", "MIN_CLIP", "ObserverFakeQuant", "QuantizedActivation", "insert_activation_quantizers",
+           "ACTIVATION_METHODS", "WRAPPERS_KEY", "WRAPPERS_VERSION", "wrapped_activations", "wrapper_state",
+           "restore_wrappers"]

@@ -11,6 +11,7 @@ import fnmatch
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from learnq.errors import ConfigError, ModelError
@@ -94,6 +95,15 @@ def select_parameters(model: nn.Module, selection: Selection = Selection(), *, r
             f"include={list(selection.include)}, exclude={list(selection.exclude)}); the model needs a "
             "linear or conv layer, or widen the selection")
     return names
+
+
+def check_finite(name: str, tensor: torch.Tensor, what: str) -> None:
+    """Raise ModelError when parameter ``name`` holds NaN or Inf values (``what``: the caller, for the message)."""
+    with torch.no_grad():
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):
+            raise ModelError(f"parameter {name!r} has {int((~finite).sum())} NaN or Inf value(s) of "
+                             f"{tensor.numel()}; {what} needs finite weights: fix the model (or its training) first")
 
 
 def bits_for(name: str, default: int, overrides: Mapping[str, int] | None = None) -> int:

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from learnq.attach import Selection, bits_for, select_parameters
+from learnq.attach import Selection, bits_for, check_finite, select_parameters
 from learnq.errors import ConfigError
 from learnq.grid import QuantizedTensor
 from learnq.quantized import QuantizedWeight, get_module, split_name
@@ -87,6 +87,15 @@ def _chain(module: nn.Module, attr: str) -> list[nn.Module]:
     return []
 
 
+def _through(original: nn.Parameter, chain: list[nn.Module]) -> torch.Tensor:
+    """The parameter's value through the parametrizations registered before the quantizer (no gradient)."""
+    with torch.no_grad():
+        x = original
+        for p in chain:
+            x = p(x)
+        return x
+
+
 def _original(model: nn.Module, name: str) -> tuple[nn.Module, str, nn.Parameter]:
     module_name, attr = split_name(name)
     module = get_module(model, module_name)
@@ -118,7 +127,8 @@ def prepare(model: nn.Module, method_config: QATConfig | Mapping[str, Any] | str
 
     selection: which parameters (default: ``method_config.selection``, else the method's default: every linear
     and conv weight, plus biases for the nested layer). Raises ConfigError if a parameter already has a quantizer
-    or a tied parameter is parametrized differently in its holders; ModelError if nothing is selected.
+    or a tied parameter is parametrized differently in its holders; ModelError if nothing is selected or a selected
+    parameter holds NaN or Inf values (nothing is attached then).
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -150,13 +160,14 @@ def prepare(model: nn.Module, method_config: QATConfig | Mapping[str, Any] | str
                     f"({[type(p).__name__ for p in chain]} vs {[type(p).__name__ for p in other]}); parametrize "
                     "every holder the same way before learnq.prepare")
         by_param[id(original)] = name
+        check_finite(name, original, "learnq.prepare")  # before anything is attached
+        if chain:
+            check_finite(f"{name} (through {', '.join(type(p).__name__ for p in chain)})", _through(original, chain),
+                         "learnq.prepare")
         plans.append((name, original, holders, chain))
     attachments: list[Attachment] = []
     for name, original, holders, chain in plans:
-        with torch.no_grad():
-            x = original
-            for p in chain:
-                x = p(x)
+        x = _through(original, chain)
         bits = bits_for(name, None, config.bits_overrides)  # type: ignore[arg-type]
         q = config.build(name, x.detach(), bits)
         q.name = name
@@ -184,6 +195,8 @@ class QuantHandle:
         self.aliases = dict(aliases)
         self._hooks = hooks
         self._closed: str | None = None
+        self._frozen: dict[str, tuple[int, float]] | None = None  # after freeze(): name -> (true bits, size bits)
+        self._frozen_summary: dict[str, dict[str, Any]] | None = None
 
     # -- views --------------------------------------------------------------------------------------------------
     @property
@@ -191,8 +204,8 @@ class QuantHandle:
         """Primary parameter name -> its quantizer (a tied parameter appears once; see ``aliases``)."""
         return {a.name: a.quantizer for a in self.attachments}
 
-    def _check_open(self, what: str) -> None:
-        if self._closed is not None:
+    def _check_open(self, what: str, frozen_ok: bool = False) -> None:
+        if self._closed is not None and not (frozen_ok and self._closed == "frozen"):
             raise ConfigError(f"handle.{what}(): this handle was already {self._closed}; prepare the model again")
 
     def _device(self) -> torch.device:
@@ -214,20 +227,27 @@ class QuantHandle:
     # -- sizes and loss ------------------------------------------------------------------------------------------
     def size_mb(self, include_float: bool = True) -> torch.Tensor:
         """Model size in MB as the method trains it: DiffQ's Eq. 8 (differentiable in the bits logits), the true
-        size for the other methods; plus the unquantized parameters at their dtype's width if ``include_float``."""
-        self._check_open("size_mb")
+        size for the other methods; plus the unquantized parameters at their dtype's width if ``include_float``.
+        After :meth:`freeze`: the value at freezing (a constant tensor)."""
+        self._check_open("size_mb", frozen_ok=True)
         total = torch.zeros((), device=self._device())
         for a in self.attachments:
-            total = total + a.quantizer.size_bits().to(total.device)
+            if self._frozen is not None:
+                total = total + self._frozen[a.name][1]
+            else:
+                total = total + a.quantizer.size_bits().to(total.device)
         if include_float:
             total = total + float(self._float_bits())
         return total / MB_BITS
 
     def true_size_mb(self, include_float: bool = True) -> float:
         """Size in MB of the exported model (DiffQ: Eq. 12 per tensor; others: codes plus float32 steps), plus the
-        unquantized parameters if ``include_float``."""
-        self._check_open("true_size_mb")
-        bits = sum(a.quantizer.true_size_bits() for a in self.attachments)
+        unquantized parameters if ``include_float``. After :meth:`freeze`: the size of the frozen tensors."""
+        self._check_open("true_size_mb", frozen_ok=True)
+        if self._frozen is not None:
+            bits = sum(true for true, _ in self._frozen.values())
+        else:
+            bits = sum(a.quantizer.true_size_bits() for a in self.attachments)
         if include_float:
             bits += self._float_bits()
         return bits / MB_BITS
@@ -291,9 +311,13 @@ class QuantHandle:
     def freeze(self) -> dict[str, QuantizedTensor]:
         """Replace every quantizer (and the parametrizations before it) by a frozen
         :class:`learnq.quantized.QuantizedWeight` holding its exported tensor; the eval output is unchanged bit
-        for bit. Returns the exported tensors. The handle is closed afterwards."""
+        for bit. Returns the exported tensors. The handle is closed afterwards except for its sizes and summary
+        (``size_mb``, ``true_size_mb``, ``summary``), which keep the values of the frozen model."""
         self._check_open("freeze")
         exported = self.export()
+        summary = self.summary()
+        sizes = {a.name: (int(a.quantizer.true_size_bits()), float(a.quantizer.size_bits().detach()))
+                 for a in self.attachments}
         for a in self.attachments:
             qt = exported[a.name]
             frozen = QuantizedWeight(qt).to(a.original.device)
@@ -305,6 +329,7 @@ class QuantHandle:
             for _, module, attr in a.holders:
                 parametrize.register_parametrization(module, attr, frozen, unsafe=True)
         self._close("frozen")
+        self._frozen, self._frozen_summary = sizes, summary
         return exported
 
     def remove(self) -> None:
@@ -331,7 +356,9 @@ class QuantHandle:
 
     def summary(self) -> dict[str, dict[str, Any]]:
         """Per quantized parameter: method, shape, true size in bits and (DiffQ) mean rounded bits / (nested)
-        code bits; for reports and the DiffQ bits histogram (Fig. 3)."""
+        code bits; for reports and the DiffQ bits histogram (Fig. 3). After :meth:`freeze`: the frozen model's."""
+        if self._frozen_summary is not None:
+            return {name: dict(row) for name, row in self._frozen_summary.items()}
         out: dict[str, dict[str, Any]] = {}
         for a in self.attachments:
             q = a.quantizer

@@ -89,7 +89,7 @@ def test_step_hessian_of_a_quantized_model():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 2))
     calib = TensorDataset(x, y)
-    model = quantize(net, calib, method="mse", wbits=2, abits=3, progress=False).model
+    model = quantize(net, calib, method="mse", wbits=2, abits=3, granularity="tensor", progress=False).model
     names = ["2.input", "2.weight", "4.weight"]
     res = step_hessian(model, calib, names=names, rel_step=0.1)
     assert isinstance(res, StepHessian) and res.names == names

@@ -24,7 +24,8 @@ def setup():
     x, labels = blobs(10, 4, 400, spread=1.5)
     net = trained_mlp(x[:300], labels[:300], (16, 16, 12), 4, steps=60)
     calib = TensorDataset(x[300:], labels[300:])
-    quantized = quantize(net, calib, method="mse", wbits=3, abits=3, skip_first_last=True, progress=False).model
+    quantized = quantize(net, calib, method="mse", wbits=3, abits=3, granularity="tensor", skip_first_last=True,
+                         progress=False).model
     return net, calib, quantized
 
 
@@ -78,7 +79,8 @@ def test_method_points_are_the_steps_each_method_chose(setup):
     points = method_points(net, calib, names, ["minmax", ("L3", {"method": "lp", "p": 3.0})], wbits=3, abits=3,
                            skip_first_last=True)
     assert list(points) == ["minmax", "L3"]
-    by_hand = quantize(net, calib, method="minmax", wbits=3, abits=3, skip_first_last=True, progress=False).model
+    by_hand = quantize(net, calib, method="minmax", wbits=3, abits=3, granularity="tensor", skip_first_last=True,
+                       progress=False).model
     assert np.allclose(points["minmax"], steps_of(by_hand, names))
     # min-max never clips: its steps are the largest
     assert points["minmax"][0] >= points["L3"][0] and points["minmax"][1] >= points["L3"][1]

@@ -103,7 +103,7 @@ def trained():
 
 def test_lapq_method_lowers_the_loss_below_its_lp_start(trained, tmp_path):
     net, calib, _ = trained
-    result = quantize(net, calib, method="lapq", wbits=2, abits=3, progress=False, seed=0)
+    result = quantize(net, calib, method="lapq", granularity="tensor", wbits=2, abits=3, progress=False, seed=0)
     rep = result.extra["lapq"]
     assert rep["names"] == ["2.input", "2.weight", "4.input", "4.weight"]  # first and last layers float
     assert rep["final_loss"] <= rep["start_loss"]
@@ -129,7 +129,7 @@ def test_lapq_method_lowers_the_loss_below_its_lp_start(trained, tmp_path):
 
 def test_run_lapq_start_is_the_lp_point_of_p_star(trained):
     net, calib, _ = trained
-    result = quantize(net, calib, method="lapq", wbits=3, abits=3, progress=False, maxiter=0)
+    result = quantize(net, calib, method="lapq", granularity="tensor", wbits=3, abits=3, progress=False, maxiter=0)
     rep = result.extra["lapq"]
     model = result.model
     loss = CalibrationLoss(model, calib)
@@ -143,7 +143,7 @@ def test_run_lapq_start_is_the_lp_point_of_p_star(trained):
 
 def test_lapq_linear_space_and_no_fit(trained):
     net, calib, _ = trained
-    result = quantize(net, calib, method="lapq", wbits=3, abits=3, progress=False, space="linear",
+    result = quantize(net, calib, method="lapq", granularity="tensor", wbits=3, abits=3, progress=False, space="linear",
                       quadratic=False, maxiter=1, p_count=3)
     rep = result.extra["lapq"]
     assert rep["p_star"] == 2.0 and rep["p_star_how"] == "no-fit"
@@ -165,8 +165,8 @@ def test_lapq_registration_and_errors(trained):
     small = nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 5))
     with pytest.raises(ModelError):
         quantize(small, calib, method="lapq", progress=False)  # nothing left without the first and last layers
-    done = quantize(small, calib, method="lapq", wbits=4, abits=32, skip_first_last=False, progress=False,
-                    maxiter=1)
+    done = quantize(small, calib, method="lapq", granularity="tensor", wbits=4, abits=32, skip_first_last=False,
+                    progress=False, maxiter=1)
     assert done.extra["lapq"]["names"] == ["0.weight", "2.weight"]
 
 
@@ -174,8 +174,8 @@ def test_lapq_registration_and_errors(trained):
                          [(True, True, "mean"), (False, False, None), (True, False, "mean")])
 def test_lapq_bias_correction_switches(trained, bias_correction, correct_bias, expected):
     net, calib, _ = trained
-    result = quantize(net, calib, method="lapq", wbits=4, abits=4, bias_correction=bias_correction,
-                      correct_bias=correct_bias, maxiter=0, p_count=3, progress=False)
+    result = quantize(net, calib, method="lapq", granularity="tensor", wbits=4, abits=4,
+                      bias_correction=bias_correction, correct_bias=correct_bias, maxiter=0, p_count=3, progress=False)
     assert {qt.extra.get("bias_correction") for _, qt in quantized_parameters(result.model)} == {expected}
 
 

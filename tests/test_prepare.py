@@ -4,6 +4,7 @@ round trip bit for bit; works after SatNL; optimizer groups; remove(); DDP with 
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
@@ -194,13 +195,37 @@ def test_remove_keeps_earlier_parametrizations_and_trained_values():
 
 
 def test_sizes_of_fixed_bit_methods():
-    model = mlp()  # weights 48 and 24, biases 8 and 3
-    handle = learnq.prepare(model, learnq.STE(bits=4))
-    assert handle.true_size_mb(include_float=False) == pytest.approx((72 * 4 + 2 * 64) / 2**23)
-    assert handle.true_size_mb() == pytest.approx((72 * 4 + 2 * 64 + 11 * 32) / 2**23)
+    model = mlp()  # weights 48 (8 rows) and 24 (3 rows), biases 8 and 3
+    handle = learnq.prepare(model, learnq.STE(bits=4))  # per channel: a float32 step and offset per row
+    assert handle.true_size_mb(include_float=False) == pytest.approx((72 * 4 + 11 * 64) / 2**23)
+    assert handle.true_size_mb() == pytest.approx((72 * 4 + 11 * 64 + 11 * 32) / 2**23)
+    per_tensor = learnq.prepare(mlp(), learnq.STE(bits=4, granularity="tensor"))
+    assert per_tensor.true_size_mb(include_float=False) == pytest.approx((72 * 4 + 2 * 64) / 2**23)
     assert handle.size_mb().item() == pytest.approx(handle.true_size_mb())
     assert handle.loss().item() == 0.0
     assert handle.summary()["0.weight"]["bits"] == 4
+
+
+@pytest.mark.parametrize("method", sorted(CONFIGS))
+def test_sizes_and_summary_stay_readable_after_freeze(method):
+    torch.manual_seed(0)
+    model = mlp()
+    handle = learnq.prepare(model, CONFIGS[method]())
+    train_steps(model, handle, (6,))
+    model.eval()
+    sizes = (handle.true_size_mb(), handle.true_size_mb(include_float=False), handle.size_mb().item(),
+             handle.size_mb(include_float=False).item())
+    summary = handle.summary()
+    handle.freeze()
+    assert (handle.true_size_mb(), handle.true_size_mb(include_float=False), handle.size_mb().item(),
+            handle.size_mb(include_float=False).item()) == sizes
+    assert handle.summary() == summary
+    with pytest.raises(ConfigError, match="already frozen"):
+        handle.loss()
+    removed = learnq.prepare(mlp(), CONFIGS[method]())
+    removed.remove()
+    with pytest.raises(ConfigError, match="already removed"):
+        removed.true_size_mb()
 
 
 # -- DDP ----------------------------------------------------------------------------------------------------------
@@ -238,3 +263,35 @@ def test_ddp_two_processes_end_identical():
         for key in r0[method]["state"]:
             assert torch.equal(r0[method]["state"][key], r1[method]["state"][key]), (method, key)
         assert torch.equal(r0[method]["out"], r1[method]["out"])
+
+
+@pytest.mark.parametrize("method", list(QAT_METHODS))
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_nan_or_inf_weights_raise_model_error_naming_the_parameter(method, bad):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    with torch.no_grad():
+        model[2].weight[1, 5] = bad
+    with pytest.raises(ModelError, match=r"parameter '2\.weight' has 1 NaN or Inf value\(s\) of 24; learnq\.prepare"):
+        learnq.prepare(model, QAT_METHODS[method]())
+    assert not parametrize.is_parametrized(model[0])  # nothing attached, not even to the finite layer before it
+    assert not parametrize.is_parametrized(model[2])
+
+
+def test_nan_bias_raises_model_error_when_biases_are_quantized():
+    model = nn.Sequential(nn.Linear(4, 8))
+    with torch.no_grad():
+        model[0].bias[0] = float("nan")
+    learnq.prepare(copy.deepcopy(model), learnq.STE())  # STE leaves biases in float: accepted
+    with pytest.raises(ModelError, match=r"parameter '0\.bias' has 1 NaN"):
+        learnq.prepare(model, learnq.Nested())  # the nested layer quantizes biases
+
+
+@pytest.mark.parametrize(("method", "tensor_option"), [("ste", "tensor"), ("lsq", "tensor"), ("nested", "scalar")])
+def test_weights_get_one_step_per_output_channel_by_default(method, tensor_option):
+    model = cnn()
+    default = learnq.prepare(model, QAT_METHODS[method]())
+    q = default.quantizers["0.weight"]
+    assert str(q.granularity) == "axis:0" and q.export_quantized().scale.numel() == 4  # Conv2d(2, 4, 3)
+    per_tensor = learnq.prepare(cnn(), QAT_METHODS[method](granularity=tensor_option))
+    assert per_tensor.quantizers["0.weight"].export_quantized().scale.numel() == 1

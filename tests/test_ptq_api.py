@@ -19,6 +19,7 @@ from learnq.pipeline.data import load_dataset
 from learnq.pipeline.train import evaluate
 from learnq.ptq import PTQ_METHODS, quantize, register_ptq_method
 from learnq.ptq.weight_quant import PTQWeight, attach_weight_quantizers
+from learnq.quantized import quantized_parameters
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +221,27 @@ def test_embeddings_reported_or_quantized_when_selected() -> None:
     chosen = quantize(model, ids, wbits=4, abits=8, selection=Selection(types=("linear", "embedding")))
     assert chosen.skipped == [] and parametrize.is_parametrized(chosen.model.emb)
     assert set(input_quantizers(chosen.model)) == {"fc"}  # integer ids are never fake-quantized
+
+
+@pytest.mark.parametrize("method", ["minmax", "mse"])
+def test_nan_or_inf_weight_raises_model_error_naming_the_parameter(method):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    with torch.no_grad():
+        model[2].weight[0, 0] = float("inf")
+    with pytest.raises(ModelError, match=r"parameter '2\.weight' has 1 NaN or Inf value\(s\) of 24"):
+        quantize(model, torch.randn(16, 4), method=method, wbits=4, abits=8, progress=False)
+    bn = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU()).eval()
+    bn[1].running_var[1] = float("nan")  # shows up in the folded weight
+    with pytest.raises(ModelError, match=r"parameter '0\.weight' has 9 NaN"):
+        quantize(bn, torch.randn(4, 1, 5, 5), method=method, wbits=4, abits=8, progress=False)
+
+
+def test_weights_are_quantized_per_channel_by_default(trained):
+    model, splits = trained
+    default = quantize(model, splits.calib, wbits=4, abits=8, progress=False)
+    tensor = quantize(model, splits.calib, wbits=4, abits=8, granularity="tensor", progress=False)
+    grids = {name: str(qt.granularity) for name, qt in quantized_parameters(default.model)}
+    assert grids == {"0.weight": "axis:0", "5.weight": "axis:0", "7.weight": "axis:0"}
+    assert {str(qt.granularity) for _, qt in quantized_parameters(tensor.model)} == {"tensor"}
+    assert [qt.scale.numel() for _, qt in quantized_parameters(default.model)] == [8, 32, 10]

@@ -147,3 +147,18 @@ def test_parse_options() -> None:
                                                                            "x": [1, 2]}
     with pytest.raises(ConfigError):
         parse_options(["=3"])
+
+
+def test_weights_are_per_channel_by_default_per_tensor_on_request(model_file, tmp_path, capsys) -> None:
+    path, _, _ = model_file
+    grids = {}
+    for extra in ([], ["--granularity", "tensor"]):
+        out = tmp_path / f"w4a8{len(extra)}.safetensors"
+        code, _, _ = _run(capsys, "quantize", str(path), "--wbits", "4", "--abits", "8", "--calib", "32", "--out",
+                          str(out), "--quiet", *extra)
+        assert code == 0
+        mf = learnq.load(out)
+        grids[tuple(extra)] = ({str(v.granularity) for v in mf.entries.values() if hasattr(v, "granularity")},
+                               mf.metadata["ptq"]["granularity"])
+    assert grids[()] == ({"axis:0"}, "channel")
+    assert grids[("--granularity", "tensor")] == ({"tensor"}, "tensor")

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from learnq.errors import ConfigError, QuantizationError
+from learnq.errors import ConfigError
 from learnq.granularity import Granularity
 from learnq.quantizers import Nested, NestedQuantizer
 from learnq.quantizers.nested import REFERENCE_SCALE
@@ -103,11 +103,58 @@ def test_export_codes_bits_and_eval_equality():
     assert q.true_size_bits(w.detach()) == 6 * 4 + 32
 
 
-def test_export_refuses_more_than_16_bits():
+def test_scale_lower_bound_keeps_codes_within_max_bits():
+    # max_bits = 4: s >= max|P| / 7; the tiny init_scale is raised to 0.875 / 7 = 0.125
+    w = torch.nn.Parameter(torch.tensor([0.875, -0.875, 0.125]))
+    q = NestedQuantizer(w.detach(), Granularity("tensor"), init_scale=1e-6, min_scale=1e-9, max_bits=4)
+    assert q.scale.item() == 0.125
+    qt = q.export_quantized(w.detach())
+    assert qt.codes.tolist() == [7, -7, 1] and qt.bits == 4
+    with torch.no_grad():  # the weights grow after the last training forward (an optimizer step): 1.75 / 7 = 0.25
+        w[0] = 1.75
+    qt = q.eval().export_quantized(w.detach())
+    assert qt.scale.tolist() == [0.25] and qt.codes.tolist() == [7, -4, 0]  # floor(-3.5) = -4 = -2^3
+    assert qt.bits == 4 and torch.equal(q(w), qt.dequantize())
+    q.train()
+    q(w)
+    assert q.scale.item() == 0.25  # the training forward projects the stored scale onto the bound
+
+
+def test_reference_init_on_large_weights_is_raised_to_16_bits():
     w = torch.tensor([50.0, -50.0])
-    q = NestedQuantizer(w, Granularity("tensor"), init_scale=REFERENCE_SCALE)
-    with pytest.raises(QuantizationError, match="16"):
-        q.export_quantized(w)
+    q = NestedQuantizer(w, Granularity("tensor"), init_scale=REFERENCE_SCALE)  # codes ±4.2e6 without the bound
+    assert q.scale.item() == pytest.approx(50.0 / 32767, rel=1e-6)
+    assert q.export_quantized(w).bits == 16
+
+
+def test_at_the_bound_the_scale_gets_the_thesis_gradient_of_the_projected_scale():
+    # P scaled to max|P| = 0.875: with max_bits = 4 the bound is 0.125, the scale of the hand computation above
+    p_ref = (torch.tensor(P) * 0.875).requires_grad_()
+    ref = NestedQuantizer(p_ref.detach(), Granularity("tensor"), threshold=LAM, init_scale=0.125, eps=EPS)
+    (ref(p_ref) * torch.tensor(G)).sum().backward()
+    p = (torch.tensor(P) * 0.875).requires_grad_()
+    q = NestedQuantizer(p.detach(), Granularity("tensor"), threshold=LAM, init_scale=1e-3, eps=EPS, max_bits=4)
+    with torch.no_grad():
+        q.scale.fill_(0.01)  # below the bound, e.g. after an optimizer step
+    y = q(p)
+    (y * torch.tensor(G)).sum().backward()
+    assert q.scale.item() == 0.125
+    assert torch.equal(y, ref(p_ref.detach())) and torch.equal(p.grad, p_ref.grad)
+    assert torch.equal(q.scale.grad, ref.scale.grad) and q.scale.grad.item() < 0
+
+
+@pytest.mark.parametrize("max_bits", [2, 3, 8, 15, 16])
+def test_codes_fit_max_bits_for_any_weights_and_scale(max_bits):
+    gen = torch.Generator().manual_seed(max_bits)
+    lo, hi = -(2 ** (max_bits - 1)), 2 ** (max_bits - 1) - 1
+    for magnitude in (1e-30, 1e-6, 1.0, 3.0e5, 1e30):
+        w = torch.randn(6, 33, generator=gen) * magnitude
+        w[0, 0] = -w.abs().max()  # a negative extreme: floor reaches the extra negative code
+        for gran in ("tensor", "axis:0", "axis:1"):
+            q = NestedQuantizer(w, Granularity.parse(gran), init_scale=1e-30, min_scale=1e-38, max_bits=max_bits)
+            codes = q.export_quantized(w).codes
+            assert lo <= int(codes.min()) and int(codes.max()) <= hi, (magnitude, gran)
+            assert q.bits(w) <= max_bits
 
 
 def test_config_validation_and_bits_override():
@@ -117,6 +164,10 @@ def test_config_validation_and_bits_override():
         Nested(threshold=-1.0)
     with pytest.raises(ConfigError, match="Nested.min_scale"):
         Nested(min_scale=0.0)
+    for bad in (1, 17, 8.0):
+        with pytest.raises(ConfigError, match="Nested.max_bits"):
+            Nested(max_bits=bad)
+    assert Nested().max_bits == 16 and Nested(max_bits=8).build("w", torch.ones(2, 2), None).max_bits == 8
     with pytest.raises(ConfigError, match="Nested.gamma_bins"):
         Nested(gamma_bins=float("nan"))
     assert Nested().default_selection().biases is True

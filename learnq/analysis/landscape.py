@@ -101,11 +101,12 @@ def method_points(float_model: nn.Module, calib_data: object, names: Sequence[st
 
     methods: method names, or ``(label, options)`` pairs with ``options`` passed to ``learnq.ptq.quantize`` (e.g.
     ``("L3", {"method": "lp", "p": 3.0})``). ``quantize_options`` (wbits, abits, seed...) apply to every run; use the
-    same ones as for the model the landscape is computed on.
+    same ones as for the model the landscape is computed on. The weights are quantized per tensor unless
+    ``granularity`` is given (the landscape has one step per quantizer, as in LAPQ's figures).
     """
     from learnq.ptq.api import quantize
 
-    quantize_options = {"progress": False, **quantize_options}
+    quantize_options = {"progress": False, "granularity": "tensor", **quantize_options}
     points: dict[str, tuple[float, ...]] = {}
     for entry in methods:
         label, opts = (entry, {"method": entry}) if isinstance(entry, str) else (entry[0], dict(entry[1]))

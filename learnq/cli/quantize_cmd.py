@@ -42,8 +42,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--abits", type=int, default=8, help=f"activation {BITS_HELP} (default 8)")
     parser.add_argument("--calib", type=int, default=512,
                         help="calibration samples drawn from the training split (default 512)")
-    parser.add_argument("--granularity", default="tensor",
-                        help="weight granularity: tensor (default), channel, column, axis:K, group:G")
+    parser.add_argument("--granularity", default="channel",
+                        help="weight granularity: channel (default, one step per output channel), tensor, column, "
+                             "axis:K, group:G")
     parser.add_argument("--bias-correction", action="store_true",
                         help="per-channel bias correction of the quantized weights (Banner et al.)")
     parser.add_argument("--skip-first-last", choices=("yes", "no"), default=None,

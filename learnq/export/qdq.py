@@ -178,11 +178,8 @@ def plan_activation(module: nn.Module, name: str) -> ActivationPlan:
             mask = (scale > 0).float()
             scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     elif isinstance(module, PACT):
-        alpha = module.clip.detach().float().cpu()
-        if float(alpha) <= 0:
-            raise QuantizationError(f"PACT quantizer {name!r} has clip α = {float(alpha):.4g} <= 0: it maps every "
-                                    "input to α; retrain it or set a positive clip before exporting")
-        scale = alpha.clamp(min=torch.finfo(torch.float32).tiny) / (2**module.bits - 1)
+        alpha = module.effective_clip().detach().float().cpu()  # max(α, MIN_CLIP), as the forward
+        scale = alpha / (2**module.bits - 1)
         offset, qmin, qmax, source = torch.zeros(()), 0, 2**module.bits - 1, "PACT"
     elif isinstance(module, ObserverFakeQuant):
         if not bool(module.observed):

@@ -60,14 +60,15 @@ DEFAULT_GRANULARITY = "channel"  # the recipe sections' default (VariantSection 
 
 METHOD_OPTIONS: dict[str, dict[str, Any]] = {
     "diffq": {"group_size": 8, "b_min": 2, "b_max": 15, "init_bits": 8.0, "noise": "gaussian", "penalty": 1e-3},
-    "nested": {"threshold": 1e-10, "init_scale": None, "init_bits": 8, "min_scale": REFERENCE_SCALE,
+    "nested": {"threshold": 1e-10, "init_scale": None, "init_bits": 8, "min_scale": REFERENCE_SCALE, "max_bits": 16,
                "biases": True, "gamma_inverse": 0.0, "gamma_bins": 0.0, "gamma_deviation": 0.0},
     "ste": {"scheme": "affine"},
     "lsq": {},
 }
 """Each method's own option keys and defaults (the fields of its config: learnq.DiffQ, Nested, STE, LSQ). One default
-differs from the Python config's: the nested layer starts its scales at 8 bits (``init_bits = 8``, not 16), because
-weights that grow while training would otherwise need codes wider than 16 bits and could not be exported."""
+differs from the Python config's: the nested layer starts its scales at 8 bits (``init_bits = 8``, not 16). It was
+chosen when weights that grew while training could need codes wider than 16 bits; since the layer keeps its codes
+within ``max_bits`` (16) that no longer happens, and 8 stays the recipes' (coarser, smaller) starting point."""
 
 QUANT_OPTIONS: dict[str, Any] = {"quant_lr": None}
 FINETUNE_OPTIONS: dict[str, Any] = {"epochs": 3, "lr": 1e-3, "batch_size": 64, "optimizer": "adam",

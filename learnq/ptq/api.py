@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from learnq.act_quant import ActQuantizer, attach_input_quantizers, calibrate, calibration_batches
-from learnq.attach import LAYER_TYPES, Selection, select_parameters
+from learnq.attach import LAYER_TYPES, Selection, check_finite, select_parameters
 from learnq.checkpoint import FOLDED_BN_ATTR
 from learnq.errors import ConfigError, ModelError
 from learnq.granularity import Granularity
@@ -239,18 +239,19 @@ def _layer_report(ctx: PTQContext) -> list[dict]:
 
 
 def quantize(model: nn.Module, calibration_data: Any, *, method: str = "minmax", wbits: int = 8, abits: int = 8,
-             granularity: str | Granularity = "tensor", scheme: str = "symmetric", selection: Selection | None = None,
+             granularity: str | Granularity = "channel", scheme: str = "symmetric", selection: Selection | None = None,
              skip_first_last: bool | None = None, bias_correction: bool = False, variance_correction: bool = False,
              act_per_channel: bool = False, fold_bn: bool = True, inplace: bool = False, device: str = "cpu",
              seed: int = 0, progress: bool = True, batch_size: int = 256, **options: Any) -> PTQResult:
     """Post-training quantization of ``model`` with ``calibration_data`` (a tensor of inputs, a Dataset of
     (input, target) pairs or a DataLoader) by ``method`` (``PTQ_METHODS``) at W``wbits``A``abits``.
 
-    granularity / scheme: the weight grid (activations are per tensor unless ``act_per_channel``; unsigned after
-    non-negative inputs, symmetric otherwise). skip_first_last: leave the first and last layers in float (None: the
+    granularity / scheme: the weight grid, one step per output channel by default (``"tensor"``: one per tensor,
+    as some papers' protocols; activations are per tensor unless ``act_per_channel``; unsigned after non-negative
+    inputs, symmetric otherwise). skip_first_last: leave the first and last layers in float (None: the
     method's default; LAPQ's is True). options: the method's own (``PTQ_METHODS[method].options``).
-    Raises DataError for empty calibration data, ModelError for a model without a quantizable layer, ConfigError
-    for an unknown method or option.
+    Raises DataError for empty calibration data, ModelError for a model without a quantizable layer or with NaN/Inf
+    values in a weight it quantizes (naming it), ConfigError for an unknown method or option.
     """
     start = time.perf_counter()
     info = get_ptq_method(method)
@@ -282,7 +283,11 @@ def quantize(model: nn.Module, calibration_data: Any, *, method: str = "minmax",
     skipped = unquantizable(work)
     skip = info.skip_first_last if skip_first_last is None else bool(skip_first_last)
     sel = _selection(work, selection, skip, skipped)
-    if not select_parameters(work, sel, require=False):
+    selected = select_parameters(work, sel, require=False)
+    for name in selected:  # after BatchNorm folding: a NaN running variance shows up in the folded weight
+        module_name, _, attr = name.rpartition(".")
+        check_finite(name, getattr(work.get_submodule(module_name), attr), "learnq.ptq.quantize")
+    if not selected:
         what = "after leaving out the first and last layers " if skip else ""
         left = [n or "<model>" for n, _, _, _ in skipped] or "none"
         raise ModelError(f"{type(model).__name__} has no conv or linear layer that learnq can quantize {what}"

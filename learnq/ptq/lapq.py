@@ -1,7 +1,8 @@
 """LAPQ: loss-aware post-training quantization (Nahshan et al., seeds/001, §4 and Algorithm 1; METHODS.md §2).
 
-All selected conv/linear weights and their input activations are quantized, one clipping value α per tensor (per
-channel optionally); the first and last layers stay in float by default (§5.1). Three steps:
+All selected conv/linear weights and their input activations are quantized, one clipping value α per tensor (the
+paper's protocol: ``granularity="tensor"``) or per output channel of a weight (learnq's default grid; Powell then
+searches one α per channel); the first and last layers stay in float by default (§5.1). Three steps:
 
 1. *Layer-wise* (§4.1, Eq. 12): for each p in ``linspace(p_min, p_max, p_count)`` (2..4, 10 values), every tensor
    gets ``α_p = argmin_α mean(|Q_α(x) - x|^p)`` (:func:`learnq.ptq.clipping.clip_lp`; weights: the float weight,

@@ -163,7 +163,7 @@ def _spec(spec_or_bits: GridSpec | int) -> GridSpec:
         return spec_or_bits
     if isinstance(spec_or_bits, bool) or not isinstance(spec_or_bits, int):
         raise ConfigError(f"spec_or_bits must be a GridSpec or a bit-width, got {spec_or_bits!r}")
-    return GridSpec(bits=spec_or_bits)
+    return GridSpec(bits=spec_or_bits, granularity=CHANNEL)  # the default weight grid: per output channel
 
 
 def ptq_weight_of(module: nn.Module, param: str = "weight") -> PTQWeight | None:
@@ -179,6 +179,8 @@ def attach_weight_quantizers(model: nn.Module, spec_or_bits: GridSpec | int, *, 
                              bias_correction: bool = False, variance_correction: bool = False,
                              method: str | None = None, **clip_options: object) -> dict[str, PTQWeight]:
     """Attach a :class:`PTQWeight` to every selected weight of ``model`` (in place); returns ``{name: PTQWeight}``.
+
+    spec_or_bits: the weight grid, or a bit-width for the default grid (symmetric, one step per output channel).
 
     clip: a clipping method of ``learnq.ptq.clipping.CLIP_METHODS`` (with ``clip_options``) or ``fn(w, spec) -> α``.
     bits_rule: per-name bits (``BitsRule``); a parameter given 32 bits is left in float and not returned.

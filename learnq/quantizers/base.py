@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from learnq.attach import Selection
-from learnq.errors import ConfigError
+from learnq.errors import ConfigError, QuantizationError
 from learnq.granularity import Granularity
 from learnq.grid import QuantizedTensor, QuantParams, dequantize
 
@@ -224,10 +224,19 @@ class WeightQuantizer(nn.Module):
         """The quantized tensor; ``qt.dequantize()`` equals the eval-mode forward bit for bit."""
         x = self._input(x)
         with torch.no_grad():
+            if not bool(torch.isfinite(x).all()):
+                raise self.diverged(f"has {int((~torch.isfinite(x)).sum())} NaN or Inf value(s)")
             codes, scale, offset, gran = self._grid(x.detach())
+            if not bool(torch.isfinite(scale).all()):
+                raise self.diverged("has a step that is NaN or Inf")
             meta = self._export_meta(x, codes)
         return QuantizedTensor(codes=codes, scale=scale, offset=offset, granularity=gran, method=self.method,
                                dtype=x.dtype, **meta)
+
+    def diverged(self, what: str) -> QuantizationError:
+        """The error for a state no model file can hold (NaN or Inf weights, steps, bits): ``what`` is wrong."""
+        return QuantizationError(f"{self.method}-quantized parameter {self.name or '(unnamed)'} {what}: the training "
+                                 "diverged (lower the learning rate, clip the gradients) or the weights were NaN/Inf")
 
     def used_in_last_forward(self) -> bool:
         """True when the training forward ran during the root model's latest forward (always True if unprepared)."""

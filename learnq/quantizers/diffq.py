@@ -205,6 +205,8 @@ class DiffQQuantizer(WeightQuantizer):
         w = x.float()
         lo, hi = torch.aminmax(w)
         b = self.rounded_bits()
+        if not bool(torch.isfinite(b).all()):
+            raise self.diverged("has bits logits that are NaN")
         params = range_group_params(lo, hi, b)  # the model file's loader computes the steps with this same function
         gran = self.granularity
         codes = torch.round((w - lo) / gran.expand(params.scale, x.shape)).clamp_(min=0)

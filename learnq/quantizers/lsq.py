@@ -70,12 +70,13 @@ class LSQQuantizer(WeightQuantizer):
 
 @dataclass(frozen=True)
 class LSQ(QATConfig):
-    """LSQ (Esser et al. 2020): learned step per tensor (or output channel), signed ``bits``-bit grid (bits >= 2)."""
+    """LSQ (Esser et al. 2020): learned step per output channel (default) or per tensor (``granularity="tensor"``,
+    the paper's), signed ``bits``-bit grid (bits >= 2)."""
 
     method = "lsq"
     description = "LSQ: learned step size per tensor or channel, gradient scale 1/sqrt(N·Q_p) (Esser et al. 2020)"
     bits: int = 4
-    granularity: str = "tensor"
+    granularity: str = "channel"
 
     def validate(self) -> None:
         check_int("LSQ", "bits", self.bits, 2, 16)

@@ -99,13 +99,13 @@ class STEQuantizer(WeightQuantizer):
 
 @dataclass(frozen=True)
 class STE(QATConfig):
-    """STE fake-quant QAT (DiffQ's QAT baseline): ``bits`` fixed, min-max range per tensor (or per output channel
-    with ``granularity="channel"``), ``scheme="affine"`` (Eq. 1) or ``"symmetric"``."""
+    """STE fake-quant QAT (DiffQ's QAT baseline): ``bits`` fixed, min-max range per output channel (default) or per
+    tensor (``granularity="tensor"``, DiffQ's layer-wise baseline), ``scheme="affine"`` (Eq. 1) or ``"symmetric"``."""
 
     method = "ste"
     description = "STE fake-quant QAT, fixed bits, min-max range per tensor or channel (DiffQ's QAT baseline)"
     bits: int = 8
-    granularity: str = "tensor"
+    granularity: str = "channel"
     scheme: str = "affine"
 
     def validate(self) -> None:
