@@ -51,9 +51,28 @@ from torch.nn.utils import parametrize
 from learnq.act_quant import ACTIVATIONS_KEY, activation_state, input_quantizers, restore_activation_state
 from learnq.activations import WRAPPERS_KEY, restore_wrappers, wrapped_activations, wrapper_state
 from learnq.errors import CheckpointError, ConfigError, LearnqError
-from learnq.file_layout import Entry, Slice, crc32, damaged, decode_record, dtype_name, encode, locate, place_records
+from learnq.file_layout import (
+    Entry,
+    Slice,
+    crc32,
+    damaged,
+    decode_record,
+    dtype_name,
+    encode,
+    locate,
+    place_records,
+    same_entry,
+)
 from learnq.grid import QuantizedTensor
-from learnq.quantized import attach_quantized, get_module, plain_state, quantized_parameters, split_name
+from learnq.quantized import (
+    attach_quantized,
+    get_module,
+    holders,
+    plain_state,
+    quantized_parameters,
+    split_name,
+    tied_groups,
+)
 
 if TYPE_CHECKING:
     from learnq.size import SizeReport
@@ -298,7 +317,9 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, strict: boo
     Quantized tensors are attached as frozen :class:`learnq.quantized.QuantizedWeight` parametrizations, so the
     model computes with bit-identical dequantized weights; float tensors replace the model's (in the file's dtype).
     A float tensor whose model parameter carries a parametrization replaces it (the parametrization is removed).
-    ``strict`` refuses missing or unexpected tensors; the model is moved to ``device``.
+    ``strict`` refuses missing or unexpected tensors; the model is moved to ``device``. A tied parameter of
+    ``model`` (one Parameter held by several modules) must have identical entries under all its names in the file;
+    a quantized one gets one QuantizedWeight on every holder.
     """
     mf = read(path, device)
     if model is None:
@@ -332,15 +353,23 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, strict: boo
     if wrong:
         raise CheckpointError(f"{mf.path!r} does not fit the model: {'; '.join(wrong)}")
     model.to(device)
-    for name in names:
+    for group in tied_groups(model, names):  # a tied parameter: one value for every holder, set once
+        name = group[0]
+        split = [other for other in group[1:] if not same_entry(mf.entries[name], mf.entries[other])]
+        if split:
+            raise CheckpointError(
+                f"{mf.path!r}: {name!r} and {split[0]!r} are one tied parameter of the model, but the file holds "
+                "different values for them (a tied weight split in two, e.g. by PTQ of a learnq that quantized "
+                "only one of its holders); load it into a model where they are separate Parameters, or quantize "
+                "the model again and save it")
         value = mf.entries[name]
         if isinstance(value, QuantizedTensor):
-            attach_quantized(model, name, value)
+            attach_quantized(model, name, value)  # on every holder
             continue
+        for _, hmod, hattr in holders(model, name):
+            if parametrize.is_parametrized(hmod, hattr):
+                parametrize.remove_parametrizations(hmod, hattr, leave_parametrized=False)
         module_name, param = split_name(name)
-        module = get_module(model, module_name)
-        if parametrize.is_parametrized(module, param):
-            parametrize.remove_parametrizations(module, param, leave_parametrized=False)
         with torch.no_grad():
-            getattr(module, param).data = value.clone()
+            getattr(get_module(model, module_name), param).data = value.clone()
     return model
