@@ -15,7 +15,8 @@ No paper. A run directory holds:
   file_bytes, ratio, abits}``, where accuracy is that of the model *reloaded from its file* on the test split and
   ratio is the model's float32 bytes over the file's bytes (methods that learn their widths report the stored code
   bits per quantized value as ``bits``); ``bits`` are the weights' bits and ``abits`` the activations' (32: float);
-* ``report.md``, ``training.png``, ``accuracy_vs_size.png`` (``run``; see learnq.pipeline.report).
+* ``report.md``, ``training.png``, ``accuracy_vs_size.png`` (``run``; see learnq.pipeline.report);
+* ``.learnq.lock`` while a run writes the directory (:mod:`learnq.pipeline.run_lock`): a second writer is refused.
 
 Training-time sections of the recipe (:func:`prepare_training`): ``[satnl]`` reparametrises the conv/linear
 weights before anything else is attached, ``[[regularizers]]`` add loss terms (their own parameters, e.g. DSMM's
@@ -48,6 +49,7 @@ from learnq.pipeline.data import Splits, dataset_from_preprocessing, load_datase
 from learnq.pipeline.models import model_from_spec, model_spec
 from learnq.pipeline.qat import freeze_with_summary, mean_bits
 from learnq.pipeline.recipe import FLOAT_BITS, Recipe, VariantSection
+from learnq.pipeline.run_lock import claim_run_dir
 from learnq.pipeline.train import evaluate, is_main_process, set_seed, train
 from learnq.pipeline.variants import apply_variant, get_qat, get_variant
 
@@ -220,8 +222,16 @@ def _device(recipe: Recipe) -> str:
 
 def train_recipe(recipe: Recipe, out: str | os.PathLike, *, resume: bool = False,
                  progress: bool = False) -> TrainedRun:
-    """Load the data, build and train the model, write ``recipe.json``, ``model.safetensors`` and ``metrics.json``."""
+    """Load the data, build and train the model, write ``recipe.json``, ``model.safetensors`` and ``metrics.json``.
+
+    The run directory is claimed first (:func:`learnq.pipeline.run_lock.claim_run_dir`): ``BusyError`` naming the
+    holder if another learnq process is writing it."""
     out_dir = prepare_out(out)
+    with claim_run_dir(out_dir):
+        return _train_recipe(recipe, out_dir, resume=resume, progress=progress)
+
+
+def _train_recipe(recipe: Recipe, out_dir: Path, *, resume: bool, progress: bool) -> TrainedRun:
     device = _device(recipe)
     splits = load_splits(recipe, progress=progress)
     spec = model_spec(recipe.model.name, splits.input_shape, splits.num_classes, **recipe.model.args)
@@ -327,7 +337,15 @@ def _file_row(trained: TrainedRun, method: str, bits: float, label: str, name: s
 
 def run_recipe(recipe: Recipe, out: str | os.PathLike, *, resume: bool = False, progress: bool = False,
                report: bool = True) -> RunResult:
-    """``learnq run``: train, then every variant (quantize, save, reload, evaluate), metrics.json and the report."""
+    """``learnq run``: train, then every variant (quantize, save, reload, evaluate), metrics.json and the report.
+
+    The run directory is claimed for the whole run (``BusyError`` naming the holder if another process writes it)."""
+    out_dir = prepare_out(out)
+    with claim_run_dir(out_dir):
+        return _run_recipe(recipe, out_dir, resume=resume, progress=progress, report=report)
+
+
+def _run_recipe(recipe: Recipe, out: Path, *, resume: bool, progress: bool, report: bool) -> RunResult:
     trained = train_recipe(recipe, out, resume=resume, progress=progress)
     if not trained.is_main:
         return RunResult(out=trained.out, rows=[], test=trained.test, history=trained.history, is_main=False)
