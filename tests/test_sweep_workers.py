@@ -6,6 +6,7 @@ otherwise."""
 from __future__ import annotations
 
 import functools
+import os
 import sqlite3
 
 import pytest
@@ -100,3 +101,54 @@ def test_open_study_does_not_retry_other_database_errors(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="password authentication failed"):
         open_study(sweep_of(), default_storage(tmp_path), "x")
     assert len(calls) == 1
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def postgres():
+    """A throw-away PostgreSQL server on 127.0.0.1 (and a Unix socket in its data directory), trust auth for the
+    role ``learnq``; yields a function making a fresh database and returning its URL. Skipped with the reason when
+    the binaries, the driver or a non-root user to run the server are missing; ``LEARNQ_TEST_POSTGRES=require``
+    (``make test-postgres``) turns a skip into a failure."""
+    from pg_util import PostgresUnavailable, start_postgres
+
+    try:
+        server = start_postgres()
+    except PostgresUnavailable as why:
+        if os.environ.get("LEARNQ_TEST_POSTGRES") == "require":
+            pytest.fail(str(why))
+        pytest.skip(str(why))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_workers_started_together_on_a_new_postgresql_study_all_finish(postgres, tmp_path):
+    # round 0 with the URL docs/sweep.md gives (the psycopg 3 driver named), round 1 with a bare postgresql://,
+    # which SQLAlchemy >= 2.1 also maps to psycopg 3
+    rounds = [(postgres.database("race0", driver="+psycopg"), "race-0", tmp_path / "p0"),
+              (postgres.database("race1", driver=""), "race-1", tmp_path / "p1")]
+    results = race_workers(rounds, trials=TRIALS)
+    check_every_trial_completed_once(results, rounds)
+
+
+def test_a_missing_driver_names_the_postgres_extra_and_the_psycopg_url(tmp_path, monkeypatch):
+    real = optuna.storages.RDBStorage
+
+    class NoDriver(real):
+        @functools.wraps(real.__init__)
+        def __init__(self, url, *args, **kwargs):
+            try:
+                raise ModuleNotFoundError("No module named 'psycopg'")
+            except ImportError as exc:  # what optuna raises when SQLAlchemy cannot import the URL's driver
+                raise ImportError("Failed to import DB access module for the specified storage URL.") from exc
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", NoDriver)
+    from learnq.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        open_study(sweep_of(), "postgresql://learnq:secret@dbhost/sweeps", "x")
+    text = str(info.value)
+    assert "pip install 'learnq[postgres]'" in text and "postgresql+psycopg://" in text
+    assert "No module named 'psycopg'" in text and "psycopg2" not in text and "secret" not in text

@@ -136,6 +136,16 @@ def _connect(storage: str, study_name: str, section: SweepSection) -> Any:
                                directions=["maximize", "minimize"])
 
 
+def _storage_error(storage: str, exc: BaseException) -> str:
+    where = f"--storage {hide_password(storage)}: cannot open the study"
+    if isinstance(exc, ImportError):  # optuna: "Failed to import DB access module", the driver's error as cause
+        cause = exc.__cause__ or exc
+        return (f"{where}: its database driver is missing ({cause}); for PostgreSQL pip install "
+                "'learnq[postgres]' (the psycopg 3 driver) and give postgresql+psycopg://user:pw@host/db")
+    return (f"{where}: {exc} (a database URL such as sqlite:///path/study.db or "
+            "postgresql+psycopg://user:pw@host/db; PostgreSQL needs pip install 'learnq[postgres]')")
+
+
 def open_study(sweep: SweepRecipe, storage: str, study_name: str) -> Any:
     """Create or load (``load_if_exists``) the study, with heartbeats so that other workers can retry a killed
     worker's trial. ``ConfigError`` if the storage cannot be opened or the study was made by another recipe.
@@ -154,9 +164,7 @@ def open_study(sweep: SweepRecipe, storage: str, study_name: str) -> Any:
                 if lost_race(exc) and attempt + 1 < RACE_ATTEMPTS:
                     time.sleep(0.05 + 0.1 * attempt * jitter.random())
                     continue
-                raise ConfigError(f"--storage {hide_password(storage)}: cannot open the study: {exc} (a database "
-                                  "URL such as sqlite:///path/study.db or postgresql://user:pw@host/db; PostgreSQL "
-                                  "needs pip install 'learnq[postgres]')") from exc
+                raise ConfigError(_storage_error(storage, exc)) from exc
     directions = [d.name.lower() for d in study.directions]
     if directions != ["maximize", "minimize"]:
         raise ConfigError(f"--study {study_name}: the study in the storage optimises {directions}, not learnq's "
