@@ -23,7 +23,8 @@ dict without its defaults: ``bits``, ``method`` ("minmax"), ``scheme`` ("symmetr
 the range is stored instead of steps and offsets), ``widths`` (none; ``[smallest, bits]`` of the per-group widths)
 and ``extra`` ({}). Slice offsets are not stored: they follow from the records, which must tile every blob exactly.
 
-Loading parses the header itself (safetensors' reader is not used), checks the version, the extent of every blob
+Loading parses the header itself (safetensors' reader is not used; every JSON text is bounded in size and, before it
+is parsed, in nesting depth, ``MAX_JSON_DEPTH``), checks the version, the extent of every blob
 (a truncated file names the tensors cut off), that the slices tile the blobs, and every tensor's checksum, and
 refuses anything else (a pickle written by ``torch.save``, random bytes, a safetensors file without learnq metadata)
 with :class:`learnq.errors.CheckpointError`. :mod:`learnq.file_layout` holds the per-tensor coding and the slice
@@ -36,6 +37,7 @@ import base64
 import binascii
 import json
 import os
+import re
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -81,6 +83,10 @@ FORMAT = "learnq"
 FORMAT_VERSION = 1
 _MAX_HEADER = 100 * 2**20
 _MAX_JSON = 256 * 2**20
+# Nesting of the JSON a file holds (safetensors header, learnq header, metadata) that save writes and load reads:
+# checked before parsing, since json's parser recurses once per level (a crafted 5 KB file can nest 200,000 deep).
+MAX_JSON_DEPTH = 64
+_JSON_TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
 # A model whose BatchNorm layers were folded before quantization (learnq.ptq.quantize) carries the folded
 # (layer, BatchNorm) pairs in this attribute; save records them under this metadata key and load folds the same
 # pairs of the freshly built model it loads into, so the file's tensors fit it.
@@ -133,6 +139,31 @@ def model_entries(model: nn.Module, quantized: Mapping[str, QuantizedTensor] | N
     return {name: qts.get(name, state[name]) for name in order}
 
 
+def json_too_deep(text: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether the JSON ``text`` nests arrays and objects more than ``limit`` deep (brackets in strings do not
+    count); stops at the first level past the limit, so a crafted file costs no more than its first brackets."""
+    depth = 0
+    for match in _JSON_TOKENS.finditer(text):
+        char = text[match.start()]
+        if char == 0x22:  # a string
+            continue
+        if char in b"[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def _loads(path: str, text: bytes, what: str) -> Any:
+    """``json.loads`` of a file's ``text`` after checking its depth (CheckpointError naming ``what``)."""
+    if json_too_deep(text):
+        raise CheckpointError(f"{path!r}: its {what} nests more than {MAX_JSON_DEPTH} levels deep, which "
+                              "learnq.save never writes; the file was crafted or damaged")
+    return json.loads(text.decode("utf-8"))
+
+
 def _dump(info: dict) -> str:
     return json.dumps(info, separators=(",", ":"), allow_nan=False)
 
@@ -174,6 +205,12 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = N
                     record.append(enc.codes.numel())  # type: ignore[union-attr]
             records.append(record)
         text = _dump({"metadata": user, "grids": [json.loads(g) for g in grids], "tensors": records}).encode()
+        if json_too_deep(text):
+            raise RecursionError
+    except RecursionError as exc:
+        raise ConfigError(f"metadata (or a quantized tensor's extra dict) nests more than {MAX_JSON_DEPTH - 2} "
+                          f"levels deep (the file's JSON: more than {MAX_JSON_DEPTH} levels); load could not read it "
+                          "back: flatten it") from exc
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"metadata (or a quantized tensor's extra dict) is not JSON-serialisable: {exc}") from exc
     header = _dump({"format": FORMAT, "version": FORMAT_VERSION, "crc32": zlib.crc32(text),
@@ -211,7 +248,7 @@ def _inflate(path: str, outer: dict) -> dict:
             raise ValueError("not one complete zlib stream")
         if zlib.crc32(text) != outer["crc32"]:
             raise ValueError("CRC-32 mismatch")
-        info = json.loads(text.decode("utf-8"))
+        info = _loads(path, text, "learnq metadata")
     except (binascii.Error, zlib.error, ValueError) as exc:
         raise damaged(path, f"its learnq metadata ({exc})") from exc
     if not isinstance(info, dict) or not isinstance(info.get("tensors"), list) or \
@@ -228,9 +265,9 @@ def _parse_header(path: str, data: bytes) -> tuple[dict, dict, int]:
     if n < 2 or n > min(len(data) - 8, _MAX_HEADER):
         raise _not_learnq(path, "no safetensors header; a file written by torch.save, a truncated file or random bytes")
     try:
-        header = json.loads(data[8:8 + n].decode("utf-8"))
-        outer = json.loads(header["__metadata__"][FORMAT])
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        header = _loads(path, data[8:8 + n], "safetensors header")
+        outer = _loads(path, header["__metadata__"][FORMAT].encode("utf-8"), "learnq header")
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise _not_learnq(path, "no learnq metadata in its header") from exc
     if not isinstance(outer, dict) or outer.get("format") != FORMAT:
         raise _not_learnq(path, "no learnq metadata in its header")
