@@ -52,6 +52,7 @@ from torch.nn.utils import parametrize
 
 from learnq.act_quant import ACTIVATIONS_KEY, activation_state, input_quantizers, restore_activation_state
 from learnq.activations import WRAPPERS_KEY, restore_wrappers, wrapped_activations, wrapper_state
+from learnq.atomic_file import write_atomic
 from learnq.errors import CheckpointError, ConfigError, LearnqError
 from learnq.file_layout import (
     Entry,
@@ -172,6 +173,10 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = N
          quantized: Mapping[str, QuantizedTensor] | None = None) -> SizeReport:
     """Write ``model`` to ``path`` (quantized parameters bit-packed, everything else as is); return its sizes.
 
+    The file is written whole or not at all (:func:`learnq.atomic_file.write_atomic`: a crash leaves the previous
+    file intact, and the next save into the folder removes what a killed writer left), with the permissions of any
+    new file (0666 less the umask).
+
     ``quantized`` adds (or replaces) quantized tensors for parameters that carry no quantizer. ``metadata`` is any
     JSON-serialisable dict, returned by :func:`read` as ``ModelFile.metadata``.
     """
@@ -217,15 +222,10 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = N
                     "zlib": base64.b64encode(zlib.compress(text, 9)).decode("ascii")})
     blobs = {blob: torch.cat(ts) for blob, ts in parts.items() if sum(t.numel() for t in ts)}
     path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        safetensors.torch.save_file(blobs, tmp, metadata={FORMAT: header})
-        os.replace(tmp, path)
+    try:  # the bytes safetensors' save_file writes, but put in place by learnq (umask, no junk after a crash)
+        write_atomic(path, safetensors.torch.save(blobs, metadata={FORMAT: header}))
     except (OSError, SafetensorError) as exc:
         raise CheckpointError(f"cannot write the model file {path!r}: {exc}") from exc
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return report_for(entries, os.path.getsize(path), encoded=encoded)
 
 

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from learnq.atomic_file import write_atomic
 from learnq.checkpoint import load, read, save
 from learnq.errors import CheckpointError, ConfigError
 from learnq.pipeline import schema
@@ -98,9 +99,7 @@ class RunResult:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(obj, indent=2, default=str) + "\n").encode("utf-8"))
 
 
 def prepare_out(out: str | os.PathLike) -> Path:

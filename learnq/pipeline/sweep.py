@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from learnq.atomic_file import write_atomic
 from learnq.errors import ConfigError, LearnqError
 from learnq.pipeline.pareto import pareto_front
 from learnq.pipeline.recipe import Recipe
@@ -264,9 +265,7 @@ class _Objective:
 
 def _write_json(path: Path, obj: Any) -> None:
     """Write whole or not at all: a worker reading ``sweep.json`` while another writes it sees all of it or none."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(obj, indent=2, default=str) + "\n").encode("utf-8"))
 
 
 def _claim_out(out: Path, study_name: str, storage: str) -> None:
