@@ -74,6 +74,7 @@ class TrainedRun:
     is_main: bool = True
     regularizers: dict[str, nn.Module] = field(default_factory=dict)  # the recipe's regularizers, trained
     training: dict = field(default_factory=dict)  # training_summary(): what metrics.json records as "training"
+    resumed_from_epoch: int | None = None  # --resume: the epochs the checkpoint had done
 
 
 @dataclass
@@ -96,6 +97,7 @@ class RunResult:
     details: list[dict] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
     is_main: bool = True
+    resumed_from_epoch: int | None = None  # --resume: the epochs the checkpoint had done
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -251,7 +253,8 @@ def _train_recipe(recipe: Recipe, out_dir: Path, *, resume: bool, progress: bool
     main = is_main_process()
     test = evaluate(model, splits.test, device=next(model.parameters()).device, batch_size=EVAL_BATCH)
     trained = TrainedRun(recipe=recipe, out=out_dir, model=model, splits=splits, spec=spec, history=result.history,
-                         test=test, is_main=main, regularizers=parts.regularizers, training=summary)
+                         test=test, is_main=main, regularizers=parts.regularizers, training=summary,
+                         resumed_from_epoch=result.resumed_from_epoch)
     if main:
         _write_json(out_dir / "recipe.json", recipe.to_dict())
         file_metrics: dict[str, Any] = {"test": test, "epochs": len(result.history)}
@@ -367,7 +370,7 @@ def _run_recipe(recipe: Recipe, out: Path, *, resume: bool, progress: bool, repo
         files += write_report(trained.out, recipe=recipe, history=trained.history, rows=rows, test=trained.test,
                               plots=recipe.report.plots)
     return RunResult(out=trained.out, rows=rows, test=trained.test, history=trained.history, details=details,
-                     files=files)
+                     files=files, resumed_from_epoch=trained.resumed_from_epoch)
 
 
 def resolve_model_file(path: str | os.PathLike) -> Path:
