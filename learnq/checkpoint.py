@@ -37,7 +37,6 @@ import base64
 import binascii
 import json
 import os
-import re
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -53,6 +52,7 @@ from torch.nn.utils import parametrize
 from learnq.act_quant import ACTIVATIONS_KEY, activation_state, input_quantizers, restore_activation_state
 from learnq.activations import WRAPPERS_KEY, restore_wrappers, wrapped_activations, wrapper_state
 from learnq.atomic_file import write_atomic
+from learnq.bounded_json import MAX_JSON_DEPTH, json_too_deep
 from learnq.errors import CheckpointError, ConfigError, LearnqError
 from learnq.file_layout import (
     Entry,
@@ -84,10 +84,6 @@ FORMAT = "learnq"
 FORMAT_VERSION = 1
 _MAX_HEADER = 100 * 2**20
 _MAX_JSON = 256 * 2**20
-# Nesting of the JSON a file holds (safetensors header, learnq header, metadata) that save writes and load reads:
-# checked before parsing, since json's parser recurses once per level (a crafted 5 KB file can nest 200,000 deep).
-MAX_JSON_DEPTH = 64
-_JSON_TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
 # A model whose BatchNorm layers were folded before quantization (learnq.ptq.quantize) carries the folded
 # (layer, BatchNorm) pairs in this attribute; save records them under this metadata key and load folds the same
 # pairs of the freshly built model it loads into, so the file's tensors fit it.
@@ -138,23 +134,6 @@ def model_entries(model: nn.Module, quantized: Mapping[str, QuantizedTensor] | N
             order.append(name)
     order += [k for k in state if k not in order]
     return {name: qts.get(name, state[name]) for name in order}
-
-
-def json_too_deep(text: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
-    """Whether the JSON ``text`` nests arrays and objects more than ``limit`` deep (brackets in strings do not
-    count); stops at the first level past the limit, so a crafted file costs no more than its first brackets."""
-    depth = 0
-    for match in _JSON_TOKENS.finditer(text):
-        char = text[match.start()]
-        if char == 0x22:  # a string
-            continue
-        if char in b"[{":
-            depth += 1
-            if depth > limit:
-                return True
-        else:
-            depth -= 1
-    return False
 
 
 def _loads(path: str, text: bytes, what: str) -> Any:
