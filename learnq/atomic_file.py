@@ -1,7 +1,8 @@
 """Files written whole or not at all, with the permissions any file a user writes gets, and no junk after a crash.
 
 No paper (DESIGN.md: "a crash never corrupts or leaves junk"). :func:`write_atomic` writes the bytes to a temporary
-file in the target's folder, ``.<name>.learnq-tmp-<host>-<pid>``, created with mode 0666 less the umask (as
+file in the target's folder, ``.<name>.learnq-tmp-<host>-<pid>-<n>`` (``n`` counts this process's writes, so
+threads writing one target at once do not collide), created with mode 0666 less the umask (as
 ``open(path, "w")`` would: a shared ``--out`` stays readable by the group when the umask says so), flushes it to
 disk (``fsync``) and renames it over the target (``os.replace``, atomic on POSIX). A reader sees the old file or the
 new one, never a part. A writer killed at any point (``kill -9``, power loss) leaves the old file as it was and at
@@ -13,6 +14,7 @@ writer's file is never removed; files of any other naming are never touched.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import socket
@@ -22,7 +24,8 @@ from pathlib import Path
 
 STALE_AGE = 24 * 3600  # seconds without a change after which another host's temporary file is taken as abandoned
 _SUFFIX = ".learnq-tmp-"
-_PATTERN = re.compile(r"^\.(?P<name>.+)\.learnq-tmp-(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)$")
+_PATTERN = re.compile(r"^\.(?P<name>.+)\.learnq-tmp-(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-\d+$")
+_COUNT = itertools.count()
 
 
 def _host(host: str | None = None) -> str:
@@ -30,8 +33,8 @@ def _host(host: str | None = None) -> str:
 
 
 def temp_name(name: str, *, host: str | None = None, pid: int | None = None) -> str:
-    """The temporary file name of a write of ``name`` by process ``pid`` on ``host`` (default: this process)."""
-    return f".{name}{_SUFFIX}{_host(host)}-{os.getpid() if pid is None else pid}"
+    """A new temporary file name for a write of ``name`` by process ``pid`` on ``host`` (default: this process)."""
+    return f".{name}{_SUFFIX}{_host(host)}-{os.getpid() if pid is None else pid}-{next(_COUNT)}"
 
 
 def _alive(pid: int) -> bool:
