@@ -6,7 +6,7 @@ EXTRAS ?= plots,data,dev,sweep,onnx
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: demo test test-portable test-slow bench lint clean venv
+.PHONY: demo test test-portable test-slow test-postgres bench lint clean venv
 
 venv: $(STAMP)
 
@@ -38,6 +38,18 @@ test-portable: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# Sweep workers on a real PostgreSQL server (docs/sweep.md): Debian's postgresql is installed when its binaries are
+# missing (apt-get, as root or through sudo -n), the postgres extra (psycopg 3) into .venv; the test starts its own
+# throw-away server on 127.0.0.1, and fails instead of skipping when it cannot.
+test-postgres: $(STAMP)
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else \
+	    echo "make test-postgres: PostgreSQL is not installed and apt-get needs root: apt-get install postgresql" >&2; \
+	    exit 1; fi; \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q postgresql; }
+	$(PY) -m pip install -q -e '.[$(EXTRAS),postgres]'
+	LEARNQ_TEST_POSTGRES=require $(PY) -m pytest -q -rs tests/test_sweep_workers.py -k postgresql_study
 
 # `make bench BENCH_ARGS=--quick`: every benchmark's smoke mode (results under $TMPDIR/learnq-bench-quick).
 # The diffq package (the side-by-side runs) lives in its own venv, .venv-bench: torch pinned first, then diffq

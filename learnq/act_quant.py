@@ -245,10 +245,25 @@ def remove_input_quantizers(model: nn.Module) -> int:
     return removed
 
 
+def _check_finite(x: torch.Tensor, index: int, first: int, what: str) -> None:
+    """DataError naming batch ``index`` (its samples from ``first``) when input ``x`` holds NaN or Inf: a data
+    problem, reported before it reaches the quantizers (which would blame the weights or the ranges)."""
+    if not (x.is_floating_point() or x.is_complex()):
+        return
+    bad = ~torch.isfinite(x).reshape(x.shape[0], -1)
+    if not bool(bad.any()):
+        return
+    rows = bad.any(dim=1).nonzero().reshape(-1)
+    raise DataError(f"{what}: input batch {index} (samples {first}..{first + x.shape[0] - 1}) has "
+                    f"{int(bad.sum())} NaN or Inf value(s), the first in sample {first + int(rows[0])}"
+                    f"{f' ({rows.numel()} samples)' if rows.numel() > 1 else ''}; clean or drop those samples")
+
+
 def calibration_batches(data: object, batch_size: int = 256, *,
                         what: str = "calibration data") -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     """``(inputs, targets or None)`` batches of a data set in order: a tensor of inputs, a Dataset of (input, target)
-    pairs (or of inputs) or a DataLoader. Raises DataError when it yields nothing; ``what`` names the data in errors.
+    pairs (or of inputs) or a DataLoader. Raises DataError when it yields nothing or an input holds NaN or Inf
+    (naming the batch and sample); ``what`` names the data in errors.
     The one place learnq turns "some data" into batches for calibration and analyses."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
@@ -270,7 +285,7 @@ def calibration_batches(data: object, batch_size: int = 256, *,
     else:
         raise DataError(f"{what} must be a tensor of inputs, a Dataset or a DataLoader, got {type(data).__name__}")
     seen = 0
-    for batch in batches:  # type: ignore[attr-defined]
+    for index, batch in enumerate(batches):  # type: ignore[arg-type]
         if isinstance(batch, (list, tuple)):
             x, y = batch[0], (batch[1] if len(batch) > 1 else None)
         else:
@@ -279,6 +294,7 @@ def calibration_batches(data: object, batch_size: int = 256, *,
             raise DataError(f"{what} batches must hold tensors, got {type(x).__name__}")
         if x.shape[0] == 0:
             continue
+        _check_finite(x, index, seen, what)
         seen += x.shape[0]
         yield x, y
     if seen == 0:

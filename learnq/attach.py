@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from learnq.errors import ConfigError, ModelError
+from learnq.quantized import full_name, holders, holders_index
 
 LAYER_TYPES: dict[str, tuple[type[nn.Module], ...]] = {
     "linear": (nn.Linear,),
@@ -104,6 +105,45 @@ def check_finite(name: str, tensor: torch.Tensor, what: str) -> None:
         if not bool(finite.all()):
             raise ModelError(f"parameter {name!r} has {int((~finite).sum())} NaN or Inf value(s) of "
                              f"{tensor.numel()}; {what} needs finite weights: fix the model (or its training) first")
+
+
+def select_weights(model: nn.Module, selection: Selection = Selection(), *,
+                   require: bool = True) -> tuple[list[str], dict[str, str]]:
+    """The selected parameters for a quantizer that serves every holder of a tied parameter (PTQ), and the tied
+    ones left in float.
+
+    Returns (names, float_reasons). ``names``: :func:`select_parameters` with each Parameter once (a tied one under
+    its first selected name; the quantizer attached to it is registered on every module holding it, as
+    :func:`learnq.prepare` does, so the tied modules keep computing with one tensor). A tied parameter one of whose
+    holders the selection leaves in float (a conv/linear layer of the selected types that is not selected: first or
+    last layer, excluded by name, depthwise; or a name an exclude pattern matches) is left out, in float in every
+    holder: ``float_reasons`` maps each of its holders' names to why. A tied parameter is never split.
+    """
+    names = select_parameters(model, selection, require=require)
+    chosen = set(names)
+    kinds = tuple(t for name in selection.types for t in LAYER_TYPES[name])
+    index = holders_index(model)
+    out: list[str] = []
+    reasons: dict[str, str] = {}
+    done: set[str] = set()
+    for name in names:
+        if name in done or name in reasons:
+            continue
+        every = holders(model, name, index)
+        others = [(full_name(m, a), module) for m, module, a in every[1:]]
+        done.update(n for n, _ in others)
+        blocked = [n for n, module in others if n not in chosen and (
+            isinstance(module, kinds) or any(fnmatch.fnmatchcase(n, pat) for pat in selection.exclude))]
+        if blocked:
+            tie = [name] + [n for n, _ in others]
+            for holder in tie:
+                partners = ", ".join(repr(n) for n in tie if n != holder)
+                reasons[holder] = (f"weight tied to {partners}, and the selection leaves "
+                                   f"{', '.join(repr(b) for b in blocked)} in float: kept in float in every holder "
+                                   "(a tied weight is one tensor)")
+            continue
+        out.append(name)
+    return out, reasons
 
 
 def bits_for(name: str, default: int, overrides: Mapping[str, int] | None = None) -> int:

@@ -23,7 +23,8 @@ dict without its defaults: ``bits``, ``method`` ("minmax"), ``scheme`` ("symmetr
 the range is stored instead of steps and offsets), ``widths`` (none; ``[smallest, bits]`` of the per-group widths)
 and ``extra`` ({}). Slice offsets are not stored: they follow from the records, which must tile every blob exactly.
 
-Loading parses the header itself (safetensors' reader is not used), checks the version, the extent of every blob
+Loading parses the header itself (safetensors' reader is not used; every JSON text is bounded in size and, before it
+is parsed, in nesting depth, ``MAX_JSON_DEPTH``), checks the version, the extent of every blob
 (a truncated file names the tensors cut off), that the slices tile the blobs, and every tensor's checksum, and
 refuses anything else (a pickle written by ``torch.save``, random bytes, a safetensors file without learnq metadata)
 with :class:`learnq.errors.CheckpointError`. :mod:`learnq.file_layout` holds the per-tensor coding and the slice
@@ -50,10 +51,31 @@ from torch.nn.utils import parametrize
 
 from learnq.act_quant import ACTIVATIONS_KEY, activation_state, input_quantizers, restore_activation_state
 from learnq.activations import WRAPPERS_KEY, restore_wrappers, wrapped_activations, wrapper_state
+from learnq.atomic_file import write_atomic
+from learnq.bounded_json import MAX_JSON_DEPTH, json_too_deep
 from learnq.errors import CheckpointError, ConfigError, LearnqError
-from learnq.file_layout import Entry, Slice, crc32, damaged, decode_record, dtype_name, encode, locate, place_records
+from learnq.file_layout import (
+    Entry,
+    Slice,
+    crc32,
+    damaged,
+    decode_record,
+    dtype_name,
+    encode,
+    locate,
+    place_records,
+    same_entry,
+)
 from learnq.grid import QuantizedTensor
-from learnq.quantized import attach_quantized, get_module, plain_state, quantized_parameters, split_name
+from learnq.quantized import (
+    attach_quantized,
+    get_module,
+    holders,
+    plain_state,
+    quantized_parameters,
+    split_name,
+    tied_groups,
+)
 
 if TYPE_CHECKING:
     from learnq.size import SizeReport
@@ -114,6 +136,14 @@ def model_entries(model: nn.Module, quantized: Mapping[str, QuantizedTensor] | N
     return {name: qts.get(name, state[name]) for name in order}
 
 
+def _loads(path: str, text: bytes, what: str) -> Any:
+    """``json.loads`` of a file's ``text`` after checking its depth (CheckpointError naming ``what``)."""
+    if json_too_deep(text):
+        raise CheckpointError(f"{path!r}: its {what} nests more than {MAX_JSON_DEPTH} levels deep, which "
+                              "learnq.save never writes; the file was crafted or damaged")
+    return json.loads(text.decode("utf-8"))
+
+
 def _dump(info: dict) -> str:
     return json.dumps(info, separators=(",", ":"), allow_nan=False)
 
@@ -121,6 +151,10 @@ def _dump(info: dict) -> str:
 def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = None,
          quantized: Mapping[str, QuantizedTensor] | None = None) -> SizeReport:
     """Write ``model`` to ``path`` (quantized parameters bit-packed, everything else as is); return its sizes.
+
+    The file is written whole or not at all (:func:`learnq.atomic_file.write_atomic`: a crash leaves the previous
+    file intact, and the next save into the folder removes what a killed writer left), with the permissions of any
+    new file (0666 less the umask).
 
     ``quantized`` adds (or replaces) quantized tensors for parameters that carry no quantizer. ``metadata`` is any
     JSON-serialisable dict, returned by :func:`read` as ``ModelFile.metadata``.
@@ -155,21 +189,22 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = N
                     record.append(enc.codes.numel())  # type: ignore[union-attr]
             records.append(record)
         text = _dump({"metadata": user, "grids": [json.loads(g) for g in grids], "tensors": records}).encode()
+        if json_too_deep(text):
+            raise RecursionError
+    except RecursionError as exc:
+        raise ConfigError(f"metadata (or a quantized tensor's extra dict) nests more than {MAX_JSON_DEPTH - 2} "
+                          f"levels deep (the file's JSON: more than {MAX_JSON_DEPTH} levels); load could not read it "
+                          "back: flatten it") from exc
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"metadata (or a quantized tensor's extra dict) is not JSON-serialisable: {exc}") from exc
     header = _dump({"format": FORMAT, "version": FORMAT_VERSION, "crc32": zlib.crc32(text),
                     "zlib": base64.b64encode(zlib.compress(text, 9)).decode("ascii")})
     blobs = {blob: torch.cat(ts) for blob, ts in parts.items() if sum(t.numel() for t in ts)}
     path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        safetensors.torch.save_file(blobs, tmp, metadata={FORMAT: header})
-        os.replace(tmp, path)
+    try:  # the bytes safetensors' save_file writes, but put in place by learnq (umask, no junk after a crash)
+        write_atomic(path, safetensors.torch.save(blobs, metadata={FORMAT: header}))
     except (OSError, SafetensorError) as exc:
         raise CheckpointError(f"cannot write the model file {path!r}: {exc}") from exc
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return report_for(entries, os.path.getsize(path), encoded=encoded)
 
 
@@ -192,7 +227,7 @@ def _inflate(path: str, outer: dict) -> dict:
             raise ValueError("not one complete zlib stream")
         if zlib.crc32(text) != outer["crc32"]:
             raise ValueError("CRC-32 mismatch")
-        info = json.loads(text.decode("utf-8"))
+        info = _loads(path, text, "learnq metadata")
     except (binascii.Error, zlib.error, ValueError) as exc:
         raise damaged(path, f"its learnq metadata ({exc})") from exc
     if not isinstance(info, dict) or not isinstance(info.get("tensors"), list) or \
@@ -209,9 +244,9 @@ def _parse_header(path: str, data: bytes) -> tuple[dict, dict, int]:
     if n < 2 or n > min(len(data) - 8, _MAX_HEADER):
         raise _not_learnq(path, "no safetensors header; a file written by torch.save, a truncated file or random bytes")
     try:
-        header = json.loads(data[8:8 + n].decode("utf-8"))
-        outer = json.loads(header["__metadata__"][FORMAT])
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        header = _loads(path, data[8:8 + n], "safetensors header")
+        outer = _loads(path, header["__metadata__"][FORMAT].encode("utf-8"), "learnq header")
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise _not_learnq(path, "no learnq metadata in its header") from exc
     if not isinstance(outer, dict) or outer.get("format") != FORMAT:
         raise _not_learnq(path, "no learnq metadata in its header")
@@ -298,7 +333,9 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, strict: boo
     Quantized tensors are attached as frozen :class:`learnq.quantized.QuantizedWeight` parametrizations, so the
     model computes with bit-identical dequantized weights; float tensors replace the model's (in the file's dtype).
     A float tensor whose model parameter carries a parametrization replaces it (the parametrization is removed).
-    ``strict`` refuses missing or unexpected tensors; the model is moved to ``device``.
+    ``strict`` refuses missing or unexpected tensors; the model is moved to ``device``. A tied parameter of
+    ``model`` (one Parameter held by several modules) must have identical entries under all its names in the file;
+    a quantized one gets one QuantizedWeight on every holder.
     """
     mf = read(path, device)
     if model is None:
@@ -332,15 +369,23 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, strict: boo
     if wrong:
         raise CheckpointError(f"{mf.path!r} does not fit the model: {'; '.join(wrong)}")
     model.to(device)
-    for name in names:
+    for group in tied_groups(model, names):  # a tied parameter: one value for every holder, set once
+        name = group[0]
+        split = [other for other in group[1:] if not same_entry(mf.entries[name], mf.entries[other])]
+        if split:
+            raise CheckpointError(
+                f"{mf.path!r}: {name!r} and {split[0]!r} are one tied parameter of the model, but the file holds "
+                "different values for them (a tied weight split in two, e.g. by PTQ of a learnq that quantized "
+                "only one of its holders); load it into a model where they are separate Parameters, or quantize "
+                "the model again and save it")
         value = mf.entries[name]
         if isinstance(value, QuantizedTensor):
-            attach_quantized(model, name, value)
+            attach_quantized(model, name, value)  # on every holder
             continue
+        for _, hmod, hattr in holders(model, name):
+            if parametrize.is_parametrized(hmod, hattr):
+                parametrize.remove_parametrizations(hmod, hattr, leave_parametrized=False)
         module_name, param = split_name(name)
-        module = get_module(model, module_name)
-        if parametrize.is_parametrized(module, param):
-            parametrize.remove_parametrizations(module, param, leave_parametrized=False)
         with torch.no_grad():
-            getattr(module, param).data = value.clone()
+            getattr(get_module(model, module_name), param).data = value.clone()
     return model

@@ -32,4 +32,9 @@ class ModelError(LearnqError):
     """A model cannot be built, or has no layer the method can work on."""
 
 
-__all__ = ["LearnqError", "ConfigError", "QuantizationError", "CheckpointError", "DataError", "ModelError"]
+class BusyError(LearnqError):
+    """A run directory is being written by another process (the message names it: pid, host, command, since)."""
+
+
+__all__ = ["LearnqError", "ConfigError", "QuantizationError", "CheckpointError", "DataError", "ModelError",
+           "BusyError"]

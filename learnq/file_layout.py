@@ -189,6 +189,19 @@ def encode(name: str, value: Entry) -> Encoded:
     return enc
 
 
+def same_entry(a: Entry, b: Entry) -> bool:
+    """Whether the file stores ``a`` and ``b`` identically (same grid, same bytes of codes, steps and data)."""
+    ea, eb = encode("a", a), encode("b", b)
+    if ea.grid != eb.grid:
+        return False
+    pa, pb = ea.parts(), eb.parts()
+    if len(pa) != len(pb):
+        return False
+    return all(x == y and s.dtype == t.dtype and torch.equal(s.contiguous().view(torch.uint8),
+                                                             t.contiguous().view(torch.uint8))
+               for (x, s), (y, t) in zip(pa, pb, strict=True))
+
+
 def crc32(t: torch.Tensor, crc: int = 0) -> int:
     """CRC-32 of the bytes of ``t`` (continuing ``crc``)."""
     return zlib.crc32(memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy()), crc)

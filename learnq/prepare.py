@@ -38,14 +38,12 @@ from torch.nn.utils import parametrize
 from learnq.attach import Selection, bits_for, check_finite, select_parameters
 from learnq.errors import ConfigError
 from learnq.grid import QuantizedTensor
-from learnq.quantized import QuantizedWeight, get_module, split_name
+from learnq.quantized import Holder, QuantizedWeight, get_module, holders_index, split_name
 from learnq.quantizers import QAT_METHODS
 from learnq.quantizers.base import ClockPostHook, ClockPreHook, ForwardClock, QATConfig, WeightQuantizer
 from learnq.quantizers.diffq import MB_BITS, DiffQ
 from learnq.quantizers.losses import nested_loss
 from learnq.quantizers.nested import Nested, NestedQuantizer
-
-Holder = tuple[str, nn.Module, str]  # (module name, module, attribute)
 
 
 @dataclass
@@ -56,29 +54,6 @@ class Attachment:
     quantizer: WeightQuantizer
     holders: list[Holder]
     original: nn.Parameter
-
-
-def _holders_index(model: nn.Module) -> dict[int, list[Holder]]:
-    """id(Parameter) -> every (module name, module, attribute) holding it, plain or as a parametrization's original."""
-    index: dict[int, list[Holder]] = {}
-    seen: set[tuple[int, str]] = set()  # a module reached under two names is one holder
-
-    def add(p: torch.Tensor, holder: Holder) -> None:
-        key = (id(holder[1]), holder[2])
-        if key not in seen:
-            seen.add(key)
-            index.setdefault(id(p), []).append(holder)
-
-    for mname, module in model.named_modules(remove_duplicate=False):
-        if isinstance(module, parametrize.ParametrizationList) or ".parametrizations." in f".{mname}.":
-            continue  # the parametrizations' own tensors (``original``, a quantizer's logits) are not holders
-        for attr, p in module._parameters.items():
-            if p is not None:
-                add(p, (mname, module, attr))
-        if parametrize.is_parametrized(module):
-            for attr, plist in module.parametrizations.items():  # type: ignore[union-attr]
-                add(plist.original, (mname, module, attr))
-    return index
 
 
 def _chain(module: nn.Module, attr: str) -> list[nn.Module]:
@@ -137,7 +112,7 @@ def prepare(model: nn.Module, method_config: QATConfig | Mapping[str, Any] | str
         raise ConfigError(f"selection must be a learnq.attach.Selection, got {type(selection).__name__}")
     sel = selection or config.selection or config.default_selection()
     names = select_parameters(model, sel)
-    index = _holders_index(model)
+    index = holders_index(model)
     clock = ForwardClock()
     plans: list[tuple[str, nn.Parameter, list[Holder], list[nn.Module]]] = []
     aliases: dict[str, str] = {}

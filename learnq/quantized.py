@@ -100,15 +100,80 @@ def get_module(model: nn.Module, module_name: str) -> nn.Module:
         raise ConfigError(f"the model has no module named {module_name!r}") from exc
 
 
+Holder = tuple[str, nn.Module, str]  # (module name, module, attribute) holding a Parameter
+
+
+def holders_index(model: nn.Module) -> dict[int, list[Holder]]:
+    """id(Parameter) -> every (module name, module, attribute) holding it, plain or as a parametrization's original.
+
+    Tied parameters (one Parameter held by several modules, e.g. an embedding shared with the output layer) have
+    several holders; a module reached under two names is one holder (its first name)."""
+    index: dict[int, list[Holder]] = {}
+    seen: set[tuple[int, str]] = set()
+
+    def add(p: torch.Tensor, holder: Holder) -> None:
+        key = (id(holder[1]), holder[2])
+        if key not in seen:
+            seen.add(key)
+            index.setdefault(id(p), []).append(holder)
+
+    for mname, module in model.named_modules(remove_duplicate=False):
+        if isinstance(module, parametrize.ParametrizationList) or ".parametrizations." in f".{mname}.":
+            continue  # the parametrizations' own tensors (``original``, a quantizer's logits) are not holders
+        for attr, p in module._parameters.items():
+            if p is not None:
+                add(p, (mname, module, attr))
+        if parametrize.is_parametrized(module):
+            for attr, plist in module.parametrizations.items():  # type: ignore[union-attr]
+                add(plist.original, (mname, module, attr))
+    return index
+
+
+def full_name(module_name: str, attr: str) -> str:
+    return f"{module_name}.{attr}" if module_name else attr
+
+
+def parameter_of(model: nn.Module, name: str) -> torch.Tensor | None:
+    """The tensor stored under ``name``: a parametrized tensor's ``original``, else the parameter or buffer."""
+    module_name, attr = split_name(name)
+    module = get_module(model, module_name)
+    if parametrize.is_parametrized(module, attr):
+        return module.parametrizations[attr].original  # type: ignore[index]
+    return module._parameters.get(attr, module._buffers.get(attr))
+
+
+def holders(model: nn.Module, name: str, index: dict[int, list[Holder]] | None = None) -> list[Holder]:
+    """Every holder of the Parameter ``name`` (``name``'s own first): more than one for a tied parameter."""
+    module_name, attr = split_name(name)
+    module = get_module(model, module_name)
+    tensor = parameter_of(model, name)
+    found = (index if index is not None else holders_index(model)).get(id(tensor), []) if tensor is not None else []
+    own = [h for h in found if h[1] is module and h[2] == attr] or [(module_name, module, attr)]
+    return own + [h for h in found if not (h[1] is module and h[2] == attr)]
+
+
+def tied_groups(model: nn.Module, names: list[str]) -> list[list[str]]:
+    """``names`` grouped by the tensor they name (a tied parameter's names form one group), in order."""
+    groups: dict[int, list[str]] = {}
+    for name in names:
+        tensor = parameter_of(model, name)
+        groups.setdefault(id(tensor) if tensor is not None else id(name), []).append(name)
+    return list(groups.values())
+
+
 def attach_quantized(model: nn.Module, name: str, qt: QuantizedTensor) -> None:
     """Make parameter ``name`` (e.g. ``"fc.weight"``) of ``model`` the frozen quantized tensor ``qt``.
 
-    Any parametrization already on it is removed first (its current value is discarded: ``qt`` is the truth).
+    Any parametrization already on it is removed first (its current value is discarded: ``qt`` is the truth). A
+    tied parameter gets one :class:`QuantizedWeight` registered on every module holding it, so all of them compute
+    with the same codes.
     """
     module_name, param = split_name(name)
     module = get_module(model, module_name)
-    if parametrize.is_parametrized(module, param):
-        parametrize.remove_parametrizations(module, param, leave_parametrized=False)
+    every = holders(model, name)
+    for _, hmod, hattr in every:
+        if parametrize.is_parametrized(hmod, hattr):
+            parametrize.remove_parametrizations(hmod, hattr, leave_parametrized=False)
     current = getattr(module, param, None)
     if not isinstance(current, torch.Tensor):
         raise ConfigError(f"the model has no parameter named {name!r}")
@@ -118,7 +183,8 @@ def attach_quantized(model: nn.Module, name: str, qt: QuantizedTensor) -> None:
     with torch.no_grad():
         current.data = qt.dequantize().to(device=current.device, dtype=current.dtype)
     qw = QuantizedWeight(qt).to(current.device)
-    parametrize.register_parametrization(module, param, qw, unsafe=True)
+    for _, hmod, hattr in every:
+        parametrize.register_parametrization(hmod, hattr, qw, unsafe=True)
 
 
 def quantized_parameters(model: nn.Module) -> Iterator[tuple[str, QuantizedTensor]]:

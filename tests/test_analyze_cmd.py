@@ -57,11 +57,16 @@ def test_weights_table_options_and_out(run_dir, tmp_path, capsys) -> None:
     code = main(["analyze", "weights", str(out / "model.safetensors"), "--out", str(dest), "--bins", "10",
                  "--outlier-sigma", "2", "--log", "--layers", "fc2*"])
     assert code == 0
-    text = capsys.readouterr().out
-    assert "fc1.weight" in text and "fc2.weight" in text and ">2σ" in text
-    stats = json.loads((dest / "weights.json").read_text())["layers"]
-    assert [len(s["histogram"]["counts"]) for s in stats] == [10, 10]
+    text = capsys.readouterr().out  # --layers filters everything alike: the table, weights.json and the plot
+    assert "fc1.weight" not in text and "fc2.weight" in text and ">2σ" in text
+    written = json.loads((dest / "weights.json").read_text())
+    assert [s["name"] for s in written["layers"]] == ["fc2.weight"] and written["selected"] == ["fc2*"]
+    assert [len(s["histogram"]["counts"]) for s in written["layers"]] == [10]
     assert (dest / "histograms.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert main(["analyze", "weights", str(out), "--out", str(dest), "--layers", "fc2*", "--json", "--seed", "3"]) == 0
+    assert [s["name"] for s in _json(capsys)["layers"]] == ["fc2.weight"]
+    assert main(["analyze", "weights", str(out), "--out", str(dest), "--layers", "nope*"]) == 2
+    assert "no weight matches layers=['nope*']" in capsys.readouterr().err
 
 
 def test_kl_matches_the_library(run_dir, capsys) -> None:

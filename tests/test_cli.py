@@ -127,14 +127,26 @@ def test_user_errors_exit_2_with_one_line(argv, needle, tmp_path, capsys):
     assert needle in err
 
 
-@pytest.mark.parametrize("name", ["demo", "run", "train", "eval", "list"])
-def test_pipeline_commands_take_json_seed_and_quiet(name):
-    from learnq.cli import build_parser
+def _leaf_commands(parser, path=()):
+    """(command words, parser) of every command, subcommands included (``analyze weights``...)."""
+    import argparse
 
-    parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command")
-    options = {s for a in sub.choices[name]._actions for s in a.option_strings}
-    assert {"--json", "--seed", "--quiet"} <= options
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return [(path, parser)]
+    return [leaf for name, sub in subs[0].choices.items() for leaf in _leaf_commands(sub, (*path, name))]
+
+
+def test_every_command_takes_json_seed_and_quiet():
+    from learnq.cli import COMMANDS, build_parser
+
+    leaves = _leaf_commands(build_parser())
+    assert len({words[0] for words, _ in leaves}) == len(COMMANDS)
+    assert ("analyze", "weights") in {words for words, _ in leaves}
+    missing = {" ".join(words): sorted({"--json", "--seed", "--quiet"} - {s for a in p._actions
+                                                                          for s in a.option_strings})
+               for words, p in leaves}
+    assert {k: v for k, v in missing.items() if v} == {}
 
 
 def test_train_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, capsys):
@@ -142,7 +154,9 @@ def test_train_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, ca
     one.write_text(TINY)
     two.write_text(TINY.replace("epochs = 1", "epochs = 2"))
     assert main(["train", str(one), "--out", str(tmp_path / "resumed"), "--quiet"]) == 0
+    assert "resumed after" not in capsys.readouterr().out
     assert main(["train", str(two), "--out", str(tmp_path / "resumed"), "--resume", "--quiet"]) == 0
+    assert "resumed after epoch 1 of 2 (from checkpoints/last.pt); trained epoch 2" in capsys.readouterr().out
     assert main(["train", str(two), "--out", str(tmp_path / "straight"), "--quiet"]) == 0
     resumed = ckpt.read(tmp_path / "resumed" / "model.safetensors").entries
     straight = ckpt.read(tmp_path / "straight" / "model.safetensors").entries
@@ -151,3 +165,20 @@ def test_train_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, ca
         assert torch.equal(resumed[name], value), name
     history = json.loads((tmp_path / "resumed" / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2]
+    three = tmp_path / "three.toml"
+    three.write_text(TINY.replace("epochs = 1", "epochs = 3"))
+    printed = _json(capsys, ["train", str(three), "--out", str(tmp_path / "resumed"), "--resume", "--json"])
+    assert printed["resumed_from_epoch"] == 2 and len(printed["history"]) == 3
+    again = _json(capsys, ["run", str(three), "--out", str(tmp_path / "resumed"), "--resume", "--json"])
+    assert again["resumed_from_epoch"] == 3 and len(again["rows"]) == 2  # nothing left to train; the variants run
+    assert _json(capsys, ["train", str(one), "--out", str(tmp_path / "fresh"), "--json"])["resumed_from_epoch"] \
+        is None
+
+
+def test_a_missing_data_directory_names_the_recipe_key(tmp_path, capsys):
+    recipe = tmp_path / "mnist.toml"
+    recipe.write_text(TINY.replace('name = "digits"', f'name = "mnist"\nroot = "{tmp_path / "nowhere"}"'))
+    capsys.readouterr()
+    assert main(["train", str(recipe), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "data.root" in err and str(tmp_path / "nowhere") in err

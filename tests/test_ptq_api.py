@@ -245,3 +245,16 @@ def test_weights_are_quantized_per_channel_by_default(trained):
     assert grids == {"0.weight": "axis:0", "5.weight": "axis:0", "7.weight": "axis:0"}
     assert {str(qt.granularity) for _, qt in quantized_parameters(tensor.model)} == {"tensor"}
     assert [qt.scale.numel() for _, qt in quantized_parameters(default.model)] == [8, 32, 10]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_calibration_inputs_are_a_data_error_naming_the_batch(bad) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    x = torch.randn(64, 4)
+    x[37, 2] = bad
+    with pytest.raises(DataError, match=r"calibration data: input batch 1 \(samples 32\.\.63\) has 1 NaN or Inf "
+                                        r"value\(s\), the first in sample 37"):
+        quantize(model, x, method="mse", wbits=4, abits=8, batch_size=32, progress=False)
+    with pytest.raises(DataError, match="input batch 0"):  # a Dataset of (input, target) pairs alike
+        quantize(model, TensorDataset(x, torch.zeros(64, dtype=torch.long)), wbits=4, abits=32, progress=False)

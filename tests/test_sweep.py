@@ -18,10 +18,11 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
+from sweep_util import BASE, SPACE, VARIANT, fake_runner, sweep_of  # noqa: E402
+
 import learnq.pipeline.sweep as sweep_module  # noqa: E402
 from learnq.cli import main  # noqa: E402
 from learnq.errors import ConfigError, LearnqError  # noqa: E402
-from learnq.pipeline.run import RunResult  # noqa: E402
 from learnq.pipeline.sweep import (  # noqa: E402
     default_storage,
     hide_password,
@@ -33,40 +34,6 @@ from learnq.pipeline.sweep_space import parse_sweep_recipe, parse_target, short_
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-BASE = """
-name = "tiny-sweep"
-seed = 1
-[data]
-name = "digits"
-limit = 200
-calib_size = 32
-[model]
-name = "mlp"
-args = { hidden = [8] }
-[train]
-epochs = 1
-batch_size = 64
-lr = 0.01
-[report]
-plots = false
-"""
-VARIANT = """
-[[variants]]
-method = "minmax"
-bits = 4
-"""
-SPACE = """
-[sweep]
-sampler = "random"
-[sweep.space]
-"variant.method" = ["minmax", "diffq", "float"]
-"variant.bits" = [2, 3, 4, 8]
-"variant.options.penalty" = { low = 1e-4, high = 1e-1, log = true }
-"variant.options.epochs" = [1]
-"train.lr" = { low = 0.001, high = 0.01 }
-"""
-
-
 @pytest.fixture()
 def tmp(tmp_path):
     """A temporary directory on tmpfs when there is one: SQLite syncs the disk at each of a trial's ~20 commits."""
@@ -77,20 +44,6 @@ def tmp(tmp_path):
     path = Path(tempfile.mkdtemp(dir=shm, prefix="learnq-test-sweep-"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-def sweep_of(space: str = SPACE, variant: str = VARIANT, base: str = BASE):
-    return parse_sweep_recipe(base + variant + space, "r.toml")
-
-
-def fake_runner(recipe, out: Path) -> RunResult:
-    """A deterministic stand-in for run_recipe: accuracy and size from the variant's knobs; writes metrics.json."""
-    v = recipe.variants[0]
-    bits = v.bits or 5
-    row = {"method": v.method, "bits": bits, "accuracy": round(0.5 + 0.05 * bits - 0.3 * recipe.train.lr, 6),
-           "file": "m.safetensors", "file_bytes": 100 * bits + 7, "ratio": 1.0}
-    (out / "metrics.json").write_text(json.dumps({"rows": [row]}))
-    return RunResult(out=out, rows=[row], test={}, history=[])
 
 
 def trials_of(out: Path, name: str = "tiny-sweep"):

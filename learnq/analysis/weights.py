@@ -120,7 +120,9 @@ def weight_stats(model: nn.Module, selection: Selection | None = None, *, outlie
     return [tensor_stats(w, name, outlier_sigma=outlier_sigma, bins=bins) for name, w in weights]
 
 
-def _filter(stats: list[Stats], layers: Sequence[str] | None) -> list[Stats]:
+def select_stats(stats: list[Stats], layers: Sequence[str] | None) -> list[Stats]:
+    """The records whose weight or layer name matches one of the globs ``layers`` (all of them for None);
+    ConfigError naming the weights when none matches."""
     if layers is None:
         return stats
     if isinstance(layers, str):
@@ -160,7 +162,7 @@ def plot_histograms(model_or_stats: nn.Module | Sequence[Stats], path: str | os.
     ``mean ± outlier_sigma·std`` are drawn in red, with the threshold as dashed lines (DSMM's red outliers);
     ``log`` puts the counts on a log scale, which makes the sparse tails visible.
     """
-    stats = _filter(_as_stats(model_or_stats, bins, outlier_sigma, selection), layers)
+    stats = select_stats(_as_stats(model_or_stats, bins, outlier_sigma, selection), layers)
     rows, cols = grid_shape(len(stats), max_cols)
     fig = new_figure(3.2 * cols, 2.6 * rows + (0.4 if title else 0))
     axes = fig.subplots(rows, cols, squeeze=False)
@@ -252,5 +254,6 @@ def plot_histogram_comparison(models: Mapping[str, nn.Module | torch.Tensor | Se
     return save_png(fig, path)
 
 
-__all__ = ["OUTLIER_SIGMA", "DEFAULT_BINS", "named_weights", "tensor_stats", "weight_stats", "plot_histograms",
+__all__ = ["OUTLIER_SIGMA", "DEFAULT_BINS", "named_weights", "tensor_stats", "weight_stats", "select_stats",
+           "plot_histograms",
            "plot_histogram_comparison"]

@@ -41,11 +41,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        description="Range, std, kurtosis, asymmetry and outliers of every conv/linear weight, and "
                                    "a grid of histograms (DSMM Fig. 2).")
     _common(p, seed=False)
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed (accepted like every command's; the weight statistics use no randomness)")
     p.add_argument("--bins", type=int, default=100, help="histogram bins per layer (default 100)")
     p.add_argument("--outlier-sigma", type=float, default=3.0,
                    help="a weight with |w - mean| > K std is an outlier (default 3)")
     p.add_argument("--log", action="store_true", help="log-scale counts (shows the sparse tails)")
-    p.add_argument("--layers", nargs="+", default=None, metavar="GLOB", help="plot only these weights (globs)")
+    p.add_argument("--layers", nargs="+", default=None, metavar="GLOB",
+                   help="only these weights (globs on the weight or layer name): in the table, weights.json and "
+                        "the plot alike")
     p.set_defaults(func=run_weights)
 
     p = sub.add_parser("kl", help="layer-wise KL divergence of outputs before/after quantization",
@@ -153,15 +157,15 @@ def _check_positive(value: float, option: str) -> None:
 
 # -- commands ----------------------------------------------------------------------------------------------------
 def run_weights(args: argparse.Namespace) -> int:
-    from learnq.analysis.weights import plot_histograms, weight_stats
+    from learnq.analysis.weights import plot_histograms, select_stats, weight_stats
 
     model, model_file, meta = load_model(args.path, args.device)
-    stats = weight_stats(model, outlier_sigma=args.outlier_sigma, bins=args.bins)
+    stats = select_stats(weight_stats(model, outlier_sigma=args.outlier_sigma, bins=args.bins), args.layers)
     out = _out_dir(args, model_file)
-    png = plot_histograms(stats, out / "histograms.png", layers=args.layers, log=args.log,
+    png = plot_histograms(stats, out / "histograms.png", log=args.log,
                           title=f"{meta['model']['name']}: {model_file.name}")
     result = {"file": str(model_file), "model": meta["model"]["name"], "outlier_sigma": args.outlier_sigma,
-              "bins": args.bins, "layers": stats}
+              "bins": args.bins, "selected": args.layers, "layers": stats}
     _write_json(out / "weights.json", result)
     if args.json:
         print_json({**result, "files": [str(out / "weights.json"), str(png)]})

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from learnq.cli.common import print_json
+from learnq.cli.common import add_common, print_json
 from learnq.export.onnx import DEFAULT_OPSET, check_opset, check_output_path, evaluate_onnx, to_onnx
 from learnq.pipeline.run import EVAL_BATCH, rebuild, resolve_model_file
 from learnq.pipeline.train import evaluate
@@ -38,7 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="evaluate the ONNX file (onnxruntime) and the model (learnq) on the test split")
     parser.add_argument("--no-check", action="store_true",
                         help="do not run the file with onnxruntime on the example batch")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    add_common(parser)  # --seed and --quiet are accepted (every command takes them); the export draws nothing
     parser.set_defaults(func=run)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from learnq.cli.common import format_table, print_json
+from learnq.cli.common import add_common, format_table, print_json
 from learnq.pipeline.pareto import write_pareto_report
 from learnq.pipeline.report import format_bytes
 
@@ -19,7 +19,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "write pareto.png and pareto.md (the front and all models, linked to their runs and files).")
     parser.add_argument("dirs", nargs="+", metavar="DIR", help="run directories and/or sweep directories")
     parser.add_argument("--out", required=True, help="directory for pareto.md and pareto.png")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    add_common(parser)  # --seed and --quiet are accepted (every command takes them); nothing here is random
     parser.set_defaults(func=run)
 
 

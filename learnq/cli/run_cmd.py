@@ -48,11 +48,21 @@ def rows_table(rows: list[dict]) -> str:
     return format_table(head, body)
 
 
+def resumed_line(done: int, epochs: int) -> str:
+    """What ``--resume`` did: from which epoch training went on."""
+    left = (f"trained epoch {epochs}" if done + 1 == epochs else f"trained epochs {done + 1}..{epochs}"
+            if done < epochs else "nothing left to train")
+    return f"resumed after epoch {done} of {epochs} (from checkpoints/last.pt); {left}"
+
+
 def print_result(result: RunResult, args: argparse.Namespace) -> None:
     if not result.is_main:
         return
     if args.json:
-        print_json({"rows": result.rows, "out": str(result.out)})
+        payload = {"rows": result.rows, "out": str(result.out)}
+        if getattr(args, "resume", False):
+            payload["resumed_from_epoch"] = result.resumed_from_epoch
+        print_json(payload)
         return
     print(rows_table(result.rows))
     print(f"\nfiles in {result.out}; report: {result.out / 'report.md'}")
@@ -70,5 +80,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     recipe = resolve_recipe(args.recipe, args.seed)
     result = run_recipe(recipe, default_out(recipe, args.out), resume=args.resume, progress=show_progress(args))
+    if result.is_main and not args.json and result.resumed_from_epoch is not None:
+        print(resumed_line(result.resumed_from_epoch, recipe.train.epochs))
     print_result(result, args)
     return 0

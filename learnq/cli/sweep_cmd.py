@@ -32,8 +32,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="completed trials in total, over every run and worker (default: the recipe's "
                              "sweep.trials)")
     parser.add_argument("--storage", default=None,
-                        help="Optuna database URL shared by the workers, e.g. postgresql://user:pw@host/db "
-                             "(default: sqlite:///OUT/study.db)")
+                        help="Optuna database URL shared by the workers, e.g. "
+                             "postgresql+psycopg://user:pw@host/db (pip install 'learnq[postgres]'; default: "
+                             "sqlite:///OUT/study.db)")
     parser.add_argument("--study", default=None, help="study name in the storage (default: the recipe's name)")
     parser.add_argument("--out", default=None, help="sweep directory (default: runs/<recipe name>-sweep)")
     add_seed(parser)

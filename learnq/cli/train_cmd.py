@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from learnq.cli.common import print_json, show_progress
-from learnq.cli.run_cmd import add_run_options, default_out, resolve_recipe
+from learnq.cli.run_cmd import add_run_options, default_out, resolve_recipe, resumed_line
 from learnq.pipeline.run import MODEL_FILE, train_recipe
 
 
@@ -34,8 +34,10 @@ def run(args: argparse.Namespace) -> int:
     model_file = trained.out / MODEL_FILE
     if args.json:
         print_json({"out": str(trained.out), "model": str(model_file), "test": trained.test,
-                    "history": trained.history})
+                    "history": trained.history, "resumed_from_epoch": trained.resumed_from_epoch})
         return 0
+    if trained.resumed_from_epoch is not None:
+        print(resumed_line(trained.resumed_from_epoch, recipe.train.epochs))
     last = trained.history[-1] if trained.history else {}
     print(f"trained {recipe.model.name} on {recipe.data.name}: {len(trained.history)} epochs, train loss "
           f"{last.get('train_loss', float('nan')):.4f}")

@@ -15,7 +15,8 @@ No paper. A run directory holds:
   file_bytes, ratio, abits}``, where accuracy is that of the model *reloaded from its file* on the test split and
   ratio is the model's float32 bytes over the file's bytes (methods that learn their widths report the stored code
   bits per quantized value as ``bits``); ``bits`` are the weights' bits and ``abits`` the activations' (32: float);
-* ``report.md``, ``training.png``, ``accuracy_vs_size.png`` (``run``; see learnq.pipeline.report).
+* ``report.md``, ``training.png``, ``accuracy_vs_size.png`` (``run``; see learnq.pipeline.report);
+* ``.learnq.lock`` while a run writes the directory (:mod:`learnq.pipeline.run_lock`): a second writer is refused.
 
 Training-time sections of the recipe (:func:`prepare_training`): ``[satnl]`` reparametrises the conv/linear
 weights before anything else is attached, ``[[regularizers]]`` add loss terms (their own parameters, e.g. DSMM's
@@ -41,6 +42,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from learnq.atomic_file import write_atomic
 from learnq.checkpoint import load, read, save
 from learnq.errors import CheckpointError, ConfigError
 from learnq.pipeline import schema
@@ -48,6 +50,7 @@ from learnq.pipeline.data import Splits, dataset_from_preprocessing, load_datase
 from learnq.pipeline.models import model_from_spec, model_spec
 from learnq.pipeline.qat import freeze_with_summary, mean_bits
 from learnq.pipeline.recipe import FLOAT_BITS, Recipe, VariantSection
+from learnq.pipeline.run_lock import claim_run_dir
 from learnq.pipeline.train import evaluate, is_main_process, set_seed, train
 from learnq.pipeline.variants import apply_variant, get_qat, get_variant
 
@@ -71,6 +74,7 @@ class TrainedRun:
     is_main: bool = True
     regularizers: dict[str, nn.Module] = field(default_factory=dict)  # the recipe's regularizers, trained
     training: dict = field(default_factory=dict)  # training_summary(): what metrics.json records as "training"
+    resumed_from_epoch: int | None = None  # --resume: the epochs the checkpoint had done
 
 
 @dataclass
@@ -93,12 +97,11 @@ class RunResult:
     details: list[dict] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
     is_main: bool = True
+    resumed_from_epoch: int | None = None  # --resume: the epochs the checkpoint had done
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(obj, indent=2, default=str) + "\n").encode("utf-8"))
 
 
 def prepare_out(out: str | os.PathLike) -> Path:
@@ -220,8 +223,16 @@ def _device(recipe: Recipe) -> str:
 
 def train_recipe(recipe: Recipe, out: str | os.PathLike, *, resume: bool = False,
                  progress: bool = False) -> TrainedRun:
-    """Load the data, build and train the model, write ``recipe.json``, ``model.safetensors`` and ``metrics.json``."""
+    """Load the data, build and train the model, write ``recipe.json``, ``model.safetensors`` and ``metrics.json``.
+
+    The run directory is claimed first (:func:`learnq.pipeline.run_lock.claim_run_dir`): ``BusyError`` naming the
+    holder if another learnq process is writing it."""
     out_dir = prepare_out(out)
+    with claim_run_dir(out_dir):
+        return _train_recipe(recipe, out_dir, resume=resume, progress=progress)
+
+
+def _train_recipe(recipe: Recipe, out_dir: Path, *, resume: bool, progress: bool) -> TrainedRun:
     device = _device(recipe)
     splits = load_splits(recipe, progress=progress)
     spec = model_spec(recipe.model.name, splits.input_shape, splits.num_classes, **recipe.model.args)
@@ -242,7 +253,8 @@ def train_recipe(recipe: Recipe, out: str | os.PathLike, *, resume: bool = False
     main = is_main_process()
     test = evaluate(model, splits.test, device=next(model.parameters()).device, batch_size=EVAL_BATCH)
     trained = TrainedRun(recipe=recipe, out=out_dir, model=model, splits=splits, spec=spec, history=result.history,
-                         test=test, is_main=main, regularizers=parts.regularizers, training=summary)
+                         test=test, is_main=main, regularizers=parts.regularizers, training=summary,
+                         resumed_from_epoch=result.resumed_from_epoch)
     if main:
         _write_json(out_dir / "recipe.json", recipe.to_dict())
         file_metrics: dict[str, Any] = {"test": test, "epochs": len(result.history)}
@@ -327,7 +339,15 @@ def _file_row(trained: TrainedRun, method: str, bits: float, label: str, name: s
 
 def run_recipe(recipe: Recipe, out: str | os.PathLike, *, resume: bool = False, progress: bool = False,
                report: bool = True) -> RunResult:
-    """``learnq run``: train, then every variant (quantize, save, reload, evaluate), metrics.json and the report."""
+    """``learnq run``: train, then every variant (quantize, save, reload, evaluate), metrics.json and the report.
+
+    The run directory is claimed for the whole run (``BusyError`` naming the holder if another process writes it)."""
+    out_dir = prepare_out(out)
+    with claim_run_dir(out_dir):
+        return _run_recipe(recipe, out_dir, resume=resume, progress=progress, report=report)
+
+
+def _run_recipe(recipe: Recipe, out: Path, *, resume: bool, progress: bool, report: bool) -> RunResult:
     trained = train_recipe(recipe, out, resume=resume, progress=progress)
     if not trained.is_main:
         return RunResult(out=trained.out, rows=[], test=trained.test, history=trained.history, is_main=False)
@@ -350,7 +370,7 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, *, resume: bool = False, 
         files += write_report(trained.out, recipe=recipe, history=trained.history, rows=rows, test=trained.test,
                               plots=recipe.report.plots)
     return RunResult(out=trained.out, rows=rows, test=trained.test, history=trained.history, details=details,
-                     files=files)
+                     files=files, resumed_from_epoch=trained.resumed_from_epoch)
 
 
 def resolve_model_file(path: str | os.PathLike) -> Path:

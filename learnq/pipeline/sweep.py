@@ -17,14 +17,17 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import random
 import re
 import socket
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from learnq.atomic_file import write_atomic
 from learnq.errors import ConfigError, LearnqError
 from learnq.pipeline.pareto import pareto_front
 from learnq.pipeline.recipe import Recipe
@@ -106,26 +109,63 @@ def retry_trial(study: Any, trial: Any) -> None:
                                               user_attrs={"retry_of": trial.number, "retries": retries + 1}))
 
 
-def open_study(sweep: SweepRecipe, storage: str, study_name: str) -> Any:
-    """Create or load (``load_if_exists``) the study, with heartbeats so that other workers can retry a killed
-    worker's trial. ``ConfigError`` if the storage cannot be opened or the study was made by another recipe."""
+RACE_ATTEMPTS = 10  # tries at creating the storage's schema and the study while other workers do the same
+_RACE_SIGNS = ("already exists", "duplicate key", "unique constraint", "database is locked")
+
+
+def lost_race(exc: BaseException) -> bool:
+    """Whether ``exc`` says another worker created the same thing first: the storage's tables (SQLite ``table
+    studies already exists``), PostgreSQL's enum type (``UniqueViolation ... CREATE TYPE studydirection``), the
+    schema version row, or the study; or that SQLite was busy with it. Trying again then finds it and loads it."""
+    try:
+        from sqlalchemy import exc as sa
+    except ImportError:
+        return False
+    if not isinstance(exc, (sa.IntegrityError, sa.OperationalError, sa.ProgrammingError)):
+        return False
+    return any(sign in str(exc).lower() for sign in _RACE_SIGNS)
+
+
+def _connect(storage: str, study_name: str, section: SweepSection) -> Any:
     optuna = _optuna()
     rdb = optuna.storages.RDBStorage
-    section = sweep.sweep
     callback = ("heartbeat_stale_trial_callback"
                 if "heartbeat_stale_trial_callback" in inspect.signature(rdb.__init__).parameters
                 else "failed_trial_callback")  # optuna < 4.9
+    store = rdb(storage, heartbeat_interval=section.heartbeat, grace_period=section.grace, **{callback: retry_trial})
+    return optuna.create_study(study_name=study_name, storage=store, load_if_exists=True,
+                               directions=["maximize", "minimize"])
+
+
+def _storage_error(storage: str, exc: BaseException) -> str:
+    where = f"--storage {hide_password(storage)}: cannot open the study"
+    if isinstance(exc, ImportError):  # optuna: "Failed to import DB access module", the driver's error as cause
+        cause = exc.__cause__ or exc
+        return (f"{where}: its database driver is missing ({cause}); for PostgreSQL pip install "
+                "'learnq[postgres]' (the psycopg 3 driver) and give postgresql+psycopg://user:pw@host/db")
+    return (f"{where}: {exc} (a database URL such as sqlite:///path/study.db or "
+            "postgresql+psycopg://user:pw@host/db; PostgreSQL needs pip install 'learnq[postgres]')")
+
+
+def open_study(sweep: SweepRecipe, storage: str, study_name: str) -> Any:
+    """Create or load (``load_if_exists``) the study, with heartbeats so that other workers can retry a killed
+    worker's trial. ``ConfigError`` if the storage cannot be opened or the study was made by another recipe.
+
+    Race-free: workers started together on a new storage all try to create its tables and the study; the ones that
+    lose (:func:`lost_race`) try again after a short random pause, and then find and load what the winner made."""
+    section = sweep.sweep
+    jitter = random.Random()  # its own generator: the global ones stay as the recipe's seeds set them
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # heartbeats are "experimental" in optuna
-        try:
-            store = rdb(storage, heartbeat_interval=section.heartbeat, grace_period=section.grace,
-                        **{callback: retry_trial})
-            study = optuna.create_study(study_name=study_name, storage=store, load_if_exists=True,
-                                        directions=["maximize", "minimize"])
-        except Exception as exc:  # sqlalchemy/driver errors have no common base class worth naming
-            raise ConfigError(f"--storage {hide_password(storage)}: cannot open the study: {exc} (a database URL "
-                              "such as sqlite:///path/study.db or postgresql://user:pw@host/db; PostgreSQL needs "
-                              "pip install psycopg2-binary)") from exc
+        for attempt in range(RACE_ATTEMPTS):
+            try:
+                study = _connect(storage, study_name, section)
+                break
+            except Exception as exc:  # sqlalchemy/driver errors have no common base class worth naming
+                if lost_race(exc) and attempt + 1 < RACE_ATTEMPTS:
+                    time.sleep(0.05 + 0.1 * attempt * jitter.random())
+                    continue
+                raise ConfigError(_storage_error(storage, exc)) from exc
     directions = [d.name.lower() for d in study.directions]
     if directions != ["maximize", "minimize"]:
         raise ConfigError(f"--study {study_name}: the study in the storage optimises {directions}, not learnq's "
@@ -224,7 +264,8 @@ class _Objective:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
+    """Write whole or not at all: a worker reading ``sweep.json`` while another writes it sees all of it or none."""
+    write_atomic(path, (json.dumps(obj, indent=2, default=str) + "\n").encode("utf-8"))
 
 
 def _claim_out(out: Path, study_name: str, storage: str) -> None:
@@ -332,5 +373,5 @@ def _trial_line(record: dict) -> str:
 
 __all__ = ["SweepRecipe", "SweepResult", "TrialFailed", "Runner", "load_sweep_recipe", "default_storage",
            "hide_password", "make_sampler", "trial_seed", "retry_trial", "open_study", "fail_dead_trials",
-           "trial_record", "run_sweep", "sweep_result", "SWEEP_FILE", "TRIAL_FILE", "MAX_RETRIES",
-           "MAX_DUPLICATES"]
+           "trial_record", "run_sweep", "lost_race", "RACE_ATTEMPTS", "sweep_result", "SWEEP_FILE", "TRIAL_FILE",
+           "MAX_RETRIES", "MAX_DUPLICATES"]

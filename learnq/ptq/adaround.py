@@ -24,7 +24,8 @@ Layers are processed one at a time in definition order; each is replaced by a fr
 :class:`learnq.quantized.QuantizedWeight` (method ``"adaround"``), so export, size and save are the usual ones.
 Activations stay in float while the rounding is learned; the registered PTQ method ``adaround``
 (``learnq.ptq.quantize(..., method="adaround")``) then attaches input quantizers observed on the model with the
-rounded weights. A layer called several times per forward pass is reconstructed on the inputs of its first call.
+rounded weights. A layer called several times per forward pass is reconstructed on the inputs of its first call; a
+tied weight (one Parameter in several modules) is rounded once, for its first selected layer, and used by all.
 The paper's defaults are 10,000 iterations (batch 32, λ = 0.01); here 1,000 (option ``iterations``).
 """
 
@@ -41,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from learnq.attach import BitsRule, Selection, select_parameters
+from learnq.attach import BitsRule, Selection, select_weights
 from learnq.errors import ConfigError, DataError, ModelError
 from learnq.grid import GridSpec, QuantizedTensor, check_tensor, compute_params
 from learnq.ptq.api import PTQContext, register_ptq_method
@@ -221,7 +222,7 @@ def adaround_weights(model: nn.Module, calib_inputs: torch.Tensor, spec: GridSpe
     if not isinstance(calib_inputs, torch.Tensor) or calib_inputs.shape[0] == 0:
         raise DataError("AdaRound needs a non-empty tensor of calibration inputs")
     model.eval()
-    names = select_parameters(model, selection)
+    names = select_weights(model, selection)[0]  # a tied weight once, rounded for its first selected layer
     float_model = copy.deepcopy(model)  # the float reference; ``model`` is quantized layer by layer
     torch.manual_seed(seed)
     out: dict[str, AdaRoundInfo] = {}

@@ -10,6 +10,9 @@ Order of operations: deep-copy the model (unless ``inplace``), eval mode, fold B
 linear layer: LSTM, MultiheadAttention, embeddings, normalisation layers left after folding, custom modules; conv
 and linear layers *inside* such a module are left alone too, since the module may read their weights directly),
 then run the method. ``wbits``/``abits`` = 32 leave weights/activations in float (W4A32 is weights only).
+A tied weight (one Parameter in several modules, e.g. an embedding shared with the output layer) is one quantized
+tensor, its quantizer registered on every holder as in QAT (:func:`learnq.attach.select_weights`), or stays in
+float in every holder with a reason in ``skipped``; it is never split.
 
 A method is a function ``fn(ctx: PTQContext) -> dict | None`` registered with :func:`register_ptq_method`; it
 quantizes ``ctx.model`` in place, typically with ``ctx.attach_weights(clip=...)`` (a
@@ -36,12 +39,13 @@ import torch
 from torch import nn
 
 from learnq.act_quant import ActQuantizer, attach_input_quantizers, calibrate, calibration_batches
-from learnq.attach import LAYER_TYPES, Selection, check_finite, select_parameters
+from learnq.attach import LAYER_TYPES, Selection, check_finite, select_weights
 from learnq.checkpoint import FOLDED_BN_ATTR
 from learnq.errors import ConfigError, ModelError
 from learnq.granularity import Granularity
 from learnq.grid import GridSpec, check_bits
 from learnq.ptq.weight_quant import FLOAT_BITS, PTQWeight, attach_weight_quantizers
+from learnq.quantized import full_name, get_module, holders, quantized_parameters, split_name
 
 PTQFn = Callable[["PTQContext"], "dict[str, Any] | None"]
 _PLUGINS = ("learnq.ptq.adaround", "learnq.ptq.lapq")
@@ -220,6 +224,12 @@ def _selection(model: nn.Module, selection: Selection | None, skip: bool,
     return replace(sel, exclude=tuple(sel.exclude) + excludes)
 
 
+def _own(module: nn.Module) -> list[str]:
+    """Names of the module's own parameters, parametrized ones included."""
+    plists = getattr(module, "parametrizations", None)
+    return [k for k, v in module._parameters.items() if v is not None] + list(plists.keys() if plists else [])
+
+
 def _layer_report(ctx: PTQContext) -> list[dict]:
     names = list(dict.fromkeys([n.rpartition(".")[0] for n in ctx.weights] + list(ctx.activations)))
     rows = []
@@ -231,6 +241,9 @@ def _layer_report(ctx: PTQContext) -> list[dict]:
             spec = getattr(wq, "spec", ctx.wspec)
             row.update({"wbits": spec.bits if spec else None,
                         "w_alpha": alpha.reshape(-1).tolist() if isinstance(alpha, torch.Tensor) else None})
+            tied = [full_name(m, a) for m, _, a in holders(ctx.model, f"{layer}.weight" if layer else "weight")[1:]]
+            if tied:
+                row["tied"] = tied  # the same quantized tensor in these modules too
         aq = ctx.activations.get(layer)
         if aq is not None:
             row.update({"abits": aq.bits, "signed": aq.signed, "a_alpha": aq.alpha.reshape(-1).tolist()})
@@ -283,11 +296,11 @@ def quantize(model: nn.Module, calibration_data: Any, *, method: str = "minmax",
     skipped = unquantizable(work)
     skip = info.skip_first_last if skip_first_last is None else bool(skip_first_last)
     sel = _selection(work, selection, skip, skipped)
-    selected = select_parameters(work, sel, require=False)
-    for name in selected:  # after BatchNorm folding: a NaN running variance shows up in the folded weight
+    chosen, tied_float = select_weights(work, sel, require=False)
+    for name in chosen:  # after BatchNorm folding: a NaN running variance shows up in the folded weight
         module_name, _, attr = name.rpartition(".")
         check_finite(name, getattr(work.get_submodule(module_name), attr), "learnq.ptq.quantize")
-    if not selected:
+    if not chosen:
         what = "after leaving out the first and last layers " if skip else ""
         left = [n or "<model>" for n, _, _, _ in skipped] or "none"
         raise ModelError(f"{type(model).__name__} has no conv or linear layer that learnq can quantize {what}"
@@ -302,7 +315,10 @@ def quantize(model: nn.Module, calibration_data: Any, *, method: str = "minmax",
                      progress=bool(progress) and sys.stderr.isatty(), options=opts, method=info.name,
                      batch_size=batch_size)
     extra = dict(info.fn(ctx) or {})
-    skipped = [entry for entry in skipped if f"{entry[0]}.weight" not in ctx.weights]  # e.g. selected embeddings
+    done = {name for name, _ in quantized_parameters(work)}  # e.g. selected embeddings, or tied to a quantized layer
+    skipped = [entry for entry in skipped if not all(full_name(entry[0], p) in done for p in _own(entry[1]))]
+    skipped += [(split_name(name)[0], get_module(work, split_name(name)[0]), why, False)
+                for name, why in tied_float.items() if name not in done]
     layers = extra.pop("layers", None) or _layer_report(ctx)
     work.eval()
     return PTQResult(model=work, method=info.name, wbits=wb or FLOAT_BITS, abits=ab or FLOAT_BITS,

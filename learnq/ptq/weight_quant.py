@@ -25,13 +25,13 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from learnq.attach import BitsRule, Selection, select_parameters
+from learnq.attach import BitsRule, Selection, select_weights
 from learnq.errors import ConfigError, ModelError, QuantizationError
 from learnq.granularity import CHANNEL
 from learnq.grid import GridSpec, QuantizedTensor, compute_params, quantize
 from learnq.ptq.bias_correction import correction_terms
 from learnq.ptq.clipping import choose_clip
-from learnq.quantized import get_module, split_name
+from learnq.quantized import get_module, holders, split_name
 
 FLOAT_BITS = 32  # "leave in float"
 
@@ -184,7 +184,9 @@ def attach_weight_quantizers(model: nn.Module, spec_or_bits: GridSpec | int, *, 
 
     clip: a clipping method of ``learnq.ptq.clipping.CLIP_METHODS`` (with ``clip_options``) or ``fn(w, spec) -> α``.
     bits_rule: per-name bits (``BitsRule``); a parameter given 32 bits is left in float and not returned.
-    method: the name recorded in the model file (default: the clip method's name).
+    method: the name recorded in the model file (default: the clip method's name). A tied weight gets one
+    PTQWeight registered on every module holding it, returned under its first selected name
+    (:func:`learnq.attach.select_weights`; left in float when the selection leaves one of its holders in float).
     """
     spec = _spec(spec_or_bits)
     if not isinstance(clip, str) and not callable(clip):
@@ -193,7 +195,7 @@ def attach_weight_quantizers(model: nn.Module, spec_or_bits: GridSpec | int, *, 
         raise ConfigError(f"clipping options {sorted(clip_options)} only apply to a named clipping method")
     label = method or (clip if isinstance(clip, str) else getattr(clip, "__name__", "custom"))
     out: dict[str, PTQWeight] = {}
-    for name in select_parameters(model, selection):
+    for name in select_weights(model, selection)[0]:
         bits = spec.bits if bits_rule is None else bits_rule(name)
         if bits == FLOAT_BITS:
             continue
@@ -209,7 +211,8 @@ def attach_weight_quantizers(model: nn.Module, spec_or_bits: GridSpec | int, *, 
         alpha = choose_clip(w, layer_spec, clip, **clip_options) if isinstance(clip, str) else clip(w, layer_spec)
         q = PTQWeight(layer_spec, alpha, bias_correction=bias_correction, variance_correction=variance_correction,
                       method=label).to(w.device)
-        parametrize.register_parametrization(module, param, q, unsafe=True)
+        for _, hmod, hattr in holders(model, name):
+            parametrize.register_parametrization(hmod, hattr, q, unsafe=True)
         out[name] = q
     return out
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from learnq.attach import BitsRule, Selection, select_parameters
+from learnq.attach import BitsRule, Selection, select_weights
 from learnq.grid import GridSpec, QuantizedTensor, quantize_tensor
 from learnq.quantized import attach_quantized, get_module, split_name
 
@@ -24,10 +24,12 @@ def quantize_weights(model: nn.Module, spec: GridSpec, *, selection: Selection =
                      method: str = "minmax") -> dict[str, QuantizedTensor]:
     """Quantize the selected weights of ``model`` in place; returns ``{name: QuantizedTensor}``.
 
-    bits: optional per-name bit-widths (default ``spec.bits``). clip: ``fn(weight, spec) -> α per group``.
+    bits: optional per-name bit-widths (default ``spec.bits``). clip: ``fn(weight, spec) -> α per group``. A tied
+    weight is quantized once, under its first selected name, for every module holding it
+    (:func:`learnq.attach.select_weights`).
     """
     out: dict[str, QuantizedTensor] = {}
-    for name in select_parameters(model, selection):
+    for name in select_weights(model, selection)[0]:
         module_name, param = split_name(name)
         weight = getattr(get_module(model, module_name), param).detach()
         layer_spec = spec if bits is None else GridSpec(

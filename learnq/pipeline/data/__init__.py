@@ -117,7 +117,13 @@ def _load(name: str, root: str | PathLike[str] | None, *, seed: Any, calib_size:
     if not info.needs_root and root is not None:
         raise ConfigError(f"data set {info.name} is built in and takes no `root` (got {str(root)!r}); drop it")
     root_path = Path(root).expanduser().resolve() if root is not None else None
-    raw = info.loader(LoadRequest(root=root_path, options=options, seed=seed, limit=limit, progress=progress))
+    try:
+        raw = info.loader(LoadRequest(root=root_path, options=options, seed=seed, limit=limit, progress=progress))
+    except DataError as exc:
+        if root_path is not None and not root_path.is_dir():  # the loader's message says what the folder holds
+            raise DataError(f"data.root: {exc} (set the recipe's data.root, or root= in Python, to the folder "
+                            f"with the {info.name} files)") from exc
+        raise
     splits, computed = assemble(raw, name=info.name, seed=seed, calib_size=calib_size, test_fraction=test_fraction,
                                 limit=limit, stats=stats)
     splits.preprocessing = {

@@ -112,6 +112,7 @@ class TrainResult:
 
     history: list[dict]
     model: nn.Module
+    resumed_from_epoch: int | None = None  # with resume: the epochs the checkpoint had done (training went on after)
 
 
 def _int(value: Any, name: str, minimum: int) -> None:

@@ -179,7 +179,7 @@ class _Trainer:
                         break
         finally:
             bar.close()
-        return TrainResult(history=history, model=self.model)
+        return TrainResult(history=history, model=self.model, resumed_from_epoch=start if resume else None)
 
     def train_epoch(self, epoch: int) -> dict:
         t0 = time.perf_counter()

@@ -8,6 +8,7 @@ process (torch, CUDA, NumPy, Python, the data loader's generator), completed epo
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from collections import OrderedDict
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from learnq.atomic_file import write_atomic
 from learnq.errors import CheckpointError, ConfigError
 from learnq.pipeline.train import distributed as D
 from learnq.pipeline.train.config import TrainConfig
@@ -66,10 +68,10 @@ def save_state(checkpoint_dir: str | os.PathLike, state: dict[str, Any]) -> Path
     except OSError as exc:
         raise CheckpointError(f"cannot create checkpoint_dir {str(directory)!r}: {exc}") from exc
     path = checkpoint_path(directory)
-    tmp = path.with_name(path.name + ".tmp")
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
     try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        write_atomic(path, buffer.getbuffer())
     except OSError as exc:
         raise CheckpointError(f"cannot write the training checkpoint {str(path)!r}: {exc}") from exc
     return path
