@@ -6,7 +6,7 @@ EXTRAS ?= plots,data,dev,sweep,onnx
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: demo test test-portable test-slow test-postgres bench lint clean venv
+.PHONY: demo test test-portable test-slow test-postgres bench bench-env bench-peers-smoke lint clean venv
 
 venv: $(STAMP)
 
@@ -52,15 +52,18 @@ test-postgres: $(STAMP)
 	LEARNQ_TEST_POSTGRES=require $(PY) -m pytest -q -rs tests/test_sweep_workers.py -k postgresql_study
 
 # `make bench BENCH_ARGS=--quick`: every benchmark's smoke mode (results under $TMPDIR/learnq-bench-quick).
-# The diffq package (the side-by-side runs) lives in its own venv, .venv-bench: torch pinned first, then diffq
-# (it builds a Cython extension) and the two packages learnq needs there besides torch and numpy.
-bench: $(STAMP)
+# The peer libraries (diffq for the side-by-side runs; brevitas, nncf, torchao, optimum-quanto, coremltools,
+# aimet-torch, onnxruntime's quantizer) live in their own venv, .venv-bench, never in .venv: created/updated by
+# benchmarks/envs/setup_bench_env.sh (pinned versions, torch 2.13.0 first; a no-op when up to date).
+bench-env:
+	PYTHON=$(PYTHON) bash benchmarks/envs/setup_bench_env.sh
+
+# Proves every peer in .venv-bench runs what the side-by-side benchmarks need (benchmarks/envs/README.md).
+bench-peers-smoke: bench-env
+	PYTHONPATH=. .venv-bench/bin/python benchmarks/peers_smoke.py
+
+bench: $(STAMP) bench-env
 	$(PY) -m pip install -q -e '.[all]'
-	test -x .venv-bench/bin/python || $(PYTHON) -m venv .venv-bench
-	.venv-bench/bin/python -c 'import diffq, safetensors, tqdm' 2>/dev/null || { \
-	  .venv-bench/bin/python -m pip install -q --upgrade pip && \
-	  .venv-bench/bin/python -m pip install -q torch==2.13.0 && \
-	  .venv-bench/bin/python -m pip install -q diffq==0.2.4 safetensors tqdm; }
 	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
 lint: $(STAMP)

@@ -4,9 +4,9 @@ Times ``pack`` and ``unpack`` at 2, 3, 4, 8 and 16 bits on 1M and 8M random code
 repeats, prints a table and writes ``benchmarks/results/packing.json``. Both libraries run with
 ``torch.set_num_threads(1)`` because diffq's bitpack is single-threaded.
 
-diffq is optional: install it in a separate environment (it pulls Cython and builds an extension)::
+diffq is optional: it lives in the benchmark environment (it pulls Cython and builds an extension)::
 
-    python3 -m venv .venv-bench && .venv-bench/bin/pip install torch==2.13.0 && .venv-bench/bin/pip install diffq==0.2.4
+    make bench-env    # .venv-bench with diffq==0.2.4 and the other peers (benchmarks/envs/README.md)
     PYTHONPATH=. .venv-bench/bin/python benchmarks/packing.py
 
 Without diffq the script still runs and reports learnq alone. diffq's ``bitpack.pack(x, nbits)`` takes any integer
