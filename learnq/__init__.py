@@ -17,17 +17,17 @@ from learnq._lazy import lazy_submodules  # noqa: E402
 from learnq.activations import PACT as PACT  # noqa: E402
 from learnq.checkpoint import load as load  # noqa: E402  (after __version__: modules may import it)
 from learnq.checkpoint import save as save  # noqa: E402
-from learnq.prepare import QuantHandle as QuantHandle  # noqa: E402
-from learnq.prepare import prepare as prepare  # noqa: E402
+from learnq.qat import QuantHandle as QuantHandle  # noqa: E402
+from learnq.qat import prepare as prepare  # noqa: E402
 from learnq.quantizers import LSQ as LSQ  # noqa: E402
 from learnq.quantizers import QAT_METHODS as QAT_METHODS  # noqa: E402
 from learnq.quantizers import STE as STE  # noqa: E402
 from learnq.quantizers import DiffQ as DiffQ  # noqa: E402
 from learnq.quantizers import Nested as Nested  # noqa: E402
 
-SUBMODULES = ("act_quant", "activations", "analysis", "atomic_file", "attach", "bounded_json", "checkpoint", "cli",
-              "errors", "export", "file_layout", "granularity", "grid", "layers", "optim", "packing", "pipeline",
-              "prepare", "ptq", "quantized", "quantizers", "regularizers", "size", "ste")
+SUBMODULES = ("act_quant", "activations", "analysis", "atomic_file", "attach", "bn_fold", "bounded_json", "checkpoint",
+              "cli", "clipping", "errors", "evaluation", "export", "file_layout", "granularity", "grid", "layers",
+              "optim", "packing", "pipeline", "ptq", "qat", "quantized", "quantizers", "regularizers", "size", "ste")
 """The public subpackages and modules, each reachable as ``learnq.<name>`` after ``import learnq``."""
 
 __getattr__, __dir__ = lazy_submodules(__name__, SUBMODULES, globals())

@@ -14,7 +14,7 @@ It has two switches:
   non-negative on the whole calibration set (after ReLU/ReLU6, pooling of those...) gets the unsigned grid.
 
 ``calibrate`` runs the observers over a calibration set; ``finish_calibration`` (per quantizer) picks α with a
-clipping rule of :mod:`learnq.ptq.clipping`. ``activation_state`` / ``restore_activation_state`` give the JSON
+clipping rule of :mod:`learnq.clipping`. ``activation_state`` / ``restore_activation_state`` give the JSON
 description and the α tensors a model file needs, and re-attach the quantizers to a freshly built model.
 With gradients enabled the quantizer passes them straight through (``learnq.ste.ste``); values are exact otherwise.
 """
@@ -118,7 +118,7 @@ class ActQuantizer(nn.Module):
     def finish_calibration(self, method: str = "minmax", **options: object) -> torch.Tensor:
         """Decide signed/unsigned from the observed minimum (unless fixed), choose α with clipping ``method`` on the
         observed values, enable quantization and stop observing. Returns α."""
-        from learnq.ptq.clipping import choose_clip
+        from learnq.clipping import choose_clip
 
         if self.min_val is None or self.sample is None:
             raise DataError("this activation quantizer observed no data; run calibrate() over a calibration set")

@@ -34,7 +34,8 @@ import torch
 from torch import nn
 
 from learnq.errors import ConfigError, ModelError, QuantizationError
-from learnq.quantizers.base import check_float, check_int, passthrough
+from learnq.quantizers.base import check_float, check_int
+from learnq.ste import ste
 
 ACTIVATION_METHODS = ("pact", "observer")
 WRAPPERS_KEY = "activation_wrappers"  # the model file's metadata key of wrapper_state (learnq.checkpoint)
@@ -64,7 +65,7 @@ class PACT(nn.Module):
         with torch.no_grad():
             step = alpha.detach().clamp(min=torch.finfo(x.dtype).tiny) / (2**self.bits - 1)
             yq = torch.round(y.detach() / step) * step
-        return passthrough(y, yq)
+        return ste(y, yq)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, clip={float(self.clip.detach()):.4g}"
@@ -106,7 +107,7 @@ class ObserverFakeQuant(nn.Module):
             zero = torch.round(-lo / scale)
             q = (torch.round(x.detach() / scale) + zero).clamp(0, levels)
             yq = (q - zero) * scale
-        return passthrough(torch.clamp(x, min=lo, max=hi), yq)
+        return ste(torch.clamp(x, min=lo, max=hi), yq)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, momentum={self.momentum}"

@@ -303,7 +303,7 @@ def _fold_like(model: nn.Module, recorded: Any, path: str) -> None:
         raise CheckpointError(f"{path!r}: its '{FOLDED_BN_KEY}' metadata is malformed") from exc
     if not pairs or all(isinstance(_submodule(model, bn), nn.Identity) for _, bn in pairs):
         return
-    from learnq.pipeline.bn_fold import find_conv_bn_pairs, fold_batchnorm
+    from learnq.bn_fold import find_conv_bn_pairs, fold_batchnorm
 
     was_training = model.training
     model.eval()

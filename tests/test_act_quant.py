@@ -20,8 +20,8 @@ from learnq.act_quant import (
     restore_activation_state,
 )
 from learnq.attach import Selection
+from learnq.clipping import choose_clip
 from learnq.errors import DataError, ModelError, QuantizationError
-from learnq.ptq.clipping import choose_clip
 
 
 def test_observer_statistics_and_bounded_seeded_sample() -> None:

@@ -73,7 +73,7 @@ def test_optimal_clip_mse_per_group_with_partial_last_group() -> None:
 
 
 def test_optimal_clip_other_rules_come_from_ptq_clipping() -> None:
-    from learnq.ptq.clipping import choose_clip
+    from learnq.clipping import choose_clip
 
     w = torch.randn(500, generator=torch.Generator().manual_seed(2))
     spec = GridSpec(bits=4)

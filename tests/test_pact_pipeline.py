@@ -1,5 +1,5 @@
-"""PACT (Choi et al. 2018, Eq. 1-3; learnq.activations) through the pipeline (learnq.pipeline.qat): activation bits
-in QAT variants (``abits``) and ``[qat]`` tables (``options.abits``), ``options.act_method``, the validation naming
+"""PACT (Choi et al. 2018, Eq. 1-3; learnq.activations) through the pipeline (learnq.pipeline.qat_variants): activation
+bits in QAT variants (``abits``) and ``[qat]`` tables (``options.abits``), ``options.act_method``, the validation naming
 the key, rows reporting abits, reloaded files computing exactly what the trained model computed; and DDP with two
 gloo processes ending with identical weights and clips."""
 

@@ -1,4 +1,4 @@
-"""learnq.pipeline.qat: the QAT methods in recipes ([qat] and [[variants]]), their validation, the fine-tune /
+"""learnq.pipeline.qat_variants: the QAT methods in recipes ([qat] and [[variants]]), their validation, the fine-tune /
 freeze / save / reload chain computing exactly what the trained model computed, bits overrides and row bits."""
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from learnq.attach import Selection
 from learnq.errors import ConfigError
 from learnq.granularity import Granularity
 from learnq.grid import QuantizedTensor
-from learnq.pipeline import qat as Q
+from learnq.pipeline import qat_variants as Q
 from learnq.pipeline.recipe import parse_recipe
 from learnq.pipeline.run import evaluate_file, run_recipe, train_recipe
 from learnq.pipeline.train import TrainConfig
 from learnq.pipeline.variants import QAT_METHODS, VARIANTS
-from learnq.prepare import prepare
+from learnq.qat import prepare
 from learnq.quantized import attach_quantized
 from learnq.quantizers import LSQ, STE, DiffQ, Nested
 

@@ -80,7 +80,7 @@ def test_w4a32_leaves_activations_and_w32a8_weights(trained) -> None:
     x = splits.test.tensors[0][:50]
     weights_only = quantize(model, splits.calib, method="mse", wbits=4, abits=32)
     assert weights_only.abits == 32 and not input_quantizers(weights_only.model)
-    from learnq.pipeline.bn_fold import fold_batchnorm
+    from learnq.bn_fold import fold_batchnorm
 
     manual = fold_batchnorm(model)
     attach_weight_quantizers(manual, 4, clip="mse")

@@ -11,9 +11,9 @@ from torch.nn.utils import parametrize
 
 import learnq
 from learnq.attach import BitsRule, Selection
+from learnq.clipping import clip_mse
 from learnq.errors import ConfigError, ModelError, QuantizationError
 from learnq.grid import GridSpec, quantize_tensor
-from learnq.ptq.clipping import clip_mse
 from learnq.ptq.weight_quant import PTQWeight, attach_weight_quantizers, ptq_weight_of
 from learnq.quantized import quantized_parameters
 

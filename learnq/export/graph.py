@@ -27,9 +27,8 @@ from learnq.errors import ModelError
 from learnq.export.qdq import ActivationPlan, WeightPlan, is_activation_quantizer, plan_activation, plan_weight
 from learnq.export.report import TensorExport
 from learnq.grid import QuantizedTensor
+from learnq.layers import WEIGHT_LAYER_TYPES
 from learnq.quantized import quantized_parameters
-
-_LEAF_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 class Builder:
@@ -82,7 +81,7 @@ class Builder:
 
 class _Tracer(torch.fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, _LEAF_TYPES) or is_activation_quantizer(m) or super().is_leaf_module(
+        return isinstance(m, WEIGHT_LAYER_TYPES) or is_activation_quantizer(m) or super().is_leaf_module(
             m, module_qualified_name)
 
 

@@ -38,9 +38,9 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from learnq.errors import ConfigError
+from learnq.grid import FLOAT_BITS
 from learnq.pipeline.variants import VARIANTS, VariantInfo, apply_minmax, register_variant
 from learnq.ptq.api import PTQMethod, load_plugins, quantize
-from learnq.ptq.weight_quant import FLOAT_BITS
 
 if TYPE_CHECKING:
     from learnq.pipeline.data import Splits

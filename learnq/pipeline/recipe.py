@@ -12,7 +12,7 @@ unknown keys, wrong types and unknown names are ``ConfigError`` naming the key p
     [[regularizers]] name, strength, [regularizers.options]      (learnq.regularizers)
     [satnl]         learnable                                    (learnq.regularizers.SatNL, during training)
     [asam]          rho, eta                                     (learnq.optim.ASAM wraps the optimizer)
-    [qat]           method, bits, granularity, bits_overrides, [qat.select], [qat.options]   (learnq.pipeline.qat)
+    [qat]           method, bits, granularity, bits_overrides, [qat.select], [qat.options] (pipeline.qat_variants)
     [report]        plots
 
 Top-level keys: ``version`` (1), ``name``, ``description``, ``seed`` (the default of ``data.seed`` and
@@ -36,7 +36,7 @@ from typing import Any
 from learnq.attach import Selection
 from learnq.errors import ConfigError, LearnqError
 from learnq.granularity import Granularity
-from learnq.grid import GridSpec, check_bits
+from learnq.grid import FLOAT_BITS, GridSpec, check_bits
 from learnq.pipeline import schema
 from learnq.pipeline.data import get_dataset_info
 from learnq.pipeline.models import MODELS, model_arguments
@@ -49,7 +49,6 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 RECIPE_VERSION = 1
-FLOAT_BITS = 32  # the bits a float32 baseline row reports
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -151,7 +150,7 @@ class ASAMSection:
 @dataclass
 class QATSection:
     """``[qat]``: quantizers attached before training (``learnq.pipeline.variants.QAT_METHODS``, registered by
-    ``learnq.pipeline.qat``; docs/qat.md). The trained model is the quantized model: a ``[qat]`` recipe has no
+    ``learnq.pipeline.qat_variants``; docs/qat.md). The trained model is the quantized model: a ``[qat]`` recipe has no
     ``[[variants]]``. bits_overrides: parameter-name globs -> fixed bits; select: which parameters (default: the
     method's own choice)."""
 

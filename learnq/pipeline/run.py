@@ -45,11 +45,12 @@ from tqdm.auto import tqdm
 from learnq.atomic_file import write_atomic
 from learnq.checkpoint import load, read, save
 from learnq.errors import CheckpointError, ConfigError
+from learnq.grid import FLOAT_BITS
 from learnq.pipeline import schema
 from learnq.pipeline.data import Splits, dataset_from_preprocessing, load_dataset
 from learnq.pipeline.models import model_from_spec, model_spec
-from learnq.pipeline.qat import freeze_with_summary, mean_bits
-from learnq.pipeline.recipe import FLOAT_BITS, Recipe, VariantSection
+from learnq.pipeline.qat_variants import freeze_with_summary, mean_bits
+from learnq.pipeline.recipe import Recipe, VariantSection
 from learnq.pipeline.run_lock import claim_run_dir
 from learnq.pipeline.train import evaluate, is_main_process, set_seed, train
 from learnq.pipeline.variants import apply_variant, get_qat, get_variant

@@ -21,7 +21,7 @@ Registered here: ``float`` (the float32 baseline, nothing quantized) and ``minma
 must give (None: any value), so unknown or mistyped options are refused before anything runs.
 ``QAT_METHODS`` is the matching registry for a recipe's ``[qat]`` section (quantizers attached before training).
 The training-time quantizers (``nested``, ``diffq``, ``ste``, ``lsq``) register themselves in both registries from
-:mod:`learnq.pipeline.qat`, and the PTQ methods of ``learnq.ptq`` (``minmax`` with ``abits``, ``mse``, ``lp``,
+:mod:`learnq.pipeline.qat_variants`, and the PTQ methods of ``learnq.ptq`` (``minmax`` with ``abits``, ``mse``, ``lp``,
 ``aciq``, ``kl``, ``adaround``, ``lapq``) from :mod:`learnq.pipeline.ptq_variants`, both imported at the end of this
 module.
 """
@@ -171,10 +171,10 @@ register_variant(VariantInfo("minmax", "weight-only min-max PTQ (per-channel sym
                              apply_minmax))
 
 
-# the training-time quantizers (learnq.pipeline.qat) and every PTQ method of learnq.ptq (ptq_variants: minmax with
-# abits, mse, lp, aciq, kl, adaround, lapq) register themselves; both modules import the names above
+# the training-time quantizers (learnq.pipeline.qat_variants) and every PTQ method of learnq.ptq (ptq_variants:
+# minmax with abits, mse, lp, aciq, kl, adaround, lapq) register themselves; both modules import the names above
 from learnq.pipeline import ptq_variants as _ptq_variants  # noqa: E402,F401
-from learnq.pipeline import qat as _qat  # noqa: E402,F401
+from learnq.pipeline import qat_variants as _qat  # noqa: E402,F401
 
 __all__ = ["VARIANTS", "QAT_METHODS", "VariantInfo", "QATInfo", "VariantFn", "register_variant", "register_qat",
            "get_variant", "get_qat", "check_options", "apply_variant", "apply_float", "apply_minmax"]

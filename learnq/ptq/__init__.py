@@ -4,9 +4,9 @@
 ``quantize_weights`` is the weight-only min-max PTQ of learnq.ptq.weights.
 """
 
+from learnq.clipping import CLIP_METHODS, choose_clip
 from learnq.ptq.api import PTQ_METHODS, PTQContext, PTQMethod, PTQResult, quantize, register_ptq_method
 from learnq.ptq.bias_correction import correct_bias
-from learnq.ptq.clipping import CLIP_METHODS, choose_clip
 from learnq.ptq.weight_quant import PTQWeight, attach_weight_quantizers
 from learnq.ptq.weights import quantize_weights
 

@@ -213,7 +213,7 @@ def adaround_weights(model: nn.Module, calib_inputs: torch.Tensor, spec: GridSpe
     """Quantize the selected weights of ``model`` (in place, eval mode) with AdaRound, layer by layer.
 
     ``calib_inputs``: calibration inputs (N, ...). ``clip``: how each layer's range is chosen before rounding is
-    learned (``"minmax"`` or any method of ``learnq.ptq.clipping``, with ``clip_options``). ``inputs``:
+    learned (``"minmax"`` or any method of ``learnq.clipping``, with ``clip_options``). ``inputs``:
     ``"quantized"`` (each layer sees the output of the layers already rounded) or ``"float"``. Returns
     ``{name: AdaRoundInfo}`` in processing order.
     """
@@ -238,7 +238,7 @@ def adaround_weights(model: nn.Module, calib_inputs: torch.Tensor, spec: GridSpe
             restricted=spec.restricted)
         alpha = None
         if clip != "minmax":
-            from learnq.ptq.clipping import choose_clip  # part of the clipping module (not needed for min-max)
+            from learnq.clipping import choose_clip  # part of the clipping module (not needed for min-max)
 
             alpha = choose_clip(weight, layer_spec, clip, **clip_options)
         x_float = capture_inputs(float_model, get_module(float_model, module_name), calib_inputs,

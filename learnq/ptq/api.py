@@ -43,8 +43,8 @@ from learnq.attach import LAYER_TYPES, Selection, check_finite, select_weights
 from learnq.checkpoint import FOLDED_BN_ATTR
 from learnq.errors import ConfigError, ModelError
 from learnq.granularity import Granularity
-from learnq.grid import GridSpec, check_bits
-from learnq.ptq.weight_quant import FLOAT_BITS, PTQWeight, attach_weight_quantizers
+from learnq.grid import FLOAT_BITS, GridSpec, check_bits
+from learnq.ptq.weight_quant import PTQWeight, attach_weight_quantizers
 from learnq.quantized import full_name, get_module, holders, quantized_parameters, split_name
 
 PTQFn = Callable[["PTQContext"], "dict[str, Any] | None"]
@@ -286,7 +286,7 @@ def quantize(model: nn.Module, calibration_data: Any, *, method: str = "minmax",
     work = model if inplace else copy.deepcopy(model)
     work.eval()
     if fold_bn:
-        from learnq.pipeline.bn_fold import find_conv_bn_pairs, fold_batchnorm
+        from learnq.bn_fold import find_conv_bn_pairs, fold_batchnorm
 
         pairs = [list(p) for p in find_conv_bn_pairs(work)]
         work = fold_batchnorm(work, inplace=True)

@@ -32,9 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from learnq.act_quant import ActQuantizer, calibration_batches, input_quantizers
+from learnq.clipping import scale_offset
 from learnq.errors import ConfigError, DataError, ModelError
 from learnq.grid import GridSpec
-from learnq.ptq.clipping import scale_offset
+from learnq.layers import WEIGHT_LAYER_TYPES
 from learnq.ptq.weight_quant import PTQWeight, ptq_weight_of
 
 
@@ -107,7 +108,7 @@ class _Tracer(torch.fx.Tracer):
         self.stop = stop
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return module_qualified_name in self.stop or isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) \
+        return module_qualified_name in self.stop or isinstance(m, WEIGHT_LAYER_TYPES) \
             or super().is_leaf_module(m, module_qualified_name)
 
 

@@ -26,14 +26,12 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from learnq.attach import BitsRule, Selection, select_weights
+from learnq.clipping import choose_clip
 from learnq.errors import ConfigError, ModelError, QuantizationError
 from learnq.granularity import CHANNEL
-from learnq.grid import GridSpec, QuantizedTensor, compute_params, quantize
+from learnq.grid import FLOAT_BITS, GridSpec, QuantizedTensor, compute_params, quantize
 from learnq.ptq.bias_correction import correction_terms
-from learnq.ptq.clipping import choose_clip
 from learnq.quantized import get_module, holders, split_name
-
-FLOAT_BITS = 32  # "leave in float"
 
 ClipRule = str | Callable[[torch.Tensor, GridSpec], torch.Tensor]
 
@@ -182,7 +180,7 @@ def attach_weight_quantizers(model: nn.Module, spec_or_bits: GridSpec | int, *, 
 
     spec_or_bits: the weight grid, or a bit-width for the default grid (symmetric, one step per output channel).
 
-    clip: a clipping method of ``learnq.ptq.clipping.CLIP_METHODS`` (with ``clip_options``) or ``fn(w, spec) -> α``.
+    clip: a clipping method of ``learnq.clipping.CLIP_METHODS`` (with ``clip_options``) or ``fn(w, spec) -> α``.
     bits_rule: per-name bits (``BitsRule``); a parameter given 32 bits is left in float and not returned.
     method: the name recorded in the model file (default: the clip method's name). A tied weight gets one
     PTQWeight registered on every module holding it, returned under its first selected name
@@ -217,4 +215,4 @@ def attach_weight_quantizers(model: nn.Module, spec_or_bits: GridSpec | int, *, 
     return out
 
 
-__all__ = ["FLOAT_BITS", "PTQWeight", "attach_weight_quantizers", "ptq_weight_of"]
+__all__ = ["PTQWeight", "attach_weight_quantizers", "ptq_weight_of"]

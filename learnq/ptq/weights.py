@@ -2,7 +2,7 @@
 
 The simplest PTQ: each selected weight is quantized on ``spec``'s grid over its min-max range (per tensor, per
 channel or per group) and replaced in the model by a frozen :class:`learnq.quantized.QuantizedWeight`. Clipping
-methods (learnq.ptq.clipping) pass a ``clip`` function that picks the range instead.
+methods (learnq.clipping) pass a ``clip`` function that picks the range instead.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ config class; ``QAT_METHODS[name].description`` is a one-line summary (used by t
 
 from __future__ import annotations
 
-from learnq.quantizers.base import QATConfig, WeightQuantizer, passthrough
+from learnq.quantizers.base import QATConfig, WeightQuantizer
 from learnq.quantizers.diffq import DiffQ, DiffQQuantizer, pseudo_quantize
 from learnq.quantizers.lsq import LSQ, LSQQuantizer
 from learnq.quantizers.nested import Nested, NestedQuantizer, nested_quantize
@@ -21,6 +21,6 @@ def describe_methods() -> dict[str, str]:
     return {name: cls.description for name, cls in QAT_METHODS.items()}
 
 
-__all__ = ["QAT_METHODS", "describe_methods", "QATConfig", "WeightQuantizer", "passthrough", "STE", "STEQuantizer",
+__all__ = ["QAT_METHODS", "describe_methods", "QATConfig", "WeightQuantizer", "STE", "STEQuantizer",
            "fake_quantize_ste", "LSQ", "LSQQuantizer", "Nested", "NestedQuantizer", "nested_quantize", "DiffQ",
            "DiffQQuantizer", "pseudo_quantize"]

@@ -33,28 +33,9 @@ from learnq.attach import Selection
 from learnq.errors import ConfigError, QuantizationError
 from learnq.granularity import Granularity
 from learnq.grid import QuantizedTensor, QuantParams, dequantize
+from learnq.ste import ste
 
 CONFIG_VERSION = 1
-
-
-# -- autograd helpers ---------------------------------------------------------------------------------------------
-class _Passthrough(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return y.view_as(y)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        return grad, None
-
-
-def passthrough(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Exactly the values of ``y``; the identity gradient to ``x`` (a straight-through estimator).
-
-    Unlike ``x + (y - x).detach()`` the value is ``y`` bit for bit, so the training forward of a fake quantizer and
-    its eval forward agree.
-    """
-    return _Passthrough.apply(x, y.detach())
 
 
 # -- forward clock ------------------------------------------------------------------------------------------------
@@ -157,7 +138,7 @@ class WeightQuantizer(nn.Module):
             return out
         y = self._eval_value(x)
         if torch.is_grad_enabled() and x.requires_grad:
-            return passthrough(x, y)
+            return ste(x, y)
         return y
 
     def _eval_value(self, x: torch.Tensor) -> torch.Tensor:
@@ -376,5 +357,5 @@ class QATConfig:
         return target(**data)
 
 
-__all__ = ["WeightQuantizer", "QATConfig", "ForwardClock", "ClockPreHook", "ClockPostHook", "passthrough",
-           "per_tensor", "check_int", "check_float", "check_choice", "CONFIG_VERSION"]
+__all__ = ["WeightQuantizer", "QATConfig", "ForwardClock", "ClockPreHook", "ClockPostHook", "per_tensor", "check_int",
+           "check_float", "check_choice", "CONFIG_VERSION"]

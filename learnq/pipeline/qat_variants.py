@@ -42,14 +42,14 @@ from torch.utils.data import DataLoader, Dataset
 from learnq.activations import ACTIVATION_METHODS, insert_activation_quantizers, wrapped_activations
 from learnq.attach import Selection
 from learnq.errors import ConfigError, LearnqError
+from learnq.evaluation import split_batch, task_loss
 from learnq.granularity import Granularity
 from learnq.grid import check_bits
 from learnq.pipeline.train.config import TrainConfig
-from learnq.pipeline.train.evaluate import split_batch, task_loss
 from learnq.pipeline.train.optim import build_optimizer, build_scheduler
 from learnq.pipeline.train.seeding import make_generator
 from learnq.pipeline.variants import QATInfo, VariantInfo, register_qat, register_variant
-from learnq.prepare import QuantHandle, prepare
+from learnq.qat import QuantHandle, prepare
 from learnq.quantized import quantized_parameters
 from learnq.quantizers import LSQ, STE, DiffQ, Nested, QATConfig
 from learnq.quantizers.nested import REFERENCE_SCALE
