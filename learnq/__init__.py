@@ -26,8 +26,9 @@ from learnq.quantizers import DiffQ as DiffQ  # noqa: E402
 from learnq.quantizers import Nested as Nested  # noqa: E402
 
 SUBMODULES = ("act_quant", "activations", "analysis", "atomic_file", "attach", "bn_fold", "bounded_json", "checkpoint",
-              "cli", "clipping", "errors", "evaluation", "export", "file_layout", "granularity", "grid", "layers",
-              "optim", "packing", "pipeline", "ptq", "qat", "quantized", "quantizers", "regularizers", "size", "ste")
+              "checks", "cli", "clipping", "errors", "evaluation", "export", "file_layout", "granularity", "grid",
+              "layers", "optim", "packing", "parametrization", "pipeline", "ptq", "qat", "quantized", "quantizers",
+              "regularizers", "size", "ste")
 """The public subpackages and modules, each reachable as ``learnq.<name>`` after ``import learnq``."""
 
 __getattr__, __dir__ = lazy_submodules(__name__, SUBMODULES, globals())

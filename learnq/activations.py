@@ -33,8 +33,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from learnq.checks import check_float, check_int
 from learnq.errors import ConfigError, ModelError, QuantizationError
-from learnq.quantizers.base import check_float, check_int
 from learnq.ste import ste
 
 ACTIVATION_METHODS = ("pact", "observer")

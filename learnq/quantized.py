@@ -1,9 +1,10 @@
 """Frozen quantized parameters: the in-memory form of a quantized model (DESIGN.md, "one object per parameter").
 
-A quantized parameter is a ``torch.nn.utils.parametrize`` parametrization whose forward returns the dequantized
-tensor ŵ = q·scale + offset. Training-time quantizers (learnq.quantizers) are parametrizations too; every one of
-them implements ``export_quantized(x) -> QuantizedTensor``, the protocol that ``learnq.save`` reads. This module
-gives the frozen one (after PTQ, or after loading a model file) and the helpers that walk a model's quantized
+A quantized parameter is a :class:`learnq.parametrization.WeightParametrization` (a ``torch.nn.utils.parametrize``
+parametrization) whose forward returns the dequantized tensor ŵ = q·scale + offset and whose
+``export_quantized(x) -> QuantizedTensor`` is what ``learnq.save`` reads. This module gives the frozen one (after
+PTQ, after ``handle.freeze()`` or after loading a model file), :func:`attach_quantized`, the one code path that makes
+a parameter a frozen quantized tensor on every module holding it, and the helpers that walk a model's quantized
 parameters, so that save, load, size accounting and reports are written once.
 """
 
@@ -18,10 +19,12 @@ from torch.nn.utils import parametrize
 from learnq.errors import ConfigError
 from learnq.granularity import Granularity
 from learnq.grid import QuantizedTensor
+from learnq.parametrization import WeightParametrization
 
 
-class QuantizedWeight(nn.Module):
-    """A parametrization holding a :class:`QuantizedTensor`; forward returns its dequantized values."""
+class QuantizedWeight(WeightParametrization):
+    """A parametrization holding a :class:`QuantizedTensor`; forward returns its dequantized values (from the base's
+    cache, which tracks the buffers: codes, steps, offsets, widths, range)."""
 
     def __init__(self, qt: QuantizedTensor) -> None:
         super().__init__()
@@ -37,26 +40,6 @@ class QuantizedWeight(nn.Module):
         self.method = qt.method
         self.out_dtype = qt.dtype
         self.extra = dict(qt.extra)
-        self._cache: tuple | None = None  # (meta, buffer refs, value, its version)
-
-    def _meta(self) -> tuple:
-        return (self.out_dtype, self.granularity, self.bits, self.qmin, self.scheme)
-
-    def _buffers_now(self) -> tuple:
-        b = self._buffers  # direct dict reads: nn.Module.__getattr__ is slow and this runs per weight access
-        return (b["codes"], b["scale"], b["offset"], b["value_range"], b["group_bits"])
-
-    def _cache_valid(self) -> bool:
-        """The cached tensor still equals ``quantized().dequantize()``: the same buffer objects (kept alive by the
-        cache, so an identity is never reused) at the same version (no in-place write) and storage, the same
-        output dtype, granularity and bits, and the cached tensor itself not written in place."""
-        cached = self._cache
-        if cached is None or cached[0] != self._meta() or cached[2]._version != cached[3]:
-            return False
-        for t, (ref, version, ptr) in zip(self._buffers_now(), cached[1], strict=True):
-            if t is not ref or (t is not None and (t._version != version or t.data_ptr() != ptr)):
-                return False
-        return True
 
     def quantized(self) -> QuantizedTensor:
         return QuantizedTensor(codes=self.codes, scale=self.scale, offset=self.offset, granularity=self.granularity,
@@ -64,24 +47,19 @@ class QuantizedWeight(nn.Module):
                                dtype=self.out_dtype, group_bits=self.group_bits, value_range=self.value_range,
                                extra=dict(self.extra))
 
-    def forward(self, original: torch.Tensor) -> torch.Tensor:  # noqa: ARG002 - the stored codes are the truth
-        """The dequantized tensor, computed once and cached until a buffer changes (in place, replaced, moved) or
-        the cached tensor itself is written in place; the values are those of ``quantized().dequantize()``."""
-        if self._cache_valid():
-            return self._cache[2]  # type: ignore[index]
-        with torch.no_grad():
-            value = self.quantized().dequantize()
-        refs = tuple((t, None if t is None else t._version, None if t is None else t.data_ptr())
-                     for t in self._buffers_now())
-        self._cache = (self._meta(), refs, value, value._version)
-        return value
+    def export_quantized(self, x: torch.Tensor | None = None) -> QuantizedTensor:  # noqa: ARG002 - the codes are the truth
+        return self.quantized()
+
+    def _cache_meta(self, x: torch.Tensor) -> tuple:
+        return (self.out_dtype, self.granularity, self.bits, self.qmin, self.scheme)
+
+    def _tracked(self, x: torch.Tensor) -> tuple:
+        b = self._buffers  # direct dict reads: nn.Module.__getattr__ is slow and this runs per weight access
+        return (b["codes"], b["scale"], b["offset"], b["value_range"], b["group_bits"])
 
     def right_inverse(self, value: torch.Tensor) -> torch.Tensor:
         # What parametrize stores as ``original``: the dequantized values (so state_dict stays meaningful).
         return value
-
-    def export_quantized(self, x: torch.Tensor) -> QuantizedTensor:  # noqa: ARG002
-        return self.quantized()
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, scheme={self.scheme}, granularity={self.granularity}, method={self.method}"

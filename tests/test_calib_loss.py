@@ -16,7 +16,7 @@ from learnq.attach import Selection
 from learnq.errors import ConfigError, DataError, ModelError
 from learnq.grid import GridSpec
 from learnq.ptq.calib_loss import CalibrationLoss, step_coordinates
-from learnq.ptq.weight_quant import attach_weight_quantizers
+from learnq.ptq.ptq_weight import attach_weight_quantizers
 
 SKIP = Selection(skip_first=True, skip_last=True)
 

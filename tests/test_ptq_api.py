@@ -18,7 +18,7 @@ from learnq.errors import ConfigError, DataError, ModelError, QuantizationError
 from learnq.pipeline.data import load_dataset
 from learnq.pipeline.train import evaluate
 from learnq.ptq import PTQ_METHODS, quantize, register_ptq_method
-from learnq.ptq.weight_quant import PTQWeight, attach_weight_quantizers
+from learnq.ptq.ptq_weight import PTQWeight, attach_weight_quantizers
 from learnq.quantized import quantized_parameters
 
 

@@ -42,7 +42,7 @@ from learnq.errors import ConfigError, DataError, ModelError
 from learnq.granularity import Granularity
 from learnq.grid import GridSpec
 from learnq.layers import require_weight_layers
-from learnq.ptq.weights import quantize_weights
+from learnq.ptq.ptq_weight import quantize_weights
 
 DEFAULT_BINS = 256
 DEFAULT_SMOOTHING = 0.5
@@ -60,7 +60,8 @@ def _positive_int(value: object, name: str) -> int:
 
 def quantized_copy(model: nn.Module, bits: int, *, scheme: str = "symmetric", granularity: str = "tensor",
                    selection: Selection = Selection()) -> nn.Module:
-    """A deep copy of ``model`` with its selected weights quantized by naive min-max PTQ (``learnq.ptq.weights``).
+    """A deep copy of ``model`` with its selected weights quantized by naive min-max PTQ
+    (``learnq.ptq.quantize_weights``).
 
     Per-tensor symmetric by default: the naive quantization the documents compare against.
     """

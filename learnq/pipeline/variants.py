@@ -11,8 +11,8 @@ quantized model (the same object or a new one). The pipeline then saves it with 
 the file and evaluates the reloaded model.
 
 Registered here: ``float`` (the float32 baseline, nothing quantized) and ``minmax`` (weight-only min-max PTQ,
-``learnq.ptq.weights``, METHODS.md §0; per-channel symmetric by default). Later methods register themselves with
-:func:`register_variant` (in this file, so that ``learnq list methods`` and recipe validation see them), e.g.::
+``learnq.ptq.quantize_weights``, METHODS.md §0; per-channel symmetric by default). Later methods register themselves
+with :func:`register_variant` (in this file, so that ``learnq list methods`` and recipe validation see them), e.g.::
 
     register_variant(VariantInfo("lapq", "LAPQ: loss-aware PTQ (seeds/001)", apply_lapq,
                                  options={"p_grid": 10, "powell_iters": 2}, needs_calibration=True))
@@ -37,7 +37,7 @@ from torch import nn
 from learnq.attach import BitsRule
 from learnq.errors import ConfigError
 from learnq.pipeline.schema import type_name
-from learnq.ptq.weights import quantize_weights
+from learnq.ptq.ptq_weight import quantize_weights
 
 if TYPE_CHECKING:  # only for annotations: recipe.py imports this module
     from learnq.pipeline.data import Splits

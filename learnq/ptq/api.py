@@ -16,7 +16,7 @@ float in every holder with a reason in ``skipped``; it is never split.
 
 A method is a function ``fn(ctx: PTQContext) -> dict | None`` registered with :func:`register_ptq_method`; it
 quantizes ``ctx.model`` in place, typically with ``ctx.attach_weights(clip=...)`` (a
-:class:`learnq.ptq.weight_quant.PTQWeight` per selected weight, or its own parametrization exporting a
+:class:`learnq.ptq.ptq_weight.PTQWeight` per selected weight, or its own parametrization exporting a
 QuantizedTensor) and ``ctx.attach_activations(clip=...)`` (an :class:`learnq.act_quant.ActQuantizer` at the input of
 each selected layer, calibrated). It counts loss evaluations in ``ctx.loss_evals``; what it returns is merged into
 ``PTQResult.extra`` (a ``"layers"`` list there replaces the per-layer report). Registered here: the clipping rules
@@ -44,7 +44,7 @@ from learnq.checkpoint import FOLDED_BN_ATTR
 from learnq.errors import ConfigError, ModelError
 from learnq.granularity import Granularity
 from learnq.grid import FLOAT_BITS, GridSpec, check_bits
-from learnq.ptq.weight_quant import PTQWeight, attach_weight_quantizers
+from learnq.ptq.ptq_weight import PTQWeight, attach_weight_quantizers
 from learnq.quantized import full_name, get_module, holders, quantized_parameters, split_name
 
 PTQFn = Callable[["PTQContext"], "dict[str, Any] | None"]

@@ -9,7 +9,7 @@ clipping values. Each evaluation runs the network, so this module removes every 
   (e.g. the input of the first quantized layer, or of a residual branch) are computed once per batch and cached on
   the device. An evaluation runs only the remaining graph on the cached values. A model that cannot be traced is
   evaluated whole, with a warning (``CalibrationLoss.cached`` is False);
-* weights are fake-quantized only when their own α changed (:class:`learnq.ptq.weight_quant.PTQWeight` caches its
+* weights are fake-quantized only when their own α changed (:class:`learnq.ptq.ptq_weight.PTQWeight` caches its
   quantized weight, and :meth:`CalibrationLoss.set_alphas` touches only the quantizers whose α changed);
 * evaluation runs in eval mode under ``torch.no_grad()``, and every evaluation is counted (``evals``).
 
@@ -36,7 +36,7 @@ from learnq.clipping import scale_offset
 from learnq.errors import ConfigError, DataError, ModelError
 from learnq.grid import GridSpec
 from learnq.layers import WEIGHT_LAYER_TYPES
-from learnq.ptq.weight_quant import PTQWeight, ptq_weight_of
+from learnq.ptq.ptq_weight import PTQWeight, ptq_weight_of
 
 
 @dataclass
