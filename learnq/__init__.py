@@ -14,7 +14,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from learnq._lazy import lazy_submodules  # noqa: E402
-from learnq.activations import PACT as PACT  # noqa: E402
+from learnq.act import PACT as PACT  # noqa: E402
 from learnq.checkpoint import load as load  # noqa: E402  (after __version__: modules may import it)
 from learnq.checkpoint import save as save  # noqa: E402
 from learnq.qat import QuantHandle as QuantHandle  # noqa: E402
@@ -25,10 +25,10 @@ from learnq.quantizers import STE as STE  # noqa: E402
 from learnq.quantizers import DiffQ as DiffQ  # noqa: E402
 from learnq.quantizers import Nested as Nested  # noqa: E402
 
-SUBMODULES = ("act_quant", "activations", "analysis", "atomic_file", "attach", "bn_fold", "bounded_json", "checkpoint",
-              "checks", "cli", "clipping", "errors", "evaluation", "export", "file_layout", "granularity", "grid",
-              "layers", "optim", "packing", "parametrization", "pipeline", "ptq", "qat", "quantized", "quantizers",
-              "regularizers", "size", "ste")
+SUBMODULES = ("accounting", "act", "analysis", "atomic_file", "attach", "batches", "bn_fold", "bounded_json",
+              "checkpoint", "checks", "cli", "clipping", "errors", "evaluation", "export", "fields", "file_layout",
+              "file_records", "granularity", "grid", "layers", "model_file", "optim", "packing", "parametrization",
+              "pipeline", "ptq", "qat", "quantized", "quantizers", "regularizers", "size", "ste")
 """The public subpackages and modules, each reachable as ``learnq.<name>`` after ``import learnq``."""
 
 __getattr__, __dir__ = lazy_submodules(__name__, SUBMODULES, globals())

@@ -10,7 +10,7 @@ parameters, so that save, load, size accounting and reports are written once.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import torch
 from torch import nn
@@ -202,3 +202,28 @@ def plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
             with torch.no_grad():
                 state[full] = getattr(module, param).detach()
     return state
+
+
+def model_entries(model: nn.Module,
+                  quantized: Mapping[str, QuantizedTensor] | None = None) -> dict[str, QuantizedTensor | torch.Tensor]:
+    """What :func:`learnq.save` writes: every tensor of ``plain_state(model)``, quantized ones as QuantizedTensor."""
+    state = plain_state(model)
+    qts = dict(quantized_parameters(model))
+    for name, qt in (quantized or {}).items():
+        if name not in state:
+            raise ConfigError(f"quantized= names {name!r}, which is not a parameter or buffer of the model")
+        if not isinstance(qt, QuantizedTensor):
+            raise ConfigError(f"quantized[{name!r}] must be a QuantizedTensor, got {type(qt).__name__}")
+        if qt.shape != tuple(state[name].shape):
+            raise ConfigError(f"quantized[{name!r}] has shape {qt.shape} but the model's tensor has "
+                              f"{tuple(state[name].shape)}")
+        qts[name] = qt
+    # model order: a parametrized tensor at the place of its ``<module>.parametrizations.<param>.original`` key
+    order: list[str] = []
+    for key in model.state_dict():
+        head, sep, tail = f".{key}".partition(".parametrizations.")
+        name = f"{head}.{tail.partition('.')[0]}"[1:] if sep else key
+        if name in state and name not in order:
+            order.append(name)
+    order += [k for k in state if k not in order]
+    return {name: qts.get(name, state[name]) for name in order}

@@ -1,4 +1,4 @@
-"""Tests for learnq.act_quant: observers, the unsigned/signed grids, hooks, calibration and saved state."""
+"""Tests for learnq.act: observers, the unsigned/signed grids, hooks, calibration and saved state."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import learnq
-from learnq.act_quant import (
+from learnq.act import (
     ATTR,
     ActQuantizer,
     activation_state,

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import learnq
-from learnq.act_quant import input_quantizers
+from learnq.act import input_quantizers
 from learnq.errors import ConfigError, DataError, ModelError
 from learnq.granularity import Granularity
 from learnq.grid import GridSpec, compute_params

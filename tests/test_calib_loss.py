@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from learnq.act_quant import attach_input_quantizers, calibrate
+from learnq.act import attach_input_quantizers, calibrate
 from learnq.attach import Selection
 from learnq.errors import ConfigError, DataError, ModelError
 from learnq.grid import GridSpec

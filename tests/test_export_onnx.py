@@ -13,8 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import learnq
-from learnq.act_quant import ActQuantizer
-from learnq.activations import PACT, ObserverFakeQuant, insert_activation_quantizers
+from learnq.act import PACT, ActQuantizer, ObserverFakeQuant, insert_activation_quantizers
 from learnq.cli import main
 from learnq.errors import ConfigError, ModelError
 from learnq.export import evaluate_onnx, run_onnx, to_onnx

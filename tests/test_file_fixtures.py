@@ -59,3 +59,21 @@ def test_old_file_saved_again_stores_the_same_tensors(name, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(again.eval()(EXPECTED[f"{name}.input"]), EXPECTED[f"{name}.output"],
                                    rtol=1e-5, atol=1e-5)  # as above: kernels differ between CPUs
+
+
+@pytest.mark.parametrize("name", ["ptq_w4a8_bn", "qat_ste_pact_observer"])
+def test_old_activation_keys_are_written_again_as_one_entry(name, tmp_path):
+    old = learnq.load(DATA / f"{name}.safetensors").metadata
+    assert ("activation_wrappers" in old) == (name == "qat_ste_pact_observer")  # the keys files had before
+    assert "activations" not in old or old["activations"]["version"] == 1
+    model = learnq.load(DATA / f"{name}.safetensors", BUILDERS[name]())
+    learnq.save(model, tmp_path / "new.safetensors")
+    meta = learnq.load(tmp_path / "new.safetensors").metadata
+    assert "activation_wrappers" not in meta and meta["activations"]["version"] == 2
+    wrappers, inputs = meta["activations"]["modules"], meta["activations"]["quantizers"]
+    assert (set(wrappers), set(inputs)) == ((set(old["activation_wrappers"]["modules"]), set()) if "activation_wrappers"
+                                            in old else (set(), set(old["activations"]["quantizers"])))
+    again = learnq.load(tmp_path / "new.safetensors", BUILDERS[name]()).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(EXPECTED[f"{name}.input"]), EXPECTED[f"{name}.output"],
+                                   rtol=1e-5, atol=1e-5)  # kernels differ between CPUs (see above)

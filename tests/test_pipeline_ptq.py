@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from learnq.act_quant import input_quantizers
+from learnq.act import input_quantizers
 from learnq.checkpoint import load, read, save
 from learnq.cli import main
 from learnq.errors import ConfigError, ModelError

@@ -12,7 +12,7 @@ from torch.nn.utils import parametrize
 from torch.utils.data import TensorDataset
 
 import learnq
-from learnq.act_quant import input_quantizers
+from learnq.act import input_quantizers
 from learnq.attach import Selection
 from learnq.errors import ConfigError, DataError, ModelError, QuantizationError
 from learnq.pipeline.data import load_dataset

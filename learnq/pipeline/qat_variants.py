@@ -19,7 +19,7 @@ and the method's ``options``: its config fields (:data:`METHOD_OPTIONS`), ``quan
 parameters; default: the method's, DiffQ 1e-3, nested 1e-4, LSQ the model's lr) and, for variants, the fine-tuning
 schedule (:data:`FINETUNE_OPTIONS`). Everything is validated when the recipe is read.
 
-Activations (PACT, Choi et al. 2018, Eq. 1-3, :mod:`learnq.activations`): ``abits`` (a variant's own key; in
+Activations (PACT, Choi et al. 2018, Eq. 1-3, :mod:`learnq.act`): ``abits`` (a variant's own key; in
 ``[qat]`` ``options.abits``) wraps every ReLU/ReLU6 module of the model with an activation quantizer before training
 or fine-tuning, ``options.act_method`` picks it (``"pact"``, the default: learned clip α, trained with the model's
 parameters and their weight decay as PACT's L2 on α; ``"observer"``: running min-max range). The model file records
@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from learnq.activations import ACTIVATION_METHODS, insert_activation_quantizers, wrapped_activations
+from learnq.act import ACTIVATION_METHODS, insert_activation_quantizers, wrapped_activations
 from learnq.attach import Selection
 from learnq.errors import ConfigError, LearnqError
 from learnq.evaluation import split_batch, task_loss

@@ -17,7 +17,7 @@ float in every holder with a reason in ``skipped``; it is never split.
 A method is a function ``fn(ctx: PTQContext) -> dict | None`` registered with :func:`register_ptq_method`; it
 quantizes ``ctx.model`` in place, typically with ``ctx.attach_weights(clip=...)`` (a
 :class:`learnq.ptq.ptq_weight.PTQWeight` per selected weight, or its own parametrization exporting a
-QuantizedTensor) and ``ctx.attach_activations(clip=...)`` (an :class:`learnq.act_quant.ActQuantizer` at the input of
+QuantizedTensor) and ``ctx.attach_activations(clip=...)`` (an :class:`learnq.act.ActQuantizer` at the input of
 each selected layer, calibrated). It counts loss evaluations in ``ctx.loss_evals``; what it returns is merged into
 ``PTQResult.extra`` (a ``"layers"`` list there replaces the per-layer report). Registered here: the clipping rules
 ``minmax``, ``mse``, ``lp``, ``aciq``, ``kl`` (same rule for weights and activations); AdaRound and LAPQ register
@@ -38,9 +38,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from learnq.act_quant import ActQuantizer, attach_input_quantizers, calibrate, calibration_batches
+from learnq.act import ActQuantizer, attach_input_quantizers, calibrate
 from learnq.attach import LAYER_TYPES, Selection, check_finite, select_weights
-from learnq.checkpoint import FOLDED_BN_ATTR
+from learnq.batches import calibration_batches
+from learnq.bn_fold import FOLDED_BN_ATTR, find_conv_bn_pairs, fold_batchnorm
 from learnq.errors import ConfigError, ModelError
 from learnq.granularity import Granularity
 from learnq.grid import FLOAT_BITS, GridSpec, check_bits
@@ -286,8 +287,6 @@ def quantize(model: nn.Module, calibration_data: Any, *, method: str = "minmax",
     work = model if inplace else copy.deepcopy(model)
     work.eval()
     if fold_bn:
-        from learnq.bn_fold import find_conv_bn_pairs, fold_batchnorm
-
         pairs = [list(p) for p in find_conv_bn_pairs(work)]
         work = fold_batchnorm(work, inplace=True)
         if pairs:  # learnq.save records them, learnq.load folds a fresh model the same way

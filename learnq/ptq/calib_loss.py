@@ -14,7 +14,7 @@ clipping values. Each evaluation runs the network, so this module removes every 
 * evaluation runs in eval mode under ``torch.no_grad()``, and every evaluation is counted (``evals``).
 
 The coordinates are, in model order, each quantized layer's input quantizer (``"<layer>.input"``,
-:class:`learnq.act_quant.ActQuantizer`) and weight quantizer (``"<layer>.weight"``): one α per tensor, or one per
+:class:`learnq.act.ActQuantizer`) and weight quantizer (``"<layer>.weight"``): one α per tensor, or one per
 channel for per-channel quantizers (labels ``"<name>[c]"``). Steps Δ are α times a fixed factor of the grid
 (``Δ = 2α/(2^b-1)`` on the LAPQ grid, ``α/(2^b-1)`` unsigned, ``α/(2^(b-1)-1)`` symmetric).
 """
@@ -31,7 +31,8 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from learnq.act_quant import ActQuantizer, calibration_batches, input_quantizers
+from learnq.act import ActQuantizer, input_quantizers
+from learnq.batches import calibration_batches
 from learnq.clipping import scale_offset
 from learnq.errors import ConfigError, DataError, ModelError
 from learnq.grid import GridSpec

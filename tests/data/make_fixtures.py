@@ -26,7 +26,7 @@ sys.path.insert(0, str(HERE.parent))
 from fixture_models import BUILDERS, inputs  # noqa: E402
 
 import learnq  # noqa: E402
-from learnq.activations import insert_activation_quantizers  # noqa: E402
+from learnq.act import insert_activation_quantizers  # noqa: E402
 from learnq.quantized import plain_state  # noqa: E402
 
 
