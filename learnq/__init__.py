@@ -3,10 +3,10 @@
 Quantization-friendly training, learned quantization during training, post-training quantization and honest,
 bit-packed model files. See README.md for the order of operations.
 
-``import learnq`` loads the training-time API (``prepare``, the QAT configs, ``PACT``, ``save``, ``load``); the
-other subpackages (``learnq.ptq``, ``learnq.analysis``, ``learnq.pipeline``, ``learnq.export`` ...) are imported on
-first attribute access (PEP 562), so ``import learnq; learnq.ptq.quantize(...)`` works without making
-``import learnq`` slower.
+``import learnq`` loads the training-time API (``prepare``, the QAT configs, ``PACT``, ``save``, ``load``); the PTQ
+config ``learnq.PTQ`` and the other subpackages (``learnq.ptq``, ``learnq.analysis``, ``learnq.pipeline``,
+``learnq.export`` ...) are imported on first attribute access (PEP 562), so ``import learnq; learnq.ptq.quantize(...)``
+works without making ``import learnq`` slower. docs/architecture.md is the map of the package.
 """
 
 from __future__ import annotations
@@ -31,4 +31,7 @@ SUBMODULES = ("accounting", "act", "analysis", "atomic_file", "attach", "batches
               "pipeline", "ptq", "qat", "quantized", "quantizers", "regularizers", "size", "ste")
 """The public subpackages and modules, each reachable as ``learnq.<name>`` after ``import learnq``."""
 
-__getattr__, __dir__ = lazy_submodules(__name__, SUBMODULES, globals())
+LAZY_NAMES = {"PTQ": "learnq.ptq.config"}
+"""Public names defined in lazy subpackages: ``learnq.PTQ`` is :class:`learnq.ptq.PTQ` (imported on first access)."""
+
+__getattr__, __dir__ = lazy_submodules(__name__, SUBMODULES, globals(), LAZY_NAMES)

@@ -18,12 +18,13 @@ from typing import Any
 from learnq.attach import Selection
 from learnq.errors import ConfigError
 
-_NAMES = {int: "int", float: "float", str: "str", bool: "bool", dict: "table", list: "array", type(None): "nothing"}
+TYPE_NAMES = {int: "int", float: "float", str: "str", bool: "bool", dict: "table", list: "array",
+              type(None): "nothing"}
 
 
 def type_name(value: Any) -> str:
     """The TOML-ish name of a value's type (``int``, ``str``, ``table``, ``array``...)."""
-    return _NAMES.get(type(value), type(value).__name__)
+    return TYPE_NAMES.get(type(value), type(value).__name__)
 
 
 def check_int(cls: str, name: str, value: object, lo: int, hi: int | None = None) -> int:

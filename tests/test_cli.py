@@ -11,8 +11,8 @@ import learnq.checkpoint as ckpt
 from learnq.cli import main
 from learnq.pipeline.data import DATASETS
 from learnq.pipeline.models import MODELS
+from learnq.pipeline.registry import VARIANTS
 from learnq.pipeline.run import ROW_KEYS
-from learnq.pipeline.variants import VARIANTS
 
 TINY = """
 name = "tiny"

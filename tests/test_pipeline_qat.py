@@ -17,9 +17,9 @@ from learnq.granularity import Granularity
 from learnq.grid import QuantizedTensor
 from learnq.pipeline import qat_variants as Q
 from learnq.pipeline.recipe import parse_recipe
+from learnq.pipeline.registry import QAT_SECTIONS, VARIANTS
 from learnq.pipeline.run import evaluate_file, run_recipe, train_recipe
 from learnq.pipeline.train import TrainConfig
-from learnq.pipeline.variants import QAT_METHODS, VARIANTS
 from learnq.qat import prepare
 from learnq.quantized import attach_quantized
 from learnq.quantizers import LSQ, STE, DiffQ, Nested
@@ -88,11 +88,11 @@ def _model() -> nn.Sequential:
 
 def test_the_four_methods_are_registered_as_variants_and_qat_methods():
     for name in ("nested", "diffq", "ste", "lsq"):
-        assert name in VARIANTS and name in QAT_METHODS
+        assert name in VARIANTS and name in QAT_SECTIONS
         assert VARIANTS[name].learned_bits == (name in ("diffq", "nested"))
-        assert VARIANTS[name].validate is Q.validate_variant and QAT_METHODS[name].validate is Q.validate_qat
+        assert VARIANTS[name].validate is Q.validate_variant and QAT_SECTIONS[name].validate is Q.validate_qat
         assert set(Q.FINETUNE_OPTIONS) <= set(VARIANTS[name].options)
-        assert set(Q.FINETUNE_OPTIONS).isdisjoint(QAT_METHODS[name].options)
+        assert set(Q.FINETUNE_OPTIONS).isdisjoint(QAT_SECTIONS[name].options)
 
 
 def test_recipe_keys_map_to_the_method_configs():

@@ -131,10 +131,11 @@ def test_json_round_trip_is_exact():
 
 
 def test_method_options_get_their_defaults(monkeypatch):
+    from learnq.pipeline import registry as R
     from learnq.pipeline import variants as V
 
     info = V.VariantInfo("toy", "toy method", V.apply_float, options={"steps": 3, "tau": 0.5, "mode": "a"})
-    monkeypatch.setitem(V.VARIANTS, "toy", info)
+    monkeypatch.setitem(R.VARIANTS, "toy", info)
     r = parse_recipe('[[variants]]\nmethod = "toy"\nbits = 4\noptions = { tau = 1 }\n')
     assert r.variants[0].options == {"steps": 3, "tau": 1, "mode": "a"}
     with pytest.raises(ConfigError, match=r"variants\[0\]\.options\.steps: expected int, got float"):

@@ -15,8 +15,9 @@ from learnq.checkpoint import read
 from learnq.errors import ConfigError
 from learnq.optim import ASAM
 from learnq.pipeline.recipe import ASAMSection, Recipe, SatNLSection, load_recipe, parse_recipe
+from learnq.pipeline.registry import QAT_SECTIONS
 from learnq.pipeline.run import MODEL_FILE, evaluate_file, prepare_training, train_recipe
-from learnq.pipeline.variants import QAT_METHODS, QATInfo
+from learnq.pipeline.variants import QATInfo
 from learnq.regularizers import DSMM, SatNL, SymReg
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,7 +137,7 @@ def test_asam_with_a_qat_method_that_wraps_the_optimizer_is_refused(monkeypatch)
     def prepare(model, qat, seed, device):
         return {"optimizer_wrapper": lambda opt, m: opt}
 
-    monkeypatch.setitem(QAT_METHODS, "fake-wrapping", QATInfo("fake-wrapping", "test only", prepare))
+    monkeypatch.setitem(QAT_SECTIONS, "fake-wrapping", QATInfo("fake-wrapping", "test only", prepare))
     recipe = parse_recipe(TINY + '\n[qat]\nmethod = "fake-wrapping"\nbits = 4\n\n[asam]\n')
     with pytest.raises(ConfigError, match="asam: the \\[qat\\] method 'fake-wrapping' already wraps the optimizer"):
         prepare_training(recipe, _model(), "cpu")

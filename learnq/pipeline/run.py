@@ -50,10 +50,10 @@ from learnq.pipeline import schema
 from learnq.pipeline.data import Splits, dataset_from_preprocessing, load_dataset
 from learnq.pipeline.models import model_from_spec, model_spec
 from learnq.pipeline.qat_variants import freeze_with_summary, mean_bits
-from learnq.pipeline.recipe import Recipe, VariantSection
+from learnq.pipeline.registry import apply_variant, get_qat, get_variant, validate_recipe
 from learnq.pipeline.run_lock import claim_run_dir
+from learnq.pipeline.sections import Recipe, VariantSection
 from learnq.pipeline.train import evaluate, is_main_process, set_seed, train
-from learnq.pipeline.variants import apply_variant, get_qat, get_variant
 
 METRICS_VERSION = 1
 MODEL_FILE = "model.safetensors"
@@ -227,7 +227,8 @@ def train_recipe(recipe: Recipe, out: str | os.PathLike, *, resume: bool = False
     """Load the data, build and train the model, write ``recipe.json``, ``model.safetensors`` and ``metrics.json``.
 
     The run directory is claimed first (:func:`learnq.pipeline.run_lock.claim_run_dir`): ``BusyError`` naming the
-    holder if another learnq process is writing it."""
+    holder if another learnq process is writing it. The recipe is validated first (``ConfigError`` naming the key)."""
+    validate_recipe(recipe)
     out_dir = prepare_out(out)
     with claim_run_dir(out_dir):
         return _train_recipe(recipe, out_dir, resume=resume, progress=progress)
@@ -343,6 +344,7 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, *, resume: bool = False, 
     """``learnq run``: train, then every variant (quantize, save, reload, evaluate), metrics.json and the report.
 
     The run directory is claimed for the whole run (``BusyError`` naming the holder if another process writes it)."""
+    validate_recipe(recipe)
     out_dir = prepare_out(out)
     with claim_run_dir(out_dir):
         return _run_recipe(recipe, out_dir, resume=resume, progress=progress, report=report)

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from learnq.attach import BitsRule, Selection, select_weights
 from learnq.errors import ConfigError, DataError, ModelError
 from learnq.grid import GridSpec, QuantizedTensor, check_tensor, compute_params
-from learnq.ptq.api import PTQContext, register_ptq_method
+from learnq.ptq.context import PTQContext, PTQMethod
 from learnq.quantized import attach_quantized, get_module, split_name
 
 ZETA = 1.1
@@ -281,10 +281,10 @@ def _adaround_method(ctx: PTQContext) -> dict[str, Any]:
     return {"adaround": [asdict(info) for info in infos.values()]}
 
 
-register_ptq_method("adaround", "AdaRound (Nagel et al. 2020): learned up/down rounding per layer, layer by layer",
-                    _adaround_method, options=OPTIONS)
+METHOD = PTQMethod("adaround", "AdaRound (Nagel et al. 2020): learned up/down rounding per layer, layer by layer",
+                   _adaround_method, options=OPTIONS, quick={"iterations": 20})
 
 
-__all__ = ["ZETA", "GAMMA", "OPTIONS", "AdaRoundInfo", "adaround_weights", "beta_schedule", "capture_inputs",
+__all__ = ["ZETA", "GAMMA", "METHOD", "OPTIONS", "AdaRoundInfo", "adaround_weights", "beta_schedule", "capture_inputs",
            "inverse_rectified_sigmoid", "layer_function", "learn_rounding", "rectified_sigmoid",
            "rounding_regularizer"]

@@ -42,8 +42,8 @@ from tqdm.auto import tqdm
 
 from learnq.clipping import clip_lp
 from learnq.errors import ConfigError, DataError
-from learnq.ptq.api import PTQContext, register_ptq_method
 from learnq.ptq.calib_loss import CalibrationLoss, StepCoordinate
+from learnq.ptq.context import PTQContext, PTQMethod
 
 SPACES = ("log", "linear")
 
@@ -230,9 +230,9 @@ def _lapq_method(ctx: PTQContext) -> dict[str, Any]:
     return {"lapq": report.as_dict()}
 
 
-register_ptq_method(
+METHOD = PTQMethod(
     "lapq", "LAPQ (seeds/001): Lp sweep, quadratic fit of the loss in p, Powell on all steps; first/last layers float",
-    _lapq_method, options=OPTIONS, skip_first_last=True)
+    _lapq_method, options=OPTIONS, skip_first_last=True, quick={"p_count": 3, "maxiter": 1})
 
 
-__all__ = ["LAPQReport", "OPTIONS", "PowellResult", "fit_p_star", "lp_alphas", "p_grid", "powell", "run_lapq"]
+__all__ = ["LAPQReport", "METHOD", "OPTIONS", "PowellResult", "fit_p_star", "lp_alphas", "p_grid", "powell", "run_lapq"]

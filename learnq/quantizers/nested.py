@@ -215,6 +215,9 @@ class Nested(QATConfig):
     granularity: str = "channel"
     threshold: float = 1e-10
     init_scale: float | None = None
+    # recipes start the scales at 8 bits: chosen when weights that grew while training could need codes wider than
+    # 16 bits; since the layer keeps its codes within max_bits that no longer happens, and 8 stays the recipes'
+    # (coarser, smaller) starting point
     init_bits: int = field(default=16, metadata={"recipe_default": 8})
     min_scale: float = REFERENCE_SCALE
     eps: float = field(default=EPS32, metadata={"recipe": False})
