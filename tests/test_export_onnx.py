@@ -21,9 +21,10 @@ from learnq.export.qdq import plan_activation, plan_weight
 from learnq.granularity import Granularity
 from learnq.grid import GridSpec, QuantizedTensor, quantize_tensor
 from learnq.pipeline.data import load_dataset
+from learnq.pipeline.model_files import evaluate_file
 from learnq.pipeline.models import build_model
 from learnq.pipeline.recipe import parse_recipe
-from learnq.pipeline.run import evaluate_file, run_recipe
+from learnq.pipeline.run import run_recipe
 from learnq.pipeline.train import evaluate
 from learnq.ptq import quantize
 

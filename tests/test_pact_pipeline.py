@@ -17,8 +17,9 @@ import learnq
 import learnq.checkpoint as ckpt
 from learnq.act import ACTIVATIONS_KEY, PACT, QuantizedActivation, insert_activation_quantizers
 from learnq.errors import ConfigError
+from learnq.pipeline.model_files import evaluate_file, rebuild
 from learnq.pipeline.recipe import parse_recipe
-from learnq.pipeline.run import evaluate_file, rebuild, run_recipe
+from learnq.pipeline.run import run_recipe
 
 BASE = """
 name = "tiny-pact"

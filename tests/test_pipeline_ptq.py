@@ -14,10 +14,11 @@ from learnq.cli import main
 from learnq.errors import ConfigError, ModelError
 from learnq.pipeline import ptq_variants as PV
 from learnq.pipeline.data import load_dataset
+from learnq.pipeline.model_files import evaluate_file
 from learnq.pipeline.models import model_from_spec, model_spec
 from learnq.pipeline.recipe import parse_recipe
 from learnq.pipeline.registry import VARIANTS, apply_variant, register_ptq_variants
-from learnq.pipeline.run import ROW_KEYS, evaluate_file, run_recipe
+from learnq.pipeline.run import ROW_KEYS, run_recipe
 from learnq.ptq.registry import PTQ_METHODS, available_methods, register_ptq_method
 
 BASE = """

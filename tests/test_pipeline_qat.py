@@ -16,9 +16,10 @@ from learnq.errors import ConfigError
 from learnq.granularity import Granularity
 from learnq.grid import QuantizedTensor
 from learnq.pipeline import qat_variants as Q
+from learnq.pipeline.model_files import evaluate_file
 from learnq.pipeline.recipe import parse_recipe
 from learnq.pipeline.registry import QAT_SECTIONS, VARIANTS
-from learnq.pipeline.run import evaluate_file, run_recipe, train_recipe
+from learnq.pipeline.run import run_recipe, train_recipe
 from learnq.pipeline.train import TrainConfig
 from learnq.qat import prepare
 from learnq.quantized import attach_quantized

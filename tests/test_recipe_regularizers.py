@@ -14,9 +14,11 @@ from torch import nn
 from learnq.checkpoint import read
 from learnq.errors import ConfigError
 from learnq.optim import ASAM
+from learnq.pipeline.model_files import evaluate_file
 from learnq.pipeline.recipe import ASAMSection, Recipe, SatNLSection, load_recipe, parse_recipe
 from learnq.pipeline.registry import QAT_SECTIONS
-from learnq.pipeline.run import MODEL_FILE, evaluate_file, prepare_training, train_recipe
+from learnq.pipeline.run import MODEL_FILE, train_recipe
+from learnq.pipeline.training import prepare_training
 from learnq.pipeline.variants import QATInfo
 from learnq.regularizers import DSMM, SatNL, SymReg
 

@@ -12,8 +12,9 @@ from torch import nn
 
 import learnq.checkpoint as ckpt
 from learnq.errors import CheckpointError, ConfigError
+from learnq.pipeline.model_files import evaluate_file, rebuild
 from learnq.pipeline.recipe import Recipe, parse_recipe
-from learnq.pipeline.run import ROW_KEYS, evaluate_file, rebuild, run_recipe, train_recipe
+from learnq.pipeline.run import ROW_KEYS, run_recipe, train_recipe
 
 TINY = """
 name = "tiny"

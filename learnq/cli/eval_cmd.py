@@ -11,7 +11,7 @@ import argparse
 
 from learnq.cli.common import print_json
 from learnq.cli.run_cmd import add_seed
-from learnq.pipeline.run import evaluate_file
+from learnq.pipeline.model_files import evaluate_file
 from learnq.pipeline.train import set_seed
 
 

@@ -23,8 +23,8 @@ from learnq.checkpoint import load, save
 from learnq.cli.common import add_common, print_json, show_progress
 from learnq.errors import ConfigError
 from learnq.pipeline.data import dataset_from_preprocessing
+from learnq.pipeline.model_files import EVAL_BATCH, rebuild, resolve_model_file
 from learnq.pipeline.models import model_from_spec
-from learnq.pipeline.run import EVAL_BATCH, rebuild, resolve_model_file
 from learnq.pipeline.train import evaluate, set_seed
 from learnq.ptq.api import quantize
 from learnq.ptq.config import PTQ

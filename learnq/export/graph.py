@@ -24,6 +24,7 @@ from torch import nn
 
 from learnq.act.input_quant import ATTR, _input_hook
 from learnq.errors import ModelError
+from learnq.export import ops
 from learnq.export.qdq import ActivationPlan, WeightPlan, is_activation_quantizer, plan_activation, plan_weight
 from learnq.export.report import TensorExport
 from learnq.grid import QuantizedTensor
@@ -270,8 +271,6 @@ class GraphWriter:
     # -- the graph --------------------------------------------------------------------------------------------------
     def run(self) -> tuple[Any, list[int | str], list[int | str]]:
         """Build the ONNX graph; returns (GraphProto, input shape, output shape)."""
-        from learnq.export import ops
-
         self.gm, self.values = trace(self.model, self.example)
         helper, proto = self.b.helper, self.b.proto
         env: dict[torch.fx.Node, Any] = {}
