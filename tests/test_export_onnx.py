@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from recipe_util import tiny_recipe
 from torch import nn
 
 import learnq
@@ -31,22 +32,8 @@ from learnq.ptq import quantize
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-RECIPE = """
-version = 1
-name = "export-tiny"
-seed = 0
-[data]
-name = "digits"
-calib_size = 128
-test_fraction = 0.2
-[model]
-name = "mlp"
-args = { hidden = [32] }
-[train]
-epochs = 3
-batch_size = 64
-lr = 0.01
-optimizer = "adam"
+RECIPE = tiny_recipe("export-tiny", version=1, seed=0, limit=None, calib_size=128, test_fraction=0.2, hidden=(32,),
+                     epochs=3, batch_size=64, lr=0.01, optimizer="adam", plots=None, tables="""\
 [[variants]]
 method = "diffq"
 options = { penalty = 5.0, quant_lr = 0.1, epochs = 1 }
@@ -54,7 +41,7 @@ options = { penalty = 5.0, quant_lr = 0.1, epochs = 1 }
 method = "nested"
 granularity = "row"
 options = { gamma_bins = 0.001, quant_lr = 0.003, epochs = 1 }
-"""
+""")
 
 
 def _cli(capsys, *argv: str) -> tuple[int, str, str]:

@@ -11,6 +11,7 @@ import os
 import pytest
 import torch
 from ddp_util import spawn_ranks
+from recipe_util import tiny_recipe
 from torch import nn
 
 import learnq
@@ -21,27 +22,7 @@ from learnq.pipeline.model_files import evaluate_file, rebuild
 from learnq.pipeline.recipe import parse_recipe
 from learnq.pipeline.run import run_recipe
 
-BASE = """
-name = "tiny-pact"
-seed = 3
-
-[data]
-name = "digits"
-limit = 240
-calib_size = 32
-
-[model]
-name = "mlp"
-args = { hidden = [16] }
-
-[train]
-epochs = 2
-batch_size = 32
-lr = 0.01
-
-[report]
-plots = false
-"""
+BASE = tiny_recipe("tiny-pact", seed=3, limit=240, hidden=(16,), epochs=2, batch_size=32, lr=0.01)
 
 ROWS = """
 [[variants]]

@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from recipe_util import tiny_recipe
 
 from learnq.act import input_quantizers
 from learnq.checkpoint import load, read, save
@@ -21,27 +22,7 @@ from learnq.pipeline.registry import VARIANTS, apply_variant, register_ptq_varia
 from learnq.pipeline.run import ROW_KEYS, run_recipe
 from learnq.ptq.registry import PTQ_METHODS, available_methods, register_ptq_method
 
-BASE = """
-name = "tiny-ptq"
-seed = 1
-
-[data]
-name = "digits"
-limit = 240
-calib_size = 48
-
-[model]
-name = "mlp"
-args = { hidden = [16, 12] }
-
-[train]
-epochs = 2
-batch_size = 32
-lr = 0.01
-
-[report]
-plots = false
-"""
+BASE = tiny_recipe("tiny-ptq", seed=1, limit=240, calib_size=48, hidden=(16, 12), epochs=2, batch_size=32, lr=0.01)
 
 ROWS = """
 [[variants]]

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from recipe_util import tiny_recipe
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -25,27 +26,7 @@ from learnq.qat import prepare
 from learnq.quantized import attach_quantized
 from learnq.quantizers import LSQ, STE, DiffQ, Nested
 
-BASE = """
-name = "tiny-qat"
-seed = 2
-
-[data]
-name = "digits"
-limit = 240
-calib_size = 32
-
-[model]
-name = "mlp"
-args = { hidden = [16] }
-
-[train]
-epochs = 2
-batch_size = 32
-lr = 0.01
-
-[report]
-plots = false
-"""
+BASE = tiny_recipe("tiny-qat", seed=2, limit=240, hidden=(16,), epochs=2, batch_size=32, lr=0.01)
 
 VARIANT_ROWS = """
 [[variants]]

@@ -6,31 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
+from recipe_util import tiny_recipe
 
 from learnq.errors import ConfigError
 from learnq.pipeline.recipe import RECIPE_VERSION, Recipe, builtin_recipes, load_recipe, parse_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
-BASE = """
-[data]
-name = "digits"
-limit = 200
-
-[model]
-name = "mlp"
-args = { hidden = [16] }
-
-[train]
-epochs = 1
-
-[[variants]]
-method = "float"
-
-[[variants]]
-method = "minmax"
-bits = 4
-"""
+BASE = tiny_recipe(None, hidden=(16,), calib_size=None, batch_size=None, lr=None, plots=None,
+                   tables='[[variants]]\nmethod = "float"\n\n[[variants]]\nmethod = "minmax"\nbits = 4\n')
 
 
 def test_minimal_recipe_fills_defaults():

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from recipe_util import tiny_recipe
 from torch import nn
 
 from learnq.checkpoint import read
@@ -24,23 +25,7 @@ from learnq.regularizers import DSMM, SatNL, SymReg
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY = """
-seed = 3
-
-[data]
-name = "digits"
-limit = 160
-calib_size = 32
-
-[model]
-name = "mlp"
-args = { hidden = [12] }
-
-[train]
-epochs = 1
-batch_size = 32
-lr = 0.01
-"""
+TINY = tiny_recipe(None, seed=3, limit=160, hidden=(12,), batch_size=32, lr=0.01, plots=None)
 
 
 def _model() -> nn.Module:
