@@ -1,7 +1,7 @@
 """``learnq list models|datasets|methods|recipes``: what is registered, one line of description each.
 
 ``methods`` reads every method registry that exists in this installation: the quantization variants a recipe's
-``[[variants]]`` can name (learnq.pipeline.variants), the training regularizers of ``[[regularizers]]``
+``[[variants]]`` can name (learnq.pipeline.registry), the training regularizers of ``[[regularizers]]``
 (learnq.regularizers) and the QAT methods of ``[qat]``; a registry that is not there yet is skipped.
 """
 

@@ -9,7 +9,8 @@ Two registries, filled here from the method registries of the library, so nothin
 * :data:`QAT_SECTIONS` (what a recipe's ``[qat]`` section can name): every QAT method (attached before training).
 
 :func:`register_variant` / :func:`register_qat` add entries of your own (``replace=True`` to override one);
-:func:`register_ptq_variants` makes a PTQ method registered later a variant too. :func:`validate_recipe` checks
+:func:`register_ptq_variants` / :func:`register_qat_variants` make a PTQ / QAT method registered later (at run time,
+not in its registry's tuple) a variant too. :func:`validate_recipe` checks
 everything about a recipe that needs no data (names exist, values are in range, options are known, with
 ``ConfigError`` naming the key path, e.g. ``variants[1].method: unknown quantization method 'foo'``) and completes
 the methods' options with their defaults.
@@ -82,13 +83,26 @@ def register_ptq_variants() -> list[str]:
     return done
 
 
+def register_qat_variants() -> list[str]:
+    """Register the ``[qat]`` method and the variant of every QAT method that has none yet; returns the names
+    registered by this call."""
+    done = []
+    sections, variants = qat_entries()
+    for section, variant in zip(sections, variants, strict=True):
+        if section.name in QAT_SECTIONS and variant.name in VARIANTS:
+            continue
+        if variant.name in VARIANTS:
+            raise ConfigError(f"QAT method {variant.name!r} clashes with the pipeline variant of that name; rename one")
+        register_qat(section)
+        register_variant(variant)
+        done.append(variant.name)
+    return done
+
+
 register_variant(FLOAT)
 register_variant(MINMAX)
 register_ptq_variants()
-_sections, _variants = qat_entries()
-for _section, _variant in zip(_sections, _variants, strict=True):
-    register_qat(_section)
-    register_variant(_variant)
+register_qat_variants()
 
 
 def get_variant(name: str) -> VariantInfo:
@@ -262,4 +276,4 @@ def _validate_asam(asam: ASAMSection) -> None:
 
 
 __all__ = ["QAT_SECTIONS", "VARIANTS", "apply_variant", "get_qat", "get_variant", "register_ptq_variants",
-           "register_qat", "register_variant", "validate_recipe"]
+           "register_qat", "register_qat_variants", "register_variant", "validate_recipe"]
