@@ -52,6 +52,7 @@ from learnq.pipeline.qat import freeze_with_summary, mean_bits
 from learnq.pipeline.recipe import FLOAT_BITS, Recipe, VariantSection
 from learnq.pipeline.run_lock import claim_run_dir
 from learnq.pipeline.train import evaluate, is_main_process, set_seed, train
+from learnq.pipeline.train.evaluate import task_metrics
 from learnq.pipeline.variants import apply_variant, get_qat, get_variant
 
 METRICS_VERSION = 1
@@ -70,7 +71,7 @@ class TrainedRun:
     splits: Splits
     spec: dict
     history: list[dict]
-    test: dict  # {"loss", "accuracy", "n"} of the float model on the test split
+    test: dict  # {"loss", "accuracy", "n"} of the float model on the test split (+ task_metrics' for an LM)
     is_main: bool = True
     regularizers: dict[str, nn.Module] = field(default_factory=dict)  # the recipe's regularizers, trained
     training: dict = field(default_factory=dict)  # training_summary(): what metrics.json records as "training"
@@ -252,6 +253,7 @@ def _train_recipe(recipe: Recipe, out_dir: Path, *, resume: bool, progress: bool
             SatNL.remove(model)
     main = is_main_process()
     test = evaluate(model, splits.test, device=next(model.parameters()).device, batch_size=EVAL_BATCH)
+    test = task_metrics(test, splits.task)  # + bits per character and perplexity for a language model
     trained = TrainedRun(recipe=recipe, out=out_dir, model=model, splits=splits, spec=spec, history=result.history,
                          test=test, is_main=main, regularizers=parts.regularizers, training=summary,
                          resumed_from_epoch=result.resumed_from_epoch)
@@ -406,14 +408,14 @@ def evaluate_file(path: str | os.PathLike, *, device: str = "cpu") -> dict:
     """``learnq eval``: rebuild the model and its test split from the file's metadata and evaluate it.
 
     Returns ``{"file", "model", "data", "method", "bits", "abits", "loss", "accuracy", "n"}`` (``abits`` 32: float
-    activations).
+    activations), plus ``bits_per_char`` and ``perplexity`` for a language model (``task_metrics``).
     """
     try:
         torch_device = str(torch.device(device))
     except (RuntimeError, TypeError) as exc:
         raise ConfigError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N") from exc
     model, splits, meta = rebuild(path, device=torch_device)
-    metrics = evaluate(model, splits.test, device=torch_device, batch_size=EVAL_BATCH)
+    metrics = task_metrics(evaluate(model, splits.test, device=torch_device, batch_size=EVAL_BATCH), splits.task)
     variant = meta.get("variant") or {}
     qat = (meta.get("recipe") or {}).get("qat") or {}
     method = variant.get("method") or qat.get("method") or "float"

@@ -31,6 +31,7 @@ from learnq.pipeline.models.convnets import build_lenet, build_thesis_cifar
 from learnq.pipeline.models.dense import build_mlp, build_thesis_mnist
 from learnq.pipeline.models.mobilenet import build_mobilenetv2_small
 from learnq.pipeline.models.resnet import build_resnet20, build_thesis_imagenette
+from learnq.pipeline.models.transformer import build_encoder_classifier, build_gpt
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,10 @@ MODELS: dict[str, ModelInfo] = {
             "small MobileNetV2: inverted residuals, depthwise convs, ReLU6",
             build_mobilenetv2_small,
         ),
+        ModelInfo("gpt", "GPT-style decoder for character LM: pre-LN, causal attention, tied embedding/head",
+                  build_gpt),
+        ModelInfo("encoder-classifier", "transformer encoder over padded characters, mean pooling, linear head",
+                  build_encoder_classifier),
     )
 }
 
