@@ -12,7 +12,9 @@ front.
 
 The networks and the papers they come from are described in ``dense.py``, ``convnets.py``, ``resnet.py`` and
 ``mobilenet.py``; the thesis networks (seeds/004, Sec. 4.1) are ``thesis-mnist``, ``thesis-cifar`` and
-``thesis-imagenette``.
+``thesis-imagenette``. The text models (``transformer.py``, ``attention.py``) take token ids ``(N, T)`` with
+``input_shape = (block_size,)``: ``gpt`` (a language model: ``num_classes`` is the vocabulary, logits ``(N, T, V)``)
+and ``encoder-classifier``; their attention is four ``nn.Linear`` layers or ``nn.MultiheadAttention``.
 """
 
 from __future__ import annotations
