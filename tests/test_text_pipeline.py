@@ -70,7 +70,7 @@ def test_language_model_trains_and_eval_rebuilds_it_from_the_file(tmp_path, caps
     assert math.isclose(test["perplexity"], math.exp(test["loss"]), rel_tol=1e-12)
     history = trained["history"]
     assert history[-1]["test_loss"] < history[0]["test_loss"] < math.log(98)  # it learns
-    assert test["bits_per_char"] < 3.5  # the fake plays repeat 15 words: far below log2(98) = 6.6 bits
+    assert test["bits_per_char"] < 2.0  # the fake plays repeat 15 words (1.13 measured; log2(98) = 6.6 bits)
     evaluated = _json(capsys, ["eval", str(out), "--json"])
     assert evaluated["data"] == "shakespeare-char" and evaluated["model"] == "gpt"
     # the same weights (reloaded bit-exact) on the same windows, evaluated by the same code
