@@ -25,9 +25,9 @@ from learnq.quantizers import STE as STE  # noqa: E402
 from learnq.quantizers import DiffQ as DiffQ  # noqa: E402
 from learnq.quantizers import Nested as Nested  # noqa: E402
 
-SUBMODULES = ("act_quant", "activations", "analysis", "attach", "checkpoint", "cli", "errors", "export",
-              "file_layout", "granularity", "grid", "layers", "optim", "packing", "pipeline", "prepare", "ptq",
-              "quantized", "quantizers", "regularizers", "size", "ste")
+SUBMODULES = ("act_quant", "activations", "analysis", "atomic_file", "attach", "bounded_json", "checkpoint", "cli",
+              "errors", "export", "file_layout", "granularity", "grid", "layers", "optim", "packing", "pipeline",
+              "prepare", "ptq", "quantized", "quantizers", "regularizers", "size", "ste")
 """The public subpackages and modules, each reachable as ``learnq.<name>`` after ``import learnq``."""
 
 __getattr__, __dir__ = lazy_submodules(__name__, SUBMODULES, globals())
