@@ -115,3 +115,21 @@ def test_builtin_text_recipe_is_small():
     recipe = load_recipe("text")
     assert recipe.data.name == "shakespeare-char" and recipe.model.name == "gpt"
     assert recipe.data.limit is not None and recipe.data.limit * recipe.data.options["block_size"] <= 500_000
+
+
+def test_heldout_test_trains_the_same_model_and_only_changes_what_is_evaluated(tmp_path):
+    import torch
+
+    from learnq.pipeline.recipe import parse_recipe
+    from learnq.pipeline.run import train_recipe
+
+    folder = write_corpus(tmp_path / "data")
+    base = LM.format(root=folder).replace("epochs = 3", "epochs = 2")
+    runs = {}
+    for heldout in ("validation", "test"):
+        text = base.replace("{ block_size = 32 }", f'{{ block_size = 32, heldout = "{heldout}" }}')
+        runs[heldout] = train_recipe(parse_recipe(text), tmp_path / heldout)
+    a, b = (runs[h].model.state_dict() for h in ("validation", "test"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # same data, seed and kernels: bit-identical weights
+    assert runs["validation"].test["n"] != runs["test"].test["n"]
+    assert runs["test"].splits.preprocessing["heldout"] == "test"
