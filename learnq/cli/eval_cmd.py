@@ -34,4 +34,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"{result['file']}: {result['model']} on {result['data']} ({result['method']}, {result['bits']} bits)")
     print(f"test accuracy {100 * result['accuracy']:.2f}% (n = {result['n']}), loss {result['loss']:.4f}")
+    if "perplexity" in result:  # a language model: loss in nats per character
+        print(f"bits per character {result['bits_per_char']:.4f}, perplexity {result['perplexity']:.3f}")
     return 0

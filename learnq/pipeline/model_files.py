@@ -12,7 +12,7 @@ from torch import nn
 
 from learnq.checkpoint import load, read
 from learnq.errors import CheckpointError, ConfigError
-from learnq.evaluation import evaluate
+from learnq.evaluation import evaluate, task_metrics
 from learnq.grid import FLOAT_BITS
 from learnq.pipeline.data import Splits, dataset_from_preprocessing
 from learnq.pipeline.models import model_from_spec
@@ -54,14 +54,14 @@ def evaluate_file(path: str | os.PathLike, *, device: str = "cpu") -> dict:
     """``learnq eval``: rebuild the model and its test split from the file's metadata and evaluate it.
 
     Returns ``{"file", "model", "data", "method", "bits", "abits", "loss", "accuracy", "n"}`` (``abits`` 32: float
-    activations).
+    activations), plus ``bits_per_char`` and ``perplexity`` for a language model (``task_metrics``).
     """
     try:
         torch_device = str(torch.device(device))
     except (RuntimeError, TypeError) as exc:
         raise ConfigError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N") from exc
     model, splits, meta = rebuild(path, device=torch_device)
-    metrics = evaluate(model, splits.test, device=torch_device, batch_size=EVAL_BATCH)
+    metrics = task_metrics(evaluate(model, splits.test, device=torch_device, batch_size=EVAL_BATCH), splits.task)
     variant = meta.get("variant") or {}
     qat = (meta.get("recipe") or {}).get("qat") or {}
     method = variant.get("method") or qat.get("method") or "float"

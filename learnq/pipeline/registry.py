@@ -195,7 +195,7 @@ def _validate_data(data: DataSection) -> None:
         _check_int(data.limit, "data.limit", 1)
     if not 0.0 < data.test_fraction < 1.0:
         raise ConfigError(f"data.test_fraction: must be between 0 and 1 (exclusive), got {data.test_fraction}")
-    if info.needs_root and data.root is None:
+    if info.needs_root and data.root is None and info.default_root is None:
         raise ConfigError(f"data.root: data set {info.name} is read from a directory; give its folder as data.root")
     if not info.needs_root and data.root is not None:
         raise ConfigError(f"data.root: data set {info.name} is built in and takes no root; remove data.root")

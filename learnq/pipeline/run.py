@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 from learnq.atomic_file import write_atomic
 from learnq.checkpoint import load, read, save
 from learnq.errors import ConfigError
+from learnq.evaluation import task_metrics
 from learnq.grid import FLOAT_BITS
 from learnq.pipeline import schema
 from learnq.pipeline.data import Splits, load_dataset
@@ -71,7 +72,7 @@ class TrainedRun:
     splits: Splits
     spec: dict
     history: list[dict]
-    test: dict  # {"loss", "accuracy", "n"} of the float model on the test split
+    test: dict  # {"loss", "accuracy", "n"} of the float model on the test split (+ task_metrics for an LM)
     is_main: bool = True
     regularizers: dict[str, nn.Module] = field(default_factory=dict)  # the recipe's regularizers, trained
     training: dict = field(default_factory=dict)  # training_summary(): what metrics.json records as "training"
@@ -164,6 +165,7 @@ def _train_recipe(recipe: Recipe, out_dir: Path, *, resume: bool, progress: bool
             SatNL.remove(model)
     main = is_main_process()
     test = evaluate(model, splits.test, device=next(model.parameters()).device, batch_size=EVAL_BATCH)
+    test = task_metrics(test, splits.task)  # + bits per character and perplexity for a language model
     trained = TrainedRun(recipe=recipe, out=out_dir, model=model, splits=splits, spec=spec, history=result.history,
                          test=test, is_main=main, regularizers=parts.regularizers, training=summary,
                          resumed_from_epoch=result.resumed_from_epoch)
