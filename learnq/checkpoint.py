@@ -59,8 +59,11 @@ from learnq.quantized import attach_quantized, get_module, holders, model_entrie
 
 
 def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = None,
-         quantized: Mapping[str, QuantizedTensor] | None = None) -> SizeReport:
-    """Write ``model`` to ``path`` (quantized parameters bit-packed, everything else as is); return its sizes.
+         quantized: Mapping[str, QuantizedTensor] | None = None, report: bool = False) -> SizeReport | None:
+    """Write ``model`` to ``path`` (quantized parameters bit-packed, everything else as is).
+
+    ``report=True`` returns the file's :class:`SizeReport` (entropy and zlib sizes of every tensor: a moment on a
+    large model, so only when asked; ``learnq.size.size_report(path)`` gives the same later); else None.
 
     The file is written whole or not at all (:func:`learnq.atomic_file.write_atomic`: a crash leaves the previous
     file intact, and the next save into the folder removes what a killed writer left), with the permissions of any
@@ -107,7 +110,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = N
         write_atomic(path, safetensors.torch.save(blobs, metadata={FORMAT: header}))
     except (OSError, SafetensorError) as exc:
         raise CheckpointError(f"cannot write the model file {path!r}: {exc}") from exc
-    return report_for(entries, os.path.getsize(path), encoded=encoded)
+    return report_for(entries, os.path.getsize(path), encoded=encoded) if report else None
 
 
 def load(path: str | os.PathLike, model: nn.Module | None = None, *, strict: bool = True,

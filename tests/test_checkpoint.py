@@ -122,7 +122,7 @@ def test_round_trip_group_bits(tmp_path, gran):
                          group_bits=widths, extra={"b_min": 2})
     model = mlp()
     attach_quantized(model, "0.weight", qt)
-    report = save(model, tmp_path / "m.lq")
+    report = save(model, tmp_path / "m.lq", report=True)
     mf = read(tmp_path / "m.lq")
     # the widths minus the smallest at ceil(log2(largest - smallest + 1)) bits, then one code stream per width, each
     # rounded up to whole bytes: that is the whole uint8 slice; the float32 slice holds the n steps and n offsets
@@ -436,7 +436,8 @@ def test_value_range_round_trip(tmp_path, gran, constant):
     if constant:
         assert torch.equal(qt.scale, torch.ones(n)) and torch.equal(qt.dequantize(), w)
     attach_quantized(model, "0.weight", qt)
-    report = save(model, tmp_path / "m.lq", quantized={"0.weight": qt})  # QuantizedWeight drops value_range
+    # QuantizedWeight drops value_range
+    report = save(model, tmp_path / "m.lq", quantized={"0.weight": qt}, report=True)
     mf = read(tmp_path / "m.lq")
     packed, params = mf.slices["0.weight"]
     assert params.nbytes == 8  # lo and hi, not a step and an offset per group

@@ -22,7 +22,7 @@ def model_file(tmp_path):
     attach_quantized(model, "0.weight", quantize_tensor(model[0].weight.detach(), GridSpec(
         bits=3, scheme="affine", granularity=Granularity.parse("group:7")), method="lapq"))
     path = tmp_path / "model.lq"
-    report = save(model, path, metadata={"task": "unit-test", "accuracy": 0.875, "long": "x" * 500})
+    report = save(model, path, metadata={"task": "unit-test", "accuracy": 0.875, "long": "x" * 500}, report=True)
     return path, report
 
 

@@ -12,6 +12,7 @@ from safetensors import safe_open
 from torch import nn
 
 import learnq
+from learnq.accounting import ZLIB_LEVEL
 from learnq.checkpoint import load, read, save
 from learnq.errors import ConfigError
 from learnq.granularity import Granularity
@@ -50,7 +51,7 @@ def test_symmetric_tensor_grid_hand_computed():
     assert ts.naive_bits == 4 * 10 + 32
     assert ts.stored_bytes == 5 + 4
     assert ts.entropy_bits == pytest.approx(10 * 1.0 + 32)
-    assert ts.zlib_bytes == len(zlib.compress(b"\x98" * 5, 9)) + 4
+    assert ts.zlib_bytes == len(zlib.compress(b"\x98" * 5, ZLIB_LEVEL)) + 4
     assert ts.float32_bytes == 40
 
 
@@ -109,7 +110,7 @@ def mlp(bits: int) -> nn.Sequential:
 def test_file_size_is_honest(tmp_path, bits):
     model = mlp(bits)
     path = tmp_path / "m.lq"
-    report = save(model, path, metadata={"bits": bits})
+    report = save(model, path, metadata={"bits": bits}, report=True)
     file_bytes = path.stat().st_size
     weights = 64 * 128 + 128 * 64 + 64 * 10
     channels = 128 + 64 + 10
@@ -151,7 +152,7 @@ def test_file_size_bound_on_zoo_models(tmp_path, name, bits):
     # the issue's bound: the file is within 1% + 4 KiB of the naive size, also for resnet20's 128 tensors (62
     # BatchNorm buffers and weights): the header holds a few blobs and compressed records, not one entry per tensor
     model = zoo_model(name, bits)
-    report = save(model, tmp_path / "m.lq")
+    report = save(model, tmp_path / "m.lq", report=True)
     file_bytes = (tmp_path / "m.lq").stat().st_size
     assert report.naive_bytes <= file_bytes <= 1.01 * report.naive_bytes + 4096
     n_quantized = sum(t.kind == "quantized" for t in report.tensors)
@@ -174,7 +175,7 @@ def test_diffq_file_against_eq12(tmp_path):
         (nn.functional.cross_entropy(model(x), y) + handle.loss()).backward()
         opt.step()
     model.eval()
-    report = save(model, tmp_path / "m.lq")
+    report = save(model, tmp_path / "m.lq", report=True)
     sizes = {t.name: t for t in report.tensors}
     for a in handle.attachments:
         b = a.quantizer.rounded_bits()
@@ -195,7 +196,7 @@ def test_diffq_file_against_eq12(tmp_path):
 
 def test_report_of_model_file_and_path_agree(tmp_path):
     model = mlp(4)
-    saved = save(model, tmp_path / "m.lq")
+    saved = save(model, tmp_path / "m.lq", report=True)
     of_model = size_report(model)
     of_path = size_report(tmp_path / "m.lq")
     of_file = read(tmp_path / "m.lq").size
@@ -215,7 +216,7 @@ def test_zlib_and_entropy_see_low_entropy_codes(tmp_path):
     holder = nn.Module()
     holder.w = nn.Parameter(torch.tensor([-1.0, 1.0]).repeat(2048))
     attach_quantized(holder, "w", quantize_tensor(holder.w.detach(), GridSpec(bits=8)))
-    ts = save(holder, tmp_path / "m.lq").tensors[0]
+    ts = save(holder, tmp_path / "m.lq", report=True).tensors[0]
     assert ts.entropy_bits == pytest.approx(4096 + 32)
     assert ts.stored_bytes == 4096 + 4
     assert ts.zlib_bytes < 4096 / 8

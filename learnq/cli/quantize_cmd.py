@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     metadata = {k: v for k, v in meta.items() if k not in ("variant", "metrics", "ptq")}
     metadata.update({"variant": {"method": result.method, "bits": result.wbits, "abits": result.abits},
                      "ptq": ptq, "metrics": {"test": before}})
-    size = save(result.model, out, metadata=metadata)
+    size = save(result.model, out, metadata=metadata, report=True)
     reloaded = model_from_spec(meta["model"], device="cpu")
     load(out, reloaded, device=args.device)
     after = evaluate(reloaded, splits.test, device=args.device, batch_size=EVAL_BATCH)
