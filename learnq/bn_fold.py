@@ -48,8 +48,8 @@ _LAYER_BN: tuple[tuple[type[nn.Module], tuple[type[nn.Module], ...]], ...] = (
 _LAYERS = tuple(layer for layer, _ in _LAYER_BN)
 
 
-def _foldable(layer: nn.Module, bn: nn.Module) -> bool:
-    """``bn`` normalises the output channels of ``layer`` with running statistics."""
+def foldable(layer: nn.Module | None, bn: nn.Module | None) -> bool:
+    """``bn`` normalises the output channels of ``layer`` (a conv/linear layer) with running statistics."""
     if not isinstance(bn, _BatchNorm) or bn.running_mean is None or bn.running_var is None:
         return False
     for layer_type, bn_types in _LAYER_BN:
@@ -80,7 +80,7 @@ def _pairs_from_graph(model: nn.Module, graph: torch.fx.Graph) -> list[tuple[str
             continue  # input is not a module output, or the layer's output is also used elsewhere
         if calls[src.target] != 1 or calls[node.target] != 1:
             continue  # a module called at several places: folding would change the other calls
-        if _foldable(modules[src.target], modules[node.target]):
+        if foldable(modules[src.target], modules[node.target]):
             pairs.append((str(src.target), str(node.target)))
     return pairs
 
@@ -93,7 +93,7 @@ def _pairs_from_sequentials(model: nn.Module) -> list[tuple[str, str]]:
             continue
         children = list(seq.named_children())
         for (name_a, a), (name_b, b) in zip(children, children[1:], strict=False):
-            if uses[id(a)] == 1 and uses[id(b)] == 1 and _foldable(a, b):
+            if uses[id(a)] == 1 and uses[id(b)] == 1 and foldable(a, b):
                 prefix = f"{seq_name}." if seq_name else ""
                 pairs.append((prefix + name_a, prefix + name_b))
     return pairs
@@ -185,4 +185,4 @@ def fold_batchnorm(model: nn.Module, inplace: bool = False,
     return target
 
 
-__all__ = ["FOLDED_BN_ATTR", "find_conv_bn_pairs", "fold_batchnorm", "folded_weights"]
+__all__ = ["FOLDED_BN_ATTR", "find_conv_bn_pairs", "fold_batchnorm", "foldable", "folded_weights"]

@@ -55,7 +55,16 @@ from learnq.fields import field_states, restorers
 from learnq.file_layout import crc32, dtype_name, encode, same_entry
 from learnq.grid import QuantizedTensor
 from learnq.model_file import FORMAT, FORMAT_VERSION, ModelFile, dumps, read
-from learnq.quantized import attach_quantized, get_module, holders, model_entries, plain_state, split_name, tied_groups
+from learnq.quantized import (
+    attach_quantized,
+    get_module,
+    holders,
+    holders_index,
+    model_entries,
+    plain_state,
+    split_name,
+    tied_groups,
+)
 
 
 def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = None,
@@ -148,6 +157,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, strict: boo
     if wrong:
         raise CheckpointError(f"{mf.path!r} does not fit the model: {'; '.join(wrong)}")
     model.to(device)
+    index = holders_index(model)  # once: attach_quantized would walk the model once per tensor
     for group in tied_groups(model, names):  # a tied parameter: one value for every holder, set once
         name = group[0]
         split = [other for other in group[1:] if not same_entry(mf.entries[name], mf.entries[other])]
@@ -159,9 +169,9 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, strict: boo
                 "the model again and save it")
         value = mf.entries[name]
         if isinstance(value, QuantizedTensor):
-            attach_quantized(model, name, value)  # on every holder
+            attach_quantized(model, name, value, index=index, take=True)  # on every holder; mf is ours
             continue
-        for _, hmod, hattr in holders(model, name):
+        for _, hmod, hattr in holders(model, name, index):
             if parametrize.is_parametrized(hmod, hattr):
                 parametrize.remove_parametrizations(hmod, hattr, leave_parametrized=False)
         module_name, param = split_name(name)

@@ -21,7 +21,7 @@ import torch
 from learnq.errors import CheckpointError, QuantizationError
 from learnq.granularity import Granularity
 from learnq.grid import MAX_BITS, QuantizedTensor, bits_for_range, check_bits, range_group_params
-from learnq.packing import pack, packed_nbytes, unpack
+from learnq.packing import pack, pack_checked, packed_nbytes, unpack
 
 PACKED, PARAMS = "uint8", "float32"  # the blobs of packed widths and codes, and of steps, offsets and ranges
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
@@ -56,13 +56,19 @@ def group_widths(qt: QuantizedTensor, name: str) -> torch.Tensor:
 
 def pack_codes(qt: QuantizedTensor, name: str = "tensor") -> torch.Tensor:
     """The packed codes of ``qt`` (uint8, 1-D); checks that every code fits its width."""
-    stored = qt.stored_codes().detach().cpu().to(torch.int64)
     if qt.group_bits is None:
+        stored = qt.stored_codes().detach().cpu().reshape(-1)
+        if not stored.numel():
+            return torch.zeros(0, dtype=torch.uint8)
+        if stored.dtype in (torch.uint16, torch.uint32, torch.uint64) or stored.is_floating_point():
+            stored = stored.to(torch.int64)  # aminmax and the packer take int8..int64 (and codes given as floats)
         top = 2**qt.bits - 1
-        if stored.numel() and (int(stored.min()) < 0 or int(stored.max()) > top):
+        low, high = (int(v) for v in torch.aminmax(stored))  # one pass for both ends
+        if low < 0 or high > top:
             raise QuantizationError(f"{name}: codes - qmin must lie in [0, {top}] for {qt.bits} bits; "
-                                    f"found [{int(stored.min())}, {int(stored.max())}] (check qmin and bits)")
-        return pack(stored.reshape(-1), qt.bits)
+                                    f"found [{low}, {high}] (check qmin and bits)")
+        return pack_checked(stored, qt.bits)
+    stored = qt.stored_codes().detach().cpu().to(torch.int64)
     widths = group_widths(qt, name)
     rows = qt.granularity.view(stored)  # (n_groups, group_len)
     mask = qt.granularity.group_mask(qt.shape)
@@ -88,7 +94,8 @@ def unpack_codes(packed: torch.Tensor, shape: tuple[int, ...], bits: int, qmin: 
     """Inverse of :func:`pack_codes`: int32 codes of ``shape``."""
     numel = math.prod(shape)
     if group_bits is None:
-        return (unpack(packed, bits, numel).reshape(shape) + qmin).to(torch.int32)
+        codes = unpack(packed, bits, numel).reshape(shape)  # int32, fresh: shifted in place
+        return codes.add_(qmin) if qmin else codes
     widths = group_bits.to(torch.int64).reshape(-1)
     mask = granularity.group_mask(shape)
     rows = torch.zeros(mask.shape, dtype=torch.int32)

@@ -181,10 +181,16 @@ def quantize(w: torch.Tensor, spec: GridSpec, params: QuantParams) -> torch.Tens
 
 
 def dequantize(codes: torch.Tensor, granularity: Granularity, params: QuantParams,
-               dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """ŵ = q·scale + offset, computed in float32 then cast to ``dtype``."""
+               dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None) -> torch.Tensor:
+    """ŵ = q·scale + offset, computed in float32 then cast to ``dtype``.
+
+    ``out``: a float32 tensor of the codes' shape on their device to write ŵ into (the same operations in place, so
+    the same bits; loading writes the parameter's own storage this way), used when ``dtype`` is float32."""
     scale = granularity.expand(params.scale, codes.shape)
     offset = granularity.expand(params.offset, codes.shape)
+    if out is not None and dtype == torch.float32 and out.dtype == torch.float32 and out.shape == codes.shape \
+            and out.device == codes.device:
+        return out.copy_(codes).mul_(scale).add_(offset)
     return (codes.float() * scale + offset).to(dtype)
 
 
@@ -263,8 +269,8 @@ class QuantizedTensor:
     def params(self) -> QuantParams:
         return QuantParams(self.scale, self.offset)
 
-    def dequantize(self) -> torch.Tensor:
-        return dequantize(self.codes, self.granularity, self.params, self.dtype)
+    def dequantize(self, out: torch.Tensor | None = None) -> torch.Tensor:
+        return dequantize(self.codes, self.granularity, self.params, self.dtype, out=out)
 
     def stored_codes(self) -> torch.Tensor:
         """Codes as the non-negative integers the file packs: ``codes - qmin``."""

@@ -91,11 +91,15 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
             f"round and cast the codes first"
         )
     flat = codes.reshape(-1)
-    n = flat.numel()
-    device = flat.device
-    if n == 0:
-        return torch.empty(0, dtype=torch.uint8, device=device)
+    if flat.numel() == 0:
+        return torch.empty(0, dtype=torch.uint8, device=flat.device)
     _check_range(flat, b)
+    return pack_checked(flat, b)
+
+
+def pack_checked(flat: torch.Tensor, b: int) -> torch.Tensor:
+    """:func:`pack` of a non-empty 1-D integer tensor whose codes the caller checked to lie in [0, 2**b - 1]
+    (the model file's encoder checks them once, with its own message)."""
     if b == 8:
         return flat.to(torch.uint8, copy=True)
     if b == 16:

@@ -26,13 +26,14 @@ class QuantizedWeight(WeightParametrization):
     """A parametrization holding a :class:`QuantizedTensor`; forward returns its dequantized values (from the base's
     cache, which tracks the buffers: codes, steps, offsets, widths, range)."""
 
-    def __init__(self, qt: QuantizedTensor) -> None:
+    def __init__(self, qt: QuantizedTensor, copy: bool = True) -> None:
         super().__init__()
-        self.register_buffer("codes", qt.codes.to(torch.int32).clone())
-        self.register_buffer("scale", qt.scale.float().clone())
-        self.register_buffer("offset", qt.offset.float().clone())
-        self.register_buffer("group_bits", None if qt.group_bits is None else qt.group_bits.clone())
-        self.register_buffer("value_range", None if qt.value_range is None else qt.value_range.float().clone())
+        own = (lambda t: t.clone()) if copy else (lambda t: t)  # copy=False: ``qt`` is handed over (load)
+        self.register_buffer("codes", own(qt.codes.to(torch.int32)))
+        self.register_buffer("scale", own(qt.scale.float()))
+        self.register_buffer("offset", own(qt.offset.float()))
+        self.register_buffer("group_bits", None if qt.group_bits is None else own(qt.group_bits))
+        self.register_buffer("value_range", None if qt.value_range is None else own(qt.value_range.float()))
         self.granularity: Granularity = qt.granularity
         self.bits = qt.bits
         self.qmin = qt.qmin
@@ -56,6 +57,18 @@ class QuantizedWeight(WeightParametrization):
     def _tracked(self, x: torch.Tensor) -> tuple:
         b = self._buffers  # direct dict reads: nn.Module.__getattr__ is slow and this runs per weight access
         return (b["codes"], b["scale"], b["offset"], b["value_range"], b["group_bits"])
+
+    def seed_cache(self, value: torch.Tensor) -> None:
+        """Make ``value`` (the parameter holding ``quantized().dequantize()`` bit for bit, as
+        :func:`attach_quantized` wrote it) the cached forward value: loading then keeps one float copy, not two. A
+        write into ``value`` changes its version, which the cache sees (the value is computed again)."""
+        if value.dtype != self.out_dtype:
+            return
+        cached = value.detach()  # shares the version counter with ``value``
+        tracked = self._tracked(cached)
+        self._cache = (self._cache_meta(cached), tuple((t, None if t is None else t._version,
+                                                        None if t is None else t.data_ptr()) for t in tracked),
+                       cached, cached._version)
 
     def right_inverse(self, value: torch.Tensor) -> torch.Tensor:
         # What parametrize stores as ``original``: the dequantized values (so state_dict stays meaningful).
@@ -139,16 +152,20 @@ def tied_groups(model: nn.Module, names: list[str]) -> list[list[str]]:
     return list(groups.values())
 
 
-def attach_quantized(model: nn.Module, name: str, qt: QuantizedTensor) -> None:
+def attach_quantized(model: nn.Module, name: str, qt: QuantizedTensor, *, index: dict[int, list[Holder]] | None = None,
+                     take: bool = False) -> None:
     """Make parameter ``name`` (e.g. ``"fc.weight"``) of ``model`` the frozen quantized tensor ``qt``.
 
     Any parametrization already on it is removed first (its current value is discarded: ``qt`` is the truth). A
     tied parameter gets one :class:`QuantizedWeight` registered on every module holding it, so all of them compute
-    with the same codes.
+    with the same codes. The dequantized values are written into the parameter's own storage when it is a plain
+    float32 tensor of the right shape, and are the parametrization's cached value (no second copy).
+    ``index``: :func:`holders_index` of ``model`` when the caller attaches many tensors (load); ``take``: ``qt``'s
+    tensors are handed over, not copied.
     """
     module_name, param = split_name(name)
     module = get_module(model, module_name)
-    every = holders(model, name)
+    every = holders(model, name, index)
     for _, hmod, hattr in every:
         if parametrize.is_parametrized(hmod, hattr):
             parametrize.remove_parametrizations(hmod, hattr, leave_parametrized=False)
@@ -159,10 +176,15 @@ def attach_quantized(model: nn.Module, name: str, qt: QuantizedTensor) -> None:
         raise ConfigError(
             f"parameter {name!r} has shape {tuple(current.shape)} but the quantized tensor has {qt.shape}")
     with torch.no_grad():
-        current.data = qt.dequantize().to(device=current.device, dtype=current.dtype)
-    qw = QuantizedWeight(qt).to(current.device)
+        if current.dtype == qt.dtype == torch.float32 and current.device == qt.codes.device and \
+                current.is_contiguous() and not current.is_inference():
+            qt.dequantize(out=current.data)  # straight into the parameter (the same operations, in place)
+        else:
+            current.data = qt.dequantize().to(device=current.device, dtype=current.dtype)
+    qw = QuantizedWeight(qt, copy=not take).to(current.device)
     for _, hmod, hattr in every:
         parametrize.register_parametrization(hmod, hattr, qw, unsafe=True)
+    qw.seed_cache(current)
 
 
 def quantized_parameters(model: nn.Module) -> Iterator[tuple[str, QuantizedTensor]]:

@@ -3,7 +3,9 @@
 A model whose BatchNorm layers were folded before quantization (``learnq.ptq.quantize``) carries the folded
 ``(layer, BatchNorm)`` pairs in its attribute :data:`learnq.bn_fold.FOLDED_BN_ATTR`; the file records them under
 ``"folded_batchnorm"`` and :func:`learnq.load` folds the same pairs of the freshly built model it loads into, so the
-file's tensors fit it (a no-op when that model is folded already).
+file's tensors fit it (a no-op when that model is folded already). The file names the pairs, so load folds them
+without tracing the model again (issue 12: the trace was most of a ResNet's load time); each named pair must exist
+and be foldable (a conv/linear layer and a BatchNorm over its output channels, with running statistics).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from learnq.bn_fold import FOLDED_BN_ATTR, find_conv_bn_pairs, fold_batchnorm
+from learnq.bn_fold import FOLDED_BN_ATTR, foldable, fold_batchnorm
 from learnq.errors import ConfigError, ModelError
 
 KEY = "folded_batchnorm"
@@ -47,12 +49,12 @@ class FoldedBatchNormField:
         was_training = model.training
         model.eval()
         try:
-            found = find_conv_bn_pairs(model)
-            if sorted(found) != sorted(pairs):
+            bad = [pair for pair in pairs if not foldable(_submodule(model, pair[0]), _submodule(model, pair[1]))]
+            if bad:
                 raise ModelError(f"it was written from a model whose BatchNorm layers {pairs} were folded into the "
-                                 f"layer before them, but this model's foldable pairs are {found}; load it into the "
-                                 "network it was made from")
-            fold_batchnorm(model, inplace=True, pairs=found)
+                                 f"layer before them, but in this model {bad} are not (layer, BatchNorm) pairs that "
+                                 "fold; load it into the network it was made from")
+            fold_batchnorm(model, inplace=True, pairs=pairs)
         finally:
             model.train(was_training)
         setattr(model, FOLDED_BN_ATTR, pairs)
