@@ -180,10 +180,21 @@ class ActQuantizer(ActivationQuantizer):
 
 
 def _input_hook(module: nn.Module, args: tuple) -> tuple:
-    """Forward pre-hook: the layer's first input goes through ``module.input_quantizer``."""
+    """Forward pre-hook: the layer's first input goes through ``module.input_quantizer``. Without gradients (and
+    without hooks on the quantizer) straight to its :meth:`~ActivationQuantizer.quantize_eval`, skipping the module
+    call machinery: this runs once per quantized layer per forward."""
     if not args:
         return args
-    return (module.input_quantizer(args[0]),) + tuple(args[1:])
+    q = module._modules[ATTR]
+    if not torch.is_grad_enabled() and not (q._forward_pre_hooks or q._forward_hooks or _global_hooks()):
+        return (q.quantize_eval(args[0]), *args[1:])
+    return (q(args[0]), *args[1:])
+
+
+def _global_hooks() -> bool:
+    from torch.nn.modules import module as m
+
+    return bool(m._global_forward_pre_hooks or m._global_forward_hooks)
 
 
 def attach_input_quantizers(model: nn.Module, bits: int, *, selection: Selection = Selection(),
