@@ -180,3 +180,41 @@ def test_errors():
     assert loss.names == ["5.weight"]
     with pytest.raises(ConfigError):
         loss.set_alphas([1.0, 2.0])
+
+
+def test_reuse_of_unchanged_layers_gives_the_plain_loss_bit_for_bit():
+    net = _mlp()
+    x, y = torch.randn(70, 8), torch.randint(0, 4, (70,))
+    _quantized(net, x)
+    reuse = CalibrationLoss(net, TensorDataset(x, y), batch_size=32)
+    plain = CalibrationLoss(net, TensorDataset(x, y), batch_size=32, reuse_mb=0)  # the suffix run whole
+    assert reuse._reuse is not None and plain._reuse is None
+    middle = _count_calls(net[3])  # the first quantized layer
+    a = reuse.get_alphas()
+    assert reuse(a) == plain(a)
+    assert middle[0] == 2 * 3
+    b = a.copy()
+    for i in range(len(a)):  # one coordinate at a time, as Powell's first line searches (the others kept)
+        b[i] *= 0.8
+        before = middle[0]
+        got = reuse(b)
+        runs = middle[0] - before
+        assert got == plain(b)  # the same modules on the same inputs: the same float
+        # coordinates 0, 1 belong to layer 3: it runs for them (3 batches), not for the later layers' coordinates
+        assert runs == (3 if i < 2 else 0)
+        assert got == reuse.full_loss()
+    assert reuse.recomputed < plain.evals * 3 * len(reuse._reuse.nodes)
+
+
+def test_reuse_sees_a_change_made_outside_set_alphas():
+    net = _mlp()
+    x, y = torch.randn(40, 8), torch.randint(0, 4, (40,))
+    _quantized(net, x)
+    loss = CalibrationLoss(net, TensorDataset(x, y), batch_size=16)
+    first = loss.evaluate()
+    with torch.no_grad():
+        net[7].weight.mul_(1.5)  # a float layer of the variable part written in place
+    assert loss.evaluate() == CalibrationLoss(net, TensorDataset(x, y), batch_size=16, reuse_mb=0).evaluate()
+    assert loss.evaluate() != first
+    net[5].input_quantizer.bits = 2  # an attribute of an activation quantizer
+    assert loss.evaluate() == CalibrationLoss(net, TensorDataset(x, y), batch_size=16, reuse_mb=0).evaluate()

@@ -186,3 +186,32 @@ def test_lp_alphas_per_channel(trained):
     assert loss.names[0] == "2.weight[0]" and len(loss.names) == 32 + 24
     alphas = lp_alphas(loss.coordinates, 2.0)
     assert [a.numel() for a in alphas] == [32, 24]
+
+
+def test_lapq_with_reuse_evaluates_the_losses_of_the_plain_evaluation(trained, monkeypatch):
+    """Reusing the unchanged layers' outputs (issue 12) changes no loss value: the whole Powell run, every
+    evaluation included, is the one the plain cached evaluation gives (same modules, same inputs, same floats)."""
+    import functools
+
+    import learnq.ptq.lapq as lapq_module
+
+    net, calib, _ = trained
+    runs = {}
+    for reuse_mb in (1024.0, 0.0):
+        seen: list[float] = []
+        original = CalibrationLoss.evaluate
+
+        def recording(self, *, use_cache=True, _seen=seen, _original=original):
+            value = _original(self, use_cache=use_cache)
+            _seen.append(value)
+            return value
+
+        monkeypatch.setattr(CalibrationLoss, "evaluate", recording)
+        monkeypatch.setattr(lapq_module, "CalibrationLoss", functools.partial(CalibrationLoss, reuse_mb=reuse_mb))
+        result = quantize(net, calib, method="lapq", granularity="tensor", wbits=2, abits=3, progress=False, seed=0)
+        runs[reuse_mb] = (seen, result.extra["lapq"])
+        monkeypatch.undo()
+    (with_reuse, rep), (plain, plain_rep) = runs[1024.0], runs[0.0]
+    assert with_reuse == plain and len(plain) == rep["loss_evals"]  # every evaluation, bit for bit
+    assert rep["alphas"] == plain_rep["alphas"] and rep["final_loss"] == plain_rep["final_loss"]
+    assert rep["evals_per_second"] > 0

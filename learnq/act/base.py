@@ -94,11 +94,12 @@ class ActivationQuantizer(nn.Module):
     method: ClassVar[str] = ""
     bits: int
     _plan: EvalPlan | None = None
-    _generation = 0  # counts attribute assignments: a changed flag (enabled, signed, bits...) rebuilds the plan
+    _generation = 0  # counts attribute assignments (but ``training``): a changed flag (enabled, bits...) rebuilds the plan
 
     def __setattr__(self, name: str, value: object) -> None:
         super().__setattr__(name, value)
-        self.__dict__["_generation"] = self.__dict__.get("_generation", 0) + 1
+        if name != "training":  # model.eval() on every evaluation changes no grid
+            self.__dict__["_generation"] = self.__dict__.get("_generation", 0) + 1
 
     def grid(self) -> ActGrid:
         """The grid's numbers now (detached)."""

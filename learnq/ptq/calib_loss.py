@@ -11,7 +11,15 @@ clipping values. Each evaluation runs the network, so this module removes every 
   evaluated whole, with a warning (``CalibrationLoss.cached`` is False);
 * weights are fake-quantized only when their own α changed (:class:`learnq.ptq.ptq_weight.PTQWeight` caches its
   quantized weight, and :meth:`CalibrationLoss.set_alphas` touches only the quantizers whose α changed);
-* evaluation runs in eval mode under ``torch.no_grad()``, and every evaluation is counted (``evals``).
+* the outputs of layers that did not change are reused (issue 12): the values of every node of the variable part
+  from the previous evaluation are kept (per batch), and an evaluation recomputes only the nodes downstream of a
+  module whose state changed (a parameter or buffer written, replaced or moved, an activation quantizer's attribute
+  set). Powell's line searches move one coordinate at a time, so most evaluations run only the layers from the
+  changed one on. The same modules run on the same inputs, so the loss is the one a full pass gives, bit for bit
+  (``tests/test_calib_loss.py``). The kept values are bounded by ``reuse_mb`` (beyond it: no reuse);
+* evaluation runs in eval mode under ``torch.no_grad()`` (not ``torch.inference_mode()``: the weights quantized
+  during an evaluation stay cached in their parametrization, and an inference tensor there would break a later
+  training forward), and every evaluation is counted (``evals``).
 
 The coordinates are, in model order, each quantized layer's input quantizer (``"<layer>.input"``,
 :class:`learnq.act.ActQuantizer`) and weight quantizer (``"<layer>.weight"``): one α per tensor, or one per
@@ -163,7 +171,8 @@ class CalibrationLoss:
     """
 
     def __init__(self, model: nn.Module, calib_data: object, *, names: Sequence[str] | None = None,
-                 batch_size: int = 256, device: str | torch.device = "cpu", cache: bool = True) -> None:
+                 batch_size: int = 256, device: str | torch.device = "cpu", cache: bool = True,
+                 reuse_mb: float = 1024.0) -> None:
         self.model = model
         self.device = torch.device(device)
         all_coords = step_coordinates(model)
@@ -193,6 +202,9 @@ class CalibrationLoss:
         self.cached = False
         self._suffix: torch.fx.GraphModule | None = None
         self._values: list[tuple] = []
+        self._reuse: _Reuse | None = None
+        self.reuse_mb = float(reuse_mb)
+        self.recomputed = 0  # nodes of the variable part computed (reuse skips the others)
         if cache:
             self._build_cache({c.layer for c in all_coords})
 
@@ -209,6 +221,8 @@ class CalibrationLoss:
         self._values = [prefix(x) for x, _ in self.batches]
         self._suffix = suffix
         self.cached = True
+        if self.reuse_mb > 0:
+            self._reuse = _Reuse(suffix)
 
     # -- α and steps ----------------------------------------------------------------------------------------------
     def get_alphas(self) -> np.ndarray:
@@ -239,12 +253,20 @@ class CalibrationLoss:
         """Mean cross-entropy with the current α (counted as one evaluation)."""
         self.model.eval()
         total = 0.0
+        reuse = self._reuse if use_cache and self.cached else None
+        dirty = reuse.start() if reuse is not None else None
         for i, (x, y) in enumerate(self.batches):
-            if use_cache and self.cached:
+            if reuse is not None:
+                out = reuse.run(i, self._values[i], dirty)  # type: ignore[arg-type]
+            elif use_cache and self.cached:
                 out = self._suffix(*self._values[i])  # type: ignore[misc]
             else:
                 out = self.model(x)
             total += float(F.cross_entropy(out.float(), y, reduction="sum"))
+        if reuse is not None:
+            self.recomputed += len(dirty) * len(self.batches)  # type: ignore[arg-type]
+            if reuse.nbytes() > self.reuse_mb * 2**20:
+                self._reuse = None  # too large to keep: plain cached evaluations from now on
         self.evals += 1
         if self.bar is not None:
             self.bar.update(1)
@@ -261,6 +283,86 @@ class CalibrationLoss:
     def loss_at_steps(self, steps: np.ndarray | Sequence[float]) -> float:
         self.set_steps(steps)
         return self.evaluate()
+
+
+def _module_key(module: nn.Module) -> tuple:
+    """The state of ``module`` an output depends on: every parameter and buffer (object, in-place version, storage)
+    and the attribute-assignment count of its activation quantizers."""
+    key: list = []
+    for m in module.modules():
+        key.append(m.__dict__.get("_generation", 0))
+        for t in (*m._parameters.values(), *m._buffers.values()):
+            if t is not None:
+                key += (t, t._version, t.data_ptr())
+    return tuple(key)
+
+
+class _Reuse:
+    """Runs the variable part of the graph node by node, keeping every node's value per batch and recomputing only
+    the nodes downstream of a module whose state (:func:`_module_key`) changed since the previous evaluation."""
+
+    def __init__(self, suffix: torch.fx.GraphModule) -> None:
+        self.gm = suffix
+        self.nodes = [n for n in suffix.graph.nodes if n.op not in ("placeholder", "output")]
+        self.inputs = [n for n in suffix.graph.nodes if n.op == "placeholder"]
+        self.output = next(n for n in suffix.graph.nodes if n.op == "output")
+        self.modules = dict(suffix.named_modules())
+        self.keys: dict[torch.fx.Node, tuple] = {}
+        self.env: dict[int, dict[torch.fx.Node, object]] = {}
+
+    def _key(self, node: torch.fx.Node) -> tuple:
+        if node.op == "call_module":
+            return _module_key(self.modules[str(node.target)])
+        if node.op == "get_attr":
+            t = self._attr(node)
+            return (t, t._version, t.data_ptr()) if isinstance(t, torch.Tensor) else (t,)
+        return ()
+
+    def _attr(self, node: torch.fx.Node) -> object:
+        value: object = self.gm
+        for part in str(node.target).split("."):
+            value = getattr(value, part)
+        return value
+
+    def start(self) -> set[torch.fx.Node]:
+        """The nodes to compute in this evaluation (all of them the first time)."""
+        dirty: set[torch.fx.Node] = set()
+        for node in self.nodes:
+            key = self._key(node)
+            if not self.env or self.keys.get(node) != key or any(a in dirty for a in node.all_input_nodes):
+                dirty.add(node)
+            self.keys[node] = key
+        return dirty
+
+    def run(self, batch: int, inputs: tuple, dirty: set[torch.fx.Node]) -> torch.Tensor:
+        env = self.env.setdefault(batch, {})
+        for node, value in zip(self.inputs, inputs, strict=True):
+            env[node] = value
+        load = lambda n: env[n]  # noqa: E731
+        for node in self.nodes:
+            if node not in dirty:
+                continue
+            args = torch.fx.graph.map_arg(node.args, load)
+            kwargs = torch.fx.graph.map_arg(node.kwargs, load)
+            if node.op == "call_module":
+                env[node] = self.modules[str(node.target)](*args, **kwargs)
+            elif node.op == "call_function":
+                env[node] = node.target(*args, **kwargs)  # type: ignore[operator]
+            elif node.op == "call_method":
+                env[node] = getattr(args[0], str(node.target))(*args[1:], **kwargs)
+            else:
+                env[node] = self._attr(node)
+        return torch.fx.graph.map_arg(self.output.args[0], load)  # type: ignore[return-value]
+
+    def nbytes(self) -> int:
+        seen: set[int] = set()
+        total = 0
+        for env in self.env.values():
+            for value in env.values():
+                if isinstance(value, torch.Tensor) and id(value) not in seen:
+                    seen.add(id(value))
+                    total += value.numel() * value.element_size()
+        return total
 
 
 __all__ = ["CalibrationLoss", "StepCoordinate", "split_float_prefix", "step_coordinates"]

@@ -17,9 +17,11 @@ searches one α per channel); the first and last layers stay in float by default
    α stays positive: Powell runs on log α (``space="log"``, default) or on α with bounds (``space="linear"``).
    The best point evaluated is kept (Powell's last evaluation need not be it).
 
-Every loss evaluation is counted (``PTQResult.loss_evals``); :class:`learnq.ptq.calib_loss.CalibrationLoss` caches the
-float prefix of the network and re-quantizes only the weights whose α changed, so one evaluation costs one pass of
-the quantized part of the network over the calibration set.
+Every loss evaluation is counted (``PTQResult.loss_evals``, with ``evals_per_second`` in the report and the rate on
+the progress bar); :class:`learnq.ptq.calib_loss.CalibrationLoss` caches the float prefix of the network, re-quantizes
+only the weights whose α changed and reuses the outputs of the layers before the first changed one, so one
+evaluation costs at most one pass of the quantized part of the network over the calibration set (Powell's line
+searches along one coordinate: the layers from that coordinate's on).
 
 Weights use the grid of ``quantize(..., scheme=...)`` (symmetric by default, as the other PTQ methods, so that
 comparisons are at the same grid; ``scheme="lapq"`` is the reference code's 2^b levels on [-α, α]). Activations use
@@ -30,6 +32,7 @@ calibration set must have labels: LAPQ minimises the task loss.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -147,6 +150,7 @@ class LAPQReport:
     loss_evals: int
     cached: bool
     alphas: list[float] = field(default_factory=list)
+    evals_per_second: float = 0.0  # loss evaluations per second of wall time (the progress bar shows it live)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -163,7 +167,8 @@ def run_lapq(model: nn.Module, calib_data: object, *, p_min: float = 2.0, p_max:
     ps = p_grid(p_min, p_max, p_count)
     loss = CalibrationLoss(model, calib_data, batch_size=batch_size, device=device, cache=cache)
     coords = loss.coordinates
-    bar = tqdm(desc="lapq", unit="eval", disable=not progress)
+    bar = tqdm(desc="lapq", unit="eval", disable=not progress)  # its rate is the evaluations per second
+    started = time.perf_counter()
     loss.bar = bar
     try:
         # 1-2: layer-wise Lp sweep, loss along the trajectory, quadratic fit
@@ -203,7 +208,8 @@ def run_lapq(model: nn.Module, calib_data: object, *, p_min: float = 2.0, p_max:
                       p_star=float(p_star), p_star_how=how, fit=[float(c) for c in coeffs],
                       start_loss=float(start_loss), final_loss=float(final_loss),
                       powell_iterations=result.nit, powell_evals=result.nfev, powell_message=result.message,
-                      loss_evals=loss.evals, cached=loss.cached, alphas=[float(a) for a in final])
+                      loss_evals=loss.evals, cached=loss.cached, alphas=[float(a) for a in final],
+                      evals_per_second=loss.evals / max(time.perf_counter() - started, 1e-9))
 
 
 OPTIONS: dict[str, Any] = {"p_min": 2.0, "p_max": 4.0, "p_count": 10, "quadratic": True, "maxiter": 2,
