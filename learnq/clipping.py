@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 import torch
@@ -108,17 +108,20 @@ def lp_error(x: torch.Tensor, alpha: torch.Tensor | float, spec: GridSpec, p: fl
     return err.sum(dim=1) / mask.sum(dim=1)
 
 
-def _lp_batch(rows: torch.Tensor, mask: torch.Tensor, cand: torch.Tensor, spec: GridSpec, p: float) -> torch.Tensor:
-    """Errors of candidates ``cand`` (n_groups, K) on ``rows`` (n_groups, L): (n_groups, K), chunked over K."""
+def _lp_batch(rows: torch.Tensor, mask: torch.Tensor, cand: torch.Tensor, spec: GridSpec,
+              ps: Sequence[float]) -> list[torch.Tensor]:
+    """Errors of candidates ``cand`` (n_groups, K) on ``rows`` (n_groups, L), one (n_groups, K) tensor per norm of
+    ``ps``, chunked over K; the quantization error of a chunk is computed once for all the norms."""
     n, width = rows.shape
     step = max(1, _CHUNK // max(1, n * width))
-    out = []
+    out: list[list[torch.Tensor]] = [[] for _ in ps]
     count = mask.sum(dim=1, keepdim=True)
     for start in range(0, cand.shape[1], step):
         a = cand[:, start:start + step].unsqueeze(2)  # (n, k, 1)
-        err = (fake_quant_alpha(rows.unsqueeze(1), a, spec) - rows.unsqueeze(1)).abs().pow(p)
-        out.append((err * mask.unsqueeze(1)).sum(dim=2) / count)
-    return torch.cat(out, dim=1)
+        diff = (fake_quant_alpha(rows.unsqueeze(1), a, spec) - rows.unsqueeze(1)).abs()
+        for j, p in enumerate(ps):
+            out[j].append((diff.pow(p) * mask.unsqueeze(1)).sum(dim=2) / count)
+    return [torch.cat(o, dim=1) for o in out]
 
 
 def clip_lp(x: torch.Tensor, spec: GridSpec, p: float = 2.0, *, grid: int = 100, refine: int = 30) -> torch.Tensor:
@@ -127,9 +130,17 @@ def clip_lp(x: torch.Tensor, spec: GridSpec, p: float = 2.0, *, grid: int = 100,
     ``grid`` evenly spaced candidates α_k = k·max/grid, then ``refine`` golden-section steps inside
     [α_(k-1), α_(k+1)] around the best one; the result is never worse than the best grid candidate.
     """
+    return clip_lp_many(x, spec, [p], grid=grid, refine=refine)[0]
+
+
+def clip_lp_many(x: torch.Tensor, spec: GridSpec, ps: Sequence[float], *, grid: int = 100,
+                 refine: int = 30) -> list[torch.Tensor]:
+    """:func:`clip_lp` of ``x`` at every norm of ``ps`` (LAPQ's sweep over p, §4.1), the same α's bit for bit: the
+    grid candidates do not depend on p, so their quantization errors are computed once for all norms."""
     _check_scheme(spec, "lp")
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or p <= 0:
-        raise ConfigError(f"p of the Lp clipping must be a finite number > 0, got {p!r}")
+    for p in ps:
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or p <= 0:
+            raise ConfigError(f"p of the Lp clipping must be a finite number > 0, got {p!r}")
     for name, value, least in (("grid", grid, 2), ("refine", refine, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ConfigError(f"{name} of the Lp clipping must be an integer >= {least}, got {value!r}")
@@ -137,27 +148,30 @@ def clip_lp(x: torch.Tensor, spec: GridSpec, p: float = 2.0, *, grid: int = 100,
     top = _top(rows, spec)
     live = top > 0
     if not bool(live.any()):
-        return top.contiguous()
+        return [top.contiguous() for _ in ps]
     ks = torch.arange(1, grid + 1, dtype=torch.float32, device=rows.device) / grid
     cand = top.unsqueeze(1) * ks  # (n, grid)
-    errs = _lp_batch(rows, mask, cand, spec, float(p))
-    best = errs.argmin(dim=1)
-    idx = torch.arange(rows.shape[0], device=rows.device)
-    alpha, best_err = cand[idx, best], errs[idx, best]
-    lo = top * (best.float() / grid)  # k-1 (0 for the first candidate)
-    hi = top * ((best + 2).clamp(max=grid).float() / grid)
-    ratio = (math.sqrt(5) - 1) / 2
-    for _ in range(refine):
-        c = hi - ratio * (hi - lo)
-        d = lo + ratio * (hi - lo)
-        ec, ed = _lp_batch(rows, mask, torch.stack([c, d], 1), spec, float(p)).unbind(1)
-        left = ec <= ed
-        hi = torch.where(left, d, hi)
-        lo = torch.where(left, lo, c)
-        for a, e in ((c, ec), (d, ed)):
-            better = (e < best_err) & (a > 0)
-            alpha, best_err = torch.where(better, a, alpha), torch.where(better, e, best_err)
-    return torch.where(live, alpha, top).contiguous()
+    norms = [float(p) for p in ps]
+    out = []
+    for p, errs in zip(norms, _lp_batch(rows, mask, cand, spec, norms), strict=True):
+        best = errs.argmin(dim=1)
+        idx = torch.arange(rows.shape[0], device=rows.device)
+        alpha, best_err = cand[idx, best], errs[idx, best]
+        lo = top * (best.float() / grid)  # k-1 (0 for the first candidate)
+        hi = top * ((best + 2).clamp(max=grid).float() / grid)
+        ratio = (math.sqrt(5) - 1) / 2
+        for _ in range(refine):
+            c = hi - ratio * (hi - lo)
+            d = lo + ratio * (hi - lo)
+            ec, ed = _lp_batch(rows, mask, torch.stack([c, d], 1), spec, [p])[0].unbind(1)
+            left = ec <= ed
+            hi = torch.where(left, d, hi)
+            lo = torch.where(left, lo, c)
+            for a, e in ((c, ec), (d, ed)):
+                better = (e < best_err) & (a > 0)
+                alpha, best_err = torch.where(better, a, alpha), torch.where(better, e, best_err)
+        out.append(torch.where(live, alpha, top).contiguous())
+    return out
 
 
 def clip_mse(x: torch.Tensor, spec: GridSpec) -> torch.Tensor:
@@ -323,5 +337,5 @@ def choose_clip(x: torch.Tensor, spec: GridSpec, method: str, **options: object)
 
 
 __all__ = ["ACIQ_GAUSS", "ACIQ_LAPLACE", "CLIP_METHODS", "DISTRIBUTIONS", "aciq_factor", "aciq_k", "choose_clip",
-           "clip_aciq", "clip_kl", "clip_lp", "clip_minmax", "clip_mse", "clip_options", "fake_quant_alpha",
+           "clip_aciq", "clip_kl", "clip_lp", "clip_lp_many", "clip_minmax", "clip_mse", "clip_options", "fake_quant_alpha",
            "get_clip", "kl_divergences", "lp_error", "scale_offset"]

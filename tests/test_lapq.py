@@ -215,3 +215,14 @@ def test_lapq_with_reuse_evaluates_the_losses_of_the_plain_evaluation(trained, m
     assert with_reuse == plain and len(plain) == rep["loss_evals"]  # every evaluation, bit for bit
     assert rep["alphas"] == plain_rep["alphas"] and rep["final_loss"] == plain_rep["final_loss"]
     assert rep["evals_per_second"] > 0
+
+
+def test_lp_sweep_gives_the_alphas_of_each_norm_bit_for_bit(trained):
+    from learnq.ptq.lapq import lp_alphas, lp_sweep
+
+    net, calib, _ = trained
+    result = quantize(net, calib, method="mse", granularity="channel", wbits=3, abits=3, progress=False)
+    coords = CalibrationLoss(result.model, calib).coordinates
+    ps = [2.0, 2.5, 3.7]
+    for p, swept in zip(ps, lp_sweep(coords, ps, grid=50), strict=True):  # the same operations on the same errors
+        assert np.array_equal(swept, torch.cat(lp_alphas(coords, p, grid=50)).double().numpy())

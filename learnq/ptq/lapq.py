@@ -43,7 +43,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
-from learnq.clipping import clip_lp
+from learnq.clipping import clip_lp, clip_lp_many
 from learnq.errors import ConfigError, DataError
 from learnq.ptq.calib_loss import CalibrationLoss, StepCoordinate
 from learnq.ptq.context import PTQContext, PTQMethod
@@ -89,6 +89,13 @@ def fit_p_star(ps: Sequence[float] | np.ndarray, losses: Sequence[float] | np.nd
 def lp_alphas(coords: Sequence[StepCoordinate], p: float, *, grid: int = 100) -> list[torch.Tensor]:
     """α_p of every coordinate: :func:`clip_lp` of its values (weight or observed activations) at norm ``p``."""
     return [clip_lp(c.values(), c.spec(), p=float(p), grid=grid).float().cpu() for c in coords]
+
+
+def lp_sweep(coords: Sequence[StepCoordinate], ps: Sequence[float], *, grid: int = 100) -> list[np.ndarray]:
+    """The flat α vector of every norm of ``ps``: :func:`lp_alphas` at each p (the same values), with each
+    coordinate's grid errors computed once for all norms (:func:`learnq.clipping.clip_lp_many`)."""
+    per_coord = [clip_lp_many(c.values(), c.spec(), [float(p) for p in ps], grid=grid) for c in coords]
+    return [torch.cat([alphas[j].float().cpu() for alphas in per_coord]).double().numpy() for j in range(len(ps))]
 
 
 @dataclass
@@ -172,7 +179,7 @@ def run_lapq(model: nn.Module, calib_data: object, *, p_min: float = 2.0, p_max:
     loss.bar = bar
     try:
         # 1-2: layer-wise Lp sweep, loss along the trajectory, quadratic fit
-        by_p = [torch.cat(lp_alphas(coords, p, grid=lp_grid)).double().numpy() for p in ps]
+        by_p = lp_sweep(coords, ps, grid=lp_grid)
         p_losses = [loss(a) for a in by_p]
         if quadratic:
             p_star, how, coeffs = fit_p_star(ps, p_losses, (p_min, p_max))
