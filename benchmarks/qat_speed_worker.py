@@ -125,7 +125,8 @@ def speed_worker(args: argparse.Namespace) -> None:
         quantizer = setups["diffq"][2]
         record["diffq_pickle_mb"] = len(pickle.dumps(quantizer.get_quantized_state(packed=True))) / 2**20
         with tempfile.TemporaryDirectory() as tmp:
-            record["learnq_file_mb"] = learnq.save(setups["learnq"][0], Path(tmp) / "m.safetensors", report=True).file_bytes / 2**20
+            report = learnq.save(setups["learnq"][0], Path(tmp) / "m.safetensors", report=True)
+            record["learnq_file_mb"] = report.file_bytes / 2**20
         quants = setups["learnq"][2].quantizers.values()  # mean rounded bits per quantized weight
         pkg = [quantizer._get_bits(qp.logit).round().clamp(1, 15) for qp in quantizer._qparams]
         record["bits"] = {"learnq": sum(float((q.group_counts * q.rounded_bits()).sum()) for q in quants) /

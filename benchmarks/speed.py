@@ -17,8 +17,9 @@ the other benchmarks' JSON files: pack/unpack against diffq's bitpack (``packing
 eval against float32 and the diffq package (``qat_speed.json``), PTQ calibration time (``ptq.json``), and the load
 and save times above. A missing input file is an error naming the benchmark that writes it.
 
-    .venv/bin/python benchmarks/speed.py measure            # ~1 min
-    .venv/bin/python benchmarks/speed.py measure --quick    # 5 repeats
+    .venv/bin/python benchmarks/speed.py measure            # ~8 min: the issue-12 ratio table, then save/load
+    .venv/bin/python benchmarks/speed.py measure --quick    # 5 repeats, fewer rounds (smoke run, ~3 min)
+    .venv/bin/python benchmarks/speed.py measure --only-table   # the issue-12 table (benchmarks/speed_table.py)
     .venv/bin/python benchmarks/speed.py render             # rewrite the Speed section of BENCHMARKS.md
 """
 
@@ -43,6 +44,11 @@ from typing import Any
 import safetensors.torch
 import torch
 from torch import nn
+
+try:
+    from speed_table import measure_table, table_lines
+except ImportError:  # imported as benchmarks.speed
+    from benchmarks.speed_table import measure_table, table_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -138,8 +144,9 @@ def measure(args: argparse.Namespace) -> None:
     before = machine()
     start = time.perf_counter()
     networks = {}
+    table = measure_table(args.quick) if not args.no_table else None  # issue 12's rows, first: the longer part
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.networks.split(","):
+        for name in ([] if args.only_table else args.networks.split(",")):
             if name not in NETWORKS:
                 raise SystemExit(f"--networks: unknown network {name!r}; known: {', '.join(NETWORKS)}")
             networks[name] = measure_network(name, args.repeats, Path(tmp), args.device)
@@ -150,6 +157,11 @@ def measure(args: argparse.Namespace) -> None:
                "machine": before, "loadavg_end": list(os.getloadavg()), "seconds": time.perf_counter() - start,
                "networks": networks}
     out = Path(args.out)
+    if args.only_table and out.is_file():  # keep the save/load table of an earlier run
+        old = json.loads(out.read_text())
+        payload.update({k: old[k] for k in ("networks", "unit", "command", "machine", "loadavg_end") if k in old})
+    if table is not None:
+        payload["table"] = table
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=1) + "\n")
     print(f"wrote {out} ({payload['seconds']:.0f} s)")
@@ -300,7 +312,8 @@ def section(speed: dict[str, Any], packing: dict[str, Any], qat: dict[str, Any],
              "by several developers at once, so the load average is given next to each set of numbers; ratios "
              "measured side by side in one process (interleaved rounds) are more reliable than absolute times, "
              "which move by up to 25 % between runs.")
-    parts = [intro, "", *files_table(speed), "", *packing_table(packing), "", *qat_tables(qat), "",
+    table = table_lines(speed["table"]) + [""] if "table" in speed else []
+    parts = [intro, "", *table, *files_table(speed), "", *packing_table(packing), "", *qat_tables(qat), "",
              *ptq_table(ptq)]
     wrap = {"width": 118, "break_long_words": False, "break_on_hyphens": False}
     return "\n".join(line if line.startswith("|") or not line else textwrap.fill(line, **wrap)
@@ -335,6 +348,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     m.add_argument("--networks", default=",".join(NETWORKS), help=f"comma-separated subset of {', '.join(NETWORKS)}")
     m.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     m.add_argument("--device", default="cpu")
+    m.add_argument("--only-table", action="store_true", help="only the issue-12 ratio table (keeps the JSON's rest)")
+    m.add_argument("--no-table", action="store_true", help="only the save/load times per network")
     m.add_argument("--out", default=str(RESULTS / "speed.json"), help="JSON output (default results/speed.json)")
     m.set_defaults(func=measure)
     r = sub.add_parser("render", help="rewrite the Speed section of BENCHMARKS.md from the results JSON files")
@@ -355,5 +370,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     ns = parse_args()
     ns.func(ns)

@@ -37,7 +37,6 @@ import torch
 from learnq.file_layout import Encoded, Entry, dtype_name, encode
 from learnq.grid import QuantizedTensor
 
-
 ZLIB_LEVEL = 1
 """The zlib level of ``zlib_bytes`` (see the module docstring for why 1)."""
 _BINCOUNT_SPAN = 2**24  # codes spread wider than this (never a quantized tensor's) are counted by torch.unique
@@ -160,7 +159,8 @@ def tensor_size(name: str, value: Entry, encoded: Encoded | None = None) -> Tens
     naive = enc.code_bits + enc.width_bits + 32 * enc.params.numel()  # type: ignore[union-attr]
     return TensorSize(name=name, shape=qt.shape, numel=qt.codes.numel(), bits=qt.bits, granularity=str(qt.granularity),
                       method=qt.method, naive_bits=naive, stored_bytes=stored,
-                      entropy_bits=entropy_bits(qt.codes) + 8.0 * side, zlib_bytes=len(zlib.compress(codes, ZLIB_LEVEL)) + side,
+                      entropy_bits=entropy_bits(qt.codes) + 8.0 * side,
+                      zlib_bytes=len(zlib.compress(codes, ZLIB_LEVEL)) + side,
                       kind="quantized", dtype=dtype_name(qt.dtype))
 
 

@@ -337,5 +337,5 @@ def choose_clip(x: torch.Tensor, spec: GridSpec, method: str, **options: object)
 
 
 __all__ = ["ACIQ_GAUSS", "ACIQ_LAPLACE", "CLIP_METHODS", "DISTRIBUTIONS", "aciq_factor", "aciq_k", "choose_clip",
-           "clip_aciq", "clip_kl", "clip_lp", "clip_lp_many", "clip_minmax", "clip_mse", "clip_options", "fake_quant_alpha",
-           "get_clip", "kl_divergences", "lp_error", "scale_offset"]
+           "clip_aciq", "clip_kl", "clip_lp", "clip_lp_many", "clip_minmax", "clip_mse", "clip_options",
+           "fake_quant_alpha", "get_clip", "kl_divergences", "lp_error", "scale_offset"]

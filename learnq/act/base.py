@@ -94,7 +94,7 @@ class ActivationQuantizer(nn.Module):
     method: ClassVar[str] = ""
     bits: int
     _plan: EvalPlan | None = None
-    _generation = 0  # counts attribute assignments (but ``training``): a changed flag (enabled, bits...) rebuilds the plan
+    _generation = 0  # attribute assignments but ``training``: a changed flag (enabled, bits...) rebuilds the plan
 
     def __setattr__(self, name: str, value: object) -> None:
         super().__setattr__(name, value)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from learnq.bn_fold import FOLDED_BN_ATTR, foldable, fold_batchnorm
+from learnq.bn_fold import FOLDED_BN_ATTR, fold_batchnorm, foldable
 from learnq.errors import ConfigError, ModelError
 
 KEY = "folded_batchnorm"
