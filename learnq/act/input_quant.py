@@ -228,8 +228,8 @@ def attach_input_quantizers(model: nn.Module, bits: int, *, selection: Selection
 
 def input_quantizers(model: nn.Module) -> dict[str, ActQuantizer]:
     """``{layer name: ActQuantizer}`` of every layer with an input quantizer, in model order."""
-    return {name: m.get_submodule(ATTR) for name, m in model.named_modules()
-            if isinstance(getattr(m, ATTR, None), ActQuantizer)}
+    return {name: m._modules[ATTR] for name, m in model.named_modules()  # _modules: no AttributeError per module
+            if isinstance(m._modules.get(ATTR), ActQuantizer)}
 
 
 def remove_input_quantizers(model: nn.Module) -> int:
