@@ -75,8 +75,24 @@ def pack_codes(qt: QuantizedTensor, name: str = "tensor") -> torch.Tensor:
     limit = (2**widths - 1).unsqueeze(1)
     if bool(((rows < 0) | (rows > limit))[mask].any()):
         raise QuantizationError(f"{name}: some codes - qmin do not fit the width of their group (group_bits)")
-    parts = [pack(rows[widths == w][mask[widths == w]], w) for w in widths.unique().tolist()]
+    parts = []
+    for w, block, keep in _width_blocks(widths, rows, mask):  # one stream per width, widths ascending
+        flat = block.reshape(-1) if keep is None else block[keep]
+        parts.append(pack_checked(flat, w) if flat.numel() else torch.zeros(0, dtype=torch.uint8))
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.uint8)
+
+
+def _width_blocks(widths: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor):
+    """``(width, rows of the groups of that width, their mask or None when full)`` per width, widths ascending and
+    the groups of each in their order (one stable sort instead of a boolean selection per width)."""
+    order = torch.argsort(widths, stable=True)
+    values, counts = torch.unique_consecutive(widths[order], return_counts=True)
+    ordered, full = rows[order], bool(mask.all())
+    omask = None if full else mask[order]
+    start = 0
+    for w, c in zip(values.tolist(), counts.tolist(), strict=True):
+        yield w, ordered[start:start + c], None if omask is None else omask[start:start + c]
+        start += c
 
 
 def codes_nbytes(shape: tuple[int, ...], bits: int, granularity: Granularity, group_bits: torch.Tensor | None) -> int:
@@ -98,16 +114,25 @@ def unpack_codes(packed: torch.Tensor, shape: tuple[int, ...], bits: int, qmin: 
         return codes.add_(qmin) if qmin else codes
     widths = group_bits.to(torch.int64).reshape(-1)
     mask = granularity.group_mask(shape)
-    rows = torch.zeros(mask.shape, dtype=torch.int32)
-    start = 0
-    for w in widths.unique().tolist():
-        sel = widths == w
-        count = int(mask[sel].sum())
+    order = torch.argsort(widths, stable=True)  # the groups in file order: widths ascending (see pack_codes)
+    values, counts = torch.unique_consecutive(widths[order], return_counts=True)
+    full = bool(mask.all())
+    omask = None if full else mask[order]
+    ordered = torch.zeros(mask.shape, dtype=torch.int32)
+    start, first = 0, 0
+    for w, c in zip(values.tolist(), counts.tolist(), strict=True):
+        keep = None if omask is None else omask[first:first + c]
+        count = c * mask.shape[1] if keep is None else int(keep.sum())
         nbytes = packed_nbytes(count, w)
-        block = torch.zeros((int(sel.sum()), mask.shape[1]), dtype=torch.int32)
-        block[mask[sel]] = unpack(packed[start:start + nbytes], w, count).to(torch.int32)
-        rows[sel] = block
+        codes = unpack(packed[start:start + nbytes], w, count)
+        if keep is None:
+            ordered[first:first + c] = codes.view(c, mask.shape[1])
+        else:
+            ordered[first:first + c][keep] = codes
         start += nbytes
+        first += c
+    rows = torch.empty_like(ordered)
+    rows[order] = ordered
     if granularity.kind == "axis":
         axis = granularity.axis % len(shape)
         moved = (shape[axis],) + tuple(s for i, s in enumerate(shape) if i != axis)
