@@ -68,12 +68,15 @@ def pack_codes(qt: QuantizedTensor, name: str = "tensor") -> torch.Tensor:
             raise QuantizationError(f"{name}: codes - qmin must lie in [0, {top}] for {qt.bits} bits; "
                                     f"found [{low}, {high}] (check qmin and bits)")
         return pack_checked(stored, qt.bits)
-    stored = qt.stored_codes().detach().cpu().to(torch.int64)
+    stored = qt.stored_codes().detach().cpu()
+    if stored.dtype in (torch.uint16, torch.uint32, torch.uint64) or stored.is_floating_point():
+        stored = stored.to(torch.int64)
     widths = group_widths(qt, name)
     rows = qt.granularity.view(stored)  # (n_groups, group_len)
     mask = qt.granularity.group_mask(qt.shape)
     limit = (2**widths - 1).unsqueeze(1)
-    if bool(((rows < 0) | (rows > limit))[mask].any()):
+    bad = (rows < 0) | (rows > limit)
+    if bool((bad if bool(mask.all()) else bad[mask]).any()):
         raise QuantizationError(f"{name}: some codes - qmin do not fit the width of their group (group_bits)")
     parts = []
     for w, block, keep in _width_blocks(widths, rows, mask):  # one stream per width, widths ascending
