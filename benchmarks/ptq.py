@@ -47,8 +47,9 @@ import torch
 from torch import nn
 from torch.ao.quantization import HistogramObserver
 
+from learnq.pipeline.model_files import rebuild
 from learnq.pipeline.recipe import Recipe
-from learnq.pipeline.run import MODEL_FILE, rebuild, train_recipe
+from learnq.pipeline.run import MODEL_FILE, train_recipe
 from learnq.pipeline.train import evaluate
 from learnq.ptq import quantize
 
