@@ -65,8 +65,9 @@ def prepare(seed: int, cache: Path, quick: bool) -> Path:
     import torch
     from safetensors.torch import save_file
 
+    from learnq.pipeline.model_files import MODEL_FILE, rebuild
     from learnq.pipeline.recipe import Recipe
-    from learnq.pipeline.run import MODEL_FILE, rebuild, train_recipe
+    from learnq.pipeline.run import train_recipe
     from learnq.pipeline.train import evaluate
 
     folder = cache / (f"mnist5k-seed{seed}" + ("-quick" if quick else ""))

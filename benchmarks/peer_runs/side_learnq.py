@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 
 import learnq
-from learnq.activations import insert_activation_quantizers
+from learnq.act.wrappers import insert_activation_quantizers
 from learnq.checkpoint import read
 from learnq.grid import QuantizedTensor
 from learnq.ptq import quantize
-from learnq.ptq.api import available_methods
+from learnq.ptq.registry import available_methods
 
 from .common import LAYERS, Bench, Row, accuracy, max_logit_diff, timed, train, verdict
 from .plan import SETTINGS, Method
