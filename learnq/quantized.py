@@ -209,8 +209,9 @@ def quantized_parameters(model: nn.Module) -> Iterator[tuple[str, QuantizedTenso
             yield (f"{module_name}.{param}" if module_name else param), qt
 
 
-def plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state under its plain (unparametrized) names, each parametrized tensor as it is computed now."""
+def plain_state(model: nn.Module, known: Mapping[str, object] | None = None) -> dict[str, torch.Tensor]:
+    """The model's state under its plain (unparametrized) names, each parametrized tensor as it is computed now
+    (``known``: parametrized tensors the caller has in another form, e.g. quantized; given as they are there)."""
     state: dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
         if ".parametrizations." not in f".{key}":
@@ -221,6 +222,9 @@ def plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
             continue
         for param in plists.keys():
             full = f"{module_name}.{param}" if module_name else param
+            if known is not None and full in known:
+                state[full] = known[full]  # type: ignore[assignment]
+                continue
             with torch.no_grad():
                 state[full] = getattr(module, param).detach()
     return state
@@ -229,14 +233,14 @@ def plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def model_entries(model: nn.Module,
                   quantized: Mapping[str, QuantizedTensor] | None = None) -> dict[str, QuantizedTensor | torch.Tensor]:
     """What :func:`learnq.save` writes: every tensor of ``plain_state(model)``, quantized ones as QuantizedTensor."""
-    state = plain_state(model)
     qts = dict(quantized_parameters(model))
+    state = plain_state(model, known=qts)  # a quantized tensor's dequantized value is not needed here
     for name, qt in (quantized or {}).items():
         if name not in state:
             raise ConfigError(f"quantized= names {name!r}, which is not a parameter or buffer of the model")
         if not isinstance(qt, QuantizedTensor):
             raise ConfigError(f"quantized[{name!r}] must be a QuantizedTensor, got {type(qt).__name__}")
-        if qt.shape != tuple(state[name].shape):
+        if qt.shape != tuple(state[name].shape):  # QuantizedTensor.shape and Tensor.shape compare the same
             raise ConfigError(f"quantized[{name!r}] has shape {qt.shape} but the model's tensor has "
                               f"{tuple(state[name].shape)}")
         qts[name] = qt
