@@ -40,7 +40,7 @@ from learnq.errors import ConfigError
 from learnq.grid import QuantizedTensor
 from learnq.quantized import Holder, attach_quantized, get_module, holders_index, split_name
 from learnq.quantizers import QATConfig, WeightQuantizer, resolve_config
-from learnq.quantizers.base import ClockPostHook, ClockPreHook, ForwardClock
+from learnq.quantizers.base import ForwardClock
 from learnq.quantizers.diffq import MB_BITS
 
 
@@ -98,7 +98,7 @@ def prepare(model: nn.Module, method_config: QATConfig | Mapping[str, Any] | str
     sel = selection or config.selection or config.default_selection()
     names = select_parameters(model, sel)
     index = holders_index(model)
-    clock = ForwardClock()
+    clock = ForwardClock(model)
     plans: list[tuple[str, nn.Parameter, list[Holder], list[nn.Module]]] = []
     aliases: dict[str, str] = {}
     by_param: dict[int, str] = {}
@@ -139,9 +139,8 @@ def prepare(model: nn.Module, method_config: QATConfig | Mapping[str, Any] | str
         for _, hmod, hattr in holders:
             parametrize.register_parametrization(hmod, hattr, q, unsafe=True)
         attachments.append(Attachment(name, q, holders, original))
-    hooks = [model.register_forward_pre_hook(ClockPreHook(clock)),
-             model.register_forward_hook(ClockPostHook(clock), always_call=True)]
-    return QuantHandle(model, config, attachments, aliases, hooks)
+    clock.sync()  # the root's hooks, while the model trains
+    return QuantHandle(model, config, attachments, aliases, [clock])
 
 
 class QuantHandle:
@@ -292,7 +291,7 @@ class QuantHandle:
 
     def _close(self, why: str) -> None:
         for h in self._hooks:
-            h.remove()
+            h.close()
         for a in self.attachments:
             a.quantizer.invalidate()
             a.quantizer._clock = None

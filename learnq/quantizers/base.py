@@ -40,10 +40,49 @@ class ForwardClock:
     the per-forward outputs are dropped (they would keep a weight-sized tensor alive).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, root: nn.Module | None = None) -> None:
         self.gen = 0
         self.depth = 0
         self.members: list[WeightQuantizer] = []
+        self.root = root  # the prepared model: its hooks are installed only while a member trains (issue 12)
+        self.closed = False
+
+    def _hooked(self) -> bool:
+        root = self.root
+        return root is not None and any(isinstance(h, ClockPreHook) and h.clock is self
+                                        for h in root._forward_pre_hooks.values())
+
+    def sync(self) -> None:
+        """Install the root's hooks while a member is in training mode, remove them otherwise: an eval forward
+        (the frozen, loaded or evaluated model) then runs without them."""
+        root = self.root
+        if root is None:
+            return
+        training = not self.closed and any(m.training for m in self.members)
+        if training and not self._hooked():
+            root.register_forward_pre_hook(ClockPreHook(self))
+            root.register_forward_hook(ClockPostHook(self), always_call=True)
+        elif not training and self._hooked():
+            self.remove()
+
+    def remove(self) -> None:
+        """Take the hooks off the root (by identity: a deep copy of the model has its own clock and hooks)."""
+        root = self.root
+        if root is None:
+            return
+        ours = (ClockPreHook, ClockPostHook)
+        for hooks in (root._forward_pre_hooks, root._forward_hooks):
+            for key in [k for k, h in hooks.items() if isinstance(h, ours) and h.clock is self]:
+                del hooks[key]
+                for extra in (root._forward_hooks_always_called, root._forward_hooks_with_kwargs,
+                              root._forward_pre_hooks_with_kwargs):
+                    extra.pop(key, None)
+        self.depth = 0
+
+    def close(self) -> None:
+        """The handle is done (frozen or removed): no hooks from now on."""
+        self.closed = True
+        self.remove()
 
 
 class ClockPreHook:
@@ -151,7 +190,10 @@ class WeightQuantizer(WeightParametrization):
 
     def train(self, mode: bool = True) -> WeightQuantizer:
         self.invalidate()
-        return super().train(mode)
+        out = super().train(mode)
+        if self._clock is not None:
+            self._clock.sync()
+        return out
 
     # -- export -------------------------------------------------------------------------------------------------
     def export_quantized(self, x: torch.Tensor | None = None) -> QuantizedTensor:
