@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         print_json(report)
         return 0
     print(f"{src} -> {out}: {result.method} W{result.wbits}A{result.abits}, {len(splits.calib)} calibration samples, "
-          f"{result.calib_seconds:.2f} s, {result.loss_evals} loss evaluations")
+          f"{result.calib_seconds:.2f} s, {result.loss_evals} loss evaluations{_rate(result)}")
     if report["float_accuracy"] is not None:
         print(f"float test accuracy {100 * report['float_accuracy']:.2f}%")
     print(f"quantized test accuracy {100 * after['accuracy']:.2f}% (n = {after['n']}), loss {after['loss']:.4f}; "
@@ -132,3 +132,10 @@ def run(args: argparse.Namespace) -> int:
     for line in result.skipped:
         print(f"left in float: {line}")
     return 0
+
+
+def _rate(result: Any) -> str:
+    """`` (N/s)``: loss evaluations per second of calibration (LAPQ), or nothing."""
+    if not result.loss_evals or not result.calib_seconds:
+        return ""
+    return f" ({result.loss_evals / result.calib_seconds:.1f}/s)"
