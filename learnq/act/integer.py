@@ -1,0 +1,163 @@
+"""The integer deployment target's activation quantizer and the integer kernels it simulates (onnxruntime's CPU
+kernels: QuantizeLinear, QLinearConv / QGemm, QLinearAdd, QLinearGlobalAveragePool; ONNX operators
+QuantizeLinear-13 and the com.microsoft QLinear* contrib operators).
+
+:class:`EdgeQuantizer` is a member of the one activation-quantizer family (:mod:`learnq.act.base`): an 8-bit
+*asymmetric* uint8 grid over the observed range with zero included, ``scale = (hi - lo) / 255``,
+``zero_point = round(-lo / scale)`` (``lo = min(0, min x)``, ``hi = max(0, max x)``; Jacob et al. 2018,
+"Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only Inference", §2.1 Eq. 1, the
+rule of onnxruntime's MinMax calibrator too). One type for every tensor is what lets onnxruntime fuse: its QDQ
+selectors require the input and output of QLinearConv / QLinearAdd / QLinearGlobalAveragePool to have one type.
+
+The kernels compute what the runtime computes (Jacob et al. 2018 §2.2-2.4, Eq. 4-7): int32 accumulation of
+``(x_q - z_x) · w_q`` plus an int32 bias ``round(b / (s_x s_w))``, then *requantization*
+``y_q = clamp(rne(float32(acc) · M) + z_y, 0, 255)`` with the float32 multiplier ``M = (s_x · s_w) / s_y`` computed in
+that order (round half to even, as the CPU's float-to-int conversion does). Accumulators are computed in float64
+(exact for every int32 value), so the integer codes are those of an exact int32 kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from learnq.act.base import ActGrid, ActivationQuantizer
+from learnq.act.observer import update_range
+from learnq.errors import DataError, QuantizationError
+
+QMIN, QMAX = 0, 255
+
+
+class EdgeQuantizer(ActivationQuantizer):
+    """uint8 asymmetric quantizer of one tensor of the integer graph (an "edge"): observes min/max, then quantizes.
+
+    Buffers ``lo``/``hi`` (the range, zero included) make the grid; ``enabled`` switches quantization on."""
+
+    method = "edge"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bits = 8
+        self.enabled = False
+        self.observing = False
+        self.register_buffer("lo", torch.zeros(()))
+        self.register_buffer("hi", torch.zeros(()))
+        self._seen = False
+
+    @torch.no_grad()
+    def observe(self, x: torch.Tensor) -> None:
+        lo, hi = x.detach().float().min(), x.detach().float().max()
+        if not (torch.isfinite(lo) and torch.isfinite(hi)):
+            raise DataError("an activation of the integer graph is NaN or infinite during calibration")
+        new_lo, new_hi = update_range(self.lo, self.hi, lo.clamp(max=0).cpu(), hi.clamp(min=0).cpu(),
+                                      first=not self._seen)
+        self.lo, self.hi = new_lo.to(self.lo.device), new_hi.to(self.hi.device)
+        self._seen = True
+
+    def finish(self) -> None:
+        if not self._seen:
+            raise DataError("an edge quantizer of the integer graph observed no data; calibrate it first")
+        self.observing, self.enabled = False, True
+
+    def grid(self) -> ActGrid:
+        lo, hi = self.lo.float(), self.hi.float()
+        span = hi - lo
+        scale = torch.where(span > 0, span / (QMAX - QMIN), torch.ones_like(span))  # onnxruntime: 1.0 if empty
+        zp = torch.round(QMIN - lo / scale).clamp(QMIN, QMAX)
+        return ActGrid(scale=scale.reshape(()), offset=torch.zeros(()), zero_point=zp.reshape(()), qmin=QMIN,
+                       qmax=QMAX)
+
+    def before(self, x: torch.Tensor) -> None:
+        if self.observing:
+            self.observe(x)
+
+    def active(self) -> bool:
+        return self.enabled
+
+    def extra_repr(self) -> str:
+        return f"uint8 asymmetric, range [{float(self.lo):.4g}, {float(self.hi):.4g}], enabled={self.enabled}"
+
+
+class QValue:
+    """A quantized tensor in the integer graph: integer ``codes`` (int64), float32 ``scale`` (0-dim), int ``zp``."""
+
+    __slots__ = ("codes", "scale", "zp")
+
+    def __init__(self, codes: torch.Tensor, scale: torch.Tensor, zp: int) -> None:
+        self.codes, self.scale, self.zp = codes, scale, zp
+
+    @classmethod
+    def grid_of(cls, q: ActivationQuantizer) -> tuple[torch.Tensor, int]:
+        g = q.grid()
+        return g.scale.float().reshape(()), int(g.zero_point)
+
+    def dequantize(self) -> torch.Tensor:
+        """DequantizeLinear: ``float32(q - zp) · scale``."""
+        return (self.codes - self.zp).float() * self.scale.to(self.codes.device)
+
+
+def quantize_linear(x: torch.Tensor, scale: torch.Tensor, zp: int) -> QValue:
+    """QuantizeLinear: ``clamp(rne(x / scale) + zp, 0, 255)`` in float32."""
+    s = scale.to(x.device).float()
+    codes = (torch.round(x.float() / s) + zp).clamp_(QMIN, QMAX).to(torch.int64)
+    return QValue(codes, s, zp)
+
+
+def requantize(acc: torch.Tensor, multiplier: torch.Tensor, zp: int) -> torch.Tensor:
+    """int32 accumulator -> uint8 codes: ``clamp(rne(float32(acc) · M) + zp, 0, 255)``; M float32 (broadcast)."""
+    y = acc.to(torch.float32) * multiplier.to(acc.device).float()
+    return (torch.round(y) + zp).clamp_(QMIN, QMAX).to(torch.int64)
+
+
+def check_int32(acc: torch.Tensor, what: str) -> torch.Tensor:
+    if acc.numel() and float(acc.abs().max()) >= 2**31:
+        raise QuantizationError(f"{what}: the int32 accumulator overflows; use fewer weight or activation bits")
+    return acc.to(torch.int64)
+
+
+def bias_codes(bias: torch.Tensor | None, x_scale: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor | None:
+    """The int32 bias of an integer conv/gemm: ``round(b / float32(s_x · s_w))`` (per output channel)."""
+    if bias is None:
+        return None
+    s = (x_scale.float() * w_scale.float().to(x_scale.device)).reshape(-1)
+    return torch.round(bias.detach().float() / s).to(torch.int64)
+
+
+def accumulate(x: QValue, w_codes: torch.Tensor, b_codes: torch.Tensor | None, op: str,
+               **conv: object) -> torch.Tensor:
+    """int32 accumulator of a conv (``op`` "conv1d/2d/3d") or a linear layer (``op`` "linear"), exact (float64)."""
+    xi = (x.codes - x.zp).double()
+    wi = w_codes.to(xi.device).double()
+    if op == "linear":
+        acc = F.linear(xi, wi)
+    else:
+        acc = getattr(F, op)(xi, wi, None, **conv)
+    acc = torch.round(acc)
+    if b_codes is not None:
+        shape = [1] * acc.ndim
+        shape[1 if op != "linear" else -1] = -1
+        acc = acc + b_codes.to(acc.device).double().reshape(shape)
+    return check_int32(acc, op)
+
+
+def qlinear_add(a: QValue, b: QValue, scale: torch.Tensor, zp: int) -> torch.Tensor:
+    """QLinearAdd: ``rne((q_a - z_a) · (s_a / s_c) + (q_b - z_b) · (s_b / s_c)) + z_c``, float32, saturated."""
+    ra = a.scale.float() / scale.float()
+    rb = b.scale.float() / scale.float()
+    y = (a.codes - a.zp).float() * ra.to(a.codes.device) + (b.codes - b.zp).float() * rb.to(a.codes.device)
+    return (torch.round(y) + zp).clamp_(QMIN, QMAX).to(torch.int64)
+
+
+def qlinear_global_average_pool(x: QValue, scale: torch.Tensor, zp: int) -> torch.Tensor:
+    """QLinearGlobalAveragePool (NCHW): int32 sum over the spatial axes minus ``z_x · n``, requantized with
+    ``M = s_x / (s_y · n)``."""
+    n = 1
+    for s in x.codes.shape[2:]:
+        n *= int(s)
+    acc = x.codes.sum(dim=tuple(range(2, x.codes.ndim)), keepdim=True) - x.zp * n
+    mult = x.scale.float() / (scale.float() * torch.tensor(float(n), dtype=torch.float32))
+    return requantize(acc, mult, zp)
+
+
+__all__ = ["EdgeQuantizer", "QMAX", "QMIN", "QValue", "accumulate", "bias_codes", "check_int32", "qlinear_add",
+           "qlinear_global_average_pool", "quantize_linear", "requantize"]
