@@ -140,12 +140,21 @@ def accumulate(x: QValue, w_codes: torch.Tensor, b_codes: torch.Tensor | None, o
     return check_int32(acc, op)
 
 
+def _fma32(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """float32 fused multiply-add ``a · b + c`` with one rounding (float64 holds the float32 product exactly)."""
+    return (a.double() * b.double() + c.double()).float()
+
+
 def qlinear_add(a: QValue, b: QValue, scale: torch.Tensor, zp: int) -> torch.Tensor:
-    """QLinearAdd: ``rne((q_a - z_a) · (s_a / s_c) + (q_b - z_b) · (s_b / s_c)) + z_c``, float32, saturated."""
-    ra = a.scale.float() / scale.float()
-    rb = b.scale.float() / scale.float()
-    y = (a.codes - a.zp).float() * ra.to(a.codes.device) + (b.codes - b.zp).float() * rb.to(a.codes.device)
-    return (torch.round(y) + zp).clamp_(QMIN, QMAX).to(torch.int64)
+    """QLinearAdd as onnxruntime's x86 kernel computes it (MLAS ``qladd_avx2.cpp``): float32 ratios
+    ``r_a = s_a / s_c``, ``r_b = s_b / s_c``, a fixed part ``z_c - (r_a z_a + r_b z_b)``, then
+    ``rne(fma(q_a, r_a, fma(q_b, r_b, fixed)))``, saturated."""
+    dev = a.codes.device
+    ra = (a.scale.float() / scale.float()).to(dev)
+    rb = (b.scale.float() / scale.float()).to(dev)
+    fixed = torch.tensor(float(zp), dtype=torch.float32, device=dev) - (ra * float(a.zp) + rb * float(b.zp))
+    y = _fma32(a.codes.float(), ra, _fma32(b.codes.float(), rb, fixed))
+    return torch.round(y).clamp_(QMIN, QMAX).to(torch.int64)
 
 
 def qlinear_global_average_pool(x: QValue, scale: torch.Tensor, zp: int) -> torch.Tensor:
