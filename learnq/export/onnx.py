@@ -30,6 +30,7 @@ from learnq import __version__
 from learnq.errors import ConfigError, DataError, ModelError
 from learnq.export.graph import GraphWriter
 from learnq.export.report import ExportReport
+from learnq.export.runtime_report import runtime_layers
 
 DEFAULT_OPSET = 13
 MIN_OPSET = 13
@@ -118,6 +119,10 @@ def to_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.PathLi
     report.file_bytes = out.stat().st_size
     if verify:
         report.check = compare(out, example_input.cpu(), expected)
+        reasons = None
+        if writer.integer is not None:
+            reasons = {row["layer"]: row["reason"] for row in writer.integer.rows if not row["integer"]}
+        report.layers, report.runtime_node_counts = runtime_layers(out, reasons)
     return report
 
 
