@@ -56,6 +56,14 @@ _KEEP = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.Flatten)
 _KEEP_METHODS = ("view", "reshape", "flatten", "contiguous")
 
 
+class IntegerEdges(nn.ModuleDict):
+    """The edge quantizers of a model (node name -> EdgeQuantizer). Its forward is the identity, so a model that
+    is an ``nn.Sequential`` (which calls every child) computes the same, and a torch.fx trace inlines it away."""
+
+    def forward(self, x: Any) -> Any:
+        return x
+
+
 class _Tracer(torch.fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualified_name: str) -> bool:
         return isinstance(m, WEIGHT_LAYER_TYPES) or isinstance(m, ActivationQuantizer) or super().is_leaf_module(
@@ -212,7 +220,7 @@ def attach_integer_target(model: nn.Module, calibration_data: Any, *, device: st
     batches = list(calibration_batches(calibration_data, batch_size))
     gm = trace(model, batches[0][0].to(device) if batches else None)
     plan = make_plan(gm)
-    edges = nn.ModuleDict({name: EdgeQuantizer() for name in plan.edges})
+    edges = IntegerEdges({name: EdgeQuantizer() for name in plan.edges})
     model.add_module(EDGES, edges)
     model.to(device)
     values: dict[str, torch.Tensor] = {}
@@ -230,6 +238,9 @@ def attach_integer_target(model: nn.Module, calibration_data: Any, *, device: st
     del values
     for q in edges.values():
         q.finish()
+    if batches:  # every layer can run in the integer kernels (ModelError naming the one that cannot)
+        with torch.no_grad():
+            simulate(model, batches[0][0][:2].to(device))
     enable(model)
     return plan
 
@@ -250,7 +261,7 @@ def detach_integer_target(model: nn.Module) -> None:
 
 
 def has_integer_target(model: nn.Module) -> bool:
-    return isinstance(getattr(model, EDGES, None), nn.ModuleDict)
+    return isinstance(getattr(model, EDGES, None), IntegerEdges)
 
 
 def _hook(module: nn.Module, args: tuple, output: Any) -> Any:
@@ -277,7 +288,7 @@ class float_forward:
 def simulate(model: nn.Module, x: torch.Tensor, codes: dict[str, QValue] | None = None) -> torch.Tensor:
     """The output of the integer graph on ``x`` (what onnxruntime computes from learnq's export). ``codes``, when
     given, receives every quantized tensor (node name -> QValue)."""
-    edges: nn.ModuleDict = getattr(model, EDGES)
+    edges: IntegerEdges = getattr(model, EDGES)
     gm = trace(model, x)
     plan = make_plan(gm)
     if set(plan.edges) != set(edges.keys()):
@@ -391,5 +402,5 @@ def _layer(gm: torch.fx.GraphModule, node: torch.fx.Node, x: QValue, qts: dict, 
     return QValue(requantize(acc, mult.reshape(shape), z), s, z)
 
 
-__all__ = ["EDGES", "TARGETS", "Plan", "Step", "attach_integer_target", "detach_integer_target", "enable",
+__all__ = ["EDGES", "IntegerEdges", "TARGETS", "Plan", "Step", "attach_integer_target", "detach_integer_target", "enable",
            "float_forward", "has_integer_target", "make_plan", "simulate", "trace", "weight_codes"]

@@ -19,7 +19,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from learnq.act.integer_graph import EDGES, Plan, make_plan, trace, weight_codes
+from learnq.act.integer_graph import EDGES, IntegerEdges, Plan, make_plan, trace, weight_codes
 
 if TYPE_CHECKING:
     from learnq.export.graph import GraphWriter
@@ -31,7 +31,7 @@ class IntegerExport:
     """The integer plan of the model being exported and the grid of every quantized value written so far."""
 
     def __init__(self, model: nn.Module, example: torch.Tensor) -> None:
-        self.edges: nn.ModuleDict = getattr(model, EDGES)
+        self.edges: IntegerEdges = getattr(model, EDGES)
         self.plan: Plan = make_plan(trace(model, example))
         self.grids: dict[str, Grid] = {}  # export node name -> grid of its (Q/DQ'd) output
         self.rows: list[dict[str, Any]] = []

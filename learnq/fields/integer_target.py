@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from learnq.act.integer import EdgeQuantizer
-from learnq.act.integer_graph import EDGES, TARGETS, enable, has_integer_target
+from learnq.act.integer_graph import EDGES, TARGETS, IntegerEdges, enable, has_integer_target
 from learnq.errors import ConfigError
 
 KEY = "integer_target"
@@ -37,7 +37,7 @@ class IntegerTargetField:
                 or not isinstance(value.get("edges"), list) or not all(isinstance(e, str) for e in value["edges"]):
             raise ConfigError(f"its '{KEY}' metadata is malformed (version {VERSION}, a target of {TARGETS} and a "
                               "list of edge names)")
-        edges = nn.ModuleDict()
+        edges = IntegerEdges()
         for name in value["edges"]:
             q = EdgeQuantizer()
             q.enabled, q._seen = True, True
