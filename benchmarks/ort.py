@@ -142,7 +142,7 @@ def timing(args: argparse.Namespace) -> None:
         entry = res["models"][name]
         files = {row: entry["rows"][row]["file"] for row in ROWS}
         rows = bench(files, threads=(1, 2), batches=(1, 64), rounds=args.rounds, baseline="float",
-                     progress=lambda d, t: print(f"{name}: round {d}/{t}", flush=True))
+                     progress=lambda d, t, name=name: print(f"{name}: round {d}/{t}", flush=True))
         entry["timing"] = {"rows": rows, "rounds": args.rounds, "machine": platform.processor() or platform.machine(),
                            "when": time.strftime("%Y-%m-%d %H:%M:%S")}
         save_results(res)

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from learnq.act.base import ActGrid, ActivationQuantizer
 from learnq.act.observer import update_range
-from learnq.errors import DataError, QuantizationError
+from learnq.errors import DataError, ModelError, QuantizationError
 
 QMIN, QMAX = 0, 255
 
@@ -168,5 +169,46 @@ def qlinear_global_average_pool(x: QValue, scale: torch.Tensor, zp: int) -> torc
     return requantize(acc, mult, zp)
 
 
-__all__ = ["EdgeQuantizer", "QMAX", "QMIN", "QValue", "accumulate", "bias_codes", "check_int32", "qlinear_add",
-           "qlinear_global_average_pool", "quantize_linear", "requantize"]
+def weight_codes(qts: dict, label: str, m: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 codes, per-output-channel scale) of a layer's weight on a symmetric grid; ModelError otherwise."""
+    qt = qts.get(f"{label}.weight")
+    if qt is None:
+        raise ModelError(f"layer {label!r} has no quantized weight; the integer target quantizes every conv/linear "
+                         "layer it runs in integer kernels")
+    gran = qt.granularity
+    per_row = gran.kind == "tensor" or (gran.kind == "axis" and gran._axis_for(tuple(qt.codes.shape)) == 0)
+    if bool((qt.offset != 0).any()) or not per_row or int(qt.codes.min()) < -128 or int(qt.codes.max()) > 127:
+        raise ModelError(f"layer {label!r}: the integer target needs symmetric int8 weights, one step per tensor or "
+                         f"output channel (got {qt.scheme}, {qt.granularity}, {qt.bits} bits)")
+    scale = gran.expand(qt.scale.float(), qt.codes.shape).reshape(qt.codes.shape[0], -1)[:, 0]
+    return qt.codes.to(torch.int64), scale
+
+
+_CONV_OPS = {nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Conv3d: "conv3d"}
+
+
+def integer_layer(m: nn.Module, label: str, x: QValue, qts: dict,
+                  out: tuple[torch.Tensor, int] | None) -> QValue | torch.Tensor:
+    """A conv/linear layer on quantized input ``x``: QLinearConv / QGemm requantized to ``out`` = (scale, zero
+    point), or with ``out`` None the float output ``float32(acc) · (s_x · s_w)`` (QGemm without an output scale)."""
+    w, ws = weight_codes(qts, label, m)
+    b = bias_codes(m.bias, x.scale, ws)
+    if isinstance(m, nn.Linear):
+        acc = accumulate(x, w, b, "linear")
+    else:
+        if m.padding_mode != "zeros":
+            raise ModelError(f"layer {label!r}: padding_mode={m.padding_mode!r}; the integer target pads with zeros")
+        op = next(v for k, v in _CONV_OPS.items() if isinstance(m, k))
+        acc = accumulate(x, w, b, op, stride=m.stride, padding=m.padding, dilation=m.dilation, groups=m.groups)
+    shape = [1] * acc.ndim
+    shape[-1 if isinstance(m, nn.Linear) else 1] = -1
+    sw = ws.float().to(acc.device)
+    if out is None:
+        return acc.float() * (x.scale.float().to(acc.device) * sw).reshape(shape)
+    s, z = out
+    mult = (x.scale.float().to(acc.device) * sw) / s.float().to(acc.device)
+    return QValue(requantize(acc, mult.reshape(shape), z), s, z)
+
+
+__all__ = ["EdgeQuantizer", "QMAX", "QMIN", "QValue", "accumulate", "bias_codes", "check_int32", "integer_layer",
+           "qlinear_add", "qlinear_global_average_pool", "quantize_linear", "requantize", "weight_codes"]

@@ -35,12 +35,10 @@ from learnq.act.base import ActivationQuantizer
 from learnq.act.integer import (
     EdgeQuantizer,
     QValue,
-    accumulate,
-    bias_codes,
+    integer_layer,
     qlinear_add,
     qlinear_global_average_pool,
     quantize_linear,
-    requantize,
 )
 from learnq.batches import calibration_batches
 from learnq.errors import ModelError
@@ -49,7 +47,7 @@ from learnq.quantized import quantized_parameters
 
 EDGES = "integer_edges"  # the model attribute holding the edge quantizers
 TARGETS = ("onnxruntime",)
-_CONV = {nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Conv3d: "conv3d"}
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _RELUS = (nn.ReLU, nn.ReLU6)
 _IDENTITY = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
 _KEEP = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.Flatten)
@@ -127,7 +125,7 @@ def _module(gm: torch.fx.GraphModule, node: torch.fx.Node) -> nn.Module | None:
 def _kind(gm: torch.fx.GraphModule, node: torch.fx.Node) -> str:
     m = _module(gm, node)
     if m is not None:
-        if isinstance(m, tuple(_CONV)):
+        if isinstance(m, _CONV):
             return "conv"
         if isinstance(m, nn.Linear):
             return "linear"
@@ -363,44 +361,11 @@ def _run_float(gm: torch.fx.GraphModule, node: torch.fx.Node, args: tuple, kwarg
     raise ModelError(f"the integer simulation cannot run node {node.name!r} ({node.op})")
 
 
-def weight_codes(qts: dict, label: str, m: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """(int8 codes, per-output-channel scale) of a layer's weight on a symmetric grid; ModelError otherwise."""
-    qt = qts.get(f"{label}.weight")
-    if qt is None:
-        raise ModelError(f"layer {label!r} has no quantized weight; the integer target quantizes every conv/linear "
-                         "layer it runs in integer kernels")
-    if bool((qt.offset != 0).any()) or qt.granularity.kind not in ("tensor", "axis") or (
-            qt.granularity.kind == "axis" and qt.granularity._axis_for(tuple(qt.codes.shape)) != 0) or int(qt.codes.min()) < -128 \
-            or int(qt.codes.max()) > 127:
-        raise ModelError(f"layer {label!r}: the integer target needs symmetric int8 weights, one step per tensor or "
-                         f"output channel (got {qt.scheme}, {qt.granularity}, {qt.bits} bits)")
-    scale = qt.granularity.expand(qt.scale.float(), qt.codes.shape).reshape(qt.codes.shape[0], -1)[:, 0]
-    return qt.codes.to(torch.int64), scale
-
-
 def _layer(gm: torch.fx.GraphModule, node: torch.fx.Node, x: QValue, qts: dict, step: Step, grid: Any) -> Any:
     m = gm.get_submodule(str(node.target))
     label = str(node.target).removeprefix("net.") if str(node.target) != "net" else ""
-    w, ws = weight_codes(qts, label, m)
-    bias = None if m.bias is None else m.bias
-    b = bias_codes(bias, x.scale, ws)
-    if isinstance(m, nn.Linear):
-        acc = accumulate(x, w, b, "linear")
-    else:
-        if m.padding_mode != "zeros":
-            raise ModelError(f"layer {label!r}: padding_mode={m.padding_mode!r}; the integer target pads with zeros")
-        op = next(v for k, v in _CONV.items() if isinstance(m, k))
-        acc = accumulate(x, w, b, op, stride=m.stride, padding=m.padding, dilation=m.dilation, groups=m.groups)
-    if step.edge is None:  # float output: DequantizeLinear of the accumulator (QGemm / MatMulIntegerToFloat)
-        shape = [1] * acc.ndim
-        shape[-1 if isinstance(m, nn.Linear) else 1] = -1
-        return acc.float() * (x.scale.float() * ws.float().to(acc.device)).reshape(shape)
-    s, z = grid(step.edge)
-    mult = (x.scale.float() * ws.float().to(acc.device)) / s.float()
-    shape = [1] * acc.ndim
-    shape[-1 if isinstance(m, nn.Linear) else 1] = -1
-    return QValue(requantize(acc, mult.reshape(shape), z), s, z)
+    return integer_layer(m, label, x, qts, None if step.edge is None else grid(step.edge))
 
 
-__all__ = ["EDGES", "IntegerEdges", "TARGETS", "Plan", "Step", "attach_integer_target", "detach_integer_target", "enable",
-           "float_forward", "has_integer_target", "make_plan", "simulate", "trace", "weight_codes"]
+__all__ = ["EDGES", "IntegerEdges", "TARGETS", "Plan", "Step", "attach_integer_target", "detach_integer_target",
+           "enable", "float_forward", "has_integer_target", "make_plan", "simulate", "trace"]

@@ -122,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
     load(out, reloaded, device=args.device)
     after = evaluate(reloaded, splits.test, device=args.device, batch_size=EVAL_BATCH)
     report = {"file": str(out), "source": str(src), "method": result.method, "wbits": result.wbits,
-              "abits": result.abits, "target": args.target, "calib": len(splits.calib), "accuracy": after["accuracy"], "loss": after["loss"],
+              "abits": result.abits, "target": args.target, "calib": len(splits.calib),
+              "accuracy": after["accuracy"], "loss": after["loss"],
               "n": after["n"], "accuracy_before_save": before["accuracy"],
               "float_accuracy": (meta.get("metrics") or {}).get("test", {}).get("accuracy"),
               "file_bytes": int(size.file_bytes), "float32_bytes": int(size.float32_bytes),

@@ -19,7 +19,8 @@ import torch
 import torch.fx
 from torch import nn
 
-from learnq.act.integer_graph import EDGES, IntegerEdges, Plan, make_plan, trace, weight_codes
+from learnq.act.integer import weight_codes
+from learnq.act.integer_graph import EDGES, IntegerEdges, Plan, make_plan, trace
 
 if TYPE_CHECKING:
     from learnq.export.graph import GraphWriter
