@@ -52,8 +52,9 @@ ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
 JSON = RESULTS / "ort.json"
 MODELS = ("resnet20", "mobilenetv2-small")
-DATA = {"name": "mnist5k", "calib_size": 512, "test_fraction": 0.2, "limit": 1500}
-TRAIN = {"epochs": 2, "batch_size": 64, "lr": 2e-3, "optimizer": "adam", "scheduler": "cosine"}
+DATA = {"name": "digits", "calib_size": 512, "test_fraction": 0.2}
+TRAIN = {"epochs": 4, "batch_size": 64, "lr": 3e-3, "optimizer": "adam", "scheduler": "cosine"}
+SPEED_SHAPE = (3, 32, 32)  # the issue's timing protocol: the zoo network at CIFAR size, untrained
 ROWS = ("float", "ort-qdq", "ort-qoperator", "learnq-inputs", "learnq-int-minmax", "learnq-int-mse")
 
 
@@ -72,12 +73,12 @@ QUICK = False  # --quick: 1 epoch on 500 images (a smoke test of the script)
 
 
 def float_model(name: str, cache: Path) -> tuple[torch.nn.Module, Any, dict]:
-    folder = cache / (f"{name}-mnist5k-seed0" + ("-quick" if QUICK else ""))
+    folder = cache / (f"{name}-digits-seed0" + ("-quick" if QUICK else ""))
     if not (folder / MODEL_FILE).is_file():
         recipe = {"name": f"bench-ort-{name}", "seed": 0, "data": dict(DATA), "model": {"name": name},
                   "train": dict(TRAIN), "report": {"plots": False}}
         if QUICK:
-            recipe["train"]["epochs"], recipe["data"]["limit"] = 1, 500
+            recipe["train"]["epochs"], recipe["data"]["limit"] = 1, 300
         start = time.perf_counter()
         train_recipe(Recipe.from_dict(recipe), folder)
         (folder / "train_seconds.txt").write_text(f"{time.perf_counter() - start:.3f}\n")
@@ -100,6 +101,28 @@ def ort_quantize(float_path: Path, out: Path, calib: torch.Tensor, fmt: str) -> 
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
 
 
+def make_files(model: torch.nn.Module, calib: torch.Tensor, folder: Path, name: str,
+               test: Any = None) -> tuple[dict[str, Path], dict[str, float]]:
+    """Every row's ONNX file for ``model`` calibrated on ``calib``; with ``test``, learnq's own accuracies."""
+    paths = {row: folder / f"{name}.{row}.onnx" for row in ROWS}
+    torch.onnx.export(model, calib[:1], str(paths["float"]), opset_version=13, dynamo=False,
+                      input_names=["input"], output_names=["output"],
+                      dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    ort_quantize(paths["float"], paths["ort-qdq"], calib, "qdq")
+    ort_quantize(paths["float"], paths["ort-qoperator"], calib, "qoperator")
+    learnq_acc: dict[str, float] = {}
+    for row, kwargs in (("learnq-inputs", {"method": "minmax"}),
+                        ("learnq-int-minmax", {"method": "minmax", "target": "onnxruntime"}),
+                        ("learnq-int-mse", {"method": "mse", "target": "onnxruntime"})):
+        result = quantize(model, calib, wbits=8, abits=8, granularity="channel", progress=False, **kwargs)
+        to_onnx(result.model, calib[:64], paths[row], verify=False)
+        if test is not None:
+            learnq_acc[row] = evaluate(result.model, test, device="cpu", batch_size=256)["accuracy"]
+    if test is not None:
+        learnq_acc["float"] = evaluate(model, test, device="cpu", batch_size=256)["accuracy"]
+    return paths, learnq_acc
+
+
 def build(args: argparse.Namespace) -> None:
     res = load_results()
     files = args.files
@@ -110,20 +133,7 @@ def build(args: argparse.Namespace) -> None:
         test = splits.test
         entry: dict[str, Any] = {"train_seconds": info["train_seconds"], "calib": len(calib), "test": len(test),
                                  "input_shape": list(calib.shape[1:]), "rows": {}}
-        paths = {row: files / f"{name}.{row}.onnx" for row in ROWS}
-        torch.onnx.export(model, calib[:1], str(paths["float"]), opset_version=13, dynamo=False,
-                          input_names=["input"], output_names=["output"],
-                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
-        ort_quantize(paths["float"], paths["ort-qdq"], calib, "qdq")
-        ort_quantize(paths["float"], paths["ort-qoperator"], calib, "qoperator")
-        learnq_acc: dict[str, float] = {}
-        for row, kwargs in (("learnq-inputs", {"method": "minmax"}),
-                            ("learnq-int-minmax", {"method": "minmax", "target": "onnxruntime"}),
-                            ("learnq-int-mse", {"method": "mse", "target": "onnxruntime"})):
-            result = quantize(model, calib, wbits=8, abits=8, granularity="channel", progress=False, **kwargs)
-            to_onnx(result.model, calib[:64], paths[row], verify=False)
-            learnq_acc[row] = evaluate(result.model, test, device="cpu", batch_size=256)["accuracy"]
-        learnq_acc["float"] = evaluate(model, test, device="cpu", batch_size=256)["accuracy"]
+        paths, learnq_acc = make_files(model, calib, files, name, test)
         for row, path in paths.items():
             metrics = evaluate_onnx(path, test, batch_size=256, threads=1)
             entry["rows"][row] = {"file": str(path), "file_bytes": path.stat().st_size,
@@ -135,15 +145,36 @@ def build(args: argparse.Namespace) -> None:
         save_results(res)
 
 
+def speed_model(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The issue's timing setup: the zoo network at 3x32x32, BatchNorm statistics from 5 training-mode batches of
+    random inputs, 256 random calibration inputs (speed does not depend on trained weights)."""
+    from learnq.pipeline.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(name, SPEED_SHAPE, 10)
+    model.train()
+    with torch.no_grad():
+        for _ in range(5):
+            model(torch.randn(64, *SPEED_SHAPE))
+    return model.eval(), torch.randn(256, *SPEED_SHAPE)
+
+
 def timing(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     res = load_results()
     for name in args.model or MODELS:
         entry = res["models"][name]
-        files = {row: entry["rows"][row]["file"] for row in ROWS}
+        model, calib = speed_model(name)
+        folder = args.files / "speed"
+        folder.mkdir(parents=True, exist_ok=True)
+        paths, _ = make_files(model, calib, folder, name)
+        files = {row: str(p) for row, p in paths.items()}
+        entry["speed_ops"] = {row: node_counts(optimized_graph(p)) for row, p in paths.items()}
+        entry["speed_bytes"] = {row: p.stat().st_size for row, p in paths.items()}
         rows = bench(files, threads=(1, 2), batches=(1, 64), rounds=args.rounds, baseline="float",
                      progress=lambda d, t, name=name: print(f"{name}: round {d}/{t}", flush=True))
-        entry["timing"] = {"rows": rows, "rounds": args.rounds, "machine": platform.processor() or platform.machine(),
+        entry["timing"] = {"rows": rows, "rounds": args.rounds, "input_shape": list(SPEED_SHAPE),
+                           "machine": platform.processor() or platform.machine(),
                            "when": time.strftime("%Y-%m-%d %H:%M:%S")}
         save_results(res)
 
