@@ -172,8 +172,10 @@ def timing(args: argparse.Namespace) -> None:
         entry["speed_ops"] = {row: node_counts(optimized_graph(p)) for row, p in paths.items()}
         entry["speed_bytes"] = {row: p.stat().st_size for row, p in paths.items()}
         rows = bench(files, threads=(1, 2), batches=(1, 64), rounds=args.rounds, baseline="float",
+                     min_seconds=args.min_seconds,
                      progress=lambda d, t, name=name: print(f"{name}: round {d}/{t}", flush=True))
-        entry["timing"] = {"rows": rows, "rounds": args.rounds, "input_shape": list(SPEED_SHAPE),
+        entry["timing"] = {"rows": rows, "rounds": args.rounds, "min_seconds": args.min_seconds,
+                           "input_shape": list(SPEED_SHAPE),
                            "machine": platform.processor() or platform.machine(),
                            "when": time.strftime("%Y-%m-%d %H:%M:%S")}
         save_results(res)
@@ -208,8 +210,23 @@ def report(args: argparse.Namespace) -> None:
     for name, entry in res["models"].items():
         when = entry.get("timing", {}).get("when", "not timed yet")
         out += [f"### {name} (test n = {entry['test']}, timed {when})", ""] + _table(entry) + [""]
+        if "speed_ops" in entry:
+            same = entry["speed_ops"]["learnq-int-minmax"] == entry["speed_ops"]["ort-qdq"]
+            out += [f"Timing graphs ({'x'.join(map(str, SPEED_SHAPE))}, the issue's protocol): onnxruntime's optimised "
+                    f"graph of learnq-int {'has exactly the operators of' if same else 'differs from'} ort-qdq's "
+                    f"({entry['speed_ops']['learnq-int-minmax']}); files "
+                    + ", ".join(f"{k} {v:,} B" for k, v in entry["speed_bytes"].items()) + ".", ""]
     text = "\n".join(out) + "\n"
     (RESULTS / "ort.md").write_text(text)
+    if not QUICK:  # the section of BENCHMARKS.md: replaced in place, or appended
+        bench_md = ROOT.parent / "BENCHMARKS.md"
+        old = bench_md.read_text()
+        head = out[0]
+        if head in old:
+            start = old.index(head)
+            nxt = old.find("\n## ", start + len(head))
+            old = old[:start] + old[nxt + 1:] if nxt >= 0 else old[:start]
+        bench_md.write_text(old.rstrip("\n") + "\n\n" + text)
     print(text)
 
 
@@ -219,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", action="append", choices=MODELS)
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "learnq-bench" / "ort")
     parser.add_argument("--files", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "learnq-bench-ort")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--min-seconds", type=float, default=0.2, help="per measurement (repeats the run)")
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny training, results to ort-quick.json")
     args = parser.parse_args(argv)
     global QUICK, JSON
