@@ -218,6 +218,22 @@ def report(args: argparse.Namespace) -> None:
                     f"graph of learnq-int is {ours}; it differs from ort-qdq's in (learnq, ort) {diff or 'nothing'} "
                     "(ORT quantizes the logits and dequantizes them; learnq's QGemm writes float logits); files "
                     + ", ".join(f"{k} {v:,} B" for k, v in entry["speed_bytes"].items()) + ".", ""]
+    nbits = RESULTS / "ort_nbits.json"
+    if nbits.is_file():
+        nb = json.loads(nbits.read_text())
+        speed = {(r["file"], r["threads"], r["batch"]): r["speedup"] for r in nb["rows"]}
+        out += ["### 4-bit weights: MatMulNBits from learnq's codes (`benchmarks/ort_nbits.py`)", "",
+                f"Two linear layers {nb['shape'][0]} -> {nb['shape'][1]} -> {nb['shape'][2]}, learnq W4 "
+                f"group:{nb['block']} symmetric codes written as MatMulNBits blocks (no re-quantization). Max "
+                "|difference| / max |output| against the float graph of learnq's ŵ: "
+                + ", ".join(f"{k} {v:.2g}" for k, v in nb["relative_max_diff_vs_float_w4"].items())
+                + f"; timed {nb['when']}.", "",
+                "| row | file bytes | speed-up 1 thr b1 | 1 thr b64 | 2 thr b1 | 2 thr b64 |", "|" + " --- |" * 6]
+        for row, size in nb["file_bytes"].items():
+            cells = [f"{speed[(row, t, b)]:.2f}x" for t in (1, 2) for b in (1, 64)]
+            out.append(f"| {row} | {size:,} | " + " | ".join(cells) + " |")
+        out += ["", "`float` and `float-w4` run the same kernels on the same shapes: their ratio is this machine's "
+                "timing noise.", ""]
     text = "\n".join(out) + "\n"
     (RESULTS / "ort.md").write_text(text)
     if not QUICK:  # the section of BENCHMARKS.md: replaced in place, or appended
