@@ -55,6 +55,8 @@ MODELS = ("resnet20", "mobilenetv2-small")
 DATA = {"name": "digits", "calib_size": 512, "test_fraction": 0.2}
 TRAIN = {"epochs": 4, "batch_size": 64, "lr": 3e-3, "optimizer": "adam", "scheduler": "cosine"}
 SPEED_SHAPE = (3, 32, 32)  # the issue's timing protocol: the zoo network at CIFAR size, untrained
+SPEED_ONLY = {"lenet": (1, 20, 20)}  # timed only: the issue asks what happens on a tiny network (20x20: the
+# adaptive pool is the identity there; torch.onnx.export cannot write 28x28 -> 7x7 -> 5x5)
 ROWS = ("float", "ort-qdq", "ort-qoperator", "learnq-inputs", "learnq-int-minmax", "learnq-int-mse")
 
 
@@ -151,19 +153,20 @@ def speed_model(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
     from learnq.pipeline.models import build_model
 
     torch.manual_seed(0)
-    model = build_model(name, SPEED_SHAPE, 10)
+    shape = SPEED_ONLY.get(name, SPEED_SHAPE)
+    model = build_model(name, shape, 10)
     model.train()
     with torch.no_grad():
         for _ in range(5):
-            model(torch.randn(64, *SPEED_SHAPE))
-    return model.eval(), torch.randn(256, *SPEED_SHAPE)
+            model(torch.randn(64, *shape))
+    return model.eval(), torch.randn(256, *shape)
 
 
 def timing(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     res = load_results()
     for name in args.model or MODELS:
-        entry = res["models"][name]
+        entry = res["models"].setdefault(name, {})
         model, calib = speed_model(name)
         folder = args.files / "speed"
         folder.mkdir(parents=True, exist_ok=True)
@@ -175,7 +178,7 @@ def timing(args: argparse.Namespace) -> None:
                      min_seconds=args.min_seconds,
                      progress=lambda d, t, name=name: print(f"{name}: round {d}/{t}", flush=True))
         entry["timing"] = {"rows": rows, "rounds": args.rounds, "min_seconds": args.min_seconds,
-                           "input_shape": list(SPEED_SHAPE),
+                           "input_shape": list(SPEED_ONLY.get(name, SPEED_SHAPE)),
                            "machine": platform.processor() or platform.machine(),
                            "when": time.strftime("%Y-%m-%d %H:%M:%S")}
         save_results(res)
@@ -209,6 +212,18 @@ def report(args: argparse.Namespace) -> None:
            "machine shared with other jobs, so ratios, not absolute times, are the result.", ""]
     for name, entry in res["models"].items():
         when = entry.get("timing", {}).get("when", "not timed yet")
+        if "rows" not in entry:  # timed only
+            shape = "x".join(map(str, entry["timing"]["input_shape"]))
+            speed = {(r["file"], r["threads"], r["batch"]): r["speedup"] for r in entry["timing"]["rows"]}
+            out += [f"### {name}, timing only ({shape}, untrained, timed {when})", "",
+                    "| row | optimised graph | speed-up 1 thr b1 | 1 thr b64 | 2 thr b1 | 2 thr b64 |",
+                    "|" + " --- |" * 6]
+            for row in ROWS:
+                ops = ", ".join(f"{v} {k}" for k, v in sorted(entry["speed_ops"][row].items()))
+                out.append(f"| {row} | {ops} | " + " | ".join(f"{speed[(row, t, b)]:.2f}x" for t in (1, 2)
+                                                             for b in (1, 64)) + " |")
+            out.append("")
+            continue
         out += [f"### {name} (test n = {entry['test']}, timed {when})", ""] + _table(entry) + [""]
         if "speed_ops" in entry:
             ours, theirs = entry["speed_ops"]["learnq-int-minmax"], entry["speed_ops"]["ort-qdq"]
@@ -251,7 +266,7 @@ def report(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("stage", choices=("train", "build", "time", "report"))
-    parser.add_argument("--model", action="append", choices=MODELS)
+    parser.add_argument("--model", action="append", choices=MODELS + tuple(SPEED_ONLY))
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "learnq-bench" / "ort")
     parser.add_argument("--files", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "learnq-bench-ort")
     parser.add_argument("--rounds", type=int, default=15)
