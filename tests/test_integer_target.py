@@ -241,3 +241,23 @@ def test_cli_quantize_target_then_export_reports_integer_layers(tmp_path, capsys
                  "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["rows"]
     assert len(rows) == 1 and rows[0]["latency_s"] > 0 and rows[0]["throughput"] > 0
+
+
+# -- 4-bit weights as MatMulNBits ----------------------------------------------------------------------------------
+def test_w4_group_weights_export_as_matmulnbits(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.ReLU(), torch.nn.Linear(48, 10)).eval()
+    calib = torch.randn(32, 64)
+    result = quantize(model, calib, method="minmax", wbits=4, abits=32, granularity="group:16", progress=False)
+    x = torch.randn(8, 64)
+    report = to_onnx(result.model, x, tmp_path / "m.onnx", matmul_nbits=True)
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node]
+    assert ops.count("MatMulNBits") == 2 and "Gemm" not in ops
+    assert [t.export for t in report.tensors] == ["matmulnbits", "matmulnbits"] and report.not_qdq == []
+    # onnxruntime dequantizes the blocks and multiplies in float32 (its own summation order): float tolerance
+    with torch.no_grad():
+        expected = result.model(x)
+    torch.testing.assert_close(learnq.export.run_onnx(tmp_path / "m.onnx", x), expected, rtol=1e-4, atol=1e-5)
+    eight = quantize(model, calib, method="minmax", wbits=8, abits=32, granularity="group:16", progress=False)
+    to_onnx(eight.model, x, tmp_path / "e.onnx", matmul_nbits=True)  # 8-bit codes do not fit: Q/DQ + Gemm
+    assert "MatMulNBits" not in [n.op_type for n in onnx.load(str(tmp_path / "e.onnx")).graph.node]

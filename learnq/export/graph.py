@@ -143,7 +143,7 @@ class GraphWriter:
     """Turns a traced model into ONNX nodes; ``run()`` returns (graph inputs, outputs, records)."""
 
     def __init__(self, model: nn.Module, example: torch.Tensor, opset: int, *, dynamic_batch: bool = True,
-                 input_name: str = "input", output_name: str = "output") -> None:
+                 input_name: str = "input", output_name: str = "output", matmul_nbits: bool = False) -> None:
         self.model, self.example, self.opset = model, example, opset
         self.dynamic_batch = dynamic_batch
         self.input_name, self.output_name = input_name, output_name
@@ -156,6 +156,8 @@ class GraphWriter:
         self.gm: torch.fx.GraphModule | None = None
         self.values: dict[torch.fx.Node, Any] = {}
         self.integer: IntegerExport | None = IntegerExport(model, example) if has_integer_target(model) else None
+        self.matmul_nbits = matmul_nbits  # 4-bit group weights of linear layers as MatMulNBits (export/nbits.py)
+        self.domains: set[str] = set()  # operator domains besides ONNX's (com.microsoft for MatMulNBits)
 
     # -- lookups used by the op converters -------------------------------------------------------------------------
     def module(self, target: str) -> nn.Module:

@@ -19,7 +19,9 @@ import torch.fx
 from torch import nn
 
 from learnq.errors import ModelError
+from learnq.export.nbits import plan_nbits, write_nbits
 from learnq.export.qdq import is_activation_quantizer
+from learnq.export.report import TensorExport
 
 if TYPE_CHECKING:  # annotations only: the graph writer calls this module
     from learnq.export.graph import GraphWriter
@@ -64,9 +66,27 @@ def _bias(w: GraphWriter, label: str, m: nn.Module, node: torch.fx.Node) -> str:
     return w.param(f"{label}.bias", m.bias)
 
 
+def _nbits(w: GraphWriter, label: str) -> dict | None:
+    """The MatMulNBits plan of the layer's weight when ``matmul_nbits`` is on and it fits (a record either way)."""
+    qt = w.qts.get(f"{label}.weight")
+    if not w.matmul_nbits or qt is None or w.integer is not None:
+        return None
+    plan = plan_nbits(qt)
+    if isinstance(plan, str):  # written as Q/DQ or float by param(), which records how
+        return None
+    w.records.append(TensorExport(f"{label}.weight", "weight", "matmulnbits", qt.bits, str(qt.granularity), "uint4",
+                                  True, 0.0, None))
+    w._params[f"{label}.weight"] = "matmulnbits"
+    return plan
+
+
 def _linear(w: GraphWriter, node: torch.fx.Node, m: nn.Module, label: str, x: str) -> str:
     rank = len(w.shape(node.args[0]))
     x = w.layer_input(label, m, x, rank)
+    nbits = _nbits(w, label)
+    if nbits is not None:
+        out = write_nbits(w, label, x, nbits)
+        return w.b.op("Add", [out, _bias(w, label, m, node)], label or "linear") if m.bias is not None else out
     weight = w.param(f"{label}.weight", m.weight)
     bias = None if m.bias is None else _bias(w, label, m, node)
     if rank == 2:

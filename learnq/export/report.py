@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-EXPORTS = ("qdq", "float", "emulated")
+EXPORTS = ("qdq", "float", "emulated", "matmulnbits")
 
 
 @dataclass
@@ -68,7 +68,7 @@ class ExportReport:
     @property
     def not_qdq(self) -> list[TensorExport]:
         """The quantized tensors ONNX's Q/DQ could not carry (float weights, emulated activations), with reasons."""
-        return [t for t in self.tensors if t.export != "qdq"]
+        return [t for t in self.tensors if t.export not in ("qdq", "matmulnbits")]
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
