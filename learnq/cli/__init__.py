@@ -17,7 +17,8 @@ from learnq.errors import LearnqError
 
 # module name (in learnq.cli) of each subcommand, in the order `learnq --help` lists them
 COMMANDS: list[str] = ["demo", "run_cmd", "train_cmd", "eval_cmd", "quantize_cmd", "inspect_cmd", "list_cmd",
-                       "analyze_cmd", "sweep_cmd", "report_cmd", "export_cmd"]
+                       "analyze_cmd", "sweep_cmd", "report_cmd", "export_cmd",
+                       "bench_cmd"]
 
 
 def build_parser() -> argparse.ArgumentParser:

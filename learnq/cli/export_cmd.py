@@ -36,6 +36,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                              "wider than 8 bits as int16)")
     parser.add_argument("--eval", action="store_true",
                         help="evaluate the ONNX file (onnxruntime) and the model (learnq) on the test split")
+    parser.add_argument("--matmul-nbits", action="store_true",
+                        help="linear layers with symmetric 4-bit group:G weights as onnxruntime's MatMulNBits")
     parser.add_argument("--no-check", action="store_true",
                         help="do not run the file with onnxruntime on the example batch")
     add_common(parser)  # --seed and --quiet are accepted (every command takes them); the export draws nothing
@@ -48,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     src = resolve_model_file(args.path)
     model, splits, meta = rebuild(src, device="cpu")
     inputs = splits.test.tensors[0]
-    report = to_onnx(model, inputs[:EXAMPLE_BATCH], out, opset=args.opset, verify=not args.no_check)
+    report = to_onnx(model, inputs[:EXAMPLE_BATCH], out, opset=args.opset, verify=not args.no_check,
+                     matmul_nbits=args.matmul_nbits)
     result: dict[str, Any] = {"source": str(src), "model": meta["model"]["name"], **report.to_dict()}
     if args.eval:
         learnq_metrics = evaluate(model, splits.test, device="cpu", batch_size=EVAL_BATCH)

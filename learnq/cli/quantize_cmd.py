@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from learnq.act.integer_graph import TARGETS
 from learnq.checkpoint import load, save
 from learnq.cli.common import add_common, print_json, show_progress
 from learnq.errors import ConfigError
@@ -54,6 +55,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="leave the first and last layers in float (default: the method's choice)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="a method option, e.g. p=3.0 for lp or distribution=gaussian for aciq (JSON values)")
+    parser.add_argument("--target", choices=TARGETS, default=PTQ.target,
+                        help="integer deployment target: 'onnxruntime' quantizes every tensor an integer kernel reads "
+                             "(uint8) and simulates onnxruntime's kernels, so `learnq export --onnx` runs in "
+                             "QLinearConv/QLinearAdd/QGemm... (W8A8, every layer; default: none, fake quantization "
+                             "at layer inputs)")
     parser.add_argument("--out", default=None, help="the quantized model file to write")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     add_common(parser)
@@ -96,15 +102,17 @@ def run(args: argparse.Namespace) -> int:
         data["sizes"]["calib"] = min(args.calib, int(data["sizes"]["train"]))
     splits = dataset_from_preprocessing(data)
     config = PTQ(method=args.method, wbits=args.wbits, abits=args.abits, granularity=args.granularity,
-                 skip_first_last=skip, bias_correction=args.bias_correction, options=options)
+                 skip_first_last=skip, bias_correction=args.bias_correction, options=options, target=args.target)
     result = quantize(model, splits.calib, config, device=args.device, seed=args.seed, progress=show_progress(args))
     before = evaluate(result.model, splits.test, device=args.device, batch_size=EVAL_BATCH)
     out = Path(args.out).expanduser() if args.out else default_out(src, args.method, result.wbits, result.abits)
+    if args.target and not args.out:
+        out = out.with_name(out.name.replace(".safetensors", f".{args.target}.safetensors"))
     if out.resolve() == src.resolve():
         raise ConfigError(f"--out {out} is the input file; give another path")
     ptq = {"method": result.method, "wbits": result.wbits, "abits": result.abits, "calib": len(splits.calib),
            "granularity": args.granularity, "bias_correction": args.bias_correction, "options": options,
-           "seed": args.seed, "source": str(src), "calib_seconds": result.calib_seconds,
+           "seed": args.seed, "source": str(src), "target": args.target, "calib_seconds": result.calib_seconds,
            "loss_evals": result.loss_evals, "skipped": result.skipped}
     metadata = {k: v for k, v in meta.items() if k not in ("variant", "metrics", "ptq")}
     metadata.update({"variant": {"method": result.method, "bits": result.wbits, "abits": result.abits},
@@ -114,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
     load(out, reloaded, device=args.device)
     after = evaluate(reloaded, splits.test, device=args.device, batch_size=EVAL_BATCH)
     report = {"file": str(out), "source": str(src), "method": result.method, "wbits": result.wbits,
-              "abits": result.abits, "calib": len(splits.calib), "accuracy": after["accuracy"], "loss": after["loss"],
+              "abits": result.abits, "target": args.target, "calib": len(splits.calib),
+              "accuracy": after["accuracy"], "loss": after["loss"],
               "n": after["n"], "accuracy_before_save": before["accuracy"],
               "float_accuracy": (meta.get("metrics") or {}).get("test", {}).get("accuracy"),
               "file_bytes": int(size.file_bytes), "float32_bytes": int(size.float32_bytes),

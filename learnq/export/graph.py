@@ -23,8 +23,10 @@ import torch.fx
 from torch import nn
 
 from learnq.act.input_quant import ATTR, _input_hook
+from learnq.act.integer_graph import float_forward, has_integer_target
 from learnq.errors import ModelError
 from learnq.export import ops
+from learnq.export.integer_ops import IntegerExport
 from learnq.export.qdq import ActivationPlan, WeightPlan, is_activation_quantizer, plan_activation, plan_weight
 from learnq.export.report import TensorExport
 from learnq.grid import QuantizedTensor
@@ -60,7 +62,9 @@ class Builder:
             kind = self.proto.INT4 if dtype == "int4" else self.proto.UINT4
             tensor = self.helper.make_tensor(name, kind, list(array.shape), array.reshape(-1).astype(np.int32).tolist())
         else:
-            tensor = self.numpy_helper.from_array(np.ascontiguousarray(array), name)
+            # reshape: np.ascontiguousarray makes 0-dim arrays 1-dim, and onnxruntime fuses Add/pooling only with
+            # scalar (0-dim) scales and zero points
+            tensor = self.numpy_helper.from_array(np.ascontiguousarray(array).reshape(np.shape(array)), name)
         self.initializers.append(tensor)
         return name
 
@@ -122,7 +126,11 @@ def trace(model: nn.Module, example: torch.Tensor) -> tuple[torch.fx.GraphModule
     rec = _Recorder(gm)
     with torch.no_grad():
         traced = rec.run(example)
-        direct = model(example)
+        if has_integer_target(model):  # the trace is the float graph; the model's output is the integer simulation
+            with float_forward(model):
+                direct = model(example)
+        else:
+            direct = model(example)
     same = (torch.equal(traced, direct) if isinstance(direct, torch.Tensor) and isinstance(traced, torch.Tensor)
             else all(torch.equal(a, b) for a, b in zip(traced, direct, strict=True)))
     if not same:
@@ -135,7 +143,7 @@ class GraphWriter:
     """Turns a traced model into ONNX nodes; ``run()`` returns (graph inputs, outputs, records)."""
 
     def __init__(self, model: nn.Module, example: torch.Tensor, opset: int, *, dynamic_batch: bool = True,
-                 input_name: str = "input", output_name: str = "output") -> None:
+                 input_name: str = "input", output_name: str = "output", matmul_nbits: bool = False) -> None:
         self.model, self.example, self.opset = model, example, opset
         self.dynamic_batch = dynamic_batch
         self.input_name, self.output_name = input_name, output_name
@@ -147,6 +155,9 @@ class GraphWriter:
         self._acts: dict[tuple[str, str], str] = {}
         self.gm: torch.fx.GraphModule | None = None
         self.values: dict[torch.fx.Node, Any] = {}
+        self.integer: IntegerExport | None = IntegerExport(model, example) if has_integer_target(model) else None
+        self.matmul_nbits = matmul_nbits  # 4-bit group weights of linear layers as MatMulNBits (export/nbits.py)
+        self.domains: set[str] = set()  # operator domains besides ONNX's (com.microsoft for MatMulNBits)
 
     # -- lookups used by the op converters -------------------------------------------------------------------------
     def module(self, target: str) -> nn.Module:
@@ -280,12 +291,19 @@ class GraphWriter:
             if node.op == "placeholder":
                 env[node] = self.input_name
                 self.b._names.add(self.input_name)
+                if self.integer is not None:
+                    env[node] = self.integer.after(self, node, env[node])
             elif node.op == "output":
                 out_value = node.args[0]
             else:
                 args = torch.fx.graph.map_arg(node.args, lambda n: env[n])
                 kwargs = torch.fx.graph.map_arg(node.kwargs, lambda n: env[n])
-                env[node] = ops.convert(self, node, args, kwargs)
+                if self.integer is not None and self.integer.fused(node):
+                    env[node] = args[0]  # a ReLU fused into the integer op before it: the Q's saturation
+                else:
+                    env[node] = ops.convert(self, node, args, kwargs)
+                if self.integer is not None:
+                    env[node] = self.integer.after(self, node, env[node])
         if not isinstance(out_value, torch.fx.Node) or not isinstance(env.get(out_value), str):
             raise ModelError("the exporter writes models with one tensor output; this model returns "
                              f"{type(self.values.get(out_value, out_value)).__name__}")

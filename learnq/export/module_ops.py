@@ -19,7 +19,9 @@ import torch.fx
 from torch import nn
 
 from learnq.errors import ModelError
+from learnq.export.nbits import plan_nbits, write_nbits
 from learnq.export.qdq import is_activation_quantizer
+from learnq.export.report import TensorExport
 
 if TYPE_CHECKING:  # annotations only: the graph writer calls this module
     from learnq.export.graph import GraphWriter
@@ -49,16 +51,44 @@ def _conv(w: GraphWriter, node: torch.fx.Node, m: nn.Module, label: str, x: str)
     x = w.layer_input(label, m, x, len(w.shape(node.args[0])))
     inputs = [x, w.param(f"{label}.weight", m.weight)]
     if m.bias is not None:
-        inputs.append(w.param(f"{label}.bias", m.bias))
+        inputs.append(_bias(w, label, m, node))
     return w.b.op("Conv", inputs, label or "conv", kernel_shape=k, strides=as_tuple(m.stride, n), pads=pads,
                   dilations=dil, group=m.groups)
+
+
+def _bias(w: GraphWriter, label: str, m: nn.Module, node: torch.fx.Node) -> str:
+    """int32 codes + DequantizeLinear for the integer target (:mod:`learnq.export.integer_ops`), else the float
+    bias."""
+    if w.integer is not None:
+        name = w.integer.bias(w, label, m, node.args[0])
+        if name is not None:
+            return name
+    return w.param(f"{label}.bias", m.bias)
+
+
+def _nbits(w: GraphWriter, label: str) -> dict | None:
+    """The MatMulNBits plan of the layer's weight when ``matmul_nbits`` is on and it fits (a record either way)."""
+    qt = w.qts.get(f"{label}.weight")
+    if not w.matmul_nbits or qt is None or w.integer is not None:
+        return None
+    plan = plan_nbits(qt)
+    if isinstance(plan, str):  # written as Q/DQ or float by param(), which records how
+        return None
+    w.records.append(TensorExport(f"{label}.weight", "weight", "matmulnbits", qt.bits, str(qt.granularity), "uint4",
+                                  True, 0.0, None))
+    w._params[f"{label}.weight"] = "matmulnbits"
+    return plan
 
 
 def _linear(w: GraphWriter, node: torch.fx.Node, m: nn.Module, label: str, x: str) -> str:
     rank = len(w.shape(node.args[0]))
     x = w.layer_input(label, m, x, rank)
+    nbits = _nbits(w, label)
+    if nbits is not None:
+        out = write_nbits(w, label, x, nbits)
+        return w.b.op("Add", [out, _bias(w, label, m, node)], label or "linear") if m.bias is not None else out
     weight = w.param(f"{label}.weight", m.weight)
-    bias = None if m.bias is None else w.param(f"{label}.bias", m.bias)
+    bias = None if m.bias is None else _bias(w, label, m, node)
     if rank == 2:
         return w.b.op("Gemm", [x, weight] + ([bias] if bias else []), label or "linear", transB=1)
     out = w.b.op("MatMul", [x, w.b.op("Transpose", [weight], f"{label}_t", perm=[1, 0])], label or "linear")
@@ -86,6 +116,8 @@ def adaptive_pool(w: GraphWriter, shape: tuple[int, ...], size: Any, label: str,
     out = [s if o is None else int(o) for s, o in zip(spatial, as_tuple(size, len(spatial)), strict=True)]
     if all(o == 1 for o in out):
         return w.b.op(f"Global{kind}", [x], label or kind)
+    if out == spatial:  # the identity
+        return x
     if all(s % o == 0 for s, o in zip(spatial, out, strict=True)):
         k = [s // o for s, o in zip(spatial, out, strict=True)]
         return w.b.op(kind, [x], label or kind, kernel_shape=k, strides=k)

@@ -30,6 +30,7 @@ from learnq import __version__
 from learnq.errors import ConfigError, DataError, ModelError
 from learnq.export.graph import GraphWriter
 from learnq.export.report import ExportReport
+from learnq.export.runtime_report import runtime_layers
 
 DEFAULT_OPSET = 13
 MIN_OPSET = 13
@@ -62,7 +63,7 @@ def check_output_path(path: str | os.PathLike) -> Path:
 
 def to_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
             dynamic_batch: bool = True, verify: bool = True, device: str = "cpu", input_name: str = "input",
-            output_name: str = "output") -> ExportReport:
+            output_name: str = "output", matmul_nbits: bool = False) -> ExportReport:
     """Write ``model`` (with learnq's quantized weights and activation quantizers) to ``path`` as ONNX.
 
     example_input: one float32 batch ``(N, ...)``; it fixes every size but the batch size (dynamic unless
@@ -93,15 +94,15 @@ def to_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.PathLi
     try:
         with torch.no_grad():
             writer = GraphWriter(model, example, opset, dynamic_batch=dynamic_batch, input_name=input_name,
-                                 output_name=output_name)
+                                 output_name=output_name, matmul_nbits=matmul_nbits)
             graph, in_shape, out_shape = writer.run()
             expected = model(example).detach().float().cpu()
     finally:
         model.train(was_training)
     helper = onnx.helper
-    opsets = [helper.make_opsetid("", opset)]
+    opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, 1) for d in sorted(writer.domains)]
     proto = helper.make_model(graph, opset_imports=opsets, producer_name="learnq", producer_version=__version__,
-                              ir_version=helper.find_min_ir_version_for(opsets))
+                              ir_version=helper.find_min_ir_version_for(opsets[:1]))
     report = ExportReport(path=str(out), opset=opset, input_shape=in_shape, output_shape=out_shape,
                           tensors=writer.records, unquantized=writer.unquantized, node_counts=writer.node_counts())
     summary = {"tensors": [{"name": t.name, "kind": t.kind, "export": t.export, "reason": t.reason}
@@ -118,6 +119,10 @@ def to_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.PathLi
     report.file_bytes = out.stat().st_size
     if verify:
         report.check = compare(out, example_input.cpu(), expected)
+        reasons = None
+        if writer.integer is not None:
+            reasons = {row["layer"]: row["reason"] for row in writer.integer.rows if not row["integer"]}
+        report.layers, report.runtime_node_counts = runtime_layers(out, reasons)
     return report
 
 

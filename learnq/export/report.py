@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-EXPORTS = ("qdq", "float", "emulated")
+EXPORTS = ("qdq", "float", "emulated", "matmulnbits")
 
 
 @dataclass
@@ -43,7 +43,9 @@ class ExportReport:
     tensors: every quantized weight and activation quantizer, in graph order. unquantized: float parameters that
     learnq did not quantize (written as float32 initializers). node_counts: ONNX operator -> number of nodes.
     check: with ``verify``, onnxruntime's output on the example input against the model's
-    (``max_abs_diff``, ``argmax_agreement``, ``n``).
+    (``max_abs_diff``, ``argmax_agreement``, ``n``). layers (with ``verify``): per compute node, whether onnxruntime
+    runs it in an integer kernel and why not (:mod:`learnq.export.runtime_report`); runtime_node_counts: the
+    operators of onnxruntime's optimised graph.
     """
 
     path: str
@@ -55,6 +57,8 @@ class ExportReport:
     node_counts: dict[str, int] = field(default_factory=dict)
     file_bytes: int = 0
     check: dict[str, Any] | None = None
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    runtime_node_counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def qdq(self) -> list[TensorExport]:
@@ -64,7 +68,7 @@ class ExportReport:
     @property
     def not_qdq(self) -> list[TensorExport]:
         """The quantized tensors ONNX's Q/DQ could not carry (float weights, emulated activations), with reasons."""
-        return [t for t in self.tensors if t.export != "qdq"]
+        return [t for t in self.tensors if t.export not in ("qdq", "matmulnbits")]
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -81,6 +85,10 @@ class ExportReport:
             note = "" if t.exact else f" (to float32 rounding, max |error| {t.max_abs_error:.3g})"
             why = f": {t.reason}" if t.reason else ""
             lines.append(f"  {t.kind:10s} {t.name}:{bits} {t.granularity} -> {what}{note}{why}")
+        for row in self.layers:
+            kind = "integer" if row["integer"] else "float"
+            lines.append(f"  layer      {row['layer']} ({row['op']}): {kind} in onnxruntime "
+                         f"({row['runtime_op']}): {row['reason']}")
         return lines
 
 

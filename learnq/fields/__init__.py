@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from learnq.fields import activations, folded_bn, ptq_config
+from learnq.fields import activations, folded_bn, integer_target, ptq_config
 
 
 class FileField(Protocol):
@@ -35,7 +35,7 @@ class FileField(Protocol):
     def restore(self, model: nn.Module, value: Any, tensors: Mapping[str, torch.Tensor]) -> None: ...
 
 
-FIELDS: tuple[FileField, ...] = (folded_bn.FIELD, activations.FIELD, ptq_config.FIELD)
+FIELDS: tuple[FileField, ...] = (folded_bn.FIELD, activations.FIELD, ptq_config.FIELD, integer_target.FIELD)
 """The fields, in the order load restores them (BatchNorm folding first: it changes which tensors the model has)."""
 
 

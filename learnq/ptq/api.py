@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from learnq.act.integer_graph import attach_integer_target
 from learnq.attach import LAYER_TYPES, Selection, check_finite, select_weights
 from learnq.batches import calibration_batches
 from learnq.bn_fold import FOLDED_BN_ATTR, find_conv_bn_pairs, fold_batchnorm
@@ -174,12 +175,18 @@ def quantize(model: nn.Module, calibration_data: Any, config: PTQ | None = None,
         raise ModelError(f"{type(model).__name__} has no conv or linear layer that learnq can quantize {what}"
                          f"(left in float: {left}); PTQ needs at least one")
     torch.manual_seed(seed)
-    ctx = PTQContext(model=work, inputs=inputs, targets=targets, wspec=config.weight_spec(), abits=config.act_bits(),
+    integer = config.target is not None  # the integer target quantizes the activations itself (below)
+    ctx = PTQContext(model=work, inputs=inputs, targets=targets, wspec=config.weight_spec(),
+                     abits=None if integer else config.act_bits(),
                      selection=sel, bias_correction=config.bias_correction,
                      variance_correction=config.variance_correction, act_per_channel=config.act_per_channel,
                      device=torch_device, seed=seed, progress=bool(progress) and sys.stderr.isatty(),
                      options=dict(config.options), method=info.name, batch_size=batch_size, config=config)
     extra = dict(info.fn(ctx) or {})
+    if integer:
+        plan = attach_integer_target(work, inputs, device=torch_device, batch_size=batch_size)
+        extra["integer_target"] = {"target": config.target, "edges": len(plan.edges),
+                                   "ops": {k: s.kind for k, s in plan.steps.items()}}
     done = {name for name, _ in quantized_parameters(work)}  # e.g. selected embeddings, or tied to a quantized layer
     skipped = [entry for entry in skipped if not all(full_name(entry[0], p) in done for p in _own(entry[1]))]
     skipped += [(split_name(name)[0], get_module(work, split_name(name)[0]), why, False)

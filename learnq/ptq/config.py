@@ -16,7 +16,11 @@ Fields (the defaults are the defaults of the CLI and of recipes too):
 * ``selection``: which layers (a :class:`learnq.attach.Selection`; None: every conv and linear layer);
   ``skip_first_last``: leave the first and last layers in float (None: the method's default, LAPQ's is True);
 * ``bias_correction`` / ``variance_correction``: per-channel corrections of the quantized weights (Banner et al.);
-* ``fold_bn``: fold BatchNorm into the layer before it first.
+* ``fold_bn``: fold BatchNorm into the layer before it first;
+* ``target``: None (fake quantization at the layer inputs, the default) or ``"onnxruntime"``: the integer deployment
+  target (:mod:`learnq.act.integer_graph`): W8A8 (weights symmetric int8 per channel or per tensor, every tensor an
+  integer kernel reads on a uint8 asymmetric grid, min/max calibrated) simulated as onnxruntime's integer kernels
+  compute it; the ONNX export then runs every conv, gemm, addition and global pooling in integer kernels.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
+from learnq.act.integer_graph import TARGETS
 from learnq.attach import Selection
 from learnq.checks import check_options, selection_from_dict, selection_to_dict
 from learnq.errors import ConfigError
@@ -60,6 +65,7 @@ class PTQ:
     act_per_channel: bool = False
     fold_bn: bool = True
     options: dict[str, Any] = field(default_factory=dict)
+    target: str | None = None
 
     def __post_init__(self) -> None:
         info = self.method_info
@@ -86,6 +92,30 @@ class PTQ:
         for name in ("bias_correction", "variance_correction", "act_per_channel", "fold_bn"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"PTQ.{name} must be True or False, got {getattr(self, name)!r}")
+        self._check_target()
+
+    def _check_target(self) -> None:
+        if self.target is None:
+            return
+        if self.target not in TARGETS:
+            raise ConfigError(f"PTQ.target must be None or one of {', '.join(TARGETS)}, got {self.target!r}")
+        problems = []
+        if self.abits != 8:
+            problems.append(f"abits={self.abits} (the integer kernels read uint8: use abits=8)")
+        if not isinstance(self.wbits, int) or isinstance(self.wbits, bool) or not 2 <= self.wbits <= 8:
+            problems.append(f"wbits={self.wbits} (int8 weight codes: use 2..8)")
+        if self.scheme != "symmetric":
+            problems.append(f"scheme={self.scheme!r} (weight zero points must be 0: use 'symmetric')")
+        if self.granularity not in ("channel", "tensor"):
+            problems.append(f"granularity={self.granularity!r} (use 'channel' or 'tensor')")
+        for name in ("bias_correction", "variance_correction", "act_per_channel"):
+            if getattr(self, name):
+                problems.append(f"{name}=True (not expressible in the integer kernels)")
+        if self.skips_first_last():
+            problems.append("skip_first_last (every conv/linear layer runs in an integer kernel: give "
+                            "skip_first_last=False)")
+        if problems:
+            raise ConfigError(f"PTQ target {self.target!r} cannot be combined with " + "; ".join(problems))
 
     @property
     def method_info(self) -> PTQMethod:
@@ -109,6 +139,8 @@ class PTQ:
         out: dict[str, Any] = {"version": PTQ_CONFIG_VERSION}
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name == "target" and value is None:
+                continue  # recorded only when set: configs and files written before the field read the same
             out[f.name] = selection_to_dict(value) if f.name == "selection" else (
                 dict(value) if isinstance(value, dict) else value)
         return out
