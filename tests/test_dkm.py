@@ -138,7 +138,7 @@ def test_dkm_trains_and_eval_is_the_hard_assignment(bits, dim, gran, tmp_path):
         w = q.current_input().detach().reshape(-1, dim)
         nearest_by_hand = (w[:, None, :] - q.centroids[q.groups]).pow(2).sum(-1).argmin(1)
         assert torch.equal(qt.index_codes().long(), nearest_by_hand)
-        assert torch.equal(getattr(model[int(name[0])], "weight"), qt.dequantize())
+        assert torch.equal(model[int(name[0])].weight, qt.dequantize())
     with torch.no_grad():
         before = model(x)
         learnq.save(model, tmp_path / "m.safetensors")

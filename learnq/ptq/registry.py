@@ -31,7 +31,8 @@ def register_ptq_method(name: str, description: str, fn: PTQFn, *, options: Mapp
     return add_ptq_method(PTQMethod(name, description, fn, dict(options or {}), skip_first_last), replace=replace)
 
 
-for _method in (*clip_methods.METHODS, adaround.METHOD, lapq.METHOD, kmeans.METHOD):  # the built-in methods, one entry each
+for _method in (*clip_methods.METHODS, adaround.METHOD, lapq.METHOD,  # the built-in methods, one entry each
+                kmeans.METHOD):
     add_ptq_method(_method)
 
 
