@@ -4,8 +4,9 @@ Reproduces, at small scale, seeds/000 §4.4 / Fig. 3: DKM (Cho et al. 2021) with
 2-bit/2-dim, 4-bit/4-dim vector palettes, fine-tuned from a float model trained with the baseline L2 or with DSMM
 (λ = 0.01, α₀ = 0.1, the paper's values; the multi-dimensional DSMM with ``dims = 2`` for the vector runs: the paper
 uses ``dims = d``, but learnq's DSMM needs every layer's weight count divisible by ``dims`` and LeNet's conv1 has 150
-weights, so the 4-bit/4-dim row starts from the ``dims = 2`` model). Does DSMM help at 1-2 bits and not at 4? Beside DKM, on the L2 model: post-training k-means
-(no training) at the same palettes, LSQ at 2 and 4 bits and DiffQ, for the accuracy/size front.
+weights, so the 4-bit/4-dim row starts from the ``dims = 2`` model). Does DSMM help at 1-2 bits and not at 4?
+Beside DKM, on the L2 model: post-training k-means (no training) at the same palettes, LSQ at 2 and 4 bits and
+DiffQ, for the accuracy/size front.
 
 Everything runs through the recipe path (``learnq.pipeline``): the base recipe is
 ``recipes/regularizers-mnist5k.toml`` (LeNet-5, SGD, 20 epochs; ``--epochs`` overrides) with its
@@ -151,7 +152,8 @@ def report() -> str:
     lines = ["## Weight clustering: DKM and k-means palettes, with and without DSMM (issue 14)", "",
              "`benchmarks/clustering.py` (results: `benchmarks/results/clustering.json`): LeNet-5 on mnist5k "
              f"({results['meta'].get('epochs')} epochs SGD + L2 5e-4, or + DSMM λ = 0.01, α₀ = 0.1; multi-dim DSMM "
-             "with dims = 2 for the 2-dim and 4-dim rows: dims = 4 does not divide conv1's 150 weights), then DKM fine-tuned 3 epochs (Adam 1e-3, τ = 0.05·std, 3 "
+             "with dims = 2 for the 2-dim and 4-dim rows: dims = 4 does not divide conv1's 150 weights), then DKM "
+             "fine-tuned 3 epochs (Adam 1e-3, τ = 0.05·std, 3 "
              "iterations per forward, one palette per tensor) or post-training k-means; `features.conv1.weight` "
              f"stays float in every clustering row. Seeds: {seeds}; test accuracy (%) of the reloaded file, "
              "mean ± std over seeds where there are several; 1 thread.", "",
