@@ -33,7 +33,7 @@ import learnq
 from learnq.attach import Selection
 
 sys_path = Path(__file__).resolve().parent
-RESULTS = sys_path / "results" / "clustering_peer.json"
+RESULTS = sys_path / "results" / "clustering_peer.json"  # clustering_peer_digits.json for --data digits
 
 
 def _size(path: Path) -> int:
@@ -83,16 +83,23 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--base", default=str(CACHE / "l2-e10-seed0"), help="the cached float run directory")
+    parser.add_argument("--data", default="mnist5k", choices=["mnist5k", "digits"])
+    parser.add_argument("--base", default=None, help="the cached float run directory (default: clustering.py's "
+                        "L2 model, seed 0: l2-e10-seed0 for mnist5k, digits-l2-e15-seed0 for digits)")
     parser.add_argument("--configs", nargs="+", default=["2x1", "4x4", "2x2"], help="BITSxDIM")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    splits = load_splits(recipe_for("l2", 0, 10))
+    epochs = 10 if args.data == "mnist5k" else 15
+    recipe = recipe_for("l2", 0, epochs, args.data)
+    if args.base is None:
+        args.base = str(CACHE / f"{'' if args.data == 'mnist5k' else 'digits-'}l2-e{epochs}-seed0")
+    splits = load_splits(recipe)
     (x, y), (xt, yt) = _tensors(splits.train), _tensors(splits.test)
 
     def base():
         torch.manual_seed(0)
-        m = model_from_spec(model_spec("lenet", splits.input_shape, splits.num_classes))
+        m = model_from_spec(model_spec(recipe.model.name, splits.input_shape, splits.num_classes,
+                                       **recipe.model.args))
         return learnq.load(Path(args.base) / "model.safetensors", m)
 
     import coremltools as ct
@@ -102,7 +109,8 @@ def main() -> None:
         ModuleDKMPalettizerConfig,
     )
 
-    out = {"epochs": args.epochs, "threads": 1, "base": args.base, "coremltools": ct.__version__, "rows": []}
+    out = {"data": args.data, "model": recipe.model.name, "epochs": args.epochs, "threads": 1, "base": args.base,
+           "coremltools": ct.__version__, "rows": []}
     tmp = Path(tempfile.mkdtemp(prefix="clustering-peer-"))
     model = base()
     out["float_accuracy"] = _accuracy(model, xt, yt)
@@ -143,8 +151,9 @@ def main() -> None:
             row["file_error"] = repr(exc)[:300]
         out["rows"].append(row)
         print(row, flush=True)
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(out, indent=1), encoding="utf-8")
+        path = RESULTS if args.data == "mnist5k" else RESULTS.with_name("clustering_peer_digits.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out, indent=1), encoding="utf-8")
     shutil.rmtree(tmp)
 
 
