@@ -23,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from learnq.palette import CHUNK_ELEMENTS, nearest
 
 INIT_SAMPLE = 1 << 20  # k-means++ seeds from at most this many vectors per group (uniform sample)
-DIST_FLOOR = 1e-24  # squared distance under the square root: d = sqrt(max(‖w-c‖², floor)) has a finite gradient
+DIST_FLOOR = 1e-24  # squared distance under the square root (d > 1): sqrt(max(‖w-c‖², floor)) has a finite gradient
 
 
 def chunk_rows(k: int, d: int, chunk_elements: int = CHUNK_ELEMENTS) -> int:
@@ -108,11 +108,13 @@ def lloyd(vectors: torch.Tensor, centroids: torch.Tensor, groups: torch.Tensor, 
 def attention(x: torch.Tensor, centroids: torch.Tensor, groups: torch.Tensor, tau: float) -> torch.Tensor:
     """DKM's ``A = softmax(-d(W, C)/τ)`` of one chunk: ``(rows, k)`` (Euclidean ``d``, per-row palette group)."""
     # computed as (k, rows) with the softmax over dim 0: a softmax over a short last dim is ~6x slower on CPU
-    if centroids.shape[0] == 1:
-        sq = (centroids[0].unsqueeze(1) - x.unsqueeze(0)).pow(2).sum(-1)  # (k, rows)
+    c = centroids[0].unsqueeze(1) if centroids.shape[0] == 1 else centroids[groups].transpose(0, 1)
+    diff = c - x.unsqueeze(0)  # (k, rows, d)
+    if x.shape[1] == 1:  # scalar palettes: |w - c| (abs has the gradient sign(w - c), 0 where w = c)
+        dist = diff.squeeze(2).abs()
     else:
-        sq = (centroids[groups].transpose(0, 1) - x.unsqueeze(0)).pow(2).sum(-1)
-    return torch.softmax(-sq.clamp_min(DIST_FLOOR).sqrt() / tau, dim=0).t()
+        dist = diff.pow(2).sum(-1).clamp_min(DIST_FLOOR).sqrt()
+    return torch.softmax(-dist / tau, dim=0).t()
 
 
 def _recompute(vectors: torch.Tensor, centroids: torch.Tensor, rows: int) -> bool:

@@ -37,7 +37,7 @@ def test_soft_assignment_and_centroid_update_by_hand():
     c = torch.tensor(cs, dtype=torch.float64).reshape(1, 2, 1)
     a_hand = _hand_attention(xs, cs, tau)
     torch.testing.assert_close(attention(x, c, ONE, tau), torch.tensor(a_hand, dtype=torch.float64),
-                               rtol=1e-10, atol=0)  # float64, and d = 1e-12 (the floor) where w = c
+                               rtol=1e-10, atol=0)  # float64 exp and sums of 2-3 terms: rounding only
     new_hand = [sum(a_hand[i][j] * xs[i] for i in range(3)) / sum(a_hand[i][j] for i in range(3)) for j in range(2)]
     new = soft_update(x, c, ONE, tau, rows=2)  # two chunks: 2 rows + 1 row
     torch.testing.assert_close(new.reshape(-1), torch.tensor(new_hand, dtype=torch.float64), rtol=1e-10, atol=0)
