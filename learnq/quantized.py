@@ -34,6 +34,7 @@ class QuantizedWeight(WeightParametrization):
         self.register_buffer("offset", own(qt.offset.float()))
         self.register_buffer("group_bits", None if qt.group_bits is None else own(qt.group_bits))
         self.register_buffer("value_range", None if qt.value_range is None else own(qt.value_range.float()))
+        self.register_buffer("palette", None if qt.palette is None else own(qt.palette))
         self.granularity: Granularity = qt.granularity
         self.bits = qt.bits
         self.qmin = qt.qmin
@@ -46,7 +47,7 @@ class QuantizedWeight(WeightParametrization):
         return QuantizedTensor(codes=self.codes, scale=self.scale, offset=self.offset, granularity=self.granularity,
                                bits=self.bits, qmin=self.qmin, scheme=self.scheme, method=self.method,
                                dtype=self.out_dtype, group_bits=self.group_bits, value_range=self.value_range,
-                               extra=dict(self.extra))
+                               extra=dict(self.extra), palette=self.palette)
 
     def export_quantized(self, x: torch.Tensor | None = None) -> QuantizedTensor:  # noqa: ARG002 - the codes are the truth
         return self.quantized()
@@ -56,7 +57,7 @@ class QuantizedWeight(WeightParametrization):
 
     def _tracked(self, x: torch.Tensor) -> tuple:
         b = self._buffers  # direct dict reads: nn.Module.__getattr__ is slow and this runs per weight access
-        return (b["codes"], b["scale"], b["offset"], b["value_range"], b["group_bits"])
+        return (b["codes"], b["scale"], b["offset"], b["value_range"], b["group_bits"], b["palette"])
 
     def seed_cache(self, value: torch.Tensor) -> None:
         """Make ``value`` (the parameter holding ``quantized().dequantize()`` bit for bit, as

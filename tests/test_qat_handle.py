@@ -25,6 +25,7 @@ CONFIGS = {
     "lsq": lambda: QAT_METHODS["lsq"](bits=4),
     "nested": lambda: Nested(granularity="row", gamma_inverse=1e-4, gamma_bins=1e-4, gamma_deviation=1.0),
     "diffq": lambda: DiffQ(group_size=8, penalty=1e-2),
+    "dkm": lambda: QAT_METHODS["dkm"](bits=2, granularity="channel"),
 }
 assert set(CONFIGS) == set(QAT_METHODS)
 

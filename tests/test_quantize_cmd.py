@@ -162,3 +162,31 @@ def test_weights_are_per_channel_by_default_per_tensor_on_request(model_file, tm
                                mf.metadata["ptq"]["granularity"])
     assert grids[()] == ({"axis:0"}, "channel")
     assert grids[("--granularity", "tensor")] == ({"tensor"}, "tensor")
+
+
+def test_kmeans_palettizes_through_the_cli(model_file, tmp_path, capsys) -> None:
+    """``learnq quantize --method kmeans`` (issue 14): a palette of 2^wbits d-vectors per tensor, same seed same
+    file, and the file's indices cost wbits per vector."""
+    path, splits, _ = model_file
+    outs = [tmp_path / "k1.safetensors", tmp_path / "k2.safetensors"]
+    for out in outs:
+        code, text, _ = _run(capsys, "quantize", str(path), "--method", "kmeans", "--wbits", "2", "--abits", "32",
+                             "--granularity", "tensor", "--option", "dim=2", "--seed", "4", "--out", str(out),
+                             "--json")
+        assert code == 0
+    report = json.loads(text)
+    assert report["method"] == "kmeans" and report["accuracy"] == report["accuracy_before_save"]
+    mf, again = learnq.load(outs[0]), learnq.load(outs[1])  # the metadata holds timings: compare the tensors
+    for name, value in mf.entries.items():
+        other = again.entries[name]
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, other), name
+        else:
+            assert torch.equal(value.codes, other.codes) and torch.equal(value.palette, other.palette), name
+    for name in ("fc1.weight", "fc2.weight"):
+        qt = mf.entries[name]
+        assert qt.palette.shape == (1, 4, 2) and qt.method == "kmeans"
+        row = next(t for t in mf.size.tensors if t.name == name)
+        assert row.naive_bits == 2 * qt.codes.numel() // 2 + 4 * 2 * 32
+    model = learnq.load(outs[0], model_from_spec(mf.metadata["model"]))
+    assert evaluate(model, splits.test)["accuracy"] == report["accuracy"]

@@ -1,0 +1,161 @@
+"""learnq's DKM beside coremltools' DKMPalettizer (issue 14), on the same trained model, data and fine-tuning loop.
+
+Starts from the L2 LeNet float model that ``benchmarks/clustering.py`` trained and cached (mnist5k, seed 0), and
+fine-tunes a copy of it three ways with the same loop (Adam 1e-3, batch 64, ``--epochs`` epochs, the same batches):
+float (the step-time baseline), learnq's ``DKM(bits, dim)`` (one palette per tensor, conv1 left in float as in
+clustering.py) and coremltools' ``DKMPalettizer`` (``ModuleDKMPalettizerConfig(n_bits, cluster_dim,
+weight_threshold=0, milestone=0)``, ``palettizer.step()`` after each optimizer step, ``finalize()``; its vectors run
+along output channels and it leaves layers whose channel count ``cluster_dim`` does not divide in float). Reports
+test accuracy (learnq: the model reloaded from its file; coremltools: the finalized torch model, since Core ML models
+cannot run on Linux), the file size (learnq's model file; coremltools' ``mlprogram`` package from ``ct.convert``
+with ``constexpr_lut_to_dense`` ops, the artifact that holds its palettes) and the mean training-step time of each
+relative to the float step (same process, torch.set_num_threads(1), the three runs one after another).
+
+Runs in the benchmark environment (benchmarks/envs/README.md), which has coremltools 9.0 beside torch 2.13.0:
+
+    flock /work/wt/bench.lock nice -n 10 env PYTHONPATH=. /work/wt/bench-env/.venv-bench/bin/python \\
+        benchmarks/clustering_peer.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import learnq
+from learnq.attach import Selection
+
+sys_path = Path(__file__).resolve().parent
+RESULTS = sys_path / "results" / "clustering_peer.json"  # clustering_peer_digits.json for --data digits
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).float().mean())
+
+
+def _finetune(model, x, y, epochs, seed, after_step=None) -> float:
+    """Adam 1e-3, batch 64; returns the mean step time in seconds."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(seed)
+    times = []
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(x.shape[0], generator=gen)
+        for i in range(0, x.shape[0], 64):
+            idx = order[i:i + 64]
+            t0 = time.perf_counter()
+            opt.zero_grad()
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+            if after_step is not None:
+                after_step()
+            times.append(time.perf_counter() - t0)
+    return sum(times) / len(times)
+
+
+def _tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
+    return next(iter(torch.utils.data.DataLoader(ds, batch_size=len(ds))))
+
+
+def main() -> None:
+    import sys
+
+    sys.path.insert(0, str(sys_path))
+    from clustering import CACHE, recipe_for
+
+    from learnq.pipeline.models import model_from_spec, model_spec
+    from learnq.pipeline.run import load_splits
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--data", default="mnist5k", choices=["mnist5k", "digits"])
+    parser.add_argument("--base", default=None, help="the cached float run directory (default: clustering.py's "
+                        "L2 model, seed 0: l2-e10-seed0 for mnist5k, digits-l2-e15-seed0 for digits)")
+    parser.add_argument("--configs", nargs="+", default=["2x1", "4x4", "2x2"], help="BITSxDIM")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    epochs = 10 if args.data == "mnist5k" else 15
+    recipe = recipe_for("l2", 0, epochs, args.data)
+    if args.base is None:
+        args.base = str(CACHE / f"{'' if args.data == 'mnist5k' else 'digits-'}l2-e{epochs}-seed0")
+    splits = load_splits(recipe)
+    (x, y), (xt, yt) = _tensors(splits.train), _tensors(splits.test)
+
+    def base():
+        torch.manual_seed(0)
+        m = model_from_spec(model_spec(recipe.model.name, splits.input_shape, splits.num_classes,
+                                       **recipe.model.args))
+        return learnq.load(Path(args.base) / "model.safetensors", m)
+
+    import coremltools as ct
+    from coremltools.optimize.torch.palettization import (
+        DKMPalettizer,
+        DKMPalettizerConfig,
+        ModuleDKMPalettizerConfig,
+    )
+
+    out = {"data": args.data, "model": recipe.model.name, "epochs": args.epochs, "threads": 1, "base": args.base,
+           "coremltools": ct.__version__, "rows": []}
+    tmp = Path(tempfile.mkdtemp(prefix="clustering-peer-"))
+    model = base()
+    out["float_accuracy"] = _accuracy(model, xt, yt)
+    float_step = _finetune(model, x, y, 1, seed=0)
+    out["float_step_ms"] = 1e3 * float_step
+    for cfg in args.configs:
+        bits, dim = (int(v) for v in cfg.split("x"))
+        # learnq
+        model = base()
+        learnq.prepare(model, learnq.DKM(bits=bits, dim=dim),
+                       selection=Selection(exclude=("features.conv1.weight",)))
+        step = _finetune(model, x, y, args.epochs, seed=0)
+        model.eval()
+        learnq.save(model, tmp / f"learnq_{cfg}.safetensors")
+        loaded = learnq.load(tmp / f"learnq_{cfg}.safetensors", base())
+        out["rows"].append({"lib": "learnq", "bits": bits, "dim": dim, "accuracy": _accuracy(loaded, xt, yt),
+                            "file_bytes": _size(tmp / f"learnq_{cfg}.safetensors"), "step_ms": 1e3 * step,
+                            "step_vs_float": step / float_step})
+        print(out["rows"][-1], flush=True)
+        # coremltools
+        torch.manual_seed(0)
+        module_cfg = ModuleDKMPalettizerConfig(n_bits=bits, cluster_dim=dim, weight_threshold=0, milestone=0)
+        palettizer = DKMPalettizer(base(), DKMPalettizerConfig(global_config=module_cfg))
+        q = palettizer.prepare(inplace=True)
+        step = _finetune(q, x, y, args.epochs, seed=0, after_step=palettizer.step)
+        final = palettizer.finalize(inplace=False)
+        row = {"lib": "coremltools", "bits": bits, "dim": dim, "accuracy": _accuracy(final, xt, yt),
+               "step_ms": 1e3 * step, "step_vs_float": step / float_step}
+        luts = [n.split("._COREML_")[0] for n in final.state_dict() if n.endswith("/lut")]
+        row["palettized"] = luts
+        try:
+            traced = torch.jit.trace(final.eval(), xt[:1])
+            ml = ct.convert(traced, inputs=[ct.TensorType(name="x", shape=tuple(xt[:1].shape))],
+                            convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18)
+            ml.save(str(tmp / f"ct_{cfg}.mlpackage"))
+            row["file_bytes"] = _size(tmp / f"ct_{cfg}.mlpackage")
+        except Exception as exc:  # noqa: BLE001 - a peer's converter: record why there is no file
+            row["file_error"] = repr(exc)[:300]
+        out["rows"].append(row)
+        print(row, flush=True)
+        path = RESULTS if args.data == "mnist5k" else RESULTS.with_name("clustering_peer_digits.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out, indent=1), encoding="utf-8")
+    shutil.rmtree(tmp)
+
+
+if __name__ == "__main__":
+    main()
