@@ -25,6 +25,8 @@ CONFIGS = {
     "lsq": lambda: QAT_METHODS["lsq"](bits=4),
     "nested": lambda: Nested(granularity="row", gamma_inverse=1e-4, gamma_bins=1e-4, gamma_deviation=1.0),
     "diffq": lambda: DiffQ(group_size=8, penalty=1e-2),
+    "dorefa": lambda: QAT_METHODS["dorefa"](bits=4),
+    "quant_noise": lambda: QAT_METHODS["quant_noise"](bits=4, rate=0.5, block_size=4),
 }
 assert set(CONFIGS) == set(QAT_METHODS)
 
