@@ -7,11 +7,13 @@ Per tensor of a model (or of a learnq model file; see :mod:`learnq.checkpoint` f
   widths), plus 32 bits per stored float32 value (a step and an offset per group, or, for a tensor with
   ``value_range``, the two values of the range) and the bits of the stored group widths (``bits_for_range`` of the
   smallest and largest width, per group). For a DiffQ tensor this is Eq. 12 without its 8-bit width field (the
-  file keeps that in its JSON header): ``2·32 + (d/g)·C' + Σ_s n_s·b̃_s`` with ``C' <= C``. A float tensor counts
-  8·nbytes.
+  file keeps that in its JSON header): ``2·32 + (d/g)·C' + Σ_s n_s·b̃_s`` with ``C' <= C``. A palettized tensor
+  (DKM, k-means, iPQ; :mod:`learnq.palette`) counts ``bits`` per index (one per ``d``-vector) plus its LUT at the
+  LUT's own width (16 or 32 bits per value). A float tensor counts 8·nbytes.
 * ``stored_bytes``: the bytes of its slices in the file (packed codes and widths round up to whole bytes).
 * ``entropy_bits``: ``H(codes)·numel`` (the empirical Shannon entropy of the codes, what an ideal entropy coder of
-  independent symbols reaches) plus the other stored bytes' bits as they are (steps, offsets, range, widths, floats).
+  independent symbols reaches; per index of a palettized tensor) plus the other stored bytes' bits as they are
+  (steps, offsets, range, widths, palettes, floats).
 * ``zlib_bytes``: zlib level 9 of the packed codes plus the other stored bytes as they are.
 
 Totals are sums; the file on disk adds the safetensors header (8 bytes + JSON, a few KiB at most) to
@@ -48,6 +50,7 @@ class TensorSize:
     zlib_bytes: int
     kind: str = "quantized"
     dtype: str = "float32"
+    palette: str | None = None  # a palettized tensor's LUT: "<groups>x<k>x<d> <dtype>"
 
     @property
     def float32_bytes(self) -> int:
@@ -136,12 +139,15 @@ def tensor_size(name: str, value: Entry, encoded: Encoded | None = None) -> Tens
                           entropy_bits=8.0 * stored, zlib_bytes=stored, kind="float", dtype=dtype_name(value.dtype))
     qt: QuantizedTensor = value
     codes = enc.codes.numpy().tobytes()  # type: ignore[union-attr]
+    pal = None if qt.palette is None else f"{'x'.join(map(str, qt.palette.shape))} {dtype_name(qt.palette.dtype)}"
     side = stored - len(codes)  # packed widths and float32 steps/offsets/range
-    naive = enc.code_bits + enc.width_bits + 32 * enc.params.numel()  # type: ignore[union-attr]
+    params = enc.params  # float32 steps/offsets/range, or a palette (float32 or float16)
+    naive = enc.code_bits + enc.width_bits + 8 * params.numel() * params.element_size()  # type: ignore[union-attr]
     return TensorSize(name=name, shape=qt.shape, numel=qt.codes.numel(), bits=qt.bits, granularity=str(qt.granularity),
                       method=qt.method, naive_bits=naive, stored_bytes=stored,
-                      entropy_bits=entropy_bits(qt.codes) + 8.0 * side, zlib_bytes=len(zlib.compress(codes, 9)) + side,
-                      kind="quantized", dtype=dtype_name(qt.dtype))
+                      entropy_bits=entropy_bits(qt.index_codes()) + 8.0 * side,
+                      zlib_bytes=len(zlib.compress(codes, 9)) + side,
+                      kind="quantized", dtype=dtype_name(qt.dtype), palette=pal)
 
 
 def report_for(entries: Mapping[str, Entry], file_bytes: int | None = None,

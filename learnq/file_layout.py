@@ -6,7 +6,10 @@ offsets or the value range) and back (:func:`decode`), parses the file's tensor 
 the blobs (:func:`place_records`), and checks the blobs the safetensors header declares against them
 (:func:`locate`). Codes are bit-packed with :mod:`learnq.packing` (DiffQ seeds/003 §3.3: a b-bit weight costs b
 bits); a tensor with ``value_range`` (DiffQ's eval grid, Eq. 6 at the rounded widths) stores only its range, its
-steps and offsets being :func:`learnq.grid.range_group_params` of it, here and in DiffQ's own forward.
+steps and offsets being :func:`learnq.grid.range_group_params` of it, here and in DiffQ's own forward. A palettized
+tensor (:mod:`learnq.palette`: DKM, k-means, iPQ) stores its indices, one per ``d``-vector at ``bits`` each, in the
+``uint8`` slice and its LUT, ``(n_groups, k, d)`` values, in a slice of the blob of the LUT's dtype (``float32`` or
+``float16``); its grid record says ``"palette": [k, d, dtype]``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from learnq.errors import CheckpointError, QuantizationError
 from learnq.granularity import Granularity
 from learnq.grid import MAX_BITS, QuantizedTensor, bits_for_range, check_bits, range_group_params
 from learnq.packing import pack, packed_nbytes, unpack
+from learnq.palette import PALETTE_DTYPES, check_vectors
 
 PACKED, PARAMS = "uint8", "float32"  # the blobs of packed widths and codes, and of steps, offsets and ranges
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
@@ -29,7 +33,8 @@ BLOBS = {"bool": "BOOL", "uint8": "U8", "int8": "I8", "int16": "I16", "int32": "
          "uint16": "U16", "uint32": "U32", "uint64": "U64", "float16": "F16", "bfloat16": "BF16", "float32": "F32",
          "float64": "F64", "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2", "complex64": "C64"}
 GRID_DEFAULTS: dict[str, Any] = {"method": "minmax", "scheme": "symmetric", "qmin": 0, "granularity": "tensor",
-                                 "dtype": "float32", "offset": False, "range": False, "widths": None, "extra": {}}
+                                 "dtype": "float32", "offset": False, "range": False, "widths": None, "extra": {},
+                                 "palette": None}
 
 Entry = QuantizedTensor | torch.Tensor
 
@@ -57,6 +62,14 @@ def group_widths(qt: QuantizedTensor, name: str) -> torch.Tensor:
 def pack_codes(qt: QuantizedTensor, name: str = "tensor") -> torch.Tensor:
     """The packed codes of ``qt`` (uint8, 1-D); checks that every code fits its width."""
     stored = qt.stored_codes().detach().cpu().to(torch.int64)
+    if qt.palette is not None:
+        d, k = qt.vector_dim, int(qt.palette.shape[1])
+        vectors = stored.reshape(-1, d)
+        if not bool((vectors == vectors[:, :1]).all()):
+            raise QuantizationError(f"{name}: the codes of a palettized tensor must be equal within each {d}-vector")
+        if vectors.numel() and (int(vectors.min()) < 0 or int(vectors.max()) >= k):
+            raise QuantizationError(f"{name}: palette indices must lie in [0, {k - 1}]")
+        return pack(vectors[:, 0].contiguous(), qt.bits)
     if qt.group_bits is None:
         top = 2**qt.bits - 1
         if stored.numel() and (int(stored.min()) < 0 or int(stored.max()) > top):
@@ -123,13 +136,14 @@ class Encoded:
     data: torch.Tensor | None = None
     code_bits: int = 0  # Σ bits·numel of the codes
     width_bits: int = 0  # bits of the group widths before rounding up to whole bytes
+    params_blob: str = PARAMS  # the blob of ``params`` (a palette's own dtype)
 
     def parts(self) -> list[tuple[str, torch.Tensor]]:
         """(blob, 1-D tensor) of each of its slices, in file order."""
         if self.grid is None:
             return [(dtype_name(self.data.dtype), self.data)]  # type: ignore[union-attr]
         packed = self.codes if self.widths is None else torch.cat([self.widths, self.codes])  # type: ignore[list-item]
-        return [(PACKED, packed), (PARAMS, self.params)]  # type: ignore[list-item]
+        return [(PACKED, packed), (self.params_blob, self.params)]  # type: ignore[list-item]
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -168,7 +182,16 @@ def encode(name: str, value: Entry) -> Encoded:
     grid: dict[str, Any] = {"bits": qt.bits, "method": qt.method, "scheme": qt.scheme, "qmin": qt.qmin,
                             "granularity": str(qt.granularity), "dtype": dtype_name(qt.dtype)}
     codes = pack_codes(qt, name)
-    enc = Encoded(codes=codes, code_bits=qt.bits * qt.codes.numel())
+    enc = Encoded(codes=codes, code_bits=qt.code_bits())
+    if qt.palette is not None:
+        pal = qt.palette.detach().cpu()
+        if not bool(torch.isfinite(pal).all()):
+            raise QuantizationError(f"{name}: its palette has NaN or Inf values")
+        grid["palette"] = [int(pal.shape[1]), int(pal.shape[2]), dtype_name(pal.dtype)]
+        enc.params, enc.params_blob = pal.reshape(-1).contiguous(), dtype_name(pal.dtype)
+        grid["extra"] = qt.extra
+        enc.grid = {k: v for k, v in grid.items() if k not in GRID_DEFAULTS or v != GRID_DEFAULTS[k]}
+        return enc
     widths = qt.group_widths().cpu()
     if qt.group_bits is not None:
         widths = group_widths(qt, name)
@@ -222,13 +245,27 @@ def parse_grid(raw: Any) -> dict:
         low, wbits = g["widths"]
         check_bits(low)
         check_bits(wbits)
+    if g["palette"] is not None:
+        k, d, pdtype = g["palette"]
+        if type(k) is not int or type(d) is not int or not 1 <= k <= 2 ** g["bits"] or d < 1 or \
+                pdtype not in PALETTE_DTYPES or g["widths"] is not None or g["range"] or g["qmin"] != 0:
+            raise ValueError(f"bad palette {g['palette']!r}")
     return g
+
+
+def params_blob(grid: dict) -> str:
+    """The blob of a quantized tensor's second slice: float32 (steps, offsets, range), or its palette's dtype."""
+    return PARAMS if grid["palette"] is None else grid["palette"][2]
 
 
 def slice_counts(grid: dict, shape: tuple[int, ...], code_bytes: int | None) -> tuple[int, int]:
     """Lengths of a quantized tensor's uint8 slice (bytes) and float32 slice (values); ``code_bytes`` is the byte
     count of its codes, recorded for per-group widths (None otherwise)."""
     n = grid["granularity"].num_groups(shape)
+    if grid["palette"] is not None:
+        k, d, _ = grid["palette"]
+        check_vectors(shape, grid["granularity"], d)
+        return packed_nbytes(math.prod(shape) // d, grid["bits"]), n * k * d
     params = 2 if grid["range"] else n * (2 if grid["offset"] else 1)
     if grid["widths"] is None:
         return packed_nbytes(math.prod(shape), grid["bits"]), params
@@ -239,6 +276,14 @@ def decode(name: str, grid: dict, shape: tuple[int, ...], code_bytes: int | None
            params: torch.Tensor) -> QuantizedTensor:
     """The quantized tensor ``name`` from its checked uint8 and float32 slices (inverse of :func:`encode`)."""
     gran, n = grid["granularity"], grid["granularity"].num_groups(shape)
+    if grid["palette"] is not None:
+        k, d, _ = grid["palette"]
+        indices = unpack(packed, grid["bits"], math.prod(shape) // d)
+        if indices.numel() and int(indices.max()) >= k:
+            raise CheckpointError(f"tensor {name!r} has palette indices past its {k} entries")
+        return QuantizedTensor.from_palette(indices, params.reshape(n, k, d), shape, gran, grid["bits"],
+                                            method=grid["method"], dtype=DTYPES[grid["dtype"]],
+                                            extra=dict(grid["extra"]))
     group_bits = None
     if grid["widths"] is not None:
         low, wbits = grid["widths"]

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from learnq.errors import CheckpointError, LearnqError
-from learnq.file_layout import BLOBS, PACKED, PARAMS, Entry, decode, parse_grid, slice_counts
+from learnq.file_layout import BLOBS, PACKED, Entry, decode, params_blob, parse_grid, slice_counts
 
 
 # -- records and slices ----------------------------------------------------------------------------------------
@@ -70,7 +70,8 @@ def parse_record(rec: Any, grids: list) -> Record:
         raise ValueError(f"code byte count {more!r}")
     code_bytes = more[0] if more else None
     packed, params = slice_counts(grid, shape, code_bytes)
-    return Record(name, shape, crc, grid=grid, code_bytes=code_bytes, slices=[(PACKED, 0, packed), (PARAMS, 0, params)])
+    return Record(name, shape, crc, grid=grid, code_bytes=code_bytes,
+                  slices=[(PACKED, 0, packed), (params_blob(grid), 0, params)])
 
 
 def place_records(path: str, info: dict) -> tuple[list[Record], dict[str, int]]:

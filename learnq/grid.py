@@ -33,6 +33,7 @@ import torch
 
 from learnq.errors import ConfigError, QuantizationError
 from learnq.granularity import Granularity
+from learnq.palette import PALETTE_DTYPES, check_vectors, expand_indices, palette_dequantize, vector_indices
 
 SCHEMES = ("symmetric", "affine", "unsigned", "lapq")
 ROUNDINGS = ("nearest", "floor")
@@ -225,6 +226,11 @@ class QuantizedTensor:
     ``value_range`` (optional, float32 ``[lo, hi]``) says that ``scale`` and ``offset`` are
     ``range_group_params(lo, hi, widths)`` (widths: ``group_bits``, else ``bits`` for every group): the model file
     then stores these two values instead of a step and an offset per group (and checks that they give them).
+
+    ``palette`` (optional, ``(n_groups, k, d)`` float32 or float16) makes it a palettized tensor
+    (:mod:`learnq.palette`): ŵ is ``palette[group, index]`` of every ``d``-vector, every value's code is its vector's
+    index, ``bits`` the bits per index, ``scale``/``offset`` are ones/zeros (not stored). Build one with
+    :meth:`from_palette`.
     """
 
     codes: torch.Tensor
@@ -239,15 +245,60 @@ class QuantizedTensor:
     group_bits: torch.Tensor | None = None
     extra: dict = field(default_factory=dict)
     value_range: torch.Tensor | None = None
+    palette: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
         n = self.granularity.num_groups(tuple(self.codes.shape))
+        if self.palette is not None:
+            self._check_palette(n)
         if self.scale.numel() != n or self.offset.numel() != n:
             raise QuantizationError(
                 f"scale/offset have {self.scale.numel()}/{self.offset.numel()} values for {n} groups")
         if self.value_range is not None and self.value_range.numel() != 2:
             raise QuantizationError(f"value_range must hold 2 values [lo, hi], got {self.value_range.numel()}")
+
+    def _check_palette(self, n: int) -> None:
+        pal = self.palette
+        if not isinstance(pal, torch.Tensor) or pal.dim() != 3 or pal.shape[0] != n or pal.shape[1] < 1:
+            raise QuantizationError(f"palette must be a (n_groups={n}, k, d) tensor, got "
+                                    f"{tuple(pal.shape) if isinstance(pal, torch.Tensor) else type(pal).__name__}")
+        if pal.dtype not in PALETTE_DTYPES.values():
+            raise QuantizationError(f"palette dtype must be float32 or float16, got {pal.dtype}")
+        if pal.shape[1] > 2**self.bits:
+            raise QuantizationError(f"a palette of {pal.shape[1]} entries needs more than {self.bits}-bit indices")
+        if self.group_bits is not None or self.value_range is not None or self.qmin != 0:
+            raise QuantizationError("a palettized tensor has no group_bits, value_range or qmin")
+        check_vectors(self.shape, self.granularity, int(pal.shape[2]))
+
+    @classmethod
+    def from_palette(cls, indices: torch.Tensor, palette: torch.Tensor, shape: tuple[int, ...],
+                     granularity: Granularity, bits: int, *, method: str = "palette",
+                     dtype: torch.dtype = torch.float32, extra: dict | None = None) -> QuantizedTensor:
+        """A palettized tensor of ``shape`` from one index per ``d``-vector and the ``(n_groups, k, d)`` palette."""
+        dim = int(palette.shape[2])
+        n = granularity.num_groups(tuple(shape))
+        ones = torch.ones(n, dtype=torch.float32, device=palette.device)
+        check_vectors(tuple(shape), granularity, dim)
+        return cls(codes=expand_indices(indices, dim, tuple(shape)), scale=ones, offset=torch.zeros_like(ones),
+                   granularity=granularity, bits=bits, qmin=0, scheme="palette", method=method, dtype=dtype,
+                   extra=dict(extra or {}), palette=palette)
+
+    @property
+    def vector_dim(self) -> int:
+        """Values per index: the palette's vector length, 1 for a uniform grid."""
+        return 1 if self.palette is None else int(self.palette.shape[2])
+
+    def index_codes(self) -> torch.Tensor:
+        """The codes the file stores one of each: one per vector of a palettized tensor, else every code."""
+        return self.codes if self.palette is None else vector_indices(self.codes, self.vector_dim)
+
+    def code_bits(self) -> int:
+        """Σ bits of the stored codes: bits per index times the indices (each group at its width with group_bits)."""
+        if self.group_bits is not None:
+            counts = self.granularity.group_mask(self.shape).sum(dim=1)
+            return int((counts * self.group_bits.detach().cpu().to(counts.dtype)).sum())
+        return self.bits * (self.codes.numel() // self.vector_dim)
 
     def group_widths(self) -> torch.Tensor:
         """The width of every group: ``group_bits``, or ``bits`` for every group (int64, shape (n_groups,))."""
@@ -264,6 +315,8 @@ class QuantizedTensor:
         return QuantParams(self.scale, self.offset)
 
     def dequantize(self) -> torch.Tensor:
+        if self.palette is not None:
+            return palette_dequantize(self.codes, self.palette, self.granularity, self.dtype)
         return dequantize(self.codes, self.granularity, self.params, self.dtype)
 
     def stored_codes(self) -> torch.Tensor:

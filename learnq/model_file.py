@@ -124,7 +124,8 @@ def _to(value: Entry, device: str | torch.device) -> Entry:
                            granularity=value.granularity, bits=value.bits, qmin=value.qmin, scheme=value.scheme,
                            method=value.method, dtype=value.dtype, extra=value.extra,
                            group_bits=None if value.group_bits is None else value.group_bits.to(device),
-                           value_range=None if value.value_range is None else value.value_range.to(device))
+                           value_range=None if value.value_range is None else value.value_range.to(device),
+                           palette=None if value.palette is None else value.palette.to(device))
 
 
 def read(path: str | os.PathLike, device: str | torch.device = "cpu") -> ModelFile:

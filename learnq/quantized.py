@@ -33,6 +33,7 @@ class QuantizedWeight(WeightParametrization):
         self.register_buffer("offset", qt.offset.float().clone())
         self.register_buffer("group_bits", None if qt.group_bits is None else qt.group_bits.clone())
         self.register_buffer("value_range", None if qt.value_range is None else qt.value_range.float().clone())
+        self.register_buffer("palette", None if qt.palette is None else qt.palette.clone())
         self.granularity: Granularity = qt.granularity
         self.bits = qt.bits
         self.qmin = qt.qmin
@@ -45,7 +46,7 @@ class QuantizedWeight(WeightParametrization):
         return QuantizedTensor(codes=self.codes, scale=self.scale, offset=self.offset, granularity=self.granularity,
                                bits=self.bits, qmin=self.qmin, scheme=self.scheme, method=self.method,
                                dtype=self.out_dtype, group_bits=self.group_bits, value_range=self.value_range,
-                               extra=dict(self.extra))
+                               extra=dict(self.extra), palette=self.palette)
 
     def export_quantized(self, x: torch.Tensor | None = None) -> QuantizedTensor:  # noqa: ARG002 - the codes are the truth
         return self.quantized()
@@ -55,7 +56,7 @@ class QuantizedWeight(WeightParametrization):
 
     def _tracked(self, x: torch.Tensor) -> tuple:
         b = self._buffers  # direct dict reads: nn.Module.__getattr__ is slow and this runs per weight access
-        return (b["codes"], b["scale"], b["offset"], b["value_range"], b["group_bits"])
+        return (b["codes"], b["scale"], b["offset"], b["value_range"], b["group_bits"], b["palette"])
 
     def right_inverse(self, value: torch.Tensor) -> torch.Tensor:
         # What parametrize stores as ``original``: the dequantized values (so state_dict stays meaningful).

@@ -1,9 +1,9 @@
 """``learnq inspect FILE``: what a learnq model file holds and how big it is (see learnq.checkpoint, learnq.size).
 
 Prints one row per tensor (name, shape, bits, granularity, method, stored bytes: those of its slices of the
-file's blobs, entropy-coded bytes), the totals (naive, stored, file, header, entropy, zlib and float32 bytes, ratio
-vs float32) and the user metadata; ``--json`` prints the same as one object. A missing or bad file ends with exit
-status 2 and one line on stderr.
+file's blobs, entropy-coded bytes; a palettized tensor's bits per index and its palette's shape and dtype), the
+totals (naive, stored, file, header, entropy, zlib and float32 bytes, ratio vs float32) and the user metadata;
+``--json`` prints the same as one object. A missing or bad file ends with exit status 2 and one line on stderr.
 """
 
 from __future__ import annotations
@@ -41,8 +41,12 @@ def run(args: argparse.Namespace) -> int:
     rows = [[t.name, "x".join(str(s) for s in t.shape) or "scalar", t.bits if t.kind == "quantized" else t.dtype,
              t.granularity or "-", t.method or "-", t.stored_bytes, round(t.entropy_bits / 8)]
             for t in report.tensors]
+    head = ["name", "shape", "bits", "granularity", "method", "bytes", "entropy B"]
+    if any(t.palette for t in report.tensors):  # palettized tensors (DKM, k-means): bits per index, the LUT's shape
+        head.append("palette (groups x k x d)")
+        rows = [[*row, t.palette or "-"] for row, t in zip(rows, report.tensors, strict=True)]
     print(f"{mf.path}: learnq model file, format version {mf.version}, {len(report.tensors)} tensors")
-    print(format_table(["name", "shape", "bits", "granularity", "method", "bytes", "entropy B"], rows))
+    print(format_table(head, rows))
     print()
     totals = [["naive", round(report.naive_bytes)], ["stored", report.stored_bytes], ["file", report.file_bytes],
               ["header", report.header_bytes],

@@ -107,6 +107,10 @@ def _pick_type(lo: int, hi: int, signed_first: bool, opset: int) -> tuple[str, i
 
 def plan_weight(qt: QuantizedTensor, opset: int) -> WeightPlan | str:
     """A :class:`WeightPlan` for ``qt`` at ``opset``, or the reason (a sentence) why ONNX cannot carry it."""
+    if qt.palette is not None:
+        return (f"a palette ({qt.palette.shape[1]} entries of {qt.vector_dim} value(s), {qt.method}) is a lookup "
+                "table, not a uniform grid: DequantizeLinear cannot carry it (ONNX has no LUT dequantize), so the "
+                "dequantized float weights are written")
     scale = qt.scale.detach().float().cpu().reshape(-1)
     offset = qt.offset.detach().float().cpu().reshape(-1)
     codes = qt.codes.detach().cpu().to(torch.int64)

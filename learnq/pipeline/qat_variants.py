@@ -254,13 +254,8 @@ def mean_bits(model: nn.Module) -> float | None:
         if id(qt.codes) in seen:
             continue
         seen.add(id(qt.codes))
-        n = qt.codes.numel()
-        if qt.group_bits is not None:
-            counts = qt.granularity.group_mask(qt.shape).sum(dim=1)
-            bits += int((counts * qt.group_bits.to(counts.dtype).cpu()).sum())
-        else:
-            bits += qt.bits * n
-        numel += n
+        bits += qt.code_bits()  # per group at its width (DiffQ), per d-vector index (palettes)
+        numel += qt.codes.numel()
     return None if numel == 0 else bits / numel
 
 

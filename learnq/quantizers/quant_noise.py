@@ -33,8 +33,11 @@ import torch
 from learnq.checks import check_choice, check_float, check_int
 from learnq.errors import ConfigError
 from learnq.granularity import Granularity
+from learnq.clustering import init_centroids, lloyd
+from learnq.palette import nearest
 from learnq.quantizers.base import WeightQuantizer
 from learnq.quantizers.config import QATConfig
+from learnq.quantizers.ipq import KMEANS_ITERS, CodebookQuantizer
 from learnq.quantizers.ste import STE_GRANULARITIES, STE_SCHEMES, STEQuantizer
 from learnq.ste import ste
 
@@ -77,6 +80,38 @@ class QuantNoiseQuantizer(STEQuantizer):
         return f"{super().extra_repr()}, rate={self.rate}, block_size={self.block_size}"
 
 
+class PQNoiseQuantizer(CodebookQuantizer):
+    """Quant-Noise with iPQ as the noise: a codebook of ``2^bits`` centroids of ``block_size`` values (a buffer,
+    k-means at preparation, then ``iters`` Lloyd steps from the current weights at every training forward); the selected blocks
+    take their nearest centroid (straight-through gradient), the others stay float."""
+
+    method = "quant_noise"
+
+    def __init__(self, x: torch.Tensor, bits: int, block_size: int, rate: float, iters: int, seed: int = 0,
+                 name: str = "") -> None:
+        super().__init__(x, bits, block_size, "float32", name)
+        self.rate, self.iters = rate, iters
+        vectors = self.blocks(x.detach())
+        seeds = init_centroids(vectors, self.groups, 1, self.k, seed).to(x.device)
+        self.register_buffer("centroids", lloyd(vectors, seeds, self.groups, KMEANS_ITERS)[0])
+
+    def codebook_value(self) -> torch.Tensor:
+        return self.centroids
+
+    def indices(self, x: torch.Tensor, palette: torch.Tensor) -> torch.Tensor:
+        return nearest(self.blocks(x.detach()), palette, self.groups)
+
+    def train_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.iters:
+            with torch.no_grad():
+                self.centroids.copy_(lloyd(self.blocks(x.detach()), self.centroids, self.groups, self.iters)[0])
+        mask = block_mask(tuple(x.shape), self.d, self.rate, x.device)
+        return apply_noise(x, self.quantized_value(x), mask)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, block_size={self.d}, rate={self.rate}, iters={self.iters}"
+
+
 @dataclass(frozen=True)
 class QuantNoise(QATConfig):
     """Quant-Noise (Fan et al. 2021): quantization noise on a random fraction ``rate`` of ``block_size``-long blocks
@@ -115,12 +150,10 @@ class QuantNoise(QATConfig):
 
     def build(self, name: str, x: torch.Tensor, bits: int | None) -> WeightQuantizer:
         if self.quantizer == "ipq":
-            from learnq.quantizers.ipq import PQNoiseQuantizer
-
             return PQNoiseQuantizer(x, bits or self.bits, self.block_size, self.rate, self.ipq_iters,
                                     self.seed, name=name)
         return QuantNoiseQuantizer(tuple(x.shape), bits or self.bits, Granularity.parse(self.granularity),
                                    self.scheme, self.rate, self.block_size)
 
 
-__all__ = ["NOISE_QUANTIZERS", "QuantNoise", "QuantNoiseQuantizer", "apply_noise", "block_mask"]
+__all__ = ["NOISE_QUANTIZERS", "PQNoiseQuantizer", "QuantNoise", "QuantNoiseQuantizer", "apply_noise", "block_mask"]

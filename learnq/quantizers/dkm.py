@@ -1,0 +1,176 @@
+"""DKM: differentiable k-means weight clustering (Cho, Alizadeh-Vahid, Adya, Rastegari, "DKM: Differentiable k-Means
+Clustering Layer for Neural Network Compression", ICLR 2022, Sec. 3, Eq. 1-3, Algorithm 1; METHODS.md §6-7; used by
+seeds/000 §4.4, Fig. 3, Table 6 with 1/2/4-bit scalar and 2-bit/2-dim, 4-bit/4-dim vector palettes).
+
+The weight is split into ``dim``-long vectors (:mod:`learnq.palette`: consecutive values, as the multi-dimensional
+DSMM loss reads them) clustered around ``k = 2^bits`` centroids ``C`` (one palette per tensor, or per group of the
+granularity: ``channel``, ``group:G``). Per training forward (Algorithm 1):
+
+1. ``iters`` centroid updates, warm-started from the centroids of the previous forward (k-means++ at the start):
+   ``A = softmax(-d(W, C)/τ)`` (``d`` Euclidean), ``C ← AᵀW / ΣA``; these run without autograd (no graph);
+2. one more update, differentiable: ``C* = AᵀW / ΣA`` with ``A`` from the centroids of step 1;
+3. the forward uses ``W̃ = A(W, C*)·C*``, differentiable to ``W`` through both the attention and ``C*``.
+
+The paper back-propagates through every iteration (its memory is ``O(iters·n·k)``, the known limit of DKM); here the
+gradient flows through the last update only, and every ``n × k`` attention is computed in chunks of rows,
+recomputed in the backward, so the memory is ``O(n·d + chunk·k·d)`` (a 4M-weight layer at 4 bits: see
+docs/clustering.md for the measured peak). ``τ`` is given relative to the weight's standard deviation at
+preparation (``tau_abs = tau · std(W)``), so one value fits layers of any scale.
+
+Eval and export snap every vector to its nearest centroid (hard assignment; squared Euclidean distance, ties to the
+lowest index) in the palette as stored (``palette_dtype``: float32, or float16 to halve the LUT): the file holds the
+palette plus ``bits`` bits per vector (:class:`learnq.grid.QuantizedTensor` with ``palette``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from learnq.checks import check_choice, check_float, check_int
+from learnq.clustering import chunk_rows, init_centroids, soft_update, soft_weights
+from learnq.errors import ConfigError, QuantizationError
+from learnq.granularity import Granularity
+from learnq.grid import QuantizedTensor
+from learnq.palette import CHUNK_ELEMENTS, PALETTE_DTYPES, check_vectors, expand_indices, nearest, vector_groups
+from learnq.quantizers.base import WeightQuantizer, per_tensor
+from learnq.quantizers.config import QATConfig, parse_granularity
+
+
+class DKMQuantizer(WeightQuantizer):
+    """One tensor's DKM clustering: centroids ``(n_groups, 2^bits, dim)`` (a buffer, updated by every training
+    forward), the attention temperature ``tau_abs`` (fixed at preparation)."""
+
+    method = "dkm"
+
+    def __init__(self, x: torch.Tensor, bits: int, dim: int, granularity: Granularity, tau: float, iters: int,
+                 palette_dtype: str = "float32", chunk_elements: int = CHUNK_ELEMENTS, seed: int = 0) -> None:
+        shape = tuple(x.shape)
+        super().__init__(shape, per_tensor(granularity, shape))
+        check_vectors(shape, self.granularity, dim, "DKM weight")
+        self.bits, self.dim, self.k = bits, dim, 2**bits
+        self.iters, self.palette_dtype = iters, PALETTE_DTYPES[palette_dtype]
+        self.rows = chunk_rows(self.k, dim, chunk_elements)
+        n_groups = self.granularity.num_groups(shape)
+        vectors = x.detach().float().reshape(-1, dim)
+        self.register_buffer("groups", vector_groups(shape, self.granularity, dim, x.device), persistent=False)
+        self.register_buffer("centroids", init_centroids(vectors, self.groups, n_groups, self.k, seed).to(x.device))
+        std = float(x.detach().float().std()) if x.numel() > 1 else 0.0
+        self.tau_abs = tau * (std if std > 0 else 1.0)
+
+    # -- training ----------------------------------------------------------------------------------------------
+    def train_forward(self, x: torch.Tensor) -> torch.Tensor:
+        vectors = x.float().reshape(-1, self.dim)
+        with torch.no_grad():
+            c = self.centroids
+            for _ in range(self.iters):
+                c = soft_update(vectors.detach(), c, self.groups, self.tau_abs, self.rows)
+            if not bool(torch.isfinite(c).all()):
+                raise self.diverged("has NaN or Inf centroids")
+            self.centroids.copy_(c)
+        c_star = soft_update(vectors, c, self.groups, self.tau_abs, self.rows)
+        return soft_weights(vectors, c_star, self.groups, self.tau_abs, self.rows).reshape(x.shape).to(x.dtype)
+
+    # -- hard assignment (eval, export) ------------------------------------------------------------------------
+    def palette(self) -> torch.Tensor:
+        """The palette as stored: the centroids in ``palette_dtype``."""
+        return self.centroids.detach().to(self.palette_dtype)
+
+    def _indices(self, x: torch.Tensor, palette: torch.Tensor) -> torch.Tensor:
+        return nearest(x.detach().float().reshape(-1, self.dim), palette, self.groups)
+
+    def quantized_value(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            pal = self.palette()
+            idx = self._indices(x, pal)
+            return pal.float()[self.groups, idx].reshape(x.shape).to(x.dtype)
+
+    def export_quantized(self, x: torch.Tensor | None = None) -> QuantizedTensor:
+        x = self._input(x)
+        with torch.no_grad():
+            if not bool(torch.isfinite(x).all()):
+                raise self.diverged(f"has {int((~torch.isfinite(x)).sum())} NaN or Inf value(s)")
+            pal = self.palette()
+            idx = self._indices(x, pal)
+        return QuantizedTensor.from_palette(idx, pal.clone(), self.shape, self.granularity, self.bits,
+                                            method=self.method, dtype=x.dtype)
+
+    def _grid(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Granularity]:
+        n = self.granularity.num_groups(self.shape)
+        ones = torch.ones(n, device=x.device)
+        return expand_indices(self._indices(x, self.palette()), self.dim, self.shape), ones, ones * 0, self.granularity
+
+    def _export_meta(self, x: torch.Tensor, codes: torch.Tensor) -> dict[str, Any]:
+        return {"bits": self.bits, "qmin": 0, "scheme": "palette", "palette": self.palette().clone()}
+
+    def _cache_meta(self, x: torch.Tensor) -> tuple:
+        return (x.dtype, self.palette_dtype)
+
+    def true_size_bits(self, x: torch.Tensor | None = None) -> int:
+        """``bits`` per vector plus the palette at its dtype's width."""
+        return self.numel // self.dim * self.bits + self.centroids.numel() * 8 * self.palette_dtype.itemsize
+
+    def summary(self) -> dict[str, Any]:
+        return {**super().summary(), "dim": self.dim, "tau_abs": self.tau_abs}
+
+    def extra_repr(self) -> str:
+        return (f"bits={self.bits}, dim={self.dim}, granularity={self.granularity}, tau_abs={self.tau_abs:.3g}, "
+                f"iters={self.iters}")
+
+
+@dataclass(frozen=True)
+class DKM(QATConfig):
+    """DKM (Cho et al. 2021): ``2^bits`` centroids of ``dim``-long weight vectors per tensor (``granularity``
+    ``"tensor"``) or per group (``"channel"``, ``"group:G"``); ``tau`` relative to the weight's std; ``iters``
+    centroid updates per forward; ``palette_dtype`` of the stored LUT; ``seed`` of the k-means++ seeding."""
+
+    method = "dkm"
+    description = "DKM: differentiable k-means palettization, soft attention to 2^bits centroids (Cho et al. 2021)"
+    bits: int = 2
+    dim: int = 1
+    granularity: str = "tensor"
+    tau: float = 0.05
+    iters: int = 3
+    palette_dtype: str = "float32"
+    chunk_elements: int = CHUNK_ELEMENTS
+    seed: int = 0
+
+    def validate(self) -> None:
+        check_int("DKM", "bits", self.bits, 1, 8)
+        check_int("DKM", "dim", self.dim, 1, 64)
+        check_float("DKM", "tau", self.tau, strict=True)
+        check_int("DKM", "iters", self.iters, 0, 100)
+        check_choice("DKM", "palette_dtype", self.palette_dtype, tuple(PALETTE_DTYPES))
+        check_int("DKM", "chunk_elements", self.chunk_elements, 1)
+        check_int("DKM", "seed", self.seed, 0)
+        self.palette_granularity()
+        for pattern, bits in self.bits_overrides.items():
+            check_int("DKM", f"bits_overrides[{pattern!r}]", bits, 1, 8)
+
+    def palette_granularity(self) -> Granularity:
+        gran = parse_granularity(self.granularity)
+        if gran.kind == "axis" and gran.axis != 0:
+            raise ConfigError(f"DKM.granularity takes 'tensor', 'channel' or 'group:G' (G values per palette), "
+                              f"not {self.granularity!r}")
+        return gran
+
+    @classmethod
+    def from_granularity(cls, raw: str, options: Any) -> dict[str, Any]:
+        """``tensor`` (one palette per tensor), ``channel`` (per output channel) or ``group:G`` (per G values)."""
+        gran = parse_granularity(raw)
+        if gran.kind == "axis" and gran.axis != 0:
+            raise ConfigError(f"dkm takes 'tensor', 'channel' or 'group:G' palettes, not {raw!r}")
+        return {"granularity": str(gran) if gran.kind != "axis" else "channel"}
+
+    def build(self, name: str, x: torch.Tensor, bits: int | None) -> DKMQuantizer:
+        try:
+            return DKMQuantizer(x, bits or self.bits, self.dim, self.palette_granularity(), self.tau, self.iters,
+                                self.palette_dtype, self.chunk_elements, self.seed)
+        except QuantizationError as exc:
+            raise ConfigError(f"DKM cannot palettize {name!r} with dim={self.dim}: {exc}; leave it out "
+                              "(selection exclude) or choose another dim") from exc
+
+
+__all__ = ["DKM", "DKMQuantizer"]
