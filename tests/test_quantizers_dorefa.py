@@ -10,7 +10,6 @@ import torch
 import learnq
 from learnq.errors import ConfigError
 from learnq.quantizers import QAT_METHODS, DoReFa, DoReFaQuantizer
-from learnq.quantizers.dorefa import dorefa_weights
 
 
 def test_formula_by_hand_two_bits():

@@ -31,9 +31,9 @@ from typing import Any
 import torch
 
 from learnq.checks import check_choice, check_float, check_int
+from learnq.clustering import init_centroids, lloyd
 from learnq.errors import ConfigError
 from learnq.granularity import Granularity
-from learnq.clustering import init_centroids, lloyd
 from learnq.palette import nearest
 from learnq.quantizers.base import WeightQuantizer
 from learnq.quantizers.config import QATConfig
@@ -81,9 +81,9 @@ class QuantNoiseQuantizer(STEQuantizer):
 
 
 class PQNoiseQuantizer(CodebookQuantizer):
-    """Quant-Noise with iPQ as the noise: a codebook of ``2^bits`` centroids of ``block_size`` values (a buffer,
-    k-means at preparation, then ``iters`` Lloyd steps from the current weights at every training forward); the selected blocks
-    take their nearest centroid (straight-through gradient), the others stay float."""
+    """Quant-Noise with iPQ as the noise: a codebook of ``2^bits`` centroids of ``block_size`` values (a buffer;
+    k-means at preparation, then ``iters`` Lloyd steps from the current weights at every training forward); the
+    selected blocks take their nearest centroid (straight-through gradient), the others stay float."""
 
     method = "quant_noise"
 
