@@ -93,3 +93,27 @@ def test_shipped_recipes_parse():
     for name in ("pact-dorefa-mnist5k", "quant-noise-mnist5k"):
         recipe = load_recipe(f"recipes/{name}.toml")
         assert recipe.name == name
+
+
+@pytest.mark.parametrize("config", ['learnq.QuantNoise(bits=4, rate=0.1, block_size=8)',
+                                    'learnq.QuantNoise(bits=4, rate=0.1, block_size=8, quantizer="ipq")',
+                                    'learnq.IPQ(bits=8, block_size=8)', 'learnq.DoReFa(bits=2, rescale=True)'])
+def test_docs_example_runs(config, tmp_path, monkeypatch):
+    """The Python example of docs/qat.md's section on these methods, with each config of its comment."""
+    import re
+    from pathlib import Path
+
+    import learnq
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "qat.md").read_text(encoding="utf-8")
+    section = text[text.index("## DoReFa, Quant-Noise and iPQ"):]
+    block = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+    assert "learnq.QuantNoise(bits=4, rate=0.1, block_size=8)" in block
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(block.replace("learnq.QuantNoise(bits=4, rate=0.1, block_size=8)", config), namespace)  # noqa: S102
+    loaded = learnq.load(tmp_path / "qn.safetensors", namespace["torch"].nn.Sequential(
+        namespace["torch"].nn.Linear(16, 32), namespace["torch"].nn.ReLU(), namespace["torch"].nn.Linear(32, 4)))
+    x = namespace["x"]
+    with namespace["torch"].no_grad():
+        assert namespace["torch"].equal(loaded.eval()(x), namespace["model"](x))
