@@ -41,6 +41,7 @@ from learnq.palette import PALETTE_DTYPES, check_vectors, expand_indices, neares
 from learnq.quantizers.base import WeightQuantizer
 from learnq.quantizers.config import QATConfig
 
+MAX_CODEBOOK_BITS = 12  # at most 4096 centroids (Stock et al. use 256); k-means++ seeds them one by one
 KMEANS_ITERS = 25  # Lloyd steps of the k-means at learnq.prepare (IPQ.iters' default; Quant-Noise's seeding)
 
 
@@ -192,11 +193,13 @@ class IPQ(QATConfig):
     seed: int = 0
 
     def validate(self) -> None:
-        check_int("IPQ", "bits", self.bits, 1, 16)
+        check_int("IPQ", "bits", self.bits, 1, MAX_CODEBOOK_BITS)
         check_int("IPQ", "block_size", self.block_size, 1)
         check_int("IPQ", "iters", self.iters, 0)
         check_choice("IPQ", "palette_dtype", self.palette_dtype, tuple(PALETTE_DTYPES))
         check_int("IPQ", "seed", self.seed, 0)
+        for pattern, bits in self.bits_overrides.items():
+            check_int("IPQ", f"bits_overrides[{pattern!r}]", bits, 1, MAX_CODEBOOK_BITS)
 
     @classmethod
     def from_granularity(cls, raw: str, options: Any) -> dict[str, Any]:
@@ -209,4 +212,4 @@ class IPQ(QATConfig):
         return IPQQuantizer(x, bits or self.bits, self.block_size, self.iters, self.seed, self.palette_dtype, name)
 
 
-__all__ = ["IPQ", "IPQQuantizer", "CodebookQuantizer", "KMEANS_ITERS", "mean_grad"]
+__all__ = ["IPQ", "IPQQuantizer", "CodebookQuantizer", "KMEANS_ITERS", "MAX_CODEBOOK_BITS", "mean_grad"]

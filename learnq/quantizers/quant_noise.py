@@ -13,8 +13,8 @@ At evaluation, export and in the model file every block is quantized: ``φ(w)`` 
 
 The noise's quantizer φ (``quantizer``):
 
-* ``"scalar"``: int``bits`` on the min-max range per tensor (Fan et al.'s int4/int8 ``tensor`` observer; per output
-  channel with ``granularity="channel"``), the same grid as STE QAT (:mod:`learnq.quantizers.ste`): export, sizes and
+* ``"scalar"``: int``bits`` on the min-max range per output channel (``granularity="channel"``, the default of
+  every learnq weight quantizer) or per tensor (``"tensor"``: Fan et al.'s int4/int8), the same grid as STE QAT (:mod:`learnq.quantizers.ste`): export, sizes and
   the model file are STE's;
 * ``"ipq"``: product quantization (:mod:`learnq.quantizers.ipq`): each block is replaced by its nearest centroid of
   the layer's codebook of ``2^bits`` centroids of length ``block_size``, seeded by k-means++ and refreshed from the
@@ -37,7 +37,7 @@ from learnq.granularity import Granularity
 from learnq.palette import nearest
 from learnq.quantizers.base import WeightQuantizer
 from learnq.quantizers.config import QATConfig
-from learnq.quantizers.ipq import KMEANS_ITERS, CodebookQuantizer
+from learnq.quantizers.ipq import KMEANS_ITERS, MAX_CODEBOOK_BITS, CodebookQuantizer
 from learnq.quantizers.ste import STE_GRANULARITIES, STE_SCHEMES, STEQuantizer
 from learnq.ste import ste
 
@@ -115,7 +115,7 @@ class PQNoiseQuantizer(CodebookQuantizer):
 @dataclass(frozen=True)
 class QuantNoise(QATConfig):
     """Quant-Noise (Fan et al. 2021): quantization noise on a random fraction ``rate`` of ``block_size``-long blocks
-    per step; ``quantizer="scalar"`` (int ``bits``, min-max per tensor or channel) or ``"ipq"`` (a codebook of
+    per step; ``quantizer="scalar"`` (int ``bits``, min-max per channel or per tensor) or ``"ipq"`` (a codebook of
     ``2^bits`` centroids of ``block_size`` values per layer, ``ipq_iters`` Lloyd steps per forward)."""
 
     method = "quant_noise"
@@ -124,7 +124,7 @@ class QuantNoise(QATConfig):
     rate: float = 0.1
     block_size: int = 8
     quantizer: str = "scalar"
-    granularity: str = "tensor"
+    granularity: str = "channel"
     scheme: str = "affine"
     ipq_iters: int = 1
     seed: int = 0
@@ -139,6 +139,8 @@ class QuantNoise(QATConfig):
         check_choice("QuantNoise", "scheme", self.scheme, STE_SCHEMES)
         check_int("QuantNoise", "ipq_iters", self.ipq_iters, 0)
         check_int("QuantNoise", "seed", self.seed, 0)
+        if self.quantizer == "ipq":
+            check_int("QuantNoise", "bits (iPQ: log2 of the codebook size)", self.bits, 1, MAX_CODEBOOK_BITS)
 
     @classmethod
     def from_granularity(cls, raw: str, options: Any) -> dict[str, Any]:
