@@ -14,8 +14,8 @@ At evaluation, export and in the model file every block is quantized: ``φ(w)`` 
 The noise's quantizer φ (``quantizer``):
 
 * ``"scalar"``: int``bits`` on the min-max range per output channel (``granularity="channel"``, the default of
-  every learnq weight quantizer) or per tensor (``"tensor"``: Fan et al.'s int4/int8), the same grid as STE QAT (:mod:`learnq.quantizers.ste`): export, sizes and
-  the model file are STE's;
+  every learnq weight quantizer) or per tensor (``"tensor"``: Fan et al.'s int4/int8), the same grid as STE QAT
+  (:mod:`learnq.quantizers.ste`): export, sizes and the model file are STE's;
 * ``"ipq"``: product quantization (:mod:`learnq.quantizers.ipq`): each block is replaced by its nearest centroid of
   the layer's codebook of ``2^bits`` centroids of length ``block_size``, seeded by k-means++ and refreshed from the
   current weights by ``ipq_iters`` Lloyd steps per training forward (Fan et al. §4.2 recompute the codebook
