@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from learnq.errors import ConfigError
-from learnq.ptq import adaround, clip_methods, lapq
+from learnq.ptq import adaround, clip_methods, kmeans, lapq
 from learnq.ptq.context import PTQFn, PTQMethod
 
 PTQ_METHODS: dict[str, PTQMethod] = {}
@@ -31,7 +31,8 @@ def register_ptq_method(name: str, description: str, fn: PTQFn, *, options: Mapp
     return add_ptq_method(PTQMethod(name, description, fn, dict(options or {}), skip_first_last), replace=replace)
 
 
-for _method in (*clip_methods.METHODS, adaround.METHOD, lapq.METHOD):  # the built-in methods, one entry each
+for _method in (*clip_methods.METHODS, adaround.METHOD, lapq.METHOD,  # the built-in methods, one entry each
+                kmeans.METHOD):
     add_ptq_method(_method)
 
 

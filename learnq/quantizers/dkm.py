@@ -9,7 +9,8 @@ granularity: ``channel``, ``group:G``). Per training forward (Algorithm 1):
 1. ``iters`` centroid updates, warm-started from the centroids of the previous forward (k-means++ at the start):
    ``A = softmax(-d(W, C)/τ)`` (``d`` Euclidean), ``C ← AᵀW / ΣA``; these run without autograd (no graph);
 2. one more update, differentiable: ``C* = AᵀW / ΣA`` with ``A`` from the centroids of step 1;
-3. the forward uses ``W̃ = A(W, C*)·C*``, differentiable to ``W`` through both the attention and ``C*``.
+3. the forward uses ``W̃ = A(W, C*)·C*``, differentiable to ``W`` through both the attention and ``C*``; ``C*`` is
+   kept as the centroids (the palette of eval and export, the start of the next forward).
 
 The paper back-propagates through every iteration (its memory is ``O(iters·n·k)``, the known limit of DKM); here the
 gradient flows through the last update only, and every ``n × k`` attention is computed in chunks of rows,
@@ -67,10 +68,11 @@ class DKMQuantizer(WeightQuantizer):
             c = self.centroids
             for _ in range(self.iters):
                 c = soft_update(vectors.detach(), c, self.groups, self.tau_abs, self.rows)
-            if not bool(torch.isfinite(c).all()):
-                raise self.diverged("has NaN or Inf centroids")
-            self.centroids.copy_(c)
         c_star = soft_update(vectors, c, self.groups, self.tau_abs, self.rows)
+        with torch.no_grad():
+            if not bool(torch.isfinite(c_star).all()):
+                raise self.diverged("has NaN or Inf centroids")
+            self.centroids.copy_(c_star)  # the palette of eval/export: the centroids this forward used
         return soft_weights(vectors, c_star, self.groups, self.tau_abs, self.rows).reshape(x.shape).to(x.dtype)
 
     # -- hard assignment (eval, export) ------------------------------------------------------------------------
