@@ -143,7 +143,8 @@ def markdown(results: dict[str, Any]) -> str:
                      f"{100 * r['accuracy_std']:.2f} % | {r['file_bytes'] / 1024:.1f} KiB | {r['ratio']:.2f}x | "
                      f"{r['seconds']:.0f} |")
     lines += ["", "bits: the code bits per stored index (iPQ and qn-ipq: 8 bits per block of 8 weights, i.e. 1 bit per "
-              "weight plus a 256 × 8 float32 codebook per layer; DiffQ: the learned mean bits per weight).", "",
+              "weight plus a 256 × 8 float32 codebook for fc1; fc2 (140 blocks): 4 bits per block, a 16 × 8 "
+              "codebook; DiffQ: the learned mean bits per weight).", "",
               DOCUMENT_ROWS, ""]
     return "\n".join(lines)
 
