@@ -110,9 +110,10 @@ def run_seed(seed: int, args: argparse.Namespace, results: dict[str, Any]) -> No
 
 
 def aggregate(results: dict[str, Any]) -> list[dict[str, Any]]:
-    labels: list[str] = []
-    for runs in results["runs"].values():
-        labels += [label for label in runs if label not in labels]
+    """Mean, std over seeds per variant, in the recipe's order."""
+    order = [v.label for v in load_recipe(str(RECIPE)).variants]
+    seen = {label for runs in results["runs"].values() for label in runs}
+    labels = [label for label in order if label in seen] + sorted(seen - set(order))
     rows = []
     for label in labels:
         recs = [runs[label] for runs in results["runs"].values() if label in runs]
@@ -142,6 +143,13 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {r['variant']} | {r['method']} | {r['bits']} | {100 * r['accuracy_mean']:.2f} ± "
                      f"{100 * r['accuracy_std']:.2f} % | {r['file_bytes'] / 1024:.1f} KiB | {r['ratio']:.2f}x | "
                      f"{r['seconds']:.0f} |")
+    by = {r["variant"]: r for r in rows}
+    pairs = [("qn-int8", "ste-w8"), ("qn-int4", "ste-w4"), ("qn-int2", "ste-w2"), ("qn-ipq", "ipq-w8"),
+             ("diffq", "ste-w4")]
+    diffs = [f"{a} − {b}: {100 * (by[a]['accuracy_mean'] - by[b]['accuracy_mean']):+.2f} points"
+             for a, b in pairs if a in by and b in by]
+    if diffs:
+        lines += ["", "Accuracy differences (mean over seeds): " + "; ".join(diffs) + "."]
     lines += ["", "bits: the code bits per stored index (iPQ and qn-ipq: 8 bits per block of 8 weights, i.e. 1 bit per "
               "weight plus a 256 × 8 float32 codebook for fc1; fc2 (140 blocks): 4 bits per block, a 16 × 8 "
               "codebook; DiffQ: the learned mean bits per weight).", "",
@@ -150,8 +158,12 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def write_report(results: dict[str, Any], out: Path) -> None:
+    """``out``'s .md; the BENCHMARKS.md section only from the default results file."""
     md = markdown(results)
     out.with_suffix(".md").write_text(md)
+    if out != RESULTS / "quant_noise.json":
+        print(md)
+        return
     text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else ""
     block = f"{BEGIN}\n{md}\n{END}"
     if BEGIN in text and END in text:
