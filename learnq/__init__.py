@@ -20,11 +20,14 @@ from learnq.checkpoint import save as save  # noqa: E402
 from learnq.qat import QuantHandle as QuantHandle  # noqa: E402
 from learnq.qat import prepare as prepare  # noqa: E402
 from learnq.quantizers import DKM as DKM  # noqa: E402
+from learnq.quantizers import IPQ as IPQ  # noqa: E402
 from learnq.quantizers import LSQ as LSQ  # noqa: E402
 from learnq.quantizers import QAT_METHODS as QAT_METHODS  # noqa: E402
 from learnq.quantizers import STE as STE  # noqa: E402
 from learnq.quantizers import DiffQ as DiffQ  # noqa: E402
+from learnq.quantizers import DoReFa as DoReFa  # noqa: E402
 from learnq.quantizers import Nested as Nested  # noqa: E402
+from learnq.quantizers import QuantNoise as QuantNoise  # noqa: E402
 
 SUBMODULES = ("accounting", "act", "analysis", "atomic_file", "attach", "batches", "bn_fold", "bounded_json",
               "checkpoint", "checks", "cli", "clipping", "clustering", "errors", "evaluation", "export", "fields",

@@ -26,6 +26,9 @@ CONFIGS = {
     "nested": lambda: Nested(granularity="row", gamma_inverse=1e-4, gamma_bins=1e-4, gamma_deviation=1.0),
     "diffq": lambda: DiffQ(group_size=8, penalty=1e-2),
     "dkm": lambda: QAT_METHODS["dkm"](bits=2, granularity="channel"),
+    "dorefa": lambda: QAT_METHODS["dorefa"](bits=4),
+    "quant_noise": lambda: QAT_METHODS["quant_noise"](bits=4, rate=0.5, block_size=4),
+    "ipq": lambda: QAT_METHODS["ipq"](bits=3, block_size=2),
 }
 assert set(CONFIGS) == set(QAT_METHODS)
 
