@@ -162,3 +162,19 @@ def test_weights_are_per_channel_by_default_per_tensor_on_request(model_file, tm
                                mf.metadata["ptq"]["granularity"])
     assert grids[()] == ({"axis:0"}, "channel")
     assert grids[("--granularity", "tensor")] == ({"tensor"}, "tensor")
+
+
+@pytest.mark.parametrize("method, option", [("gptq", "act_order=true"), ("adaquant", "iterations=10"),
+                                            ("qdrop", "drop_prob=0.25")])
+def test_issue15_methods_from_the_command_line(model_file, tmp_path, capsys, method, option) -> None:
+    path, _, _ = model_file
+    out = tmp_path / f"{method}.safetensors"
+    extra = [] if method == "gptq" else ["--option", "iterations=10"]
+    code, text, _ = _run(capsys, "quantize", str(path), "--method", method, "--wbits", "4", "--abits", "8",
+                         "--calib", "32", "--out", str(out), "--option", option, *extra, "--json")
+    assert code == 0
+    report = json.loads(text)
+    assert report["method"] == method and report["accuracy"] == report["accuracy_before_save"]
+    config = learnq.load(out).metadata["ptq_config"]
+    key, _, value = option.partition("=")
+    assert config["method"] == method and config["options"][key] == json.loads(value)
