@@ -27,7 +27,8 @@ def test_demo_json(demo, capsys):
     assert [tuple(r) for r in rows] == [ROW_KEYS] * len(rows)
     fixed = [(r["method"], r["bits"], r["abits"]) for r in rows if r["method"] not in ("diffq", "nested")]
     assert fixed == [("float", 32, 32), ("minmax", 8, 32), ("minmax", 4, 32), ("minmax", 2, 32), ("ste", 2, 32),
-                     ("lsq", 2, 32), ("mse", 4, 4), ("aciq", 4, 4), ("lapq", 4, 4)]
+                     ("lsq", 2, 32), ("mse", 4, 4), ("aciq", 4, 4), ("lapq", 4, 4),
+                     ("gptq", 4, 4)]
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
     for r in rows:
         assert r["file_bytes"] == os.path.getsize(demo / r["file"])
