@@ -124,7 +124,8 @@ def run_speed(args: argparse.Namespace, data: dict[str, Any], out: Path) -> None
                     runs[m].append(timed_quantize(model, splits, m, w, a, seed, args.quick, **common))
                 rs = runs[m]
                 row = {"seed": seed, "config": cfg, "method": m, "accuracy": rs[0]["accuracy"],
-                       "seconds": statistics.median(r["seconds"] for r in rs), "all_seconds": [r["seconds"] for r in rs],
+                       "seconds": statistics.median(r["seconds"] for r in rs),
+                       "all_seconds": [r["seconds"] for r in rs],
                        "cpu_seconds": statistics.median(r["cpu_seconds"] for r in rs),
                        "loss_evals": rs[0]["loss_evals"], "rounds": len(rs), "float": fl,
                        "load_average": os.getloadavg()}
@@ -203,7 +204,8 @@ def markdown(data: dict[str, Any]) -> str:
                 continue
             lq, ms = index[(seed, cfg, "lapq")], index[(seed, cfg, "mse")]
             lines.append(f"| {seed} | {cfg} | {r['rounds']} | {r['seconds']:.2f} | {lq['seconds']:.2f} | "
-                         f"{ms['seconds']:.2f} | {r['seconds'] / lq['seconds']:.3f} | {r['seconds'] / ms['seconds']:.2f}"
+                         f"{ms['seconds']:.2f} | {r['seconds'] / lq['seconds']:.3f} | "
+                         f"{r['seconds'] / ms['seconds']:.2f}"
                          f" | {100 * (r['accuracy'] - lq['accuracy']):+.2f} |")
         lines.append("")
     table = data["table2a"]

@@ -15,12 +15,13 @@ chosen by the clipping rule ``clip`` (default MSE); V starts at 0 (nearest round
 squared norm of each sample's output difference (no bias), averaged over a minibatch of ``round_batch_size``
 samples, for ``iterations`` steps (the paper runs over its small calibration set for a few epochs).
 
-The straight-through steps oscillate around rounding boundaries (the objective is piecewise constant in V), so
-the hard-rounded ``(codes, Δ)`` are evaluated on the whole calibration set ``checks`` times during the run (every
+The straight-through steps oscillate around rounding boundaries (the objective is piecewise constant in V), so the
+hard-rounded ``(codes, Δ)`` are evaluated on the whole calibration set ``checks`` times during the run (every
 ``iterations/checks`` steps, default 20 checks) and the best of them is the result; when none beats round-to-nearest
-on Δ₀ (V = 0, the start) the layer keeps that and its :class:`AdaQuantInfo` says ``kept="nearest"``. Layers are processed one at a time in definition order and frozen
-into :class:`learnq.quantized.QuantizedWeight` (method ``"adaquant"``); bias correction, when asked, is folded in
-after (:func:`learnq.ptq.bias_correction.correct_quantized`); the registered method then attaches input quantizers
+on Δ₀ (V = 0, the start) the layer keeps that and its :class:`AdaQuantInfo` says ``kept="nearest"``. Layers are
+processed one at a time in definition order and frozen into :class:`learnq.quantized.QuantizedWeight` (method
+``"adaquant"``); bias correction, when asked, is folded in after
+(:func:`learnq.ptq.bias_correction.correct_quantized`); the registered method then attaches input quantizers
 observed on the quantized model (α by ``act_clip``). The bias is not optimised (the paper's "bias" is folded BN).
 """
 

@@ -17,12 +17,12 @@ columns after the current block of ``block_size`` columns are applied once per b
 updates", ``W[:, i2:] -= E · U[i1:i2, i2:]``), which gives the same result in fewer memory passes.
 
 Grids: the per-tensor and per-output-channel steps are chosen once from the float weight by the clipping rule
-``clip`` (default ``"minmax"``, the paper's; ``"mse"`` or any rule of :mod:`learnq.clipping`); a ``group:G`` grid (G must divide the number of
-columns) chooses each group's step when its first column is reached, from the weights as updated so far (§4
-"grouping"). ``act_order=True`` quantizes the columns in order of decreasing ``diag H`` (the paper's "act-order"
-heuristic); with a group grid the group steps are then chosen up front from the float weight ("static groups"), so
-that every group keeps contiguous columns. Columns whose input is always 0 (``diag H = 0``) get ``H_jj = 1`` and are
-rounded to nearest without moving other columns.
+``clip`` (default ``"minmax"``, the paper's; ``"mse"`` or any rule of :mod:`learnq.clipping`); a ``group:G`` grid (G
+must divide the number of columns) chooses each group's step when its first column is reached, from the weights as
+updated so far (§4 "grouping"). ``act_order=True`` quantizes the columns in order of decreasing ``diag H`` (the
+paper's "act-order" heuristic); with a group grid the group steps are then chosen up front from the float weight
+("static groups"), so that every group keeps contiguous columns. Columns whose input is always 0 (``diag H = 0``)
+get ``H_jj = 1`` and are rounded to nearest without moving other columns.
 
 The registered method ``gptq`` quantizes the selected layers in definition order, each on the inputs it receives
 from the model whose earlier layers are already quantized (``inputs="quantized"``; ``"float"``: from the float

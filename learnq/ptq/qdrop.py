@@ -37,7 +37,7 @@ from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
 from learnq.act import ActQuantizer
-from learnq.attach import Selection, select_weights
+from learnq.attach import select_weights
 from learnq.clipping import choose_clip
 from learnq.errors import ConfigError, DataError, ModelError
 from learnq.grid import GridSpec, QuantizedTensor, compute_params
@@ -193,7 +193,8 @@ def reconstruct_block(model: nn.Module, float_model: nn.Module, names: list[str]
                       spec: GridSpec, calib: torch.Tensor, *, clip: str = "mse", drop_prob: float = 0.5,
                       iterations: int = 1000, lr: float = 1e-2, reg_weight: float = 0.01,
                       beta_range: tuple[float, float] = (20.0, 2.0), warmup: float = 0.2, batch_size: int = 32,
-                      seed: int = 0, device: str | torch.device = "cpu") -> tuple[dict[str, QuantizedTensor], QDropInfo]:
+                      seed: int = 0, device: str | torch.device = "cpu",
+                      ) -> tuple[dict[str, QuantizedTensor], QDropInfo]:
     """Learn the rounding of ``weights`` (names of layer weights inside the block ``names`` of ``model``) on the
     block's output error with QDrop; returns ``{weight name: QuantizedTensor}`` (not attached yet) and the info."""
     mods = [get_module(model, n) for n in names]

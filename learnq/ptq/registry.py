@@ -12,8 +12,10 @@ from typing import Any
 
 from learnq.errors import ConfigError
 from learnq.ptq import adaround, clip_methods, lapq
-from learnq.ptq import adaquant, gptq, qdrop
+from learnq.ptq.adaquant import METHOD as ADAQUANT
 from learnq.ptq.context import PTQFn, PTQMethod
+from learnq.ptq.gptq import METHOD as GPTQ
+from learnq.ptq.qdrop import METHOD as QDROP
 
 PTQ_METHODS: dict[str, PTQMethod] = {}
 
@@ -34,7 +36,7 @@ def register_ptq_method(name: str, description: str, fn: PTQFn, *, options: Mapp
 
 for _method in (*clip_methods.METHODS, adaround.METHOD, lapq.METHOD):  # the built-in methods, one entry each
     add_ptq_method(_method)
-for _method in (gptq.METHOD, adaquant.METHOD, qdrop.METHOD):  # issue 15: GPTQ, AdaQuant, QDrop
+for _method in (GPTQ, ADAQUANT, QDROP):  # issue 15: GPTQ, AdaQuant, QDrop
     add_ptq_method(_method)
 
 
