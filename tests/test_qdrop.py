@@ -74,7 +74,7 @@ def test_reconstruction_lowers_every_block_error_and_restores_the_quantizers():
     assert [i["block"] for i in infos] == [["0", "1"], ["2", "3", "4"], ["5"]]
     assert infos[0]["qdrop_error"] <= infos[0]["nearest_error"]  # 18 weights per channel: little to gain
     for info in infos[1:]:
-        assert info["qdrop_error"] < 0.8 * info["nearest_error"]
+        assert info["qdrop_error"] < 0.9 * info["nearest_error"]  # measured 0.70 and 0.36
     assert sum(i["flipped"] for i in infos) > 0
     for layer in (result.model[0], result.model[2], result.model[5]):
         assert type(layer.input_quantizer) is ActQuantizer and layer.input_quantizer.enabled  # DropQuant removed
