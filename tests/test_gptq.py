@@ -196,3 +196,18 @@ def test_hessian_is_twice_the_input_covariance():
     assert n == 20
     torch.testing.assert_close(hessians[0], 2 * rows.T @ rows / 20, rtol=1e-5, atol=1e-6)  # batched float32 sums
     assert F.linear(rows, layer.weight).shape == (20, 2)
+
+
+def test_group_grid_model_saves_and_loads_bit_exact(tmp_path):
+    import learnq
+
+    model = _model()
+    x = torch.randn(32, 2, 5, 5)
+    result = quantize(model, x, method="gptq", wbits=3, abits=32, granularity="group:4", act_order=True,
+                      skip_first_last=True, progress=False)
+    qt = dict(quantized_parameters(result.model))["3.weight"]
+    assert str(qt.granularity) == "group:4" and qt.scale.numel() == 8 * 100 // 4
+    learnq.save(result.model, tmp_path / "g.safetensors")
+    fresh = learnq.load(tmp_path / "g.safetensors", _model()).eval()
+    with torch.no_grad():
+        assert torch.equal(fresh(x), result.model(x))  # same kernels, same shapes: the file computes the same
