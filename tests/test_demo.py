@@ -28,7 +28,7 @@ def test_demo_json(demo, capsys):
     fixed = [(r["method"], r["bits"], r["abits"]) for r in rows if r["method"] not in ("diffq", "nested")]
     assert fixed == [("float", 32, 32), ("minmax", 8, 32), ("minmax", 4, 32), ("minmax", 2, 32), ("ste", 2, 32),
                      ("lsq", 2, 32), ("mse", 4, 4), ("aciq", 4, 4), ("lapq", 4, 4), ("dkm", 2, 32), ("dkm", 4, 32),
-                     ("kmeans", 2, 32)]
+                     ("kmeans", 2, 32), ("gptq", 4, 4)]
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
     for r in rows:
         assert r["file_bytes"] == os.path.getsize(demo / r["file"])

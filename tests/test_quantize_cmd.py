@@ -190,3 +190,19 @@ def test_kmeans_palettizes_through_the_cli(model_file, tmp_path, capsys) -> None
         assert row.naive_bits == 2 * qt.codes.numel() // 2 + 4 * 2 * 32
     model = learnq.load(outs[0], model_from_spec(mf.metadata["model"]))
     assert evaluate(model, splits.test)["accuracy"] == report["accuracy"]
+
+
+@pytest.mark.parametrize("method, option", [("gptq", "act_order=true"), ("adaquant", "iterations=10"),
+                                            ("qdrop", "drop_prob=0.25")])
+def test_issue15_methods_from_the_command_line(model_file, tmp_path, capsys, method, option) -> None:
+    path, _, _ = model_file
+    out = tmp_path / f"{method}.safetensors"
+    extra = [] if method == "gptq" else ["--option", "iterations=10"]
+    code, text, _ = _run(capsys, "quantize", str(path), "--method", method, "--wbits", "4", "--abits", "8",
+                         "--calib", "32", "--out", str(out), "--option", option, *extra, "--json")
+    assert code == 0
+    report = json.loads(text)
+    assert report["method"] == method and report["accuracy"] == report["accuracy_before_save"]
+    config = learnq.load(out).metadata["ptq_config"]
+    key, _, value = option.partition("=")
+    assert config["method"] == method and config["options"][key] == json.loads(value)

@@ -136,7 +136,8 @@ def test_builtin_digits_and_the_repository_copy_are_identical():
             if v.method in ("float", "minmax")] == [
         ("float", 32, None), ("minmax", 8, "axis:0"), ("minmax", 4, "axis:0"), ("minmax", 2, "axis:0")]
     ptq = [(v.label, v.weight_bits, v.abits, str(v.grid_spec().granularity)) for v in r.variants if v.abits]
-    assert ptq == [("mse-w4a4", 4, 4, "tensor"), ("aciq-w4a4", 4, 4, "tensor"), ("lapq-w4a4", 4, 4, "tensor")]
+    assert ptq == [("mse-w4a4", 4, 4, "tensor"), ("aciq-w4a4", 4, 4, "tensor"), ("lapq-w4a4", 4, 4, "tensor"),
+                   ("gptq-w4a4", 4, 4, "tensor")]
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.toml")), ids=lambda p: p.name)

@@ -353,3 +353,26 @@ def test_sweep_and_report_commands(tmp, capsys):
     assert "1 of 1 models on the Pareto front" in capsys.readouterr().out
     assert main(["sweep", str(tmp / "missing.toml"), "--trials", "1"]) == 2
     assert "no sweep recipe file" in capsys.readouterr().err
+
+
+def test_a_sweep_over_the_issue15_ptq_methods_takes_each_ones_options():
+    space = """
+[sweep]
+sampler = "random"
+[sweep.space]
+"variant.method" = ["gptq", "adaquant", "qdrop"]
+"variant.options.damp" = { low = 0.001, high = 0.1, log = true }
+"variant.options.drop_prob" = { low = 0.0, high = 1.0 }
+"variant.options.iterations" = [50]
+"""
+    sweep = sweep_of(space)
+    fixed = {"variant.method": "gptq", "variant.options.damp": 0.05, "variant.options.drop_prob": 0.3,
+             "variant.options.iterations": 50}
+    assert sweep.sample(optuna.trial.FixedTrial(fixed)) == {"variant.method": "gptq", "variant.options.damp": 0.05}
+    fixed["variant.method"] = "qdrop"
+    assert sweep.sample(optuna.trial.FixedTrial(fixed)) == {"variant.method": "qdrop", "variant.options.drop_prob": 0.3,
+                                                            "variant.options.iterations": 50}
+    gptq = sweep.resolve({"variant.method": "gptq", "variant.options.damp": 0.05})
+    assert gptq.variants[0].options["damp"] == 0.05 and gptq.variants[0].options["block_size"] == 128
+    qdrop = sweep.resolve({"variant.method": "qdrop", "variant.options.drop_prob": 0.3})
+    assert qdrop.variants[0].options["drop_prob"] == 0.3 and qdrop.variants[0].options["iterations"] == 1000

@@ -16,9 +16,13 @@ with σ_q = 0 the variance step cannot change ŵ anyway).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from learnq.errors import ConfigError
+from learnq.granularity import CHANNEL
+from learnq.grid import QuantizedTensor
 
 EPS = 1e-8
 
@@ -84,4 +88,23 @@ def correct_bias(w_q: torch.Tensor, w: torch.Tensor, *, variance: bool = False, 
     return q.reshape(moved).movedim(0, axis).to(w_q.dtype).contiguous()
 
 
-__all__ = ["EPS", "correct_bias", "correction_terms"]
+def correct_quantized(qt: QuantizedTensor, w: torch.Tensor, *, variance: bool = False) -> QuantizedTensor:
+    """``qt`` (a frozen quantized weight from a rounding method: GPTQ, AdaQuant, QDrop) with the per-channel
+    correction folded into its steps and offsets, exactly as :class:`learnq.ptq.ptq_weight.PTQWeight` folds it: the
+    same codes, step ``r_c·Δ`` and offset ``r_c·o + t_c`` per output channel (a per-tensor grid becomes per channel).
+    ConfigError for a grid that is not per tensor or per output channel."""
+    g = qt.granularity
+    if not (g.kind == "tensor" or (g.kind == "axis" and g.axis == 0)) or w.ndim < 2:
+        raise ConfigError(f"bias correction works per output channel: use granularity 'tensor' or 'channel' with "
+                          f"it, not {g} (weight of shape {tuple(w.shape)})")
+    channels = w.shape[0]
+    scale, offset = qt.scale.float(), qt.offset.float()
+    if g.kind == "tensor":
+        scale, offset = scale.expand(channels), offset.expand(channels)
+    w_hat = qt.codes.float() * CHANNEL.expand(scale, w.shape) + CHANNEL.expand(offset, w.shape)
+    r, t = correction_terms(w_hat, w, variance=variance, axis=0)
+    return replace(qt, scale=(scale * r).contiguous(), offset=(offset * r + t).contiguous(), granularity=CHANNEL,
+                   extra={**qt.extra, "bias_correction": "variance+mean" if variance else "mean"})
+
+
+__all__ = ["EPS", "correct_bias", "correct_quantized", "correction_terms"]

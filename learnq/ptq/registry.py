@@ -12,7 +12,10 @@ from typing import Any
 
 from learnq.errors import ConfigError
 from learnq.ptq import adaround, clip_methods, kmeans, lapq
+from learnq.ptq.adaquant import METHOD as ADAQUANT
 from learnq.ptq.context import PTQFn, PTQMethod
+from learnq.ptq.gptq import METHOD as GPTQ
+from learnq.ptq.qdrop import METHOD as QDROP
 
 PTQ_METHODS: dict[str, PTQMethod] = {}
 
@@ -33,6 +36,8 @@ def register_ptq_method(name: str, description: str, fn: PTQFn, *, options: Mapp
 
 for _method in (*clip_methods.METHODS, adaround.METHOD, lapq.METHOD,  # the built-in methods, one entry each
                 kmeans.METHOD):
+    add_ptq_method(_method)
+for _method in (GPTQ, ADAQUANT, QDROP):  # issue 15: GPTQ, AdaQuant, QDrop
     add_ptq_method(_method)
 
 
