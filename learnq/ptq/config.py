@@ -16,7 +16,9 @@ Fields (the defaults are the defaults of the CLI and of recipes too):
 * ``selection``: which layers (a :class:`learnq.attach.Selection`; None: every conv and linear layer);
   ``skip_first_last``: leave the first and last layers in float (None: the method's default, LAPQ's is True);
 * ``bias_correction`` / ``variance_correction``: per-channel corrections of the quantized weights (Banner et al.);
-* ``fold_bn``: fold BatchNorm into the layer before it first.
+* ``fold_bn``: fold BatchNorm into the layer before it first;
+* ``equalize``: cross-layer equalization and high-bias absorption (DFQ, :mod:`learnq.ptq.equalize`) after folding,
+  before the method.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class PTQ:
     variance_correction: bool = False
     act_per_channel: bool = False
     fold_bn: bool = True
+    equalize: bool = False
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -83,7 +86,7 @@ class PTQ:
         if self.skip_first_last is not None and not isinstance(self.skip_first_last, bool):
             raise ConfigError(f"PTQ.skip_first_last must be True, False or None (the method's default), got "
                               f"{self.skip_first_last!r}")
-        for name in ("bias_correction", "variance_correction", "act_per_channel", "fold_bn"):
+        for name in ("bias_correction", "variance_correction", "act_per_channel", "fold_bn", "equalize"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"PTQ.{name} must be True or False, got {getattr(self, name)!r}")
 
