@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from learnq.errors import ConfigError
-from learnq.ptq import adaround, clip_methods, dfq, lapq, squant
+from learnq.ptq import adaround, clip_methods, dfq, lapq, pdquant, squant
 from learnq.ptq.context import PTQFn, PTQMethod
 
 PTQ_METHODS: dict[str, PTQMethod] = {}
@@ -33,7 +33,7 @@ def register_ptq_method(name: str, description: str, fn: PTQFn, *, options: Mapp
 
 for _method in (*clip_methods.METHODS, adaround.METHOD, lapq.METHOD):  # the built-in methods, one entry each
     add_ptq_method(_method)
-for _method in (dfq.METHOD, squant.METHOD):  # data-free methods of document 000 Table 1 (issue 15)
+for _method in (dfq.METHOD, squant.METHOD, pdquant.METHOD):  # data-free methods of document 000 Table 1 (issue 15)
     add_ptq_method(_method)
 
 
