@@ -167,3 +167,20 @@ def test_equalize_option_of_the_config_runs_before_any_method():
     with torch.no_grad():
         ref = model(x)
         torch.testing.assert_close(result.model(x), ref, rtol=0.0, atol=0.05 * float(ref.abs().max()))
+
+
+def test_a_recipe_variant_takes_equalize():
+    from types import SimpleNamespace
+
+    from torch.utils.data import TensorDataset
+
+    from learnq.fields.ptq_config import PTQ_CONFIG_ATTR
+    from learnq.pipeline.ptq_variants import PTQ_OPTIONS, apply_ptq
+    from learnq.pipeline.sections import VariantSection
+
+    x = torch.randn(16, 3, 8, 8)
+    variant = VariantSection(method="squant", bits=4, abits=8, options={**PTQ_OPTIONS, "equalize": True})
+    out = apply_ptq(_dw_pw(), SimpleNamespace(calib=TensorDataset(x, torch.zeros(16, dtype=torch.long))), variant, 0,
+                    "cpu")
+    config = getattr(out, PTQ_CONFIG_ATTR)
+    assert config["equalize"] is True and config["method"] == "squant"
