@@ -184,3 +184,16 @@ def test_a_recipe_variant_takes_equalize():
                     "cpu")
     config = getattr(out, PTQ_CONFIG_ATTR)
     assert config["equalize"] is True and config["method"] == "squant"
+
+
+def test_tied_weights_are_not_equalized():
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    model[2].weight = model[0].weight  # one Parameter in two layers: scaling it for one pair breaks the other use
+    with torch.no_grad():
+        model[0].weight.mul_(torch.tensor([[10.0], [1.0], [0.1], [1.0]]))
+    x = torch.randn(8, 4)
+    before = model(x).detach()
+    assert [f"{p.first}->{p.second}" for p in find_pairs(model)] == ["0->2", "2->4"]
+    assert equalize(model)["pairs"] == []
+    assert torch.equal(model(x), before)

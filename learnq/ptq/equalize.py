@@ -7,8 +7,9 @@ passes only through positively homogeneous per-channel operations: ReLU (``f(s·
 identity (a folded BatchNorm), dropout, max / average pooling, and ``Flatten`` before a dense layer (channel ``i``
 then feeds the columns ``i·k .. i·k+k-1`` of W2). W2 may be grouped (depthwise → pointwise and pointwise →
 depthwise, as in MobileNet). Found by ``torch.fx`` tracing of the (BatchNorm-folded) model: every link of the chain
-has one user and each layer is called once. ReLU6 is not positively homogeneous: pairs through it are left alone
-(the paper replaces ReLU6 by ReLU, §5, which changes the network; learnq does not change the network).
+has one user, each layer is called once and holds its own weights (no tied parameter). ReLU6 is not positively
+homogeneous: pairs through it are left alone (the paper replaces ReLU6 by ReLU, §5, which changes the network;
+learnq does not change the network).
 
 **Equalization (Eq. 10-11).** With ``r1_i`` the range ``max|W1[i]|`` of output channel i of W1 and ``r2_i`` that
 of input channel i of W2, ``s_i = sqrt(r1_i · r2_i) / r2_i``; then ``W1[i] ← W1[i]/s_i``, ``b1_i ← b1_i/s_i``,
@@ -29,6 +30,7 @@ channels) for DFQ's bias correction (:mod:`learnq.ptq.dfq`); ``learnq.PTQ(equali
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -202,8 +204,12 @@ def absorb_high_bias(model: nn.Module, pair: Pair, mean: torch.Tensor, std: torc
     return c
 
 
-def _free(model: nn.Module, name: str) -> bool:
-    return not parametrize.is_parametrized(model.get_submodule(name))
+def _free(model: nn.Module, name: str, uses: Counter) -> bool:
+    """The layer's weights are plain and its own: not parametrized, not shared with another module (scaling a tied
+    weight would change its other users)."""
+    module = model.get_submodule(name)
+    return not parametrize.is_parametrized(module) and all(
+        uses[id(p)] == 1 for p in module.parameters(recurse=False))
 
 
 def equalize(model: nn.Module, bn_stats: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None, *,
@@ -218,7 +224,9 @@ def equalize(model: nn.Module, bn_stats: dict[str, tuple[torch.Tensor, torch.Ten
     if not isinstance(max_iter, int) or max_iter < 1 or not tol > 0:
         raise ConfigError("equalize needs max_iter >= 1 (integer) and tol > 0")
     stats = bn_stats if bn_stats is not None else {}
-    pairs = [p for p in find_pairs(model) if p.act != "relu6" and _free(model, p.first) and _free(model, p.second)]
+    uses = Counter(id(p) for m in model.modules() for p in m.parameters(recurse=False))
+    pairs = [p for p in find_pairs(model)
+             if p.act != "relu6" and _free(model, p.first, uses) and _free(model, p.second, uses)]
     sweeps = 0
     for sweeps in range(1, max_iter + 1):  # noqa: B007 - the count is reported
         moved = 0.0

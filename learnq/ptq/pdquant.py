@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from learnq.attach import select_weights
 from learnq.clipping import choose_clip
-from learnq.errors import ConfigError
+from learnq.errors import ConfigError, ModelError
 from learnq.grid import GridSpec, QuantizedTensor, compute_params
 from learnq.ptq.adaround import (
     beta_schedule,
@@ -56,6 +56,14 @@ from learnq.ptq.adaround import (
 from learnq.ptq.context import PTQContext, PTQMethod
 from learnq.ptq.equalize import Pair, find_pairs
 from learnq.quantized import attach_quantized, get_module, split_name
+
+
+def _log_probs(logits: Any) -> torch.Tensor:
+    """log-softmax over the last dimension, one row per prediction ((N, C), or (N·T, V) for a sequence model)."""
+    if not isinstance(logits, torch.Tensor) or logits.dim() < 2:
+        raise ModelError("PD-Quant compares the network's predictions: its forward must return a tensor of logits "
+                         f"with classes in the last dimension, got {type(logits).__name__}")
+    return F.log_softmax(logits.reshape(-1, logits.shape[-1]), dim=1)
 
 
 @torch.no_grad()
@@ -129,8 +137,8 @@ def learn_rounding_pd(model: nn.Module, module: nn.Module, weight: torch.Tensor,
             idx = torch.randint(0, n, (min(batch_size, n),), generator=gen).to(inputs.device)
             h = rectified_sigmoid(v)
             state["idx"], state["w"] = idx, (torch.clamp(floor + h, qmin, qmax) * scale + offset).to(weight.dtype)
-            logits = model(inputs[idx])
-            loss = F.kl_div(F.log_softmax(logits, dim=1), log_p_float[idx], log_target=True, reduction="batchmean")
+            loss = F.kl_div(_log_probs(model(inputs[idx])), log_p_float[idx].reshape(-1, log_p_float.shape[-1]),
+                            log_target=True, reduction="batchmean")
             if mse_weight > 0:
                 err = (state["out"] - (target[idx] - (0 if bias is None else bias))).pow(2).reshape(len(idx), -1)
                 loss = loss + mse_weight * (err.sum(dim=1) / tnorm[idx]).mean()
@@ -174,7 +182,8 @@ def _pdquant(ctx: PTQContext) -> dict[str, Any]:
         model = ctx.model.eval()
         inputs = ctx.inputs.to(ctx.device)
         float_model = copy.deepcopy(model)
-        log_p = F.log_softmax(_batched(float_model, inputs), dim=1)
+        logits = _batched(float_model, inputs)
+        log_p = _log_probs(logits).reshape(*logits.shape)  # one row of log-probabilities per sample (and position)
         pairs = {p.second: p for p in find_pairs(model)}
         names = select_weights(model, ctx.selection)[0]
         for i, name in enumerate(tqdm(names, desc="pdquant", unit="layer", disable=not ctx.progress)):
