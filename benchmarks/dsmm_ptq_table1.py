@@ -187,6 +187,21 @@ def report() -> str:
     return "\n".join(lines) + "\n"
 
 
+BEGIN, END = "<!-- dsmm_ptq_table1.py: begin -->", "<!-- dsmm_ptq_table1.py: end -->"
+
+
+def update_benchmarks_md(md: str) -> None:
+    """Rewrite this benchmark's section of BENCHMARKS.md (between its markers; appended the first time)."""
+    path = Path(__file__).resolve().parent / "BENCHMARKS.md"
+    text = path.read_text()
+    block = f"{BEGIN}\n{md}{END}\n"
+    if BEGIN in text and END in text:
+        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END) + 1:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    path.write_text(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=list(TRAIN), choices=list(TRAIN))
@@ -204,6 +219,11 @@ def main() -> None:
     md = report()
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "dsmm_ptq_table1.md").write_text(md)
+    aimet = RESULTS / "dfq_aimet.md"
+    if aimet.is_file():
+        md += ("\nSide by side with AIMET's cross-layer equalization (`benchmarks/dfq_aimet.py`, seed 0, every layer "
+               "quantized, per-tensor min-max weights, 8-bit min-max activations; accuracy %):\n\n" + aimet.read_text())
+    update_benchmarks_md(md)
     print(md)
 
 
