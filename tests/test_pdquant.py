@@ -11,7 +11,7 @@ from learnq.granularity import Granularity
 from learnq.grid import GridSpec, compute_params
 from learnq.ptq import quantize
 from learnq.ptq.adaround import capture_inputs
-from learnq.ptq.pdquant import distribution_correction, learn_rounding_pd
+from learnq.ptq.pdquant import blocks, distribution_correction, learn_rounding_pd
 
 
 def test_distribution_correction_hand_computation():
@@ -42,7 +42,7 @@ def test_learned_rounding_lowers_prediction_difference_below_nearest():
     spec = GridSpec(bits=2, scheme="symmetric", granularity=Granularity.parse("tensor"))
     w = model.fc1.weight.detach().clone()
     target = F.linear(capture_inputs(model, model.fc1, x), w)
-    qt, info = learn_rounding_pd(model, model.fc1, w, spec, x, log_p, target, iterations=300, seed=0)
+    [(qt, info)] = learn_rounding_pd(model, [model.fc1], spec, x, log_p, [target], iterations=300, seed=0)
     learned = qt.dequantize()
     params = compute_params(w, spec)
     nearest = torch.clamp(torch.round(w / params.scale), *spec.qrange()) * params.scale
@@ -67,3 +67,29 @@ def test_pdquant_method_corrects_inputs_after_batchnorm():
     assert [(i["name"], i["corrected"]) for i in result.extra["pdquant"]] == [
         ("c1.weight", False), ("c2.weight", True), ("fc.weight", False)]
     assert [row.get("abits") for row in result.layers] == [8, 8, 8]
+
+
+def test_blocks_group_consecutive_layers_by_name_prefix():
+    names = ["stem.conv.weight", "blocks.0.block.depthwise.conv.weight", "blocks.0.block.project.conv.weight",
+             "blocks.1.block.expand.conv.weight", "fc.weight"]
+    assert blocks(names, 0) == [[n] for n in names]
+    assert blocks(names, 2) == [["stem.conv.weight"], names[1:3], [names[3]], ["fc.weight"]]
+
+
+def test_block_reconstruction_learns_two_layers_jointly():
+    torch.manual_seed(5)
+    model = nn.Sequential(OrderedDict([("b", nn.Sequential(OrderedDict([("fc1", nn.Linear(8, 16)), ("relu", nn.ReLU()),
+                                                                        ("fc2", nn.Linear(16, 16))]))),
+                                       ("relu", nn.ReLU()), ("out", nn.Linear(16, 4))]))
+    model.eval()
+    x = torch.randn(128, 8)
+    result = quantize(model, x, learnq.PTQ(method="pdquant", wbits=2, abits=32, options={"iterations": 200,
+                                                                                         "block_depth": 1}),
+                      progress=False)
+    assert [i["name"] for i in result.extra["pdquant"]] == ["b.fc1.weight", "b.fc2.weight", "out.weight"]
+    assert all(i["flipped"] > 0 for i in result.extra["pdquant"])
+    with torch.no_grad():
+        kl_learned = _kl(result.model, x, F.log_softmax(model(x), dim=1))
+        nearest = quantize(model, x, learnq.PTQ(method="minmax", wbits=2, abits=32), progress=False).model
+        kl_nearest = _kl(nearest, x, F.log_softmax(model(x), dim=1))
+    assert kl_learned < kl_nearest

@@ -11,8 +11,10 @@ the layer's local output error, the **prediction difference** of the whole netwo
 where ``p = softmax`` of the logits, ``p_q`` is the prediction of the network whose earlier layers are already
 quantized, whose current layer computes with ``W̃`` and whose later layers are still float, and ``O``/``Õ`` are the
 layer's float and quantized outputs (the paper's regularisation against over-fitting the small calibration set;
-here relative to ``‖O‖²`` so that both terms have the same scale for every layer). Reconstruction goes layer by
-layer (the paper uses BRECQ's blocks; a layer is a block of one here).
+here relative to ``‖O‖²`` so that both terms have the same scale for every layer; summed over the block's layers).
+Reconstruction goes block by block, the rounding of a block's layers learned jointly: the paper uses BRECQ's blocks
+(residual blocks); option ``block_depth`` groups consecutive layers whose names share their first ``block_depth``
+components (2: ``blocks.3.*`` of MobileNetV2-small), 0 (default) makes every layer its own block.
 
 **Distribution correction (§3.3).** The calibration activations feeding a layer are corrected towards the
 statistics the network was trained on: when the layer before it had a BatchNorm (folded; its ``(β, |γ|)`` in
@@ -22,8 +24,9 @@ calibration set (quantized model) is moved per channel towards ``N(β, γ²)``:
     z' = μ' + (z - μ̂)·σ'/σ̂,     μ' = (1 - ρ)·μ̂ + ρ·β,     σ' = (1 - ρ)·σ̂ + ρ·|γ|
 
 (μ̂, σ̂: the calibration batch's mean and standard deviation per channel; ρ: option ``dc_strength``), and the layer
-is reconstructed on ``act(z')``. This closed form is the fixed point family of the paper's Eq. 9 (BN-statistics
-loss plus a penalty for moving away from ``z``), solved per channel instead of by gradient steps.
+is reconstructed on ``act(z')`` (the first layer of a block; the others see what the block computes). This closed
+form is the fixed point family of the paper's Eq. 9 (BN-statistics loss plus a penalty for moving away from ``z``),
+solved per channel instead of by gradient steps.
 
 Activations stay in float while the rounding is learned; input quantizers are attached afterwards (α by option
 ``act_clip``), as for AdaRound. Defaults: 500 iterations per layer (batch 32, Adam lr 5e-2, λ_mse = 0.01,
@@ -98,67 +101,117 @@ def _act(kind: str, z: torch.Tensor) -> torch.Tensor:
     return {"relu": F.relu, "relu6": F.relu6}.get(kind, lambda t: t)(z)
 
 
-def learn_rounding_pd(model: nn.Module, module: nn.Module, weight: torch.Tensor, spec: GridSpec,
-                      inputs: torch.Tensor, log_p_float: torch.Tensor, target: torch.Tensor, *,
-                      layer_input: torch.Tensor | None = None, clip: torch.Tensor | None = None,
-                      iterations: int = 500, lr: float = 5e-2, reg_weight: float = 0.1, mse_weight: float = 0.01,
-                      beta_range: tuple[float, float] = (20.0, 2.0), warmup: float = 0.2, batch_size: int = 32,
-                      seed: int = 0, name: str = "weight") -> tuple[QuantizedTensor, dict[str, Any]]:
-    """Learn ``module``'s rounding by the loss of the module docstring; ``layer_input``: the (corrected) inputs of
-    the layer for each calibration sample, replacing what the model computes there (None: the model's own)."""
-    fn = layer_function(module)
-    g = spec.granularity
-    w = weight.detach().float()
-    params = compute_params(w, spec, clip=clip, name=name)
-    scale, offset = g.expand(params.scale, w.shape), g.expand(params.offset, w.shape)
-    qmin, qmax = spec.qrange()
-    scaled = (w - offset) / scale
-    floor = torch.floor(scaled)
-    v = inverse_rectified_sigmoid(scaled - floor).requires_grad_(True)
-    opt = torch.optim.Adam([v], lr=lr)
-    bias = None if module.bias is None else module.bias.detach().reshape(
-        [-1] + [1] * (weight.dim() - 2) if weight.dim() > 2 else [-1])
-    state: dict[str, Any] = {}
+class _Rounding:
+    """One layer's rounding variables ``V`` and its soft weight ``W̃(V)`` (AdaRound's parametrisation)."""
 
-    def pre_hook(_m: nn.Module, args: tuple) -> tuple | None:
-        return (layer_input[state["idx"]],) if layer_input is not None else None
+    def __init__(self, weight: torch.Tensor, spec: GridSpec, clip: torch.Tensor | None, name: str) -> None:
+        g = spec.granularity
+        self.weight, self.spec, self.name = weight, spec, name
+        w = weight.detach().float()
+        self.params = compute_params(w, spec, clip=clip, name=name)
+        self.scale, self.offset = g.expand(self.params.scale, w.shape), g.expand(self.params.offset, w.shape)
+        self.qmin, self.qmax = spec.qrange()
+        self.scaled = (w - self.offset) / self.scale
+        self.floor = torch.floor(self.scaled)
+        self.v = inverse_rectified_sigmoid(self.scaled - self.floor).requires_grad_(True)
 
-    def hook(_m: nn.Module, args: tuple, _out: torch.Tensor) -> torch.Tensor:
-        out = fn(args[0], state["w"])
-        state["out"] = out
-        return out if bias is None else out + bias
+    def soft(self) -> tuple[torch.Tensor, torch.Tensor]:
+        h = rectified_sigmoid(self.v)
+        return h, (torch.clamp(self.floor + h, self.qmin, self.qmax) * self.scale + self.offset).to(self.weight.dtype)
 
-    handles = [module.register_forward_pre_hook(pre_hook), module.register_forward_hook(hook)]
+    @torch.no_grad()
+    def hard(self, corrected: bool) -> tuple[QuantizedTensor, dict[str, Any]]:
+        codes = torch.clamp(self.floor + (self.v >= 0).float(), self.qmin, self.qmax)
+        nearest = torch.clamp(torch.round(self.scaled), self.qmin, self.qmax)
+        qt = QuantizedTensor(codes=codes.to(torch.int32).to(self.weight.device), scale=self.params.scale,
+                             offset=self.params.offset, granularity=self.spec.granularity, bits=self.spec.bits,
+                             qmin=self.qmin, scheme=self.spec.scheme, method="pdquant", dtype=self.weight.dtype)
+        return qt, {"name": self.name, "flipped": int((codes != nearest).sum()), "numel": codes.numel(),
+                    "corrected": corrected}
+
+
+def learn_rounding_pd(model: nn.Module, modules: list[nn.Module], spec: GridSpec, inputs: torch.Tensor,
+                      log_p_float: torch.Tensor, targets: list[torch.Tensor], *,
+                      layer_inputs: list[torch.Tensor | None] | None = None,
+                      clips: list[torch.Tensor | None] | None = None, iterations: int = 500, lr: float = 5e-2,
+                      reg_weight: float = 0.1, mse_weight: float = 0.01, beta_range: tuple[float, float] = (20.0, 2.0),
+                      warmup: float = 0.2, batch_size: int = 32, seed: int = 0,
+                      names: list[str] | None = None) -> list[tuple[QuantizedTensor, dict[str, Any]]]:
+    """Learn the rounding of the layers ``modules`` of one block jointly by the loss of the module docstring.
+
+    ``targets[k]``: layer k's float output without bias on the float model's inputs (per calibration sample);
+    ``layer_inputs[k]``: the (corrected) inputs of layer k, replacing what the model computes there (None: the
+    model's own). Returns the hard-rounded :class:`QuantizedTensor` (method ``"pdquant"``) and a report per layer.
+    """
+    count = len(modules)
+    layer_inputs = layer_inputs or [None] * count
+    clips = clips or [None] * count
+    names = names or [f"layer{k}" for k in range(count)]
+    fns = [layer_function(m) for m in modules]
+    roundings = [_Rounding(m.weight.detach(), spec, c, nm) for m, c, nm in zip(modules, clips, names, strict=True)]
+    opt = torch.optim.Adam([r.v for r in roundings], lr=lr)
+    biases = [None if m.bias is None else m.bias.detach().reshape([-1] + [1] * (m.weight.dim() - 2))
+              for m in modules]
+    state: dict[str, Any] = {"w": [None] * count, "out": [None] * count}
+
+    def hooks(k: int) -> tuple:
+        def pre_hook(_m: nn.Module, args: tuple) -> tuple | None:
+            return (layer_inputs[k][state["idx"]],) if layer_inputs[k] is not None else None
+
+        def hook(_m: nn.Module, args: tuple, _out: torch.Tensor) -> torch.Tensor:
+            out = fns[k](args[0], state["w"][k])
+            state["out"][k] = out
+            return out if biases[k] is None else out + biases[k]
+
+        return pre_hook, hook
+
+    handles = []
+    for k, m in enumerate(modules):
+        pre, post = hooks(k)
+        handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
     gen = torch.Generator(device="cpu").manual_seed(seed)
     n = inputs.shape[0]
-    tnorm = target.pow(2).reshape(n, -1).sum(dim=1).clamp(min=1e-12)
+    tnorms = [t.pow(2).reshape(n, -1).sum(dim=1).clamp(min=1e-12) for t in targets]
     try:
         for step in range(iterations):
             idx = torch.randint(0, n, (min(batch_size, n),), generator=gen).to(inputs.device)
-            h = rectified_sigmoid(v)
-            state["idx"], state["w"] = idx, (torch.clamp(floor + h, qmin, qmax) * scale + offset).to(weight.dtype)
+            soft = [r.soft() for r in roundings]
+            state["idx"], state["w"] = idx, [w for _, w in soft]
+            state["out"] = [None] * count
             loss = F.kl_div(_log_probs(model(inputs[idx])), log_p_float[idx].reshape(-1, log_p_float.shape[-1]),
                             log_target=True, reduction="batchmean")
-            if mse_weight > 0:
-                err = (state["out"] - (target[idx] - (0 if bias is None else bias))).pow(2).reshape(len(idx), -1)
-                loss = loss + mse_weight * (err.sum(dim=1) / tnorm[idx]).mean()
             beta = beta_schedule(step, iterations, warmup=warmup, start=beta_range[0], end=beta_range[1])
-            if beta is not None and reg_weight > 0:
-                loss = loss + reg_weight * rounding_regularizer(h, beta) / h.numel()
+            for k in range(count):
+                out = state["out"][k]
+                if mse_weight > 0 and out is not None:
+                    err = (out - targets[k][idx]).pow(2).reshape(len(idx), -1)
+                    loss = loss + mse_weight * (err.sum(dim=1) / tnorms[k][idx]).mean()
+                if beta is not None and reg_weight > 0:
+                    h = soft[k][0]
+                    loss = loss + reg_weight * rounding_regularizer(h, beta) / h.numel()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
     finally:
         for handle in handles:
             handle.remove()
-    with torch.no_grad():
-        codes = torch.clamp(floor + (v >= 0).float(), qmin, qmax)
-        nearest = torch.clamp(torch.round(scaled), qmin, qmax)
-    qt = QuantizedTensor(codes=codes.to(torch.int32).to(weight.device), scale=params.scale, offset=params.offset,
-                         granularity=g, bits=spec.bits, qmin=qmin, scheme=spec.scheme, method="pdquant",
-                         dtype=weight.dtype)
-    return qt, {"name": name, "flipped": int((codes != nearest).sum()), "numel": w.numel(),
-                "corrected": layer_input is not None}
+    return [r.hard(x is not None) for r, x in zip(roundings, layer_inputs, strict=True)]
+
+
+def blocks(names: list[str], depth: int) -> list[list[str]]:
+    """Consecutive weight names grouped into blocks: the same first ``depth`` components of the layer's name
+    (``depth`` 0: every layer its own block; 2 groups ``blocks.3.block.*`` of MobileNetV2-small)."""
+    out: list[list[str]] = []
+    key = None
+    for name in names:
+        parts = split_name(name)[0].split(".")
+        k = ".".join(parts[:depth]) if 0 < depth < len(parts) else split_name(name)[0]
+        if out and k == key:
+            out[-1].append(name)
+        else:
+            out.append([name])
+        key = k
+    return out
 
 
 def _dc_pair(pair: Pair | None, ctx: PTQContext) -> bool:
@@ -167,7 +220,7 @@ def _dc_pair(pair: Pair | None, ctx: PTQContext) -> bool:
 
 OPTIONS: dict[str, Any] = {"iterations": 500, "lr": 5e-2, "reg_weight": 0.1, "mse_weight": 0.01, "beta_start": 20.0,
                            "beta_end": 2.0, "warmup": 0.2, "round_batch_size": 32, "dc": True, "dc_strength": 0.5,
-                           "clip": "mse", "act_clip": "mse"}
+                           "block_depth": 0, "clip": "mse", "act_clip": "mse"}
 
 
 def _pdquant(ctx: PTQContext) -> dict[str, Any]:
@@ -186,31 +239,40 @@ def _pdquant(ctx: PTQContext) -> dict[str, Any]:
         log_p = _log_probs(logits).reshape(*logits.shape)  # one row of log-probabilities per sample (and position)
         pairs = {p.second: p for p in find_pairs(model)}
         names = select_weights(model, ctx.selection)[0]
-        for i, name in enumerate(tqdm(names, desc="pdquant", unit="layer", disable=not ctx.progress)):
-            module_name, param = split_name(name)
-            if param != "weight":
-                raise ConfigError(f"PD-Quant rounds layer weights only, not {name!r}; select weights (biases=False)")
-            module = get_module(model, module_name)
-            weight = module.weight.detach()
-            clip = None if opts["clip"] == "minmax" else choose_clip(weight, ctx.wspec, opts["clip"])
-            x_float = capture_inputs(float_model, get_module(float_model, module_name), inputs, device=ctx.device)
-            fn = layer_function(module)
-            with torch.no_grad():
-                target = torch.cat([fn(x_float[j:j + 256], weight) for j in range(0, x_float.shape[0], 256)])
-            corrected = None
-            pair = pairs.get(module_name)
-            if opts["dc"] and opts["dc_strength"] > 0 and _dc_pair(pair, ctx):
-                z = capture_outputs(model, get_module(model, pair.first), inputs)
-                mean, std = ctx.bn_stats[pair.first]
-                corrected = _act(pair.act, distribution_correction(z, mean, std, opts["dc_strength"]))
-            qt, info = learn_rounding_pd(model, module, weight, ctx.wspec, inputs, log_p, target,
-                                         layer_input=corrected, clip=clip, iterations=opts["iterations"],
-                                         lr=opts["lr"], reg_weight=opts["reg_weight"], mse_weight=opts["mse_weight"],
-                                         beta_range=(opts["beta_start"], opts["beta_end"]), warmup=opts["warmup"],
-                                         batch_size=opts["round_batch_size"], seed=ctx.seed + i, name=name)
-            attach_quantized(model, name, qt)
-            ctx.weights[name] = module.parametrizations[param][-1]
-            infos.append(info)
+        bad = [n for n in names if split_name(n)[1] != "weight"]
+        if bad:
+            raise ConfigError(f"PD-Quant rounds layer weights only, not {bad}; select weights (biases=False)")
+        groups = blocks(names, opts["block_depth"])
+        for i, group in enumerate(tqdm(groups, desc="pdquant", unit="block", disable=not ctx.progress)):
+            modules, targets, corrected, clips = [], [], [], []
+            for name in group:
+                module_name = split_name(name)[0]
+                module = get_module(model, module_name)
+                weight = module.weight.detach()
+                clips.append(None if opts["clip"] == "minmax" else choose_clip(weight, ctx.wspec, opts["clip"]))
+                x_float = capture_inputs(float_model, get_module(float_model, module_name), inputs,
+                                         device=ctx.device)
+                fn = layer_function(module)
+                with torch.no_grad():
+                    targets.append(torch.cat([fn(x_float[j:j + 256], weight)
+                                              for j in range(0, x_float.shape[0], 256)]))
+                pair = pairs.get(module_name)
+                x_dc = None
+                if opts["dc"] and opts["dc_strength"] > 0 and _dc_pair(pair, ctx) and name == group[0]:
+                    z = capture_outputs(model, get_module(model, pair.first), inputs)
+                    mean, std = ctx.bn_stats[pair.first]
+                    x_dc = _act(pair.act, distribution_correction(z, mean, std, opts["dc_strength"]))
+                modules.append(module)
+                corrected.append(x_dc)
+            results = learn_rounding_pd(model, modules, ctx.wspec, inputs, log_p, targets, layer_inputs=corrected,
+                                        clips=clips, iterations=opts["iterations"], lr=opts["lr"],
+                                        reg_weight=opts["reg_weight"], mse_weight=opts["mse_weight"],
+                                        beta_range=(opts["beta_start"], opts["beta_end"]), warmup=opts["warmup"],
+                                        batch_size=opts["round_batch_size"], seed=ctx.seed + i, names=group)
+            for name, module, (qt, info) in zip(group, modules, results, strict=True):
+                attach_quantized(model, name, qt)
+                ctx.weights[name] = module.parametrizations["weight"][-1]
+                infos.append(info)
     ctx.attach_activations(clip=opts["act_clip"])
     return {"pdquant": infos}
 
@@ -219,4 +281,4 @@ METHOD = PTQMethod("pdquant", "PD-Quant (Liu et al. 2023): AdaRound rounding lea
                    "difference (KL of outputs), BN-statistics distribution correction", _pdquant, options=OPTIONS,
                    quick={"iterations": 20})
 
-__all__ = ["METHOD", "OPTIONS", "capture_outputs", "distribution_correction", "learn_rounding_pd"]
+__all__ = ["METHOD", "OPTIONS", "blocks", "capture_outputs", "distribution_correction", "learn_rounding_pd"]
