@@ -111,14 +111,16 @@ def learnq_rows(net, splits, wbits: int, abits: int) -> dict[str, dict]:
 
 
 def main() -> None:
-    from dsmm_ptq_table1 import model_file
+    from dsmm_ptq_table1 import CACHE, MODEL_FILE, PILOT
 
     torch.set_num_threads(1)
     data = json.loads(OUT.read_text()) if OUT.is_file() else {}
     for model in ("lenet", "mobilenetv2-small"):
         for reg in ("l2", "heavy-l2", "dsmm"):
-            path = model_file(model, reg, 0)
-            if not path.is_file():
+            # the float models the table's benchmark has already (never trained here)
+            path = next((p for p in (PILOT / model / reg / "seed0.safetensors", CACHE / model / reg / "seed0" /
+                                     MODEL_FILE) if p.is_file()), None)
+            if path is None:
                 continue
             net, splits, _ = rebuild(path)
             net.eval()
