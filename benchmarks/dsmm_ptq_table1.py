@@ -180,6 +180,13 @@ def report() -> str:
             secs.setdefault(f"{k.split('/')[0]} {k.split('/')[-1]}", []).append(v["seconds"])
     lines += ["Median seconds per quantization (calibration + method, one thread, busy machine): " + ", ".join(
         f"{k} {statistics.median(v):.1f}" for k, v in sorted(secs.items())) + ".", "",
+        "Notes. The DSMM models are the issue-17 pilot's (α learning rate 5, option `alpha_lr`, which main's DSMM "
+        "does not have yet): seeds after 0 cannot be trained here until that lands, so DSMM has n=1. "
+        "MobileNetV2-small: AdaRound and PD-Quant with 100 iterations per layer (`options` per run in the JSON); "
+        "its ReLU6 pairs are not equalized by learnq's CLE (not positively homogeneous), so DFQ there is mostly the "
+        "BN bias correction. At W2 learnq's symmetric grid has levels {-2, -1, 0, 1}·max|w| per tensor: most weights "
+        "round to 0, which is why naive, DFQ and SQuant (both keep the min-max range) collapse and the methods that "
+        "choose the range by MSE and learn the rounding do not.", "",
         "Document 000 (ImageNet-1K top-1 %, MobileNet-V2; columns FP32, naive, DFQ, AR, SQ, PD-Q):", ""]
     for table, rows in PAPER.items():
         for reg, vals in rows.items():
