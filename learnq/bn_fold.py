@@ -185,4 +185,19 @@ def fold_batchnorm(model: nn.Module, inplace: bool = False,
     return target
 
 
-__all__ = ["FOLDED_BN_ATTR", "find_conv_bn_pairs", "fold_batchnorm", "foldable", "folded_weights"]
+@torch.no_grad()
+def bn_statistics(model: nn.Module, pairs: list[tuple[str, str]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``{layer: (β, |γ|)}`` for each (layer, BatchNorm) pair: the per-channel mean and standard deviation of the
+    BatchNorm's output, which the folded layer's pre-activation has (read before folding; used by data-free methods,
+    Nagel et al. 2019 §4.1.1 and §4.2). A BatchNorm without affine parameters gives (0, 1)."""
+    out = {}
+    for layer_name, bn_name in pairs:
+        bn = model.get_submodule(bn_name)
+        n = bn.num_features
+        beta = bn.bias.detach().float().clone() if bn.bias is not None else torch.zeros(n)
+        gamma = bn.weight.detach().float().abs().clone() if bn.weight is not None else torch.ones(n)
+        out[layer_name] = (beta, gamma)
+    return out
+
+
+__all__ = ["FOLDED_BN_ATTR", "bn_statistics", "find_conv_bn_pairs", "fold_batchnorm", "foldable", "folded_weights"]

@@ -74,12 +74,14 @@ def test_same_defaults_in_python_recipes_and_the_cli():
 
     defaults = {f.name: f.default for f in dataclasses.fields(PTQ) if f.default is not dataclasses.MISSING}
     assert {k: v for k, v in PTQ_OPTIONS.items() if k != "calib_samples"} == {
-        k: defaults[k] for k in ("bias_correction", "variance_correction", "act_per_channel", "skip_first_last")}
+        k: defaults[k] for k in ("bias_correction", "variance_correction", "act_per_channel", "skip_first_last",
+                                 "equalize")}
     variant = VariantSection(method="mse")
     assert (variant.granularity, variant.scheme) == (defaults["granularity"], defaults["scheme"])
     args = build_parser().parse_args(["quantize", "some.safetensors"])
     assert (args.method, args.wbits, args.abits, args.granularity, args.bias_correction) == (
         defaults["method"], defaults["wbits"], defaults["abits"], defaults["granularity"], defaults["bias_correction"])
+    assert args.equalize == defaults["equalize"]
 
 
 def test_a_recipe_variant_builds_the_same_config():

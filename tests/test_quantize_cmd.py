@@ -206,3 +206,25 @@ def test_issue15_methods_from_the_command_line(model_file, tmp_path, capsys, met
     config = learnq.load(out).metadata["ptq_config"]
     key, _, value = option.partition("=")
     assert config["method"] == method and config["options"][key] == json.loads(value)
+
+
+@pytest.mark.parametrize("args", [["--method", "dfq"], ["--method", "squant", "--equalize"],
+                                  ["--method", "pdquant", "--option", "iterations=5"]])
+def test_document_000_methods_round_trip(args, tmp_path, capsys) -> None:
+    # DFQ's CLE rewrites float weights and biases, SQuant and PD-Quant freeze their own codes: the file keeps them
+    splits = load_dataset("synthetic", seed=0, input_shape=(3, 8, 8), size=120, calib_size=16)
+    torch.manual_seed(0)
+    spec = model_spec("mobilenetv2-small", (3, 8, 8), 10, width_mult=0.25, last_channels=32)
+    model = model_from_spec(spec)
+    with torch.no_grad():
+        model(splits.train.tensors[0])
+    model.eval()
+    path = tmp_path / "mnv2.safetensors"
+    learnq.save(model, path, metadata={"model": spec, "data": splits.preprocessing})
+    out = tmp_path / "q.safetensors"
+    code, text, _ = _run(capsys, "quantize", str(path), *args, "--wbits", "4", "--abits", "8", "--calib", "16",
+                         "--out", str(out), "--json")
+    assert code == 0
+    report = json.loads(text)
+    assert report["accuracy"] == report["accuracy_before_save"]
+    assert learnq.load(out).metadata["ptq_config"]["equalize"] == ("--equalize" in args)

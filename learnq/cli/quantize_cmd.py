@@ -51,6 +51,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                              "axis:K, group:G")
     parser.add_argument("--bias-correction", action="store_true",
                         help="per-channel bias correction of the quantized weights (Banner et al.)")
+    parser.add_argument("--equalize", action="store_true",
+                        help="cross-layer equalization and high-bias absorption (DFQ, Nagel et al. 2019) after "
+                             "BatchNorm folding, before the method")
     parser.add_argument("--skip-first-last", choices=("yes", "no"), default=None,
                         help="leave the first and last layers in float (default: the method's choice)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
@@ -102,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
         data["sizes"]["calib"] = min(args.calib, int(data["sizes"]["train"]))
     splits = dataset_from_preprocessing(data)
     config = PTQ(method=args.method, wbits=args.wbits, abits=args.abits, granularity=args.granularity,
-                 skip_first_last=skip, bias_correction=args.bias_correction, options=options, target=args.target)
+                 skip_first_last=skip, bias_correction=args.bias_correction, equalize=args.equalize,
+                 options=options, target=args.target)
     result = quantize(model, splits.calib, config, device=args.device, seed=args.seed, progress=show_progress(args))
     before = evaluate(result.model, splits.test, device=args.device, batch_size=EVAL_BATCH)
     out = Path(args.out).expanduser() if args.out else default_out(src, args.method, result.wbits, result.abits)
@@ -111,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
     if out.resolve() == src.resolve():
         raise ConfigError(f"--out {out} is the input file; give another path")
     ptq = {"method": result.method, "wbits": result.wbits, "abits": result.abits, "calib": len(splits.calib),
-           "granularity": args.granularity, "bias_correction": args.bias_correction, "options": options,
+           "granularity": args.granularity, "bias_correction": args.bias_correction, "equalize": args.equalize,
+           "options": options,
            "seed": args.seed, "source": str(src), "target": args.target, "calib_seconds": result.calib_seconds,
            "loss_evals": result.loss_evals, "skipped": result.skipped}
     metadata = {k: v for k, v in meta.items() if k not in ("variant", "metrics", "ptq")}

@@ -20,7 +20,8 @@ bits (32: float).
 ``options`` holds the method's own keys (``PTQ_METHODS[name].options``, e.g. lapq's ``maxiter``, aciq's
 ``distribution``) and the keys of :data:`PTQ_OPTIONS`: the PTQ config's ``bias_correction``,
 ``variance_correction``, ``act_per_channel``, ``skip_first_last`` (unset: the method's default, LAPQ's is to leave
-the first and last layers in float), with the config's defaults, and ``calib_samples`` (use only the first N
+the first and last layers in float), ``equalize`` (DFQ's cross-layer equalization first), with the config's
+defaults, and ``calib_samples`` (use only the first N
 samples of the calibration split; 0: all of it).
 
 ``minmax`` is both the weight-only min-max PTQ of :mod:`learnq.pipeline.variants` (``bits_overrides`` and
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
     from learnq.pipeline.data import Splits
     from learnq.pipeline.sections import VariantSection
 
-_CONFIG_OPTIONS = ("bias_correction", "variance_correction", "act_per_channel", "skip_first_last")
+_CONFIG_OPTIONS = ("bias_correction", "variance_correction", "act_per_channel", "skip_first_last", "equalize")
 PTQ_OPTIONS: dict[str, Any] = {**{name: getattr(PTQ, name) for name in _CONFIG_OPTIONS}, "calib_samples": 0}
 """The pipeline's keys of a PTQ variant's ``options`` (arguments of ``learnq.ptq.quantize``), with their defaults."""
 

@@ -30,11 +30,12 @@ from torch import nn
 from learnq.act.integer_graph import attach_integer_target
 from learnq.attach import LAYER_TYPES, Selection, check_finite, select_weights
 from learnq.batches import calibration_batches
-from learnq.bn_fold import FOLDED_BN_ATTR, find_conv_bn_pairs, fold_batchnorm
+from learnq.bn_fold import FOLDED_BN_ATTR, bn_statistics, find_conv_bn_pairs, fold_batchnorm
 from learnq.errors import ConfigError, ModelError
 from learnq.fields.ptq_config import PTQ_CONFIG_ATTR
 from learnq.ptq.config import PTQ
 from learnq.ptq.context import PTQContext
+from learnq.ptq.equalize import equalize
 from learnq.quantized import full_name, get_module, holders, quantized_parameters, split_name
 
 
@@ -156,8 +157,10 @@ def quantize(model: nn.Module, calibration_data: Any, config: PTQ | None = None,
         targets = torch.cat([torch.as_tensor(y).detach().cpu() for _, y in batches])
     work = model if inplace else copy.deepcopy(model)
     work.eval()
+    bn_stats: dict = {}
     if config.fold_bn:
         pairs = [list(p) for p in find_conv_bn_pairs(work)]
+        bn_stats = bn_statistics(work, [(a, b) for a, b in pairs])
         work = fold_batchnorm(work, inplace=True)
         if pairs:  # learnq.save records them, learnq.load folds a fresh model the same way
             setattr(work, FOLDED_BN_ATTR, list(getattr(work, FOLDED_BN_ATTR, None) or []) + pairs)
@@ -181,8 +184,12 @@ def quantize(model: nn.Module, calibration_data: Any, config: PTQ | None = None,
                      selection=sel, bias_correction=config.bias_correction,
                      variance_correction=config.variance_correction, act_per_channel=config.act_per_channel,
                      device=torch_device, seed=seed, progress=bool(progress) and sys.stderr.isatty(),
-                     options=dict(config.options), method=info.name, batch_size=batch_size, config=config)
+                     options=dict(config.options), method=info.name, batch_size=batch_size, config=config,
+                     bn_stats={k: (m.to(torch_device), sd.to(torch_device)) for k, (m, sd) in bn_stats.items()})
+    equalized = equalize(work, ctx.bn_stats) if config.equalize else None  # DFQ's CLE before any method
     extra = dict(info.fn(ctx) or {})
+    if equalized is not None:
+        extra["equalize"] = equalized
     if integer:
         plan = attach_integer_target(work, inputs, device=torch_device, batch_size=batch_size)
         extra["integer_target"] = {"target": config.target, "edges": len(plan.edges),

@@ -17,6 +17,8 @@ Fields (the defaults are the defaults of the CLI and of recipes too):
   ``skip_first_last``: leave the first and last layers in float (None: the method's default, LAPQ's is True);
 * ``bias_correction`` / ``variance_correction``: per-channel corrections of the quantized weights (Banner et al.);
 * ``fold_bn``: fold BatchNorm into the layer before it first;
+* ``equalize``: cross-layer equalization and high-bias absorption (DFQ, :mod:`learnq.ptq.equalize`) after folding,
+  before the method.
 * ``target``: None (fake quantization at the layer inputs, the default) or ``"onnxruntime"``: the integer deployment
   target (:mod:`learnq.act.integer_graph`): W8A8 (weights symmetric int8 per channel or per tensor, every tensor an
   integer kernel reads on a uint8 asymmetric grid, min/max calibrated) simulated as onnxruntime's integer kernels
@@ -64,6 +66,7 @@ class PTQ:
     variance_correction: bool = False
     act_per_channel: bool = False
     fold_bn: bool = True
+    equalize: bool = False
     options: dict[str, Any] = field(default_factory=dict)
     target: str | None = None
 
@@ -89,7 +92,7 @@ class PTQ:
         if self.skip_first_last is not None and not isinstance(self.skip_first_last, bool):
             raise ConfigError(f"PTQ.skip_first_last must be True, False or None (the method's default), got "
                               f"{self.skip_first_last!r}")
-        for name in ("bias_correction", "variance_correction", "act_per_channel", "fold_bn"):
+        for name in ("bias_correction", "variance_correction", "act_per_channel", "fold_bn", "equalize"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"PTQ.{name} must be True or False, got {getattr(self, name)!r}")
         self._check_target()

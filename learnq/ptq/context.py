@@ -69,6 +69,9 @@ class PTQContext:
     weights: dict[str, nn.Module] = field(default_factory=dict)
     activations: dict[str, ActQuantizer] = field(default_factory=dict)
     config: Any = None  # the learnq.ptq.PTQ config being applied
+    bn_stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    """``{layer: (mean, std)}`` per output channel of the layer's pre-activation, from the BatchNorm folded into it
+    (:func:`learnq.bn_fold.bn_statistics`), kept true by cross-layer equalization (data-free methods read it)."""
 
     def attach_weights(self, clip: Any = "minmax", **clip_options: Any) -> dict[str, PTQWeight]:
         """PTQWeight on every selected weight, α by clipping rule ``clip`` (nothing when weights stay in float)."""

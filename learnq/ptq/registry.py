@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from learnq.errors import ConfigError
-from learnq.ptq import adaround, clip_methods, kmeans, lapq
+from learnq.ptq import adaround, clip_methods, dfq, kmeans, lapq, pdquant, squant
 from learnq.ptq.adaquant import METHOD as ADAQUANT
 from learnq.ptq.context import PTQFn, PTQMethod
 from learnq.ptq.gptq import METHOD as GPTQ
@@ -38,6 +38,8 @@ for _method in (*clip_methods.METHODS, adaround.METHOD, lapq.METHOD,  # the buil
                 kmeans.METHOD):
     add_ptq_method(_method)
 for _method in (GPTQ, ADAQUANT, QDROP):  # issue 15: GPTQ, AdaQuant, QDrop
+    add_ptq_method(_method)
+for _method in (dfq.METHOD, squant.METHOD, pdquant.METHOD):  # data-free methods of document 000 Table 1 (issue 15)
     add_ptq_method(_method)
 
 
