@@ -71,7 +71,8 @@ def unquantizable(model: nn.Module) -> list[tuple[str, nn.Module, str, bool]]:
         elif isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)):
             reason = "normalisation layer: kept in float"
         elif isinstance(module, nn.Embedding):
-            reason = "embedding: learnq's PTQ quantizes conv and linear layers only; kept in float"
+            reason = ("embedding: not selected (Selection types without 'embedding', or tied to a layer left in "
+                      "float); kept in float")
         elif builtin:
             reason = (f"{type(module).__name__} has weights but is not a conv or linear layer: learnq cannot "
                       "quantize it; kept in float with every layer inside it")
