@@ -3,9 +3,9 @@
 A record is ``[name, shape, crc32, dtype]`` for a tensor stored as is and ``[name, shape, crc32, grid index]`` (plus
 the byte count of its packed codes when it has per-group widths) for a quantized one; ``[name, shape, crc32, "tied",
 first]`` names a tied parameter already stored under ``first`` (an earlier record, same shape and crc32; no bytes).
-Slice offsets are not stored: :func:`place_records` follows the records through the per-dtype blobs, :func:`locate` checks the blobs the
-safetensors header declares against them (names, dtypes, shapes, extents, tiling) and :func:`decode_record` turns a
-checked record's slices back into its tensor (:func:`learnq.file_layout.decode`).
+Slice offsets are not stored: :func:`place_records` follows the records through the per-dtype blobs, :func:`locate`
+checks the blobs the safetensors header declares against them (names, dtypes, shapes, extents, tiling) and
+:func:`decode_record` turns a checked record's slices back into its tensor (:func:`learnq.file_layout.decode`).
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from learnq.errors import ConfigError, ModelError
 from learnq.pipeline.data.text_vocab import PAD_ID, VOCAB_SIZE
@@ -82,14 +83,9 @@ class _Trunk(nn.Module):
         self.ln_f = nn.LayerNorm(n_embd, bias=bias)
 
     def run(self, idx: torch.Tensor, causal: bool, key_mask: torch.Tensor | None) -> torch.Tensor:
-        if idx.ndim != 2 or idx.dtype not in (torch.int64, torch.int32):
-            raise ModelError(f"the text models take token ids of shape (N, T) and an integer dtype, got "
-                             f"{idx.dtype} of shape {tuple(idx.shape)}")
-        t = idx.shape[1]
-        if t > self.block_size:
-            raise ModelError(f"a sequence of {t} tokens is longer than the model's block size {self.block_size}; "
-                             "use sequences of at most block_size tokens (data.options.block_size)")
-        pos = torch.arange(t, device=idx.device)  # (T,)
+        if not is_fx_symbolic_tracing():  # real inputs only (a torch.fx trace, e.g. the ONNX export, is symbolic)
+            self._check(idx)
+        pos = torch.arange(idx.shape[1], device=idx.device)  # (T,)
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (N, T, C) + (T, C) -> (N, T, C)
         keep = None
         if self.training and self.layer_drop > 0:  # LayerDrop: one draw per block per forward (torch's RNG)
@@ -98,6 +94,15 @@ class _Trunk(nn.Module):
             if keep is None or keep[i]:
                 x = block(x, causal, key_mask)
         return self.ln_f(x)
+
+    def _check(self, idx: torch.Tensor) -> None:
+        if idx.ndim != 2 or idx.dtype not in (torch.int64, torch.int32):
+            raise ModelError(f"the text models take token ids of shape (N, T) and an integer dtype, got "
+                             f"{idx.dtype} of shape {tuple(idx.shape)}")
+        t = idx.shape[1]
+        if t > self.block_size:
+            raise ModelError(f"a sequence of {t} tokens is longer than the model's block size {self.block_size}; "
+                             "use sequences of at most block_size tokens (data.options.block_size)")
 
 
 def _init_weights(model: nn.Module, n_layer: int) -> None:
