@@ -123,7 +123,7 @@ def test_training_step_lowers_the_loss_and_reaches_every_parameter():
 def test_spec_round_trip_and_defaults():
     spec = model_spec("gpt", [64], VOCAB_SIZE, n_layer=1)
     assert spec["kwargs"] == {"n_layer": 1, "n_head": 4, "n_embd": 128, "dropout": 0.0, "bias": True,
-                              "attention": "linear"}
+                              "attention": "linear", "layer_drop": 0.0}
     a, b = model_from_spec(spec), model_from_spec(spec)
     assert list(a.state_dict()) == list(b.state_dict())
     assert model_arguments("encoder-classifier")["vocab_size"] == VOCAB_SIZE
