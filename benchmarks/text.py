@@ -19,6 +19,7 @@ One thread (``torch.set_num_threads(1)``), results appended per configuration to
 
     flock /work/wt/bench.lock nice -n 10 .venv/bin/python benchmarks/text.py train --only float,qat8 --seed 0
     flock /work/wt/bench.lock nice -n 10 .venv/bin/python benchmarks/text.py ptq
+    flock /work/wt/bench.lock nice -n 10 .venv-bench/bin/python benchmarks/text.py peer   # optimum-quanto W8 / W4
     .venv/bin/python benchmarks/text.py report      # text.md, text_bits.png, the BENCHMARKS.md section
 """
 
@@ -221,6 +222,36 @@ def ptq(args: argparse.Namespace) -> None:
         print(f"{label}: ppl {row['perplexity']:.3f} ({seconds:.0f} s)", flush=True)
 
 
+def peer(args: argparse.Namespace) -> None:
+    """optimum-quanto weight-only int8 / int4 of the same float model (run with ``.venv-bench/bin/python``)."""
+    import copy
+
+    from optimum.quanto import freeze, qint4, qint8
+    from optimum.quanto import quantize as quanto_quantize
+
+    import learnq
+
+    torch.set_num_threads(1)
+    res = load_results()
+    splits = data(0)
+    float_model = new_model(splits)
+    learnq.load(CACHE / "float-seed0.safetensors", float_model)
+    float_model.eval()
+    res.setdefault("peer", {})
+    for label, wtype in (("quanto W8 (qint8, per channel)", qint8), ("quanto W4 (qint4: groups of 128, per channel where in_features < 128)", qint4)):
+        model = copy.deepcopy(float_model)
+        start = time.perf_counter()
+        quanto_quantize(model, weights=wtype)  # nn.Linear layers (the tied output layer too, not the embeddings)
+        freeze(model)
+        seconds = time.perf_counter() - start
+        row = {"seconds": round(seconds, 1), **perplexity(model, splits.test),
+               "note": "optimum-quanto 0.2.7: linear layers only (embeddings float; the tied head quantized "
+                       "on its own)"}
+        res["peer"][label] = row
+        save_results(res)
+        print(f"{label}: ppl {row['perplexity']:.3f}", flush=True)
+
+
 def _group(name: str) -> str:
     for group, keys in GROUPS:
         if any(k in f".{name}" for k in keys):
@@ -254,6 +285,8 @@ def report(args: argparse.Namespace) -> None:
                  "| --- | --- | --- | --- |"]
     for label, r in res["ptq"].items():
         ptq_lines.append(f"| {label} | {r['perplexity']:.3f} | {r['file_bytes'] / 1024:.1f} | {r['seconds']} |")
+    for label, r in res.get("peer", {}).items():
+        ptq_lines.append(f"| {label} (peer) | {r['perplexity']:.3f} | - | {r['seconds']} |")
     paper = ["| document 003 Table 2 | activations | perplexity | size (MB) |", "| --- | --- | --- | --- |"]
     paper += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in PAPER]
     md = "\n".join(["\n".join(paper), "", "\n".join(lines), "", "\n".join(ptq_lines)]) + "\n"
@@ -342,6 +375,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     q = sub.add_parser("ptq", help="PTQ of the float model of seed 0 (resumes)")
     q.add_argument("--only", default=None, help="comma-separated label fragments")
     q.set_defaults(func=ptq)
+    pe = sub.add_parser("peer", help="optimum-quanto weight-only int8/int4 of the float model (.venv-bench)")
+    pe.set_defaults(func=peer)
     r = sub.add_parser("report", help="write text.md and text_bits.png from text.json")
     r.set_defaults(func=report)
     args = p.parse_args(argv)
