@@ -238,7 +238,8 @@ def peer(args: argparse.Namespace) -> None:
     learnq.load(CACHE / "float-seed0.safetensors", float_model)
     float_model.eval()
     res.setdefault("peer", {})
-    for label, wtype in (("quanto W8 (qint8, per channel)", qint8), ("quanto W4 (qint4: groups of 128, per channel where in_features < 128)", qint4)):
+    for label, wtype in (("quanto W8 (qint8, per channel)", qint8),
+                         ("quanto W4 (qint4: groups of 128, per channel where in_features < 128)", qint4)):
         model = copy.deepcopy(float_model)
         start = time.perf_counter()
         quanto_quantize(model, weights=wtype)  # nn.Linear layers (the tied output layer too, not the embeddings)
