@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from learnq.evaluation import task_loss, task_metrics
 
 from learnq import load, save
 from learnq.errors import ConfigError, ModelError
+from learnq.evaluation import task_loss, task_metrics
 from learnq.pipeline.data.text_vocab import PAD_ID, VOCAB_SIZE
 from learnq.pipeline.models import build_model, model_arguments, model_from_spec, model_spec
 from learnq.pipeline.models.attention import MHASelfAttention, SelfAttention
