@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from learnq.errors import ConfigError, ModelError
-from learnq.layers import LAYER_TYPES, is_depthwise
+from learnq.layers import LAYER_TYPES, is_depthwise, parameter_names
 from learnq.quantized import full_name, holders, holders_index
 
 
@@ -23,14 +23,15 @@ from learnq.quantized import full_name, holders, holders_index
 class Selection:
     """A rule choosing parameters.
 
-    types: layer kinds whose parameters are candidates (``linear``, ``conv``, ``embedding``).
+    types: layer kinds whose parameters are candidates (``linear``, ``conv``, ``attention``, ``embedding``;
+    ``attention``: ``nn.MultiheadAttention``'s ``in_proj_weight``, whose ``out_proj`` is a linear layer).
     include / exclude: globs on the parameter name; a parameter must match one include and no exclude.
     biases: also take the layers' biases. min_numel: skip smaller tensors.
     skip_first / skip_last: leave the first / last candidate layer (in definition order) out.
     skip_depthwise: leave depthwise convolutions out.
     """
 
-    types: tuple[str, ...] = ("linear", "conv")
+    types: tuple[str, ...] = ("linear", "conv", "attention")
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
     biases: bool = False
@@ -65,10 +66,12 @@ def candidate_layers(model: nn.Module, selection: Selection = Selection()) -> li
 
 
 def select_parameters(model: nn.Module, selection: Selection = Selection(), *, require: bool = True) -> list[str]:
-    """Dotted names of the selected parameters (``"fc.weight"``...). Raises ModelError when none is selected."""
+    """Dotted names of the selected parameters (``"fc.weight"``, ``"attn.in_proj_weight"``...; which tensors of a
+    layer: :func:`learnq.layers.parameter_names`). Raises ModelError when none is selected."""
     names: list[str] = []
     for layer_name, layer in candidate_layers(model, selection):
-        params = ["weight"] + (["bias"] if selection.biases else [])
+        weights, biases = parameter_names(layer)
+        params = list(weights) + (list(biases) if selection.biases else [])
         for p in params:
             tensor = getattr(layer, p, None)
             if tensor is None:

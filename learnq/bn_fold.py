@@ -103,8 +103,11 @@ def find_conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """Qualified names ``(layer, batchnorm)`` of every foldable pair in ``model``, in execution order.
 
     Uses ``torch.fx`` tracing; for a model that can't be traced, consecutive children of ``nn.Sequential``
-    containers (with a ``UserWarning`` saying why tracing failed).
+    containers (with a ``UserWarning`` saying why tracing failed). A model without BatchNorm has no pair (and is
+    not traced).
     """
+    if not any(isinstance(m, _BatchNorm) for m in model.modules()):
+        return []
     try:
         graph = _Tracer().trace(model)
     except Exception as exc:  # any tracing failure (TraceError, TypeError from Proxy, ...): fall back, loudly

@@ -10,7 +10,11 @@ size is). The safetensors file holds a few 1-D *blobs*, one per dtype and named 
   ascending, each rounded up to whole bytes); and a ``float32`` slice: one step per group, then one offset per group
   (left out when every offset is +0.0), or, for a tensor with ``value_range`` (DiffQ), only the range ``[lo, hi]``,
   from which :func:`learnq.grid.range_group_params` gives the steps and offsets;
-* every other tensor (unquantized weights, biases, BatchNorm buffers) owns a slice of the blob of its dtype.
+* every other tensor (unquantized weights, biases, BatchNorm buffers) owns a slice of the blob of its dtype;
+* a tied parameter (one Parameter held by several modules, e.g. a language model's token embedding and output
+  layer, DiffQ seeds/003 §5.2) is stored once, under its first name; each other name is a record
+  ``[name, shape, crc32, "tied", first name]`` that owns no bytes (its crc32 is the first one's), and reading the
+  file gives that name the same tensor. Sizes count it once.
 
 The safetensors header holds one metadata key, ``"learnq"``, the JSON text
 ``{"format":"learnq","version":1,"crc32":C,"zlib":Z}``: ``Z`` is the base64 of the zlib-compressed JSON
@@ -63,6 +67,7 @@ from learnq.quantized import (
     model_entries,
     plain_state,
     split_name,
+    tied_aliases,
     tied_groups,
 )
 
@@ -84,16 +89,25 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = N
     user = dict(metadata or {})
     user.update(field_states(model, user))  # folded BatchNorm, activation quantizers, PTQ config (learnq.fields)
     entries = model_entries(model, quantized)
-    encoded = {name: encode(name, value) for name, value in entries.items()}
+    tied = {alias: first for alias, first in tied_aliases(model, list(entries)).items()
+            if same_entry(entries[alias], entries[first])}  # stored once (quantized= may split a tie: kept apart)
+    own = {name: value for name, value in entries.items() if name not in tied}
+    encoded = {name: encode(name, value) for name, value in own.items()}
     parts: dict[str, list[torch.Tensor]] = {}
     grids: dict[str, int] = {}  # grid JSON -> index
     records: list[list] = []
+    crcs: dict[str, int] = {}
     try:
-        for name, enc in encoded.items():
+        for name in entries:
+            if name in tied:
+                records.append([name, list(entries[name].shape), crcs[tied[name]], "tied", tied[name]])
+                continue
+            enc = encoded[name]
             crc = 0
             for blob, t in enc.parts():
                 parts.setdefault(blob, []).append(t)
                 crc = crc32(t, crc)
+            crcs[name] = crc
             record: list = [name, list(entries[name].shape), crc]
             if enc.grid is None:
                 record.append(dtype_name(enc.data.dtype))  # type: ignore[union-attr]
@@ -119,7 +133,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = N
         write_atomic(path, safetensors.torch.save(blobs, metadata={FORMAT: header}))
     except (OSError, SafetensorError) as exc:
         raise CheckpointError(f"cannot write the model file {path!r}: {exc}") from exc
-    return report_for(entries, os.path.getsize(path), encoded=encoded) if report else None
+    return report_for(own, os.path.getsize(path), encoded=encoded) if report else None
 
 
 def load(path: str | os.PathLike, model: nn.Module | None = None, *, strict: bool = True,

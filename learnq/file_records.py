@@ -1,10 +1,11 @@
 """The tensor records of a learnq model file and where their bytes are (the layout: :mod:`learnq.checkpoint`).
 
 A record is ``[name, shape, crc32, dtype]`` for a tensor stored as is and ``[name, shape, crc32, grid index]`` (plus
-the byte count of its packed codes when it has per-group widths) for a quantized one. Slice offsets are not stored:
-:func:`place_records` follows the records through the per-dtype blobs, :func:`locate` checks the blobs the
-safetensors header declares against them (names, dtypes, shapes, extents, tiling) and :func:`decode_record` turns a
-checked record's slices back into its tensor (:func:`learnq.file_layout.decode`).
+the byte count of its packed codes when it has per-group widths) for a quantized one; ``[name, shape, crc32, "tied",
+first]`` names a tied parameter already stored under ``first`` (an earlier record, same shape and crc32; no bytes).
+Slice offsets are not stored: :func:`place_records` follows the records through the per-dtype blobs, :func:`locate`
+checks the blobs the safetensors header declares against them (names, dtypes, shapes, extents, tiling) and
+:func:`decode_record` turns a checked record's slices back into its tensor (:func:`learnq.file_layout.decode`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class Record:
     dtype: str | None = None  # a tensor stored as is
     grid: dict | None = None  # a quantized tensor: its grid, defaults filled in
     code_bytes: int | None = None  # of a tensor with per-group widths
+    tied: str | None = None  # the earlier record holding this tied parameter's bytes
     slices: list[tuple[str, int, int]] = field(default_factory=list)
 
 
@@ -61,6 +63,10 @@ def parse_record(rec: Any, grids: list) -> Record:
     if not isinstance(name, str) or not all(type(s) is int and s >= 0 for s in shape) or type(crc) is not int or \
             not (isinstance(kind, str) or (type(kind) is int and kind >= 0)):
         raise ValueError("bad record")
+    if kind == "tied":
+        if len(more) != 1 or not isinstance(more[0], str):
+            raise ValueError("a tied record is [name, shape, crc32, 'tied', first name]")
+        return Record(name, shape, crc, tied=more[0])
     if isinstance(kind, str):
         if kind not in BLOBS or more:
             raise ValueError(f"dtype {kind!r}")
@@ -87,6 +93,11 @@ def place_records(path: str, info: dict) -> tuple[list[Record], dict[str, int]]:
             raise CheckpointError(f"{path!r}: the metadata of tensor {label!r} is malformed ({exc})") from exc
         if item.name in names:
             raise CheckpointError(f"{path!r}: tensor {item.name!r} is listed twice in the metadata")
+        if item.tied is not None:
+            first = next((it for it in items if it.name == item.tied and it.tied is None), None)
+            if first is None or first.shape != item.shape or first.crc != item.crc:
+                raise CheckpointError(f"{path!r}: the metadata of tensor {item.name!r} is malformed (tied to "
+                                      f"{item.tied!r}, which is not an earlier tensor of the same shape and checksum)")
         placed = []
         for blob, _, count in item.slices:
             placed.append((blob, counts.get(blob, 0), count))

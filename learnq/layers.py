@@ -19,8 +19,28 @@ LAYER_TYPES: dict[str, tuple[type[nn.Module], ...]] = {
     "linear": (nn.Linear,),
     "conv": (nn.Conv1d, nn.Conv2d, nn.Conv3d),
     "embedding": (nn.Embedding,),
+    "attention": (nn.MultiheadAttention,),
 }
-"""The layer kinds a :class:`learnq.attach.Selection` names (``types``), each a tuple of module classes."""
+"""The layer kinds a :class:`learnq.attach.Selection` names (``types``), each a tuple of module classes. An
+``nn.MultiheadAttention``'s quantizable weights are its packed input projection ``in_proj_weight`` (or the separate
+``q/k/v_proj_weight`` when keys and values have other widths; :data:`PARAMETER_NAMES`); its ``out_proj`` is an
+``nn.Linear`` subclass, hence a ``linear`` layer."""
+
+#: Per module class: (names of its weights, names of its biases) that a selection takes; every other class of
+#: ``LAYER_TYPES`` has ``weight`` and ``bias``. The one place that says which tensors of a layer are quantizable.
+PARAMETER_NAMES: dict[type[nn.Module], tuple[tuple[str, ...], tuple[str, ...]]] = {
+    nn.MultiheadAttention: (("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"), ("in_proj_bias",)),
+}
+
+
+def parameter_names(module: nn.Module) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(weight names, bias names) of a layer of ``LAYER_TYPES`` (``("weight",), ("bias",)`` unless listed in
+    :data:`PARAMETER_NAMES`); a name the module holds as None (e.g. ``in_proj_weight`` of a kdim != embed_dim
+    attention) is skipped by the caller."""
+    for cls, names in PARAMETER_NAMES.items():
+        if isinstance(module, cls):
+            return names
+    return ("weight",), ("bias",)
 
 #: The module types whose ``weight`` learnq regularizes and quantizes by default (conv and linear).
 WEIGHT_LAYER_TYPES: tuple[type[nn.Module], ...] = LAYER_TYPES["conv"] + LAYER_TYPES["linear"]
@@ -101,7 +121,9 @@ def layer_device(module: nn.Module) -> torch.device:
 
 __all__ = [
     "LAYER_TYPES",
+    "PARAMETER_NAMES",
     "WEIGHT_LAYER_TYPES",
+    "parameter_names",
     "is_depthwise",
     "raw_weight",
     "weight_layers",

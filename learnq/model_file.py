@@ -46,11 +46,14 @@ class ModelFile:
     entries: dict[str, Entry] = field(default_factory=dict)
     file_bytes: int = 0
     slices: dict[str, list[Slice]] = field(default_factory=dict)
+    tied: dict[str, str] = field(default_factory=dict)
+    """``{alias: first name}`` of the tied parameters: ``entries[alias] is entries[first]``, stored once."""
 
     @cached_property
     def size(self) -> SizeReport:
-        """The size report of this file (computed on first use: zlib of every tensor takes a moment)."""
-        return report_for(self.entries, self.file_bytes)
+        """The size report of this file (computed on first use: zlib of every tensor takes a moment); a tied
+        parameter counts once."""
+        return report_for({k: v for k, v in self.entries.items() if k not in self.tied}, self.file_bytes)
 
 
 def loads(path: str, text: bytes, what: str) -> Any:
@@ -141,7 +144,11 @@ def read(path: str | os.PathLike, device: str | torch.device = "cpu") -> ModelFi
     slices = locate(path, header, items, counts, start, len(data) - start)
     view = memoryview(data)
     entries: dict[str, Entry] = {}
+    tied: dict[str, str] = {}
     for item in items:
+        if item.tied is not None:  # place_records checked that the first one came earlier
+            entries[item.name], tied[item.name] = entries[item.tied], item.tied
+            continue
         crc = 0
         for s in slices[item.name]:
             crc = zlib.crc32(view[s.start:s.stop], crc)
@@ -155,7 +162,7 @@ def read(path: str | os.PathLike, device: str | torch.device = "cpu") -> ModelFi
         except (LearnqError, KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{path!r}: the metadata of tensor {item.name!r} is malformed ({exc!r})") from exc
     return ModelFile(path=path, metadata=info["metadata"], version=FORMAT_VERSION, entries=entries,
-                     file_bytes=len(data), slices=slices)
+                     file_bytes=len(data), slices=slices, tied=tied)
 
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ModelFile", "dumps", "loads", "read"]

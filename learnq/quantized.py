@@ -153,6 +153,12 @@ def tied_groups(model: nn.Module, names: list[str]) -> list[list[str]]:
     return list(groups.values())
 
 
+def tied_aliases(model: nn.Module, names: list[str]) -> dict[str, str]:
+    """``{alias: primary}`` for every name of ``names`` that names the same Parameter as an earlier one (a tied
+    parameter: the model file stores it once, under its first name, and records the others as aliases)."""
+    return {alias: group[0] for group in tied_groups(model, names) for alias in group[1:]}
+
+
 def attach_quantized(model: nn.Module, name: str, qt: QuantizedTensor, *, index: dict[int, list[Holder]] | None = None,
                      take: bool = False) -> None:
     """Make parameter ``name`` (e.g. ``"fc.weight"``) of ``model`` the frozen quantized tensor ``qt``.

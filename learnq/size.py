@@ -14,17 +14,20 @@ from torch import nn
 from learnq.accounting import SizeReport, TensorSize, entropy_bits, report_for, tensor_size
 from learnq.errors import ConfigError
 from learnq.model_file import ModelFile, read
-from learnq.quantized import model_entries
+from learnq.quantized import model_entries, tied_aliases
 
 
 def size_report(model_or_file: nn.Module | ModelFile | str | os.PathLike) -> SizeReport:
-    """Sizes of a model (as :func:`learnq.save` would write it), of a read :class:`ModelFile`, or of a file path."""
+    """Sizes of a model (as :func:`learnq.save` would write it), of a read :class:`ModelFile`, or of a file path.
+    A tied parameter (one tensor under several names) counts once, under its first name."""
     if isinstance(model_or_file, nn.Module):
-        return report_for(model_entries(model_or_file))
+        entries = model_entries(model_or_file)
+        tied = tied_aliases(model_or_file, list(entries))
+        return report_for({k: v for k, v in entries.items() if k not in tied})
     if isinstance(model_or_file, (str, os.PathLike)):
         model_or_file = read(model_or_file)
     if isinstance(model_or_file, ModelFile):
-        return report_for(model_or_file.entries, model_or_file.file_bytes)
+        return model_or_file.size
     raise ConfigError(f"size_report takes a model, a ModelFile or a path, got {type(model_or_file).__name__}")
 
 

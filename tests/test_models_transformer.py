@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from learnq.evaluation import task_loss, task_metrics
 
 from learnq import load, save
 from learnq.errors import ConfigError, ModelError
+from learnq.evaluation import task_loss, task_metrics
 from learnq.pipeline.data.text_vocab import PAD_ID, VOCAB_SIZE
 from learnq.pipeline.models import build_model, model_arguments, model_from_spec, model_spec
 from learnq.pipeline.models.attention import MHASelfAttention, SelfAttention
@@ -123,7 +123,7 @@ def test_training_step_lowers_the_loss_and_reaches_every_parameter():
 def test_spec_round_trip_and_defaults():
     spec = model_spec("gpt", [64], VOCAB_SIZE, n_layer=1)
     assert spec["kwargs"] == {"n_layer": 1, "n_head": 4, "n_embd": 128, "dropout": 0.0, "bias": True,
-                              "attention": "linear"}
+                              "attention": "linear", "layer_drop": 0.0}
     a, b = model_from_spec(spec), model_from_spec(spec)
     assert list(a.state_dict()) == list(b.state_dict())
     assert model_arguments("encoder-classifier")["vocab_size"] == VOCAB_SIZE

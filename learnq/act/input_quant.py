@@ -182,13 +182,20 @@ class ActQuantizer(ActivationQuantizer):
 def _input_hook(module: nn.Module, args: tuple) -> tuple:
     """Forward pre-hook: the layer's first input goes through ``module.input_quantizer``. Without gradients (and
     without hooks on the quantizer) straight to its :meth:`~ActivationQuantizer.quantize_eval`, skipping the module
-    call machinery: this runs once per quantized layer per forward."""
+    call machinery: this runs once per quantized layer per forward. A later positional argument that is the same
+    tensor (``nn.MultiheadAttention`` called as ``mha(x, x, x)``: query, key and value) gets the same quantized
+    tensor."""
     if not args:
         return args
     q = module._modules[ATTR]
+    x = args[0]
     if not torch.is_grad_enabled() and not (q._forward_pre_hooks or q._forward_hooks or _global_hooks()):
-        return (q.quantize_eval(args[0]), *args[1:])
-    return (q(args[0]), *args[1:])
+        y = q.quantize_eval(x)
+    else:
+        y = q(x)
+    if len(args) == 1:
+        return (y,)
+    return (y,) + tuple(y if a is x else a for a in args[1:])
 
 
 def _global_hooks() -> bool:
@@ -197,17 +204,28 @@ def _global_hooks() -> bool:
     return bool(m._global_forward_pre_hooks or m._global_forward_hooks)
 
 
+def _float_input_layers(model: nn.Module) -> list[str]:
+    """Layers whose input no pre-hook can reach: the ``out_proj`` of ``nn.MultiheadAttention``, whose weight the
+    attention reads directly (its input, the attention's output, stays float)."""
+    return [f"{name}.out_proj" if name else "out_proj" for name, m in model.named_modules()
+            if isinstance(m, nn.MultiheadAttention)]
+
+
 def attach_input_quantizers(model: nn.Module, bits: int, *, selection: Selection = Selection(),
                             per_channel: bool = False, signed: bool | None = None, sample_size: int = 32768,
                             seed: int = 0) -> dict[str, ActQuantizer]:
-    """Put an :class:`ActQuantizer` at the input of every selected conv/linear layer (in place); returns
+    """Put an :class:`ActQuantizer` at the input of every selected conv/linear/attention layer (in place); returns
     ``{layer name: quantizer}``. The layers are those whose weight ``selection`` selects (types, include/exclude
-    globs on ``<layer>.weight``, first/last, depthwise). A layer that already has one keeps it (returned as is)."""
+    globs on ``<layer>.weight``, first/last, depthwise); embeddings (integer inputs) and the ``out_proj`` of an
+    ``nn.MultiheadAttention`` (called inside the attention, no hook reaches its input) get none. Per channel means
+    along axis 1 for convolutions (N, C, ...) and along the last axis for linear and attention layers (..., C),
+    the features of each token. A layer that already has one keeps it (returned as is)."""
     check_bits(bits, "activation bits")
     chosen = {n.rpartition(".")[0] for n in select_parameters(model, replace(selection, biases=False), require=False)}
-    kinds = LAYER_TYPES["conv"] + LAYER_TYPES["linear"]  # layers with float inputs (not embeddings)
+    kinds = LAYER_TYPES["conv"] + LAYER_TYPES["linear"] + LAYER_TYPES["attention"]  # float inputs (not embeddings)
+    unreachable = set(_float_input_layers(model))
     layers = [(name, layer) for name, layer in candidate_layers(model, selection)
-              if name in chosen and isinstance(layer, kinds)]
+              if name in chosen and isinstance(layer, kinds) and name not in unreachable]
     if not layers:
         raise ModelError(f"{type(model).__name__} has no layer matching the selection (types "
                          f"{list(selection.types)}) to put activation quantizers in front of")
@@ -219,7 +237,9 @@ def attach_input_quantizers(model: nn.Module, bits: int, *, selection: Selection
             continue
         if existing is not None:
             raise ModelError(f"layer {name!r} already has an attribute {ATTR!r}; learnq cannot attach its own")
-        q = ActQuantizer(bits, signed=signed, per_channel=per_channel, sample_size=sample_size, seed=seed + i)
+        axis = 1 if isinstance(layer, LAYER_TYPES["conv"]) else -1  # conv: (N, C, ...); linear, attention: (..., C)
+        q = ActQuantizer(bits, signed=signed, per_channel=per_channel, channel_axis=axis, sample_size=sample_size,
+                         seed=seed + i)
         layer.add_module(ATTR, q)
         layer.register_forward_pre_hook(_input_hook)
         out[name] = q

@@ -31,7 +31,10 @@ from learnq.export.qdq import ActivationPlan, WeightPlan, is_activation_quantize
 from learnq.export.report import TensorExport
 from learnq.grid import QuantizedTensor
 from learnq.layers import WEIGHT_LAYER_TYPES
-from learnq.quantized import quantized_parameters
+from learnq.quantized import plain_state, quantized_parameters, tied_aliases
+
+INPUT_TYPES = {torch.float32: 1, torch.int64: 7}
+"""The example input's dtype -> ONNX TensorProto type (FLOAT; INT64 for token ids)."""
 
 
 class Builder:
@@ -152,6 +155,8 @@ class GraphWriter:
         self.records: list[TensorExport] = []
         self.unquantized: list[str] = []
         self._params: dict[str, str] = {}
+        # a tied parameter (a language model's token embedding and output layer) is one initializer, first name
+        self._tied = tied_aliases(model, list(plain_state(model)))
         self._acts: dict[tuple[str, str], str] = {}
         self.gm: torch.fx.GraphModule | None = None
         self.values: dict[torch.fx.Node, Any] = {}
@@ -179,6 +184,7 @@ class GraphWriter:
     def param(self, label: str, value: torch.Tensor) -> str:
         """The ONNX tensor of parameter ``label``: DequantizeLinear over integer codes when it is quantized and ONNX
         can carry its grid, else its float32 values (ŵ for a quantized one, with a record saying why)."""
+        label = self._tied.get(label, label)
         if label in self._params:
             return self._params[label]
         qt = self.qts.get(label)
@@ -312,12 +318,13 @@ class GraphWriter:
         if self.dynamic_batch:
             in_shape[0] = out_shape[0] = "batch"
         for label, qt in self.qts.items():  # read as constants by a module that was traced through
-            if label not in self._params:
+            if self._tied.get(label, label) not in self._params:
                 self.records.append(TensorExport(label, "weight", "float", qt.bits, str(qt.granularity), None, True,
                                                  0.0, "read by a module the exporter traced through: written as the "
                                                  "constant ŵ it computed with"))
         graph = helper.make_graph(
-            self.b.nodes, "learnq", [helper.make_tensor_value_info(self.input_name, proto.FLOAT, in_shape)],
+            self.b.nodes, "learnq",
+            [helper.make_tensor_value_info(self.input_name, INPUT_TYPES[self.example.dtype], in_shape)],
             [helper.make_tensor_value_info(self.output_name, proto.FLOAT, out_shape)], initializer=self.b.initializers)
         return graph, in_shape, out_shape
 

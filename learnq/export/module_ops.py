@@ -220,6 +220,10 @@ def convert_module(w: GraphWriter, node: torch.fx.Node, args: tuple, kwargs: dic
         return adaptive_pool(w, shape, m.output_size, label, x, "MaxPool")
     if isinstance(m, nn.modules.batchnorm._BatchNorm):
         return _batchnorm(w, m, label, x)
+    if isinstance(m, nn.Embedding):  # a lookup of rows: Gather (the table quantized like any weight)
+        if m.max_norm is not None:
+            raise ModelError(f"embedding {label!r} renormalises rows (max_norm): the exporter cannot write that")
+        return w.b.op("Gather", [w.param(f"{label}.weight", m.weight), x], label or "embedding", axis=0)
     if isinstance(m, nn.LayerNorm):
         return _layernorm(w, m, label, x)
     raise ModelError(f"module {label!r} ({type(m).__name__}) has no ONNX translation in learnq's exporter; "

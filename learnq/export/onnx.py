@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from learnq import __version__
 from learnq.errors import ConfigError, DataError, ModelError
+from learnq.evaluation import task_loss
 from learnq.export.graph import GraphWriter
 from learnq.export.report import ExportReport
 from learnq.export.runtime_report import runtime_layers
@@ -66,8 +66,9 @@ def to_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.PathLi
             output_name: str = "output", matmul_nbits: bool = False) -> ExportReport:
     """Write ``model`` (with learnq's quantized weights and activation quantizers) to ``path`` as ONNX.
 
-    example_input: one float32 batch ``(N, ...)``; it fixes every size but the batch size (dynamic unless
-    ``dynamic_batch`` is False). The model is run in eval mode on ``device`` (and moved there). Quantized weights
+    example_input: one float32 batch ``(N, ...)`` (int64 token ids for a text model); it fixes every size but the
+    batch size (dynamic unless ``dynamic_batch`` is False). The model is run in eval mode on ``device`` (and moved
+    there). Quantized weights
     whose grid ONNX can carry become integer codes + DequantizeLinear, the others their float32 values ŵ; 8-bit
     activation quantizers become QuantizeLinear -> DequantizeLinear, the others a float32 emulation; the report says
     which and why. verify: run the file with onnxruntime on ``example_input`` and record the largest difference
@@ -81,9 +82,9 @@ def to_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.PathLi
         raise ModelError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(example_input, torch.Tensor) or example_input.ndim < 1 or example_input.shape[0] < 1:
         raise ConfigError("example_input must be a tensor batch of shape (N, ...) with N >= 1")
-    if example_input.dtype != torch.float32:
-        raise ConfigError(f"example_input must be float32 (the exported graph computes in float32), got "
-                          f"{example_input.dtype}")
+    if example_input.dtype not in (torch.float32, torch.int64):
+        raise ConfigError(f"example_input must be float32 (the exported graph computes in float32), or int64 token "
+                          f"ids for a model that starts with an embedding, got {example_input.dtype}")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
@@ -164,16 +165,22 @@ def run_onnx(path: str | os.PathLike, inputs: torch.Tensor, *, batch_size: int =
         raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     session = _session(path, threads, optimize)
     name = session.get_inputs()[0].name
-    x = inputs.detach().float().cpu()
+    x = _feed(inputs)
     outs = [session.run(None, {name: np.ascontiguousarray(x[i:i + batch_size].numpy())})[0]
             for i in range(0, x.shape[0], batch_size)]
     return torch.from_numpy(np.concatenate(outs)) if outs else torch.empty(0)
 
 
+def _feed(x: torch.Tensor) -> torch.Tensor:
+    """What the graph takes: int64 token ids as they are, anything else as float32 (on the CPU)."""
+    x = x.detach().cpu()
+    return x if x.dtype == torch.int64 else x.float()
+
+
 def evaluate_onnx(path: str | os.PathLike, data: Dataset | DataLoader, *, batch_size: int = 256,
                   threads: int | None = None, optimize: bool = True) -> dict[str, Any]:
-    """Mean cross-entropy, accuracy and sample count of the ONNX classifier on ``data`` ((input, label) pairs),
-    as :func:`learnq.evaluation` reports them for the torch model (``optimize``: see
+    """Mean cross-entropy, accuracy and sample count of the ONNX classifier (or language model: (N, T) targets) on
+    ``data`` ((input, label) pairs), as :func:`learnq.evaluation` reports them for the torch model (``optimize``: see
     :func:`run_onnx`)."""
     loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=batch_size, shuffle=False)
     session = _session(path, threads, optimize)
@@ -181,9 +188,10 @@ def evaluate_onnx(path: str | os.PathLike, data: Dataset | DataLoader, *, batch_
     loss, correct, n = 0.0, 0, 0
     for batch in loader:
         x, y = batch[0], batch[1]
-        logits = torch.from_numpy(session.run(None, {name: np.ascontiguousarray(x.float().numpy())})[0])
-        loss += float(F.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(1) == y).sum())
+        logits = torch.from_numpy(session.run(None, {name: np.ascontiguousarray(_feed(x).numpy())})[0])
+        batch_loss, batch_correct = task_loss(logits, y)  # as learnq.evaluation: (N, T, C) logits per position
+        loss += float(batch_loss) * int(y.shape[0])
+        correct += float(batch_correct)
         n += int(y.shape[0])
     if n == 0:
         raise DataError("the evaluation data set is empty; give at least one (input, target) pair")

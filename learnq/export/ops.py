@@ -1,17 +1,20 @@
 """The torch operations learnq's ONNX writer knows, each written as ONNX operators (opset >= 13): the modules of
 :mod:`learnq.export.module_ops`, and these functions and tensor methods: + - * / (tensors and Python numbers),
 matmul, cat, flatten, view/reshape (the batch size as ``x.size(0)``/``x.shape[0]``), mean, relu/sigmoid/tanh/softmax,
-transpose/permute, squeeze/unsqueeze, contiguous/clone/detach, dropout. Anything else raises ModelError naming the
-operation.
+transpose/permute, squeeze/unsqueeze, contiguous/clone/detach, dropout, arange (sizes fixed by the example) and
+scaled_dot_product_attention (float softmax; causal or boolean/additive mask). Anything else raises ModelError naming
+the operation.
 """
 
 from __future__ import annotations
 
 import builtins
+import math
 import operator
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.fx
 import torch.nn.functional as F
@@ -93,6 +96,8 @@ def _size(w: GraphWriter, node: torch.fx.Node, args: tuple, kwargs: dict) -> Any
 def _getattr(w: GraphWriter, node: torch.fx.Node, args: tuple, kwargs: dict) -> Any:
     if args[1] == "shape" and isinstance(args[0], str):
         return _size(w, node, (args[0],), {})
+    if args[1] == "device" and isinstance(args[0], str):
+        return None  # only passed on to a factory (torch.arange(..., device=x.device)): the graph has no devices
     raise ModelError(f"{node.name}: attribute {args[1]!r} of a tensor cannot be exported")
 
 
@@ -174,6 +179,46 @@ def _gelu_fn(w: GraphWriter, node: torch.fx.Node, args: tuple, kwargs: dict) -> 
     return gelu(w, args[0], kwargs.get("approximate", "none"), node.name)
 
 
+def _arange(w: GraphWriter, node: torch.fx.Node, args: tuple, kwargs: dict) -> str:
+    """``torch.arange`` of sizes known when exporting (a constant int64 initializer)."""
+    bounds = [kwargs[k] for k in ("start", "end", "step") if k in kwargs] if not args else list(args)
+    if any(isinstance(v, Dim) and v.batch for v in bounds) or not all(isinstance(v, int) for v in bounds):
+        raise ModelError(f"{node.name}: torch.arange needs sizes fixed by the example input (not the batch size)")
+    dtype = kwargs.get("dtype")
+    if dtype not in (None, torch.int64):
+        raise ModelError(f"{node.name}: torch.arange of dtype {dtype} cannot be exported (int64 only)")
+    return w.b.init(np.arange(*[int(v) for v in bounds], dtype=np.int64), node.name)
+
+
+def _sdpa(w: GraphWriter, node: torch.fx.Node, args: tuple, kwargs: dict) -> str:
+    """``F.scaled_dot_product_attention`` (Vaswani et al. 2017, Eq. 1) in float: softmax(Q Kᵀ·scale + mask) V, the
+    causal mask and a boolean ``attn_mask`` (True: attend) as additive -inf; dropout is off in eval."""
+    q, k, v = args[:3]
+    names = ("attn_mask", "dropout_p", "is_causal", "scale")
+    opts = {**dict(zip(names, args[3:], strict=False)), **kwargs}
+    if opts.get("enable_gqa"):
+        raise ModelError(f"{node.name}: scaled_dot_product_attention with enable_gqa cannot be exported")
+    qs, ks = w.shape(node.args[0]), w.shape(node.args[1])
+    rank = len(qs)
+    perm = list(range(rank))
+    perm[-1], perm[-2] = perm[-2], perm[-1]
+    scale = opts.get("scale")
+    scale = 1.0 / math.sqrt(qs[-1]) if scale is None else float(scale)
+    b = w.b
+    scores = b.op("MatMul", [q, b.op("Transpose", [k], f"{node.name}_kt", perm=perm)], f"{node.name}_scores")
+    scores = b.op("Mul", [scores, b.scalar(scale)], f"{node.name}_scaled")
+    if opts.get("is_causal"):
+        mask = np.triu(np.full((qs[-2], ks[-2]), -np.inf, dtype=np.float32), 1)
+        scores = b.op("Add", [scores, b.init(mask, f"{node.name}_causal")], f"{node.name}_masked")
+    attn_mask = opts.get("attn_mask")
+    if attn_mask is not None:
+        if w.values[node.args[3] if len(node.args) > 3 else node.kwargs["attn_mask"]].dtype == torch.bool:
+            attn_mask = b.op("Where", [attn_mask, b.scalar(0.0), b.scalar(-math.inf)], f"{node.name}_mask")
+        scores = b.op("Add", [scores, attn_mask], f"{node.name}_masked")
+    probs = b.op("Softmax", [scores], f"{node.name}_probs", axis=-1)
+    return b.op("MatMul", [probs, v], node.name)
+
+
 def _adaptive_fn(w: GraphWriter, node: torch.fx.Node, args: tuple, kwargs: dict) -> str:
     size = args[1] if len(args) > 1 else kwargs["output_size"]
     return adaptive_pool(w, w.shape(node.args[0]), size, node.name, args[0], "AveragePool")
@@ -190,7 +235,8 @@ FUNCTIONS: dict[Any, Callable[..., Any]] = {
     F.sigmoid: _unary("Sigmoid"), torch.tanh: _unary("Tanh"), F.tanh: _unary("Tanh"), F.gelu: _gelu_fn,
     F.softmax: _softmax("Softmax"), torch.softmax: _softmax("Softmax"), F.log_softmax: _softmax("LogSoftmax"),
     F.dropout: _identity, F.adaptive_avg_pool2d: _adaptive_fn, F.adaptive_avg_pool1d: _adaptive_fn,
-    builtins.getattr: _getattr, operator.getitem: _getitem,
+    builtins.getattr: _getattr, operator.getitem: _getitem, torch.arange: _arange,
+    F.scaled_dot_product_attention: _sdpa,
 }
 METHODS: dict[str, Callable[..., Any]] = {
     "view": _reshape, "reshape": _reshape, "flatten": _flatten_fn, "size": _size, "mean": _mean,

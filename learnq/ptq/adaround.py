@@ -25,7 +25,12 @@ Layers are processed one at a time in definition order; each is replaced by a fr
 Activations stay in float while the rounding is learned; the registered PTQ method ``adaround``
 (``learnq.ptq.quantize(..., method="adaround")``) then attaches input quantizers observed on the model with the
 rounded weights. A layer called several times per forward pass is reconstructed on the inputs of its first call; a
-tied weight (one Parameter in several modules) is rounded once, for its first selected layer, and used by all.
+tied weight (one Parameter in several modules) is rounded once, and used by all: reconstructed at its first linear or
+conv holder when it has one (a language model's output layer rather than its token embedding). Transformers: an
+``nn.MultiheadAttention``'s ``in_proj_weight`` is reconstructed as ``x Wᵀ`` on the attention's first input (the
+query: exact for self-attention, where query, key and value are one tensor); an embedding as the lookup
+``W[ids]`` (its rows weighted by how often the calibration ids use them); the ``out_proj`` of an
+``nn.MultiheadAttention``, whose input no hook reaches, is rounded to nearest (its info says so).
 The paper's defaults are 10,000 iterations (batch 32, λ = 0.01); here 1,000 (option ``iterations``).
 """
 
@@ -46,7 +51,7 @@ from learnq.attach import BitsRule, Selection, select_weights
 from learnq.errors import ConfigError, DataError, ModelError
 from learnq.grid import GridSpec, QuantizedTensor, check_tensor, compute_params
 from learnq.ptq.context import PTQContext, PTQMethod
-from learnq.quantized import attach_quantized, get_module, split_name
+from learnq.quantized import attach_quantized, get_module, holders, split_name
 
 ZETA = 1.1
 GAMMA = -0.1
@@ -90,6 +95,45 @@ class AdaRoundInfo:
     adaround_error: float
     flipped: int
     numel: int
+    note: str = ""
+
+
+def _is_attention_out(model: nn.Module, module_name: str) -> bool:
+    parent, _, leaf = module_name.rpartition(".")
+    return leaf == "out_proj" and isinstance(get_module(model, parent), nn.MultiheadAttention)
+
+
+def reconstruction_layer(model: nn.Module, name: str) -> tuple[str, Callable[[torch.Tensor, torch.Tensor],
+                                                                           torch.Tensor] | None]:
+    """(module name, ``fn(x, w)``) whose output AdaRound reconstructs for weight ``name``: its first linear/conv
+    holder, else an attention's in-projection or an embedding lookup; ``fn`` None for an ``nn.MultiheadAttention``'s
+    ``out_proj`` (its input cannot be captured: rounded to nearest)."""
+    every = holders(model, name)
+    for mname, module, attr in every:
+        if attr == "weight" and isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            if _is_attention_out(model, mname):
+                continue
+            return mname, layer_function(module)
+    mname, module, attr = every[0]
+    if isinstance(module, nn.MultiheadAttention) and attr == "in_proj_weight":
+        return mname, lambda x, w: F.linear(x, w)
+    if isinstance(module, nn.Embedding) and attr == "weight":
+        return mname, lambda x, w: F.embedding(x, w)
+    if attr == "weight" and _is_attention_out(model, mname):
+        return mname, None
+    raise ModelError(f"AdaRound rounds the weights of linear, conv, embedding and attention layers, not {name!r} "
+                     f"({type(module).__name__}.{attr})")
+
+
+def _nearest(weight: torch.Tensor, spec: GridSpec, clip: torch.Tensor | None, name: str) -> QuantizedTensor:
+    w = weight.detach().float()
+    g = spec.granularity
+    params = compute_params(w, spec, clip=clip, name=name)
+    qmin, qmax = spec.qrange()
+    scaled = (w - g.expand(params.offset, w.shape)) / g.expand(params.scale, w.shape)
+    codes = torch.clamp(torch.round(scaled), qmin, qmax)
+    return QuantizedTensor(codes=codes.to(torch.int32), scale=params.scale, offset=params.offset, granularity=g,
+                           bits=spec.bits, qmin=qmin, scheme=spec.scheme, method="adaround", dtype=weight.dtype)
 
 
 def layer_function(module: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -228,11 +272,11 @@ def adaround_weights(model: nn.Module, calib_inputs: torch.Tensor, spec: GridSpe
     out: dict[str, AdaRoundInfo] = {}
     for i, name in enumerate(tqdm(names, desc="adaround", unit="layer", disable=not progress)):
         module_name, param = split_name(name)
-        if param != "weight":
+        if param not in ("weight", "in_proj_weight"):
             raise ConfigError(f"AdaRound rounds layer weights only, not {name!r}; select weights (biases=False)")
-        module = get_module(model, module_name)
-        fn = layer_function(module)
-        weight = module.weight.detach()
+        weight = getattr(get_module(model, module_name), param).detach()
+        layer_name, fn = reconstruction_layer(model, name)
+        module = get_module(model, layer_name)
         layer_spec = spec if bits_rule is None else GridSpec(
             bits=bits_rule(name), scheme=spec.scheme, granularity=spec.granularity, rounding=spec.rounding,
             restricted=spec.restricted)
@@ -241,7 +285,12 @@ def adaround_weights(model: nn.Module, calib_inputs: torch.Tensor, spec: GridSpe
             from learnq.clipping import choose_clip  # part of the clipping module (not needed for min-max)
 
             alpha = choose_clip(weight, layer_spec, clip, **clip_options)
-        x_float = capture_inputs(float_model, get_module(float_model, module_name), calib_inputs,
+        if fn is None:
+            attach_quantized(model, name, _nearest(weight, layer_spec, alpha, name))
+            out[name] = AdaRoundInfo(name=name, nearest_error=math.nan, adaround_error=math.nan, flipped=0,
+                                     numel=weight.numel(), note="attention out_proj: input not reachable, nearest")
+            continue
+        x_float = capture_inputs(float_model, get_module(float_model, layer_name), calib_inputs,
                                  device=device)
         x_q = x_float if inputs == "float" else capture_inputs(model, module, calib_inputs, device=device)
         with torch.no_grad():
@@ -286,5 +335,5 @@ METHOD = PTQMethod("adaround", "AdaRound (Nagel et al. 2020): learned up/down ro
 
 
 __all__ = ["ZETA", "GAMMA", "METHOD", "OPTIONS", "AdaRoundInfo", "adaround_weights", "beta_schedule", "capture_inputs",
-           "inverse_rectified_sigmoid", "layer_function", "learn_rounding", "rectified_sigmoid",
-           "rounding_regularizer"]
+           "inverse_rectified_sigmoid", "layer_function", "learn_rounding", "reconstruction_layer",
+           "rectified_sigmoid", "rounding_regularizer"]

@@ -6,9 +6,10 @@
     learnq.save(result.model, "m.safetensors")   # records folded BatchNorm, activation quantizers, the config
 
 Order of operations: deep-copy the model (unless ``inplace``), eval mode, fold BatchNorm into the preceding layer
-(``fold_bn``), find the layers learnq cannot quantize (any module with its own parameters that is not a conv or
-linear layer: LSTM, MultiheadAttention, embeddings, normalisation layers left after folding, custom modules; conv
-and linear layers *inside* such a module are left alone too, since the module may read their weights directly),
+(``fold_bn``), find the layers learnq cannot quantize (any module with its own parameters that is not a conv,
+linear or attention layer: LSTM, normalisation layers left after folding, custom modules; embeddings unless the
+selection takes them; conv and linear layers *inside* such a module are left alone too, since the module may read
+their weights directly; ``nn.MultiheadAttention`` is quantized: ``in_proj_weight`` and ``out_proj``, issue 16),
 then run the method (:mod:`learnq.ptq.context`: a :class:`PTQContext` for a function of the registry
 :mod:`learnq.ptq.registry`). ``wbits``/``abits`` = 32 leave weights/activations in float (W4A32 is weights only).
 A tied weight (one Parameter in several modules, e.g. an embedding shared with the output layer) is one quantized
@@ -73,7 +74,8 @@ def unquantizable(model: nn.Module) -> list[tuple[str, nn.Module, str, bool]]:
         elif isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)):
             reason = "normalisation layer: kept in float"
         elif isinstance(module, nn.Embedding):
-            reason = "embedding: learnq's PTQ quantizes conv and linear layers only; kept in float"
+            reason = ("embedding: not selected (Selection types without 'embedding', or tied to a layer left in "
+                      "float); kept in float")
         elif builtin:
             reason = (f"{type(module).__name__} has weights but is not a conv or linear layer: learnq cannot "
                       "quantize it; kept in float with every layer inside it")

@@ -36,15 +36,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.fx
-import torch.nn.functional as F
 from torch import nn
 
 from learnq.act import ActQuantizer, input_quantizers
 from learnq.batches import calibration_batches
 from learnq.clipping import scale_offset
 from learnq.errors import ConfigError, DataError, ModelError
+from learnq.evaluation import task_loss
 from learnq.grid import GridSpec
-from learnq.layers import WEIGHT_LAYER_TYPES
+from learnq.layers import WEIGHT_LAYER_TYPES, parameter_names
 from learnq.ptq.ptq_weight import PTQWeight, ptq_weight_of
 
 
@@ -71,7 +71,7 @@ class StepCoordinate:
             if self.quantizer.sample is None:
                 raise DataError(f"the input quantizer of layer {self.layer!r} observed no data; calibrate it first")
             return self.quantizer.sample
-        plist = self.module.parametrizations["weight"]  # type: ignore[index]
+        plist = self.module.parametrizations[self.name.rpartition(".")[2]]  # type: ignore[index]
         with torch.no_grad():
             w = plist.original
             for p in list(plist)[:-1]:
@@ -102,10 +102,11 @@ def step_coordinates(model: nn.Module) -> list[StepCoordinate]:
         if act is not None and act.enabled:
             coords.append(StepCoordinate(f"{layer_name}.input", act, "activation", layer_name,
                                          int(act.alpha.numel()), module))
-        weight = ptq_weight_of(module, "weight") if hasattr(module, "weight") else None
-        if weight is not None:
-            coords.append(StepCoordinate(f"{layer_name}.weight", weight, "weight", layer_name,
-                                         int(weight.alpha.numel()), module))
+        for attr in parameter_names(module)[0]:  # "weight"; an attention's "in_proj_weight"
+            weight = ptq_weight_of(module, attr) if hasattr(module, attr) else None
+            if weight is not None:
+                coords.append(StepCoordinate(f"{layer_name}.{attr}", weight, "weight", layer_name,
+                                             int(weight.alpha.numel()), module))
     return coords
 
 
@@ -262,7 +263,8 @@ class CalibrationLoss:
                 out = self._suffix(*self._values[i])  # type: ignore[misc]
             else:
                 out = self.model(x)
-            total += float(F.cross_entropy(out.float(), y, reduction="sum"))
+            loss, _ = task_loss(out.float(), y)  # mean per sample: (N, C) logits, or (N, T, C) over the positions
+            total += float(loss) * y.shape[0]
         if reuse is not None:
             self.recomputed += len(dirty) * len(self.batches)  # type: ignore[arg-type]
             if reuse.nbytes() > self.reuse_mb * 2**20:

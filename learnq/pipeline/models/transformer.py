@@ -14,6 +14,11 @@ Inputs are token ids ``(N, T)`` (int64, T <= block_size = ``input_shape[0]``). T
 ``(N, T, vocab)`` where ``vocab = num_classes`` (the next-token classes); the classifier returns ``(N, num_classes)``.
 Sizes come from the recipe (``n_layer``, ``n_head``, ``n_embd``, ``dropout``; block size and vocabulary from the
 data); the defaults train in minutes on 2 CPU cores (docs/text.md).
+
+``layer_drop`` (LayerDrop, Fan et al. 2019, Sec. 3: each block is skipped with probability p at every training
+forward, all of it kept in eval) is what the language model of DiffQ Table 2 trains with (p = 0.1, document 003
+Sec. 5.2); a skipped block's quantizers do not run, and DiffQ then gives their bits no gradient (its size term is
+detached for a parameter the latest forward did not use: ``learnq.quantizers.diffq``).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from learnq.errors import ConfigError, ModelError
 from learnq.pipeline.data.text_vocab import PAD_ID, VOCAB_SIZE
@@ -66,9 +72,10 @@ class _Trunk(nn.Module):
     """Token + position embeddings, dropout and the blocks, shared by both models (weights named as in nanoGPT)."""
 
     def __init__(self, vocab: int, block_size: int, n_layer: int, n_head: int, n_embd: int, dropout: float,
-                 bias: bool, attention: str) -> None:
+                 bias: bool, attention: str, layer_drop: float = 0.0) -> None:
         super().__init__()
         self.block_size = block_size
+        self.layer_drop = layer_drop
         self.wte = nn.Embedding(vocab, n_embd)
         self.wpe = nn.Embedding(block_size, n_embd)
         self.drop = nn.Dropout(dropout)
@@ -76,6 +83,19 @@ class _Trunk(nn.Module):
         self.ln_f = nn.LayerNorm(n_embd, bias=bias)
 
     def run(self, idx: torch.Tensor, causal: bool, key_mask: torch.Tensor | None) -> torch.Tensor:
+        if not is_fx_symbolic_tracing():  # real inputs only (a torch.fx trace, e.g. the ONNX export, is symbolic)
+            self._check(idx)
+        pos = torch.arange(idx.shape[1], device=idx.device)  # (T,)
+        x = self.drop(self.wte(idx) + self.wpe(pos))  # (N, T, C) + (T, C) -> (N, T, C)
+        keep = None
+        if self.training and self.layer_drop > 0:  # LayerDrop: one draw per block per forward (torch's RNG)
+            keep = (torch.rand(len(self.h)) >= self.layer_drop).tolist()
+        for i, block in enumerate(self.h):
+            if keep is None or keep[i]:
+                x = block(x, causal, key_mask)
+        return self.ln_f(x)
+
+    def _check(self, idx: torch.Tensor) -> None:
         if idx.ndim != 2 or idx.dtype not in (torch.int64, torch.int32):
             raise ModelError(f"the text models take token ids of shape (N, T) and an integer dtype, got "
                              f"{idx.dtype} of shape {tuple(idx.shape)}")
@@ -83,11 +103,6 @@ class _Trunk(nn.Module):
         if t > self.block_size:
             raise ModelError(f"a sequence of {t} tokens is longer than the model's block size {self.block_size}; "
                              "use sequences of at most block_size tokens (data.options.block_size)")
-        pos = torch.arange(t, device=idx.device)  # (T,)
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (N, T, C) + (T, C) -> (N, T, C)
-        for block in self.h:
-            x = block(x, causal, key_mask)
-        return self.ln_f(x)
 
 
 def _init_weights(model: nn.Module, n_layer: int) -> None:
@@ -109,9 +124,9 @@ class GPT(nn.Module):
     """Decoder-only character language model; ``lm_head.weight is transformer.wte.weight`` (tied)."""
 
     def __init__(self, block_size: int, vocab: int, n_layer: int, n_head: int, n_embd: int, dropout: float,
-                 bias: bool, attention: str) -> None:
+                 bias: bool, attention: str, layer_drop: float = 0.0) -> None:
         super().__init__()
-        self.transformer = _Trunk(vocab, block_size, n_layer, n_head, n_embd, dropout, bias, attention)
+        self.transformer = _Trunk(vocab, block_size, n_layer, n_head, n_embd, dropout, bias, attention, layer_drop)
         self.lm_head = nn.Linear(n_embd, vocab, bias=False)
         _init_weights(self, n_layer)
         self.lm_head.weight = self.transformer.wte.weight  # tied: one Parameter (vocab, n_embd)
@@ -127,10 +142,10 @@ class EncoderClassifier(nn.Module):
     """Non-causal encoder over padded token ids, mean pooling over the real tokens, linear head."""
 
     def __init__(self, block_size: int, num_classes: int, vocab: int, n_layer: int, n_head: int, n_embd: int,
-                 dropout: float, bias: bool, attention: str, pad_id: int) -> None:
+                 dropout: float, bias: bool, attention: str, pad_id: int, layer_drop: float = 0.0) -> None:
         super().__init__()
         self.pad_id = pad_id
-        self.transformer = _Trunk(vocab, block_size, n_layer, n_head, n_embd, dropout, bias, attention)
+        self.transformer = _Trunk(vocab, block_size, n_layer, n_head, n_embd, dropout, bias, attention, layer_drop)
         self.head = nn.Linear(n_embd, num_classes, bias=True)
         _init_weights(self, n_layer)
         self.input_shape = (block_size,)
@@ -142,6 +157,13 @@ class EncoderClassifier(nn.Module):
         weights = key_mask.unsqueeze(-1).to(x.dtype)  # (N, T, 1)
         pooled = (x * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)  # (N, T, C) -> (N, C)
         return self.head(pooled)  # (N, C) -> (N, num_classes)
+
+
+def _probability(model: str, name: str, value: Any) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value < 1.0
+    if not ok:
+        raise ConfigError(f"model {model!r}: argument {name!r} must be a number in [0, 1), got {value!r}")
+    return float(value)
 
 
 def _sizes(model: str, input_shape: Any, n_layer: Any, n_head: Any, n_embd: Any, dropout: Any, bias: Any,
@@ -156,9 +178,7 @@ def _sizes(model: str, input_shape: Any, n_layer: Any, n_head: Any, n_embd: Any,
     if width % heads:
         raise ConfigError(f"model {model!r}: n_embd={width} must be a multiple of n_head={heads} (each head gets "
                           "n_embd / n_head features)")
-    ok = isinstance(dropout, (int, float)) and not isinstance(dropout, bool) and 0.0 <= dropout < 1.0
-    if not ok:
-        raise ConfigError(f"model {model!r}: argument 'dropout' must be a number in [0, 1), got {dropout!r}")
+    _probability(model, "dropout", dropout)
     if attention not in ATTENTION_KINDS:
         raise ConfigError(f"model {model!r}: argument 'attention' must be one of {list(ATTENTION_KINDS)} "
                           f"('linear': q/k/v/out nn.Linear layers, 'mha': nn.MultiheadAttention), got {attention!r}")
@@ -166,18 +186,19 @@ def _sizes(model: str, input_shape: Any, n_layer: Any, n_head: Any, n_embd: Any,
 
 
 def build_gpt(input_shape: Sequence[int], num_classes: int, *, n_layer: int = 4, n_head: int = 4, n_embd: int = 128,
-              dropout: float = 0.0, bias: bool = True, attention: str = "linear") -> GPT:
-    """GPT-style character LM: block size ``input_shape[0]``, vocabulary ``num_classes`` (the data's tokens)."""
+              dropout: float = 0.0, bias: bool = True, attention: str = "linear", layer_drop: float = 0.0) -> GPT:
+    """GPT-style character LM: block size ``input_shape[0]``, vocabulary ``num_classes`` (the data's tokens);
+    ``layer_drop``: probability of skipping each block at a training forward (LayerDrop)."""
     block, layers, heads, width, drop, use_bias, kind = _sizes("gpt", input_shape, n_layer, n_head, n_embd,
                                                                dropout, bias, attention)
     vocab = _checks.num_classes("gpt", num_classes)
-    return GPT(block, vocab, layers, heads, width, drop, use_bias, kind)
+    return GPT(block, vocab, layers, heads, width, drop, use_bias, kind, _probability("gpt", "layer_drop", layer_drop))
 
 
 def build_encoder_classifier(input_shape: Sequence[int], num_classes: int, *, vocab_size: int = VOCAB_SIZE,
                              n_layer: int = 2, n_head: int = 4, n_embd: int = 64, dropout: float = 0.1,
                              bias: bool = True, attention: str = "linear",
-                             pad_id: int = PAD_ID) -> EncoderClassifier:
+                             pad_id: int = PAD_ID, layer_drop: float = 0.0) -> EncoderClassifier:
     """Encoder classifier of padded token sequences (``input_shape = (block_size,)``) into ``num_classes``."""
     block, layers, heads, width, drop, use_bias, kind = _sizes("encoder-classifier", input_shape, n_layer, n_head,
                                                                n_embd, dropout, bias, attention)
@@ -185,7 +206,8 @@ def build_encoder_classifier(input_shape: Sequence[int], num_classes: int, *, vo
     vocab = _checks.positive_int("encoder-classifier", "vocab_size", vocab_size)
     if isinstance(pad_id, bool) or not isinstance(pad_id, int) or not 0 <= pad_id < vocab:
         raise ConfigError(f"model 'encoder-classifier': pad_id must be a token id in [0, {vocab}), got {pad_id!r}")
-    return EncoderClassifier(block, classes, vocab, layers, heads, width, drop, use_bias, kind, pad_id)
+    return EncoderClassifier(block, classes, vocab, layers, heads, width, drop, use_bias, kind, pad_id,
+                             _probability("encoder-classifier", "layer_drop", layer_drop))
 
 
 __all__ = ["GPT", "Block", "EncoderClassifier", "MLP", "build_encoder_classifier", "build_gpt"]
