@@ -11,7 +11,8 @@ the first and last layers stay in float for every method (LAPQ's default; ``skip
 so every row quantizes conv2, fc1, fc2 and their inputs (post-ReLU, unsigned grid). Bit configurations W8A8, W4A8,
 W4A4, W2A8, W32A4 (32: float). learnq rows are ``learnq.ptq.quantize(model, splits.calib, method=...)`` with the
 method's defaults: minmax, mse (MMSE), aciq (Laplace), kl, each of mse and aciq also with bias correction (``+bc``;
-it changes weights only, so there is no W32A4 ``+bc`` row), adaround (1000 iterations per layer, MSE ranges) and
+it changes weights only, so there is no W32A4 ``+bc`` row), adaround (10,000 iterations per layer, the paper's,
+MSE ranges), adaround-fast (the ``fast`` preset: 1,000 iterations) and
 lapq (p in linspace(2, 4, 10), quadratic fit, Powell with maxiter 2, bias correction inside every evaluation).
 
 Outside baseline, ``torch-hist``: the same layers fake-quantized with qparams from ``torch.ao.quantization.
@@ -27,6 +28,7 @@ per layer; the aggregates) and ``benchmarks/results/ptq.md`` (the tables).
 
     .venv/bin/python benchmarks/ptq.py            # 3 seeds x 2 networks (612 s on 2 busy cores, training included)
     .venv/bin/python benchmarks/ptq.py --quick    # smoke test: 1 seed, short training, W4A4 only, cheap options
+    .venv/bin/python benchmarks/ptq.py --rows adaround,adaround-fast --merge   # re-measure rows, keep the others
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ NETWORKS: dict[str, dict[str, Any]] = {
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "minmax": ("minmax", {}), "mse": ("mse", {}), "mse+bc": ("mse", {"bias_correction": True}),
     "aciq": ("aciq", {}), "aciq+bc": ("aciq", {"bias_correction": True}), "kl": ("kl", {}),
-    "adaround": ("adaround", {}), "lapq": ("lapq", {}),
+    "adaround": ("adaround", {}), "adaround-fast": ("adaround", {"fast": True}), "lapq": ("lapq", {}),
     "torch-hist": ("torch", {"per_bits": False}), "torch-hist-b": ("torch", {"per_bits": True}),
 }
 QUICK = {"adaround": {"iterations": 100}, "lapq": {"p_count": 4, "maxiter": 1}}
@@ -155,6 +157,8 @@ def run_row(model: nn.Module, splits: Any, row: str, wbits: int, abits: int, see
         seconds, evals = time.perf_counter() - start, 0
     else:
         options = {**kwargs, **(QUICK.get(method, {}) if quick else {})}
+        if quick and method == "adaround":
+            options.pop("fast", None)  # QUICK's iterations replace the preset
         result = quantize(model, splits.calib, method=method, wbits=wbits, abits=abits, granularity="tensor",
                           skip_first_last=True, seed=seed, progress=False, device=device, **options)
         quantized, seconds, evals = result.model, result.calib_seconds, result.loss_evals
@@ -233,6 +237,25 @@ def markdown(summary: dict[str, Any], floats: dict[str, list[float]], claims: li
     return "\n".join(lines)
 
 
+def merge_previous(path: Path, runs: list[dict[str, Any]], trainings: list[dict[str, Any]],
+                   rows: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The previous JSON's runs of the rows not remeasured, plus the new runs; refuses when a float model's test
+    accuracy differs from the previous run's (the cache was retrained into another model)."""
+    old = json.loads(path.read_text())
+    before = {(t["network"], t["seed"]): t["float"] for t in old["floats"]}
+    for t in trainings:
+        if before.get((t["network"], t["seed"])) != t["float"]:
+            raise SystemExit(f"--merge: {t['network']} seed {t['seed']} float accuracy {t['float']} differs from "
+                             f"{before.get((t['network'], t['seed']))} in {path}: not the same model; rerun all rows")
+    done = {t["network"] for t in trainings}
+    kept = [r for r in old["runs"] if r["row"] not in rows or r["network"] not in done]
+    order = {row: i for i, row in enumerate(METHODS)}
+    nets = list(dict.fromkeys(t["network"] for t in old["floats"]))
+    merged = sorted(kept + runs, key=lambda r: (nets.index(r["network"]), r["seed"],
+                                                CONFIGS.index((r["wbits"], r["abits"])), order[r["row"]]))
+    return merged, old["floats"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, 3 epochs, W4A4 only, cheap AdaRound/LAPQ")
@@ -243,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder of the trained float models (reused by later runs)")
     parser.add_argument("--out", default=str(RESULTS), help="folder for ptq.json and ptq.md")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: least hurt by a busy machine)")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other rows' runs of the existing JSON (same float models: checked) and "
+                             "replace only --rows")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -277,10 +303,13 @@ def main(argv: list[str] | None = None) -> int:
                     runs.append(r)
                     print(f"  W{w}A{a} {row:13s} {100 * r['accuracy']:6.2f}%  {r['calib_seconds']:7.2f} s  "
                           f"{r['cpu_seconds']:7.2f} cpu s  {r['loss_evals']:4d} evals", flush=True)
+    if args.merge:
+        runs, trainings = merge_previous(out / f"{stem}.json", runs, trainings, rows)
     summary = aggregate(runs)
     claims = claim_check(runs)
     payload = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "seeds": seeds,
-               "configs": [f"W{w}A{a}" for w, a in configs], "networks": NETWORKS, "rows": rows,
+               "configs": [f"W{w}A{a}" for w, a in configs], "networks": NETWORKS,
+               "rows": list(dict.fromkeys(r["row"] for r in runs)),
                "torch": torch.__version__, "platform": platform.platform(), "threads": args.threads,
                "load_average": {"start": load_start, "end": os.getloadavg()},
                "wall_seconds": time.perf_counter() - start, "floats": trainings, "summary": summary,

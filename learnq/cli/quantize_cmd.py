@@ -25,7 +25,7 @@ from learnq.pipeline.data import dataset_from_preprocessing
 from learnq.pipeline.models import model_from_spec
 from learnq.pipeline.run import EVAL_BATCH, rebuild, resolve_model_file
 from learnq.pipeline.train import evaluate, set_seed
-from learnq.ptq.api import available_methods, quantize
+from learnq.ptq.api import PTQ_METHODS, available_methods, get_ptq_method, quantize
 
 BITS_HELP = "bits (1..16, or 32 to leave them in float)"
 
@@ -51,6 +51,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="leave the first and last layers in float (default: the method's choice)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="a method option, e.g. p=3.0 for lp or distribution=gaussian for aciq (JSON values)")
+    parser.add_argument("--fast", action="store_true",
+                        help="the method's fast preset (option fast=true; adaround: 1,000 iterations per layer "
+                             "instead of the paper's 10,000)")
     parser.add_argument("--out", default=None, help="the quantized model file to write")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     add_common(parser)
@@ -83,6 +86,12 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(args.calib, bool) or args.calib < 1:
         raise ConfigError(f"--calib must be at least 1 sample, got {args.calib}")
     options = parse_options(args.option)
+    if args.fast:
+        if "fast" not in get_ptq_method(args.method).options:
+            presets = [name for name, m in PTQ_METHODS.items() if "fast" in m.options]
+            raise ConfigError(f"--fast: PTQ method {args.method!r} has no fast preset (methods with one: "
+                              f"{', '.join(presets)})")
+        options["fast"] = True
     skip = None if args.skip_first_last is None else args.skip_first_last == "yes"
     set_seed(args.seed)
     src = resolve_model_file(args.path)
