@@ -181,10 +181,10 @@ def load_results(path: Path) -> dict[str, Any]:
 def save_results(path: Path, results: dict[str, Any], args: argparse.Namespace) -> None:
     results["settings"] = {"alpha_lr": args.alpha_lr, "alpha_init": args.alpha_init, "dsmm": args.dsmm,
                            "ft_epochs": args.ft_epochs, "ft_lr_factor": args.ft_lr_factor, "models": MODELS,
-                           "data": DATA, "configs": [f"W{w}A{a}" for w, a in CONFIGS], "threads": args.threads,
-                           "lapq": {"maxiter": 1, "maxfev": args.lapq_maxfev},
-                           "adaround_iterations": 1000 if args.adaround_fast else 10_000,
-                           "torch": torch.__version__, "python": platform.python_version()}
+                           "data": DATA, "threads": args.threads, "torch": torch.__version__,
+                           "python": platform.python_version(),
+                           "ptq": "every layer, BatchNorm folded, per-tensor weights, 8-bit per-tensor activations; "
+                                  "each result records its AdaRound iterations / LAPQ cap in 'options'"}
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, (json.dumps(results, indent=1) + "\n").encode())
 
@@ -211,7 +211,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ft-lr-factor", type=float, default=0.1, help="fine-tuning lr / scratch lr (default 0.1)")
     p.add_argument("--dsmm", type=float, default=0.01, help="DSMM λ (default 0.01, the paper's)")
     p.add_argument("--alpha-init", type=float, default=0.1, help="DSMM α₀ (default 0.1, the paper's)")
-    p.add_argument("--alpha-lr", type=float, default=5.0, help="lr of DSMM's α group (default 5, from the pilot)")
+    p.add_argument("--alpha-lr", type=float, default=50.0, help="lr of DSMM's α group (default 50, from the pilot)")
+    p.add_argument("--configs", default=",".join(f"W{w}A{a}" for w, a in CONFIGS), help="PTQ bit configurations")
     p.add_argument("--adaround-fast", action="store_true", help="AdaRound at 1,000 iterations instead of 10,000")
     p.add_argument("--lapq-maxfev", type=int, default=300, help="LAPQ's cap on Powell's loss evaluations")
     p.add_argument("--limit", type=int, default=None, help="at most this many training images")
@@ -226,6 +227,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.regs = _csv(args.regs, REGS, "regs")
     args.methods = _csv(args.methods, list(METHODS), "methods")
     args.seeds = [int(s) for s in args.seeds.split(",")]
+    known = [f"W{w}A{a}" for w, a in CONFIGS]
+    args.configs = [CONFIGS[known.index(c)] for c in _csv(args.configs, known, "configs")]
     if args.quick:
         args.seeds, args.epochs, args.ft_epochs, args.limit = [1], 2, 1, args.limit or 1000
     if args.train_only and args.eval_only:
@@ -258,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                         results["train"][key] = {k: v for k, v in rec.items() if k not in ("history", "training")}
                     done = results["ptq"].setdefault(key, {})
                     for row in args.methods:
-                        for w, a in CONFIGS:
+                        for w, a in args.configs:
                             cfg = f"W{w}A{a}"
                             if cfg in done.get(row, {}):
                                 continue

@@ -1,0 +1,115 @@
+"""Paired, per-seed statistics behind the verdicts of BENCHMARKS.md (issue 17), from the benchmarks' result files.
+
+Nothing is trained or quantized: this reads ``benchmarks/results/{ptq,regularizers,regularizers_asam,qat}.json``
+(and ``dsmm_repro.json`` has its own report, ``dsmm_report.py``) and writes ``benchmarks/results/verdicts.md``: for
+every comparison a verdict rests on, the per-seed differences (the same seed's float model, split and calibration
+set on both sides), their mean ± sample std and the count of seeds where the first method is better / equal /
+worse. One test image is 0.1 point on mnist5k's 1,000 test images.
+
+    python benchmarks/verdicts.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def paired(label: str, a: dict[int, float], b: dict[int, float]) -> str:
+    """One table row: per-seed a - b in points, mean ± std, better / equal / worse."""
+    seeds = sorted(set(a) & set(b))
+    diffs = [100 * (a[s] - b[s]) for s in seeds]
+    if not diffs:
+        return f"| {label} | (no common seed) | | |"
+    m = statistics.fmean(diffs)
+    sd = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+    signs = f"{sum(d > 1e-9 for d in diffs)} / {sum(abs(d) <= 1e-9 for d in diffs)} / {sum(d < -1e-9 for d in diffs)}"
+    per = ", ".join(f"{s}: {d:+.1f}" for s, d in zip(seeds, diffs, strict=True))
+    return f"| {label} | {per} | {m:+.2f} ± {sd:.2f} | {signs} |"
+
+
+HEAD = ["| comparison | per seed (points) | mean ± std | better / equal / worse |", "| --- | --- | ---: | ---: |"]
+
+
+def ptq_section(path: Path) -> list[str]:
+    """LAPQ's Table 1 (seeds/001): the order of the methods at W4A4 and W4A8, paired by seed."""
+    runs = json.loads(path.read_text())["runs"]
+    acc: dict[tuple[str, str, str], dict[int, float]] = {}
+    for r in runs:
+        acc.setdefault((r["network"], r["row"], f"W{r['wbits']}A{r['abits']}"), {})[r["seed"]] = r["accuracy"]
+    lines = [f"**LAPQ's Table 1 orders, paired by seed** (`{path.name}`)", "", *HEAD]
+    pairs = [("lapq", "mse"), ("lapq", "mse+bc"), ("lapq", "aciq"), ("lapq", "kl"), ("mse", "aciq"),
+             ("kl", "mse"), ("kl", "aciq"), ("adaround", "adaround-fast"), ("adaround", "mse"), ("lapq", "adaround")]
+    for net in ("mnist5k", "digits"):
+        for cfg in ("W4A4", "W4A8", "W2A8"):
+            for x, y in pairs:
+                if (net, x, cfg) in acc and (net, y, cfg) in acc:
+                    lines.append(paired(f"{net} {cfg}: {x} - {y}", acc[(net, x, cfg)], acc[(net, y, cfg)]))
+    return lines + [""]
+
+
+def regularizers_section(path: Path, asam: Path | None) -> list[str]:
+    """The SymReg/SatNL supplement (seeds/002) and heavy L2 (seeds/000): each method - L2, same seed."""
+    runs = json.loads(path.read_text())["runs"]
+    if asam is not None and asam.is_file():
+        runs = runs + json.loads(asam.read_text())["runs"]
+
+    def values(method: str, pick: Callable[[dict[str, Any]], float]) -> dict[int, float]:
+        return {r["seed"]: pick(r) for r in runs if r["method"] == method}
+
+    lines = [f"**Training-time methods against the L2 baseline of the same seed** (`{path.name}`"
+             + (f", `{asam.name}`" if asam is not None and asam.is_file() else "") + "; naive per-tensor min-max "
+             "PTQ, 8-bit activations)", "", *HEAD]
+    methods = sorted({r["method"] for r in runs} - {"l2"}, key=lambda m: [r["method"] for r in runs].index(m))
+    for method in methods:
+        floats = (values(method, lambda r: r["float"]), values("l2", lambda r: r["float"]))
+        lines.append(paired(f"{method} - l2: float", *floats))
+        for scheme in ("symmetric", "affine"):
+            for bits in ("3", "2"):
+                def pick(r: dict[str, Any], s: str = scheme, b: str = bits) -> float:
+                    return r["ptq"][s][b]
+
+                lines.append(paired(f"{method} - l2: W{bits}A8 {scheme}", values(method, pick), values("l2", pick)))
+    return lines + [""]
+
+
+def qat_section(path: Path) -> list[str]:
+    """DiffQ (seeds/003) and the nested layer (seeds/004): every QAT point against the float model of its seed."""
+    runs = json.loads(path.read_text())["runs"]
+    by: dict[str, dict[int, float]] = {}
+    for r in runs:
+        by.setdefault(r["label"], {})[r["seed"]] = r["accuracy"]
+    lines = [f"**QAT points against the float model of the same seed** (`{path.name}`)", "", *HEAD]
+    for label, vals in by.items():
+        if label != "float":
+            lines.append(paired(f"{label} - float", vals, by["float"]))
+    for a, b in (("diffq λ=1000", "ste w2"), ("diffq λ=1000", "lsq w2"), ("lsq w2", "ste w2")):
+        if a in by and b in by:
+            lines.append(paired(f"{a} - {b}", by[a], by[b]))
+    return lines + [""]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--results", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    r = args.results
+    lines = ["<!-- generated by benchmarks/verdicts.py from the result files named in each table -->", ""]
+    lines += ptq_section(r / "ptq.json")
+    lines += regularizers_section(r / "regularizers.json", r / "regularizers_asam.json")
+    lines += qat_section(r / "qat.json")
+    out = r / "verdicts.md"
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
