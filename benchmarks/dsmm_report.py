@@ -22,6 +22,7 @@ from learnq.analysis.weights import tensor_stats
 from learnq.checkpoint import read
 
 HERE = Path(__file__).resolve().parent
+BEGIN, END = "<!-- dsmm_report.py: begin -->", "<!-- dsmm_report.py: end -->"
 REGS = ("l2", "l2-heavy", "dsmm")
 ROWS = ("naive", "naive-affine", "mse", "mse+bc", "aciq", "kl", "adaround", "lapq")
 CONFIGS = ("W4A8", "W2A8")
@@ -198,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=HERE / "results" / "dsmm_repro.json")
     p.add_argument("--cache", type=Path, default=Path("~/.cache/learnq-bench/dsmm").expanduser())
     p.add_argument("--out", type=Path, default=None, help="output stem (default: next to --results)")
+    p.add_argument("--into", type=Path, default=None,
+                   help="also write the tables between the dsmm_report.py markers of this file (BENCHMARKS.md)")
     args = p.parse_args(argv)
     results = json.loads(args.results.read_text())
     stem = args.out or args.results.with_suffix("")
@@ -217,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     md = stem.with_name(stem.name + ".md")
     md.write_text("\n".join(lines) + "\n", encoding="utf-8")
     png = plot_alpha(args.cache, models, protocols, seeds[0], stem.with_name(stem.name + "_alpha.png"))
+    if args.into is not None:
+        from md_section import replace_section  # benchmarks/md_section.py
+
+        replace_section(args.into, BEGIN, END, "\n".join(lines))
     print("\n".join(lines))
     print(f"wrote {md}" + (f" and {png}" if png else ""))
     return 0

@@ -239,21 +239,24 @@ def markdown(summary: dict[str, Any], floats: dict[str, list[float]], claims: li
 
 def merge_previous(path: Path, runs: list[dict[str, Any]], trainings: list[dict[str, Any]],
                    rows: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The previous JSON's runs of the rows not remeasured, plus the new runs; refuses when a float model's test
-    accuracy differs from the previous run's (the cache was retrained into another model)."""
+    """The previous JSON's runs of the networks not run now and, for the networks run now, of the rows not
+    remeasured, plus the new runs. Keeping rows of a network needs the same float models: refuses when a float
+    model's test accuracy differs from the previous run's (then rerun all rows of that network)."""
     old = json.loads(path.read_text())
     before = {(t["network"], t["seed"]): t["float"] for t in old["floats"]}
     for t in trainings:
-        if before.get((t["network"], t["seed"])) != t["float"]:
+        keeps_rows = any(r["row"] not in rows and r["network"] == t["network"] for r in old["runs"])
+        if keeps_rows and before.get((t["network"], t["seed"])) != t["float"]:
             raise SystemExit(f"--merge: {t['network']} seed {t['seed']} float accuracy {t['float']} differs from "
                              f"{before.get((t['network'], t['seed']))} in {path}: not the same model; rerun all rows")
     done = {t["network"] for t in trainings}
     kept = [r for r in old["runs"] if r["row"] not in rows or r["network"] not in done]
     order = {row: i for i, row in enumerate(METHODS)}
-    nets = list(dict.fromkeys(t["network"] for t in old["floats"]))
+    nets = list(dict.fromkeys([t["network"] for t in old["floats"]] + [t["network"] for t in trainings]))
     merged = sorted(kept + runs, key=lambda r: (nets.index(r["network"]), r["seed"],
                                                 CONFIGS.index((r["wbits"], r["abits"])), order[r["row"]]))
-    return merged, old["floats"]
+    floats = [t for t in old["floats"] if t["network"] not in done] + trainings
+    return merged, sorted(floats, key=lambda t: (nets.index(t["network"]), t["seed"]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
             trainings.append({"network": net, "seed": seed, "float": fl, "n_test": len(splits.test),
                               "n_calib": len(splits.calib), **info})
             print(f"{net} seed {seed}: float {100 * fl:.2f}% (n = {len(splits.test)})", flush=True)
+            if args.merge:  # fail now, not after the rows: merging needs the same float models
+                merge_previous(out / f"{stem}.json", [], trainings[-1:], rows)
             for w, a in configs:
                 for row in rows:
                     if w == 32 and row.endswith("+bc"):
@@ -305,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
                           f"{r['cpu_seconds']:7.2f} cpu s  {r['loss_evals']:4d} evals", flush=True)
     if args.merge:
         runs, trainings = merge_previous(out / f"{stem}.json", runs, trainings, rows)
+        floats = {}
+        for t in trainings:
+            floats.setdefault(t["network"], []).append(t["float"])
     summary = aggregate(runs)
     claims = claim_check(runs)
     payload = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "seeds": seeds,
