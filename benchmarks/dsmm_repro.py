@@ -7,7 +7,8 @@ Two protocols, each for LeNet-5 (``lenet``) and the zoo's MobileNetV2 (``mobilen
 * ``scratch`` (Table 1, DSMM¹ of Table 3): trained from initialisation with L2 (1x), heavy L2 (10x, instead of the
   1x) or L2 + DSMM (λ = 0.01, α₀ = 0.1, the paper's, A.1). SGD, momentum 0.9, cosine schedule, batch 64.
 * ``finetune`` (Sec. 4.2, DSMM² of Table 3): the seed's ``scratch`` L2 model fine-tuned at a low learning rate for
-  a few epochs with L2 (the control: same extra training), heavy L2, or L2 + DSMM.
+  10 epochs (``--ft-epochs``; α reaches α* within 5 epochs in the pilot traces) with L2 (the control: same extra
+  training), heavy L2, or L2 + DSMM.
 
 α has its own optimizer group at ``--alpha-lr`` (DSMM's ``alpha_lr``): α moves by ``lr·λ·dL/dα`` per step, and the
 paper's ImageNet runs (lr 0.4 to 1.0, hundreds of thousands of steps) have orders of magnitude more of that than a
@@ -47,15 +48,17 @@ from typing import Any
 import torch
 
 from learnq.atomic_file import write_atomic
+from learnq.bn_fold import fold_batchnorm
 from learnq.checkpoint import load, save
 from learnq.grid import GridSpec
-from learnq.pipeline.bn_fold import fold_batchnorm
+from learnq.pipeline.model_files import rebuild
 from learnq.pipeline.models import model_from_spec, model_spec
 from learnq.pipeline.recipe import Recipe
-from learnq.pipeline.run import load_splits, prepare_training, rebuild, training_summary
+from learnq.pipeline.run import load_splits
 from learnq.pipeline.train import evaluate, set_seed, train
+from learnq.pipeline.training import prepare_training, training_summary
 from learnq.ptq import quantize
-from learnq.ptq.weights import quantize_weights
+from learnq.ptq.ptq_weight import quantize_weights
 from learnq.regularizers.dsmm_alpha import plot_alpha_trace
 
 RESULTS = Path(__file__).resolve().parent / "results" / "dsmm_repro.json"
@@ -146,6 +149,16 @@ def train_one(protocol: str, model: str, reg: str, seed: int, args: argparse.Nam
     return record
 
 
+def train_record(rec: dict[str, Any]) -> dict[str, Any]:
+    """What the results JSON keeps of a training: everything but the history, plus DSMM's α trace (α, α*, dL/dα
+    per layer per epoch) so that the report does not need the cache."""
+    out = {k: v for k, v in rec.items() if k not in ("history", "training")}
+    trace = rec.get("training", {}).get("regularizers", {}).get("dsmm", {}).get("trace")
+    if trace:
+        out["alpha_trace"] = trace
+    return out
+
+
 def ptq_one(path: Path, row: str, wbits: int, abits: int, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """Quantize the model file ``path`` by PTQ row ``row`` at W``wbits``A``abits``; test accuracy and costs."""
     model, splits, _ = rebuild(path)
@@ -207,7 +220,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--train-only", action="store_true", help="train (and cache) the float models, no PTQ")
     p.add_argument("--eval-only", action="store_true", help="PTQ of cached models only (missing ones are skipped)")
     p.add_argument("--epochs", type=int, default=None, help="scratch epochs (default: per model, MODELS)")
-    p.add_argument("--ft-epochs", type=int, default=5, help="fine-tuning epochs (default 5)")
+    p.add_argument("--ft-epochs", type=int, default=10, help="fine-tuning epochs (default 10)")
     p.add_argument("--ft-lr-factor", type=float, default=0.1, help="fine-tuning lr / scratch lr (default 0.1)")
     p.add_argument("--dsmm", type=float, default=0.01, help="DSMM λ (default 0.01, the paper's)")
     p.add_argument("--alpha-init", type=float, default=0.1, help="DSMM α₀ (default 0.1, the paper's)")
@@ -250,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                     path = model_file(args.cache, protocol, model, reg, seed)
                     if not args.eval_only and not path.is_file():
                         rec = train_one(protocol, model, reg, seed, args)
-                        results["train"][key] = {k: v for k, v in rec.items() if k not in ("history", "training")}
+                        results["train"][key] = train_record(rec)
                         save_results(args.out, results, args)
                         print(f"[{time.perf_counter() - t0:6.0f}s] trained {key}: float {100 * rec['float']:.1f}% "
                               f"({rec['train_seconds']:.0f} s)", flush=True)
@@ -258,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     if key not in results["train"]:  # trained by an earlier run into the same cache
                         rec = json.loads(path.with_suffix(".json").read_text())
-                        results["train"][key] = {k: v for k, v in rec.items() if k not in ("history", "training")}
+                        results["train"][key] = train_record(rec)
                     done = results["ptq"].setdefault(key, {})
                     for row in args.methods:
                         for w, a in args.configs:

@@ -29,6 +29,8 @@ per layer; the aggregates) and ``benchmarks/results/ptq.md`` (the tables).
     .venv/bin/python benchmarks/ptq.py            # 3 seeds x 2 networks (612 s on 2 busy cores, training included)
     .venv/bin/python benchmarks/ptq.py --quick    # smoke test: 1 seed, short training, W4A4 only, cheap options
     .venv/bin/python benchmarks/ptq.py --rows adaround,adaround-fast --merge   # re-measure rows, keep the others
+    .venv/bin/python benchmarks/ptq.py --rows adaround --networks mnist5k --seed-list 0 --configs W4A8,W2A8 --merge
+                                                   # one seed's cells at a time (each run under ~10 min)
 """
 
 from __future__ import annotations
@@ -49,8 +51,9 @@ import torch
 from torch import nn
 from torch.ao.quantization import HistogramObserver
 
+from learnq.pipeline.model_files import rebuild
 from learnq.pipeline.recipe import Recipe
-from learnq.pipeline.run import MODEL_FILE, rebuild, train_recipe
+from learnq.pipeline.run import MODEL_FILE, train_recipe
 from learnq.pipeline.train import evaluate
 from learnq.ptq import quantize
 
@@ -237,25 +240,33 @@ def markdown(summary: dict[str, Any], floats: dict[str, list[float]], claims: li
     return "\n".join(lines)
 
 
-def merge_previous(path: Path, runs: list[dict[str, Any]], trainings: list[dict[str, Any]],
-                   rows: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The previous JSON's runs of the networks not run now and, for the networks run now, of the rows not
-    remeasured, plus the new runs. Keeping rows of a network needs the same float models: refuses when a float
-    model's test accuracy differs from the previous run's (then rerun all rows of that network)."""
+def _cell(r: dict[str, Any]) -> tuple[str, int, str, int, int]:
+    return r["network"], r["seed"], r["row"], r["wbits"], r["abits"]
+
+
+def merge_previous(path: Path, runs: list[dict[str, Any]], trainings: list[dict[str, Any]], rows: list[str],
+                   configs: list[tuple[int, int]] | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The previous JSON's runs outside the cells measured now (a cell: network, seed, row, bit configuration;
+    the cells of this run are its trainings' (network, seed) x ``rows`` x ``configs``, default every config), plus
+    the new runs. Keeping runs of a (network, seed) needs the same float model: refuses when its test accuracy
+    differs from the previous run's (then rerun all rows of that network)."""
     old = json.loads(path.read_text())
     before = {(t["network"], t["seed"]): t["float"] for t in old["floats"]}
+    cfgs = set(configs if configs is not None else CONFIGS)
+    now = {(t["network"], t["seed"], row, w, a) for t in trainings for row in rows for w, a in cfgs}
     for t in trainings:
-        keeps_rows = any(r["row"] not in rows and r["network"] == t["network"] for r in old["runs"])
-        if keeps_rows and before.get((t["network"], t["seed"])) != t["float"]:
+        keeps = any(_cell(r) not in now and (r["network"], r["seed"]) == (t["network"], t["seed"])
+                    for r in old["runs"])
+        if keeps and before.get((t["network"], t["seed"])) != t["float"]:
             raise SystemExit(f"--merge: {t['network']} seed {t['seed']} float accuracy {t['float']} differs from "
                              f"{before.get((t['network'], t['seed']))} in {path}: not the same model; rerun all rows")
-    done = {t["network"] for t in trainings}
-    kept = [r for r in old["runs"] if r["row"] not in rows or r["network"] not in done]
+    kept = [r for r in old["runs"] if _cell(r) not in now]
     order = {row: i for i, row in enumerate(METHODS)}
     nets = list(dict.fromkeys([t["network"] for t in old["floats"]] + [t["network"] for t in trainings]))
     merged = sorted(kept + runs, key=lambda r: (nets.index(r["network"]), r["seed"],
                                                 CONFIGS.index((r["wbits"], r["abits"])), order[r["row"]]))
-    floats = [t for t in old["floats"] if t["network"] not in done] + trainings
+    done = {(t["network"], t["seed"]) for t in trainings}
+    floats = [t for t in old["floats"] if (t["network"], t["seed"]) not in done] + trainings
     return merged, sorted(floats, key=lambda t: (nets.index(t["network"]), t["seed"]))
 
 
@@ -263,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, 3 epochs, W4A4 only, cheap AdaRound/LAPQ")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seed-list", default=None,
+                        help="comma-separated seeds instead of 0..--seeds-1 (with --merge)")
+    parser.add_argument("--configs", default=None,
+                        help="comma-separated bit configurations, e.g. W4A8,W2A8 (default: all; with --merge)")
     parser.add_argument("--networks", default="mnist5k,digits")
     parser.add_argument("--rows", default=",".join(METHODS), help="comma-separated rows (methods)")
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "learnq-bench-ptq"),
@@ -277,6 +292,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     seeds = [0] if args.quick else list(range(args.seeds))
     configs = [(4, 4)] if args.quick else list(CONFIGS)
+    if args.seed_list:
+        seeds = [int(x) for x in args.seed_list.split(",")]
+    if args.configs:
+        names = [f"W{w}A{a}" for w, a in CONFIGS]
+        bad = [c for c in args.configs.split(",") if c not in names]
+        if bad:
+            parser.error(f"unknown --configs {bad}; known: {', '.join(names)}")
+        configs = [CONFIGS[names.index(c)] for c in args.configs.split(",")]
+    if (args.seed_list or args.configs) and not args.merge:
+        parser.error("--seed-list / --configs measure part of the table: give --merge (keep the rest of the JSON)")
     epochs, limit = (3, 1500) if args.quick else (None, None)
     rows = args.rows.split(",")
     unknown = [r for r in rows if r not in METHODS]
@@ -298,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
                               "n_calib": len(splits.calib), **info})
             print(f"{net} seed {seed}: float {100 * fl:.2f}% (n = {len(splits.test)})", flush=True)
             if args.merge:  # fail now, not after the rows: merging needs the same float models
-                merge_previous(out / f"{stem}.json", [], trainings[-1:], rows)
+                merge_previous(out / f"{stem}.json", [], trainings[-1:], rows, configs)
             for w, a in configs:
                 for row in rows:
                     if w == 32 and row.endswith("+bc"):
@@ -309,7 +334,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  W{w}A{a} {row:13s} {100 * r['accuracy']:6.2f}%  {r['calib_seconds']:7.2f} s  "
                           f"{r['cpu_seconds']:7.2f} cpu s  {r['loss_evals']:4d} evals", flush=True)
     if args.merge:
-        runs, trainings = merge_previous(out / f"{stem}.json", runs, trainings, rows)
+        runs, trainings = merge_previous(out / f"{stem}.json", runs, trainings, rows, configs)
+        seeds = sorted({t["seed"] for t in trainings})
+        configs = [c for c in CONFIGS if any((r["wbits"], r["abits"]) == c for r in runs)]
         floats = {}
         for t in trainings:
             floats.setdefault(t["network"], []).append(t["float"])
@@ -322,6 +349,10 @@ def main(argv: list[str] | None = None) -> int:
                "load_average": {"start": load_start, "end": os.getloadavg()},
                "wall_seconds": time.perf_counter() - start, "floats": trainings, "summary": summary,
                "claims": claims, "runs": runs}
+    if args.merge:  # every command that measured part of the merged table, oldest first
+        old = json.loads((out / f"{stem}.json").read_text())
+        payload["commands"] = [*old.get("commands", [old["command"]]), payload["command"]]
+        payload["notes"] = old.get("notes", [])
     (out / f"{stem}.json").write_text(json.dumps(payload, indent=1) + "\n")
     text = markdown(summary, floats, claims, len(seeds), configs)
     (out / f"{stem}.md").write_text(text + "\n")

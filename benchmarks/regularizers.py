@@ -52,7 +52,7 @@ from learnq.pipeline.recipe import Recipe, load_recipe
 from learnq.pipeline.run import TrainedRun, load_splits, train_recipe
 from learnq.pipeline.train import evaluate
 from learnq.ptq import quantize
-from learnq.ptq.weights import quantize_weights
+from learnq.ptq.ptq_weight import quantize_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "regularizers-mnist5k.toml"
@@ -128,7 +128,7 @@ def ptq_accuracy(trained: TrainedRun, bits: int, scheme: str) -> float:
     """Test accuracy after naive per-tensor min-max PTQ: ``bits``-bit weights, 8-bit activations.
 
     ``learnq.ptq.quantize`` takes grids with one clipping value (symmetric), so the affine grid is done in its two
-    steps: the weights with ``learnq.ptq.weights.quantize_weights``, then ``quantize(wbits=32, abits=8)`` calibrates
+    steps: the weights with ``learnq.ptq.ptq_weight.quantize_weights``, then ``quantize(wbits=32, abits=8)`` calibrates
     the activations on the model with quantized weights (the order ``quantize`` itself uses; for the symmetric grid
     the two routes give the same model).
     """
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "regularizers", "command": "python benchmarks/regularizers.py " + " ".join(sys.argv[1:]),
         "config": config, "recipe": base.to_dict(), "bits": list(BITS), "abits": ABITS, "layer": layer,
         "ptq": "learnq.ptq.quantize(method='minmax', granularity='tensor', abits=8): weights and conv/linear inputs; "
-               "affine weights by learnq.ptq.weights.quantize_weights, then quantize(wbits=32, abits=8)",
+               "affine weights by learnq.ptq.ptq_weight.quantize_weights, then quantize(wbits=32, abits=8)",
         "std": "sample standard deviation over seeds (n - 1)", "seconds": total,
         "commit": _git_commit(),
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": args.threads,

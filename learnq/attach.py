@@ -15,17 +15,8 @@ import torch
 from torch import nn
 
 from learnq.errors import ConfigError, ModelError
+from learnq.layers import LAYER_TYPES, is_depthwise
 from learnq.quantized import full_name, holders, holders_index
-
-LAYER_TYPES: dict[str, tuple[type[nn.Module], ...]] = {
-    "linear": (nn.Linear,),
-    "conv": (nn.Conv1d, nn.Conv2d, nn.Conv3d),
-    "embedding": (nn.Embedding,),
-}
-
-
-def _is_depthwise(module: nn.Module) -> bool:
-    return isinstance(module, LAYER_TYPES["conv"]) and module.groups > 1 and module.groups == module.in_channels
 
 
 @dataclass(frozen=True)
@@ -65,7 +56,7 @@ def candidate_layers(model: nn.Module, selection: Selection = Selection()) -> li
     kinds = tuple(t for name in selection.types for t in LAYER_TYPES[name])
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, kinds)]
     if selection.skip_depthwise:
-        layers = [(n, m) for n, m in layers if not _is_depthwise(m)]
+        layers = [(n, m) for n, m in layers if not is_depthwise(m)]
     if selection.skip_first and layers:
         layers = layers[1:]
     if selection.skip_last and layers:

@@ -27,21 +27,19 @@ Loading parses the header itself (safetensors' reader is not used; every JSON te
 is parsed, in nesting depth, ``MAX_JSON_DEPTH``), checks the version, the extent of every blob
 (a truncated file names the tensors cut off), that the slices tile the blobs, and every tensor's checksum, and
 refuses anything else (a pickle written by ``torch.save``, random bytes, a safetensors file without learnq metadata)
-with :class:`learnq.errors.CheckpointError`. :mod:`learnq.file_layout` holds the per-tensor coding and the slice
-placement; this module the header, :func:`save`, :func:`read` and :func:`load`.
+with :class:`learnq.errors.CheckpointError`. :mod:`learnq.file_layout` holds the per-tensor coding,
+:mod:`learnq.file_records` the slice placement, :mod:`learnq.model_file` the reading (:func:`read`); this module
+:func:`save` and :func:`load`. What a file records about a model besides its tensors (folded BatchNorm, activation
+quantizers, the PTQ config) are the fields of :mod:`learnq.fields`, which save and load iterate.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import os
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from functools import cached_property
-from typing import TYPE_CHECKING, Any
 
 import safetensors.torch
 import torch
@@ -49,103 +47,15 @@ from safetensors import SafetensorError
 from torch import nn
 from torch.nn.utils import parametrize
 
-from learnq.act_quant import ACTIVATIONS_KEY, activation_state, input_quantizers, restore_activation_state
-from learnq.activations import WRAPPERS_KEY, restore_wrappers, wrapped_activations, wrapper_state
+from learnq.accounting import SizeReport, report_for
 from learnq.atomic_file import write_atomic
 from learnq.bounded_json import MAX_JSON_DEPTH, json_too_deep
 from learnq.errors import CheckpointError, ConfigError, LearnqError
-from learnq.file_layout import (
-    Entry,
-    Slice,
-    crc32,
-    damaged,
-    decode_record,
-    dtype_name,
-    encode,
-    locate,
-    place_records,
-    same_entry,
-)
+from learnq.fields import field_states, restorers
+from learnq.file_layout import crc32, dtype_name, encode, same_entry
 from learnq.grid import QuantizedTensor
-from learnq.quantized import (
-    attach_quantized,
-    get_module,
-    holders,
-    plain_state,
-    quantized_parameters,
-    split_name,
-    tied_groups,
-)
-
-if TYPE_CHECKING:
-    from learnq.size import SizeReport
-
-FORMAT = "learnq"
-FORMAT_VERSION = 1
-_MAX_HEADER = 100 * 2**20
-_MAX_JSON = 256 * 2**20
-# A model whose BatchNorm layers were folded before quantization (learnq.ptq.quantize) carries the folded
-# (layer, BatchNorm) pairs in this attribute; save records them under this metadata key and load folds the same
-# pairs of the freshly built model it loads into, so the file's tensors fit it.
-FOLDED_BN_ATTR = "learnq_folded_batchnorm"
-FOLDED_BN_KEY = "folded_batchnorm"
-
-
-@dataclass
-class ModelFile:
-    """A learnq model file as read from disk; ``entries`` (tensor name -> value) are in the file's order and
-    ``slices`` (tensor name -> its slices of the blobs) say where each one's bytes are."""
-
-    path: str
-    metadata: dict
-    version: int
-    entries: dict[str, Entry] = field(default_factory=dict)
-    file_bytes: int = 0
-    slices: dict[str, list[Slice]] = field(default_factory=dict)
-
-    @cached_property
-    def size(self) -> SizeReport:
-        """The size report of this file (computed on first use: zlib of every tensor takes a moment)."""
-        from learnq.size import size_report
-
-        return size_report(self)
-
-
-# -- save -------------------------------------------------------------------------------------------------------
-def model_entries(model: nn.Module, quantized: Mapping[str, QuantizedTensor] | None = None) -> dict[str, Entry]:
-    """What :func:`save` writes: every tensor of ``plain_state(model)``, quantized ones as QuantizedTensor."""
-    state = plain_state(model)
-    qts = dict(quantized_parameters(model))
-    for name, qt in (quantized or {}).items():
-        if name not in state:
-            raise ConfigError(f"quantized= names {name!r}, which is not a parameter or buffer of the model")
-        if not isinstance(qt, QuantizedTensor):
-            raise ConfigError(f"quantized[{name!r}] must be a QuantizedTensor, got {type(qt).__name__}")
-        if qt.shape != tuple(state[name].shape):
-            raise ConfigError(f"quantized[{name!r}] has shape {qt.shape} but the model's tensor has "
-                              f"{tuple(state[name].shape)}")
-        qts[name] = qt
-    # model order: a parametrized tensor at the place of its ``<module>.parametrizations.<param>.original`` key
-    order: list[str] = []
-    for key in model.state_dict():
-        head, sep, tail = f".{key}".partition(".parametrizations.")
-        name = f"{head}.{tail.partition('.')[0]}"[1:] if sep else key
-        if name in state and name not in order:
-            order.append(name)
-    order += [k for k in state if k not in order]
-    return {name: qts.get(name, state[name]) for name in order}
-
-
-def _loads(path: str, text: bytes, what: str) -> Any:
-    """``json.loads`` of a file's ``text`` after checking its depth (CheckpointError naming ``what``)."""
-    if json_too_deep(text):
-        raise CheckpointError(f"{path!r}: its {what} nests more than {MAX_JSON_DEPTH} levels deep, which "
-                              "learnq.save never writes; the file was crafted or damaged")
-    return json.loads(text.decode("utf-8"))
-
-
-def _dump(info: dict) -> str:
-    return json.dumps(info, separators=(",", ":"), allow_nan=False)
+from learnq.model_file import FORMAT, FORMAT_VERSION, ModelFile, dumps, read
+from learnq.quantized import attach_quantized, get_module, holders, model_entries, plain_state, split_name, tied_groups
 
 
 def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = None,
@@ -159,16 +69,8 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = N
     ``quantized`` adds (or replaces) quantized tensors for parameters that carry no quantizer. ``metadata`` is any
     JSON-serialisable dict, returned by :func:`read` as ``ModelFile.metadata``.
     """
-    from learnq.size import report_for
-
     user = dict(metadata or {})
-    if input_quantizers(model) and ACTIVATIONS_KEY not in user:  # activation quantizers: re-attached by load
-        user[ACTIVATIONS_KEY] = activation_state(model)[0]
-    if wrapped_activations(model) and WRAPPERS_KEY not in user:  # PACT / observer wrappers: re-wrapped by load
-        user[WRAPPERS_KEY] = wrapper_state(model)
-    folded = getattr(model, FOLDED_BN_ATTR, None)
-    if folded and FOLDED_BN_KEY not in user:  # BatchNorm folded before quantization: folded again by load
-        user[FOLDED_BN_KEY] = [list(pair) for pair in folded]
+    user.update(field_states(model, user))  # folded BatchNorm, activation quantizers, PTQ config (learnq.fields)
     entries = model_entries(model, quantized)
     encoded = {name: encode(name, value) for name, value in entries.items()}
     parts: dict[str, list[torch.Tensor]] = {}
@@ -184,11 +86,11 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = N
             if enc.grid is None:
                 record.append(dtype_name(enc.data.dtype))  # type: ignore[union-attr]
             else:
-                record.append(grids.setdefault(_dump(enc.grid), len(grids)))
+                record.append(grids.setdefault(dumps(enc.grid), len(grids)))
                 if enc.widths is not None:
                     record.append(enc.codes.numel())  # type: ignore[union-attr]
             records.append(record)
-        text = _dump({"metadata": user, "grids": [json.loads(g) for g in grids], "tensors": records}).encode()
+        text = dumps({"metadata": user, "grids": [json.loads(g) for g in grids], "tensors": records}).encode()
         if json_too_deep(text):
             raise RecursionError
     except RecursionError as exc:
@@ -197,7 +99,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = N
                           "back: flatten it") from exc
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"metadata (or a quantized tensor's extra dict) is not JSON-serialisable: {exc}") from exc
-    header = _dump({"format": FORMAT, "version": FORMAT_VERSION, "crc32": zlib.crc32(text),
+    header = dumps({"format": FORMAT, "version": FORMAT_VERSION, "crc32": zlib.crc32(text),
                     "zlib": base64.b64encode(zlib.compress(text, 9)).decode("ascii")})
     blobs = {blob: torch.cat(ts) for blob, ts in parts.items() if sum(t.numel() for t in ts)}
     path = os.fspath(path)
@@ -206,124 +108,6 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = N
     except (OSError, SafetensorError) as exc:
         raise CheckpointError(f"cannot write the model file {path!r}: {exc}") from exc
     return report_for(entries, os.path.getsize(path), encoded=encoded)
-
-
-# -- read -------------------------------------------------------------------------------------------------------
-def _not_learnq(path: str, why: str) -> CheckpointError:
-    return CheckpointError(f"{path!r} is not a learnq model file ({why}); write one with learnq.save")
-
-
-def _inflate(path: str, outer: dict) -> dict:
-    """The learnq JSON inside the header: base64 (canonical) -> zlib -> CRC-32 -> JSON."""
-    if set(outer) != {"format", "version", "crc32", "zlib"} or not isinstance(outer["zlib"], str):
-        raise damaged(path, "its learnq metadata")
-    try:
-        packed = base64.b64decode(outer["zlib"], validate=True)
-        if base64.b64encode(packed).decode("ascii") != outer["zlib"]:  # unused bits of the last character
-            raise ValueError("not canonical base64")
-        inflater = zlib.decompressobj()
-        text = inflater.decompress(packed, _MAX_JSON)
-        if inflater.unconsumed_tail or not inflater.eof or inflater.unused_data:
-            raise ValueError("not one complete zlib stream")
-        if zlib.crc32(text) != outer["crc32"]:
-            raise ValueError("CRC-32 mismatch")
-        info = _loads(path, text, "learnq metadata")
-    except (binascii.Error, zlib.error, ValueError) as exc:
-        raise damaged(path, f"its learnq metadata ({exc})") from exc
-    if not isinstance(info, dict) or not isinstance(info.get("tensors"), list) or \
-            not isinstance(info.get("grids"), list) or not isinstance(info.get("metadata"), dict):
-        raise damaged(path, "its learnq metadata (no tensor list)")
-    return info
-
-
-def _parse_header(path: str, data: bytes) -> tuple[dict, dict, int]:
-    """(safetensors header, learnq info, start of the data region)."""
-    if len(data) < 8:
-        raise _not_learnq(path, f"{len(data)} bytes long")
-    n = int.from_bytes(data[:8], "little")
-    if n < 2 or n > min(len(data) - 8, _MAX_HEADER):
-        raise _not_learnq(path, "no safetensors header; a file written by torch.save, a truncated file or random bytes")
-    try:
-        header = _loads(path, data[8:8 + n], "safetensors header")
-        outer = _loads(path, header["__metadata__"][FORMAT].encode("utf-8"), "learnq header")
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise _not_learnq(path, "no learnq metadata in its header") from exc
-    if not isinstance(outer, dict) or outer.get("format") != FORMAT:
-        raise _not_learnq(path, "no learnq metadata in its header")
-    if outer.get("version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path!r} has learnq format version {outer.get('version')!r}, but this learnq reads "
-                              f"version {FORMAT_VERSION}; use the learnq release that wrote it")
-    return header, _inflate(path, outer), 8 + n
-
-
-def _to(value: Entry, device: str | torch.device) -> Entry:
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    return QuantizedTensor(codes=value.codes.to(device), scale=value.scale.to(device), offset=value.offset.to(device),
-                           granularity=value.granularity, bits=value.bits, qmin=value.qmin, scheme=value.scheme,
-                           method=value.method, dtype=value.dtype, extra=value.extra,
-                           group_bits=None if value.group_bits is None else value.group_bits.to(device),
-                           value_range=None if value.value_range is None else value.value_range.to(device))
-
-
-def read(path: str | os.PathLike, device: str | torch.device = "cpu") -> ModelFile:
-    """Read and verify a learnq model file (header, version, extents, checksums); never unpickles."""
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError as exc:
-        raise CheckpointError(f"cannot read the model file {path!r}: {exc.strerror or exc}") from exc
-    header, info, start = _parse_header(path, data)
-    items, counts = place_records(path, info)
-    slices = locate(path, header, items, counts, start, len(data) - start)
-    view = memoryview(data)
-    entries: dict[str, Entry] = {}
-    for item in items:
-        crc = 0
-        for s in slices[item.name]:
-            crc = zlib.crc32(view[s.start:s.stop], crc)
-        if crc != item.crc:
-            raise CheckpointError(f"{path!r}: tensor {item.name!r} is corrupted (CRC-32 mismatch); the file was "
-                                  "damaged after it was written")
-        try:
-            entries[item.name] = _to(decode_record(item, data, slices[item.name]), device)
-        except CheckpointError as exc:
-            raise CheckpointError(f"{path!r}: {exc}") from exc
-        except (LearnqError, KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path!r}: the metadata of tensor {item.name!r} is malformed ({exc!r})") from exc
-    return ModelFile(path=path, metadata=info["metadata"], version=FORMAT_VERSION, entries=entries,
-                     file_bytes=len(data), slices=slices)
-# -- load -------------------------------------------------------------------------------------------------------
-def _fold_like(model: nn.Module, recorded: Any, path: str) -> None:
-    """Fold the BatchNorm layers of ``model`` that the file's model had folded (a no-op when already folded)."""
-    try:
-        pairs = [(str(layer), str(bn)) for layer, bn in recorded]
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path!r}: its '{FOLDED_BN_KEY}' metadata is malformed") from exc
-    if not pairs or all(isinstance(_submodule(model, bn), nn.Identity) for _, bn in pairs):
-        return
-    from learnq.pipeline.bn_fold import find_conv_bn_pairs, fold_batchnorm
-
-    was_training = model.training
-    model.eval()
-    try:
-        found = find_conv_bn_pairs(model)
-        if sorted(found) != sorted(pairs):
-            raise CheckpointError(f"{path!r} was written from a model whose BatchNorm layers {pairs} were folded "
-                                  f"into the layer before them, but this model's foldable pairs are {found}; load "
-                                  "it into the network it was made from")
-        fold_batchnorm(model, inplace=True, pairs=found)
-    finally:
-        model.train(was_training)
-    setattr(model, FOLDED_BN_ATTR, pairs)
-
-
-def _submodule(model: nn.Module, name: str) -> nn.Module | None:
-    try:
-        return model.get_submodule(name)
-    except AttributeError:
-        return None
 
 
 def load(path: str | os.PathLike, model: nn.Module | None = None, *, strict: bool = True,
@@ -340,20 +124,12 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, strict: boo
     mf = read(path, device)
     if model is None:
         return mf
-    if FOLDED_BN_KEY in mf.metadata:
-        _fold_like(model, mf.metadata[FOLDED_BN_KEY], mf.path)
-    if ACTIVATIONS_KEY in mf.metadata:  # the file's activation quantizers (learnq.act_quant), α from its tensors
+    tensors = {k: v for k, v in mf.entries.items() if isinstance(v, torch.Tensor)}
+    for field, restore, value in restorers(mf.metadata):  # learnq.fields: BatchNorm folding first
         try:
-            restore_activation_state(model, mf.metadata[ACTIVATIONS_KEY],
-                                     {k: v for k, v in mf.entries.items() if isinstance(v, torch.Tensor)})
+            restore(model, value, tensors)
         except LearnqError as exc:
-            raise CheckpointError(f"{mf.path!r}: its activation quantizers do not fit the model ({exc})") from exc
-    if WRAPPERS_KEY in mf.metadata:  # wrapped activations (learnq.activations: PACT, observer), values from tensors
-        try:
-            restore_wrappers(model, mf.metadata[WRAPPERS_KEY])
-        except LearnqError as exc:
-            raise CheckpointError(f"{mf.path!r}: its activation quantizers (PACT/observer) do not fit the model "
-                                  f"({exc})") from exc
+            raise CheckpointError(f"{mf.path!r}: its {field.what} do not fit the model ({exc})") from exc
     state = plain_state(model)
     if strict:
         missing = [k for k in state if k not in mf.entries]
@@ -389,3 +165,6 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, strict: boo
         with torch.no_grad():
             getattr(get_module(model, module_name), param).data = value.clone()
     return model
+
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "ModelFile", "SizeReport", "load", "read", "save"]

@@ -37,6 +37,7 @@ from learnq.granularity import Granularity
 SCHEMES = ("symmetric", "affine", "unsigned", "lapq")
 ROUNDINGS = ("nearest", "floor")
 MAX_BITS = 16
+FLOAT_BITS = 32  # "leave in float": the wbits/abits that quantize nothing, and the bits a float row reports
 
 
 def check_bits(bits: object, name: str = "bits") -> int:

@@ -1,4 +1,5 @@
-"""Which layers of a model carry the weights that quantization-friendly losses and quantizers work on.
+"""Which layers of a model carry the weights that quantization-friendly losses and quantizers work on: the one place
+that says which module types are quantizable layers (``LAYER_TYPES``) and what a depthwise convolution is.
 
 Every method in learnq that acts "per layer" (DSMM, SymReg, KURE, L2, SatNL, later the quantizers) acts on the
 weights of the model's ``nn.Conv1d``/``nn.Conv2d``/``nn.Conv3d`` and ``nn.Linear`` modules (subclasses included,
@@ -14,8 +15,15 @@ from torch.nn.utils import parametrize
 
 from learnq.errors import ModelError
 
-#: The module types whose ``weight`` learnq regularizes and quantizes.
-WEIGHT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+LAYER_TYPES: dict[str, tuple[type[nn.Module], ...]] = {
+    "linear": (nn.Linear,),
+    "conv": (nn.Conv1d, nn.Conv2d, nn.Conv3d),
+    "embedding": (nn.Embedding,),
+}
+"""The layer kinds a :class:`learnq.attach.Selection` names (``types``), each a tuple of module classes."""
+
+#: The module types whose ``weight`` learnq regularizes and quantizes by default (conv and linear).
+WEIGHT_LAYER_TYPES: tuple[type[nn.Module], ...] = LAYER_TYPES["conv"] + LAYER_TYPES["linear"]
 
 
 def is_depthwise(module: nn.Module) -> bool:
@@ -24,7 +32,7 @@ def is_depthwise(module: nn.Module) -> bool:
     A convolution with a single input channel (``in_channels == groups == 1``) is an ordinary convolution here.
     Linear layers and every other module are not depthwise.
     """
-    if not isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+    if not isinstance(module, LAYER_TYPES["conv"]):
         return False
     return module.groups > 1 and module.groups == module.in_channels
 
@@ -92,6 +100,7 @@ def layer_device(module: nn.Module) -> torch.device:
 
 
 __all__ = [
+    "LAYER_TYPES",
     "WEIGHT_LAYER_TYPES",
     "is_depthwise",
     "raw_weight",

@@ -1,15 +1,16 @@
 """Frozen quantized parameters: the in-memory form of a quantized model (DESIGN.md, "one object per parameter").
 
-A quantized parameter is a ``torch.nn.utils.parametrize`` parametrization whose forward returns the dequantized
-tensor ŵ = q·scale + offset. Training-time quantizers (learnq.quantizers) are parametrizations too; every one of
-them implements ``export_quantized(x) -> QuantizedTensor``, the protocol that ``learnq.save`` reads. This module
-gives the frozen one (after PTQ, or after loading a model file) and the helpers that walk a model's quantized
+A quantized parameter is a :class:`learnq.parametrization.WeightParametrization` (a ``torch.nn.utils.parametrize``
+parametrization) whose forward returns the dequantized tensor ŵ = q·scale + offset and whose
+``export_quantized(x) -> QuantizedTensor`` is what ``learnq.save`` reads. This module gives the frozen one (after
+PTQ, after ``handle.freeze()`` or after loading a model file), :func:`attach_quantized`, the one code path that makes
+a parameter a frozen quantized tensor on every module holding it, and the helpers that walk a model's quantized
 parameters, so that save, load, size accounting and reports are written once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import torch
 from torch import nn
@@ -18,10 +19,12 @@ from torch.nn.utils import parametrize
 from learnq.errors import ConfigError
 from learnq.granularity import Granularity
 from learnq.grid import QuantizedTensor
+from learnq.parametrization import WeightParametrization
 
 
-class QuantizedWeight(nn.Module):
-    """A parametrization holding a :class:`QuantizedTensor`; forward returns its dequantized values."""
+class QuantizedWeight(WeightParametrization):
+    """A parametrization holding a :class:`QuantizedTensor`; forward returns its dequantized values (from the base's
+    cache, which tracks the buffers: codes, steps, offsets, widths, range)."""
 
     def __init__(self, qt: QuantizedTensor) -> None:
         super().__init__()
@@ -37,26 +40,6 @@ class QuantizedWeight(nn.Module):
         self.method = qt.method
         self.out_dtype = qt.dtype
         self.extra = dict(qt.extra)
-        self._cache: tuple | None = None  # (meta, buffer refs, value, its version)
-
-    def _meta(self) -> tuple:
-        return (self.out_dtype, self.granularity, self.bits, self.qmin, self.scheme)
-
-    def _buffers_now(self) -> tuple:
-        b = self._buffers  # direct dict reads: nn.Module.__getattr__ is slow and this runs per weight access
-        return (b["codes"], b["scale"], b["offset"], b["value_range"], b["group_bits"])
-
-    def _cache_valid(self) -> bool:
-        """The cached tensor still equals ``quantized().dequantize()``: the same buffer objects (kept alive by the
-        cache, so an identity is never reused) at the same version (no in-place write) and storage, the same
-        output dtype, granularity and bits, and the cached tensor itself not written in place."""
-        cached = self._cache
-        if cached is None or cached[0] != self._meta() or cached[2]._version != cached[3]:
-            return False
-        for t, (ref, version, ptr) in zip(self._buffers_now(), cached[1], strict=True):
-            if t is not ref or (t is not None and (t._version != version or t.data_ptr() != ptr)):
-                return False
-        return True
 
     def quantized(self) -> QuantizedTensor:
         return QuantizedTensor(codes=self.codes, scale=self.scale, offset=self.offset, granularity=self.granularity,
@@ -64,24 +47,19 @@ class QuantizedWeight(nn.Module):
                                dtype=self.out_dtype, group_bits=self.group_bits, value_range=self.value_range,
                                extra=dict(self.extra))
 
-    def forward(self, original: torch.Tensor) -> torch.Tensor:  # noqa: ARG002 - the stored codes are the truth
-        """The dequantized tensor, computed once and cached until a buffer changes (in place, replaced, moved) or
-        the cached tensor itself is written in place; the values are those of ``quantized().dequantize()``."""
-        if self._cache_valid():
-            return self._cache[2]  # type: ignore[index]
-        with torch.no_grad():
-            value = self.quantized().dequantize()
-        refs = tuple((t, None if t is None else t._version, None if t is None else t.data_ptr())
-                     for t in self._buffers_now())
-        self._cache = (self._meta(), refs, value, value._version)
-        return value
+    def export_quantized(self, x: torch.Tensor | None = None) -> QuantizedTensor:  # noqa: ARG002 - the codes are the truth
+        return self.quantized()
+
+    def _cache_meta(self, x: torch.Tensor) -> tuple:
+        return (self.out_dtype, self.granularity, self.bits, self.qmin, self.scheme)
+
+    def _tracked(self, x: torch.Tensor) -> tuple:
+        b = self._buffers  # direct dict reads: nn.Module.__getattr__ is slow and this runs per weight access
+        return (b["codes"], b["scale"], b["offset"], b["value_range"], b["group_bits"])
 
     def right_inverse(self, value: torch.Tensor) -> torch.Tensor:
         # What parametrize stores as ``original``: the dequantized values (so state_dict stays meaningful).
         return value
-
-    def export_quantized(self, x: torch.Tensor) -> QuantizedTensor:  # noqa: ARG002
-        return self.quantized()
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, scheme={self.scheme}, granularity={self.granularity}, method={self.method}"
@@ -224,3 +202,28 @@ def plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
             with torch.no_grad():
                 state[full] = getattr(module, param).detach()
     return state
+
+
+def model_entries(model: nn.Module,
+                  quantized: Mapping[str, QuantizedTensor] | None = None) -> dict[str, QuantizedTensor | torch.Tensor]:
+    """What :func:`learnq.save` writes: every tensor of ``plain_state(model)``, quantized ones as QuantizedTensor."""
+    state = plain_state(model)
+    qts = dict(quantized_parameters(model))
+    for name, qt in (quantized or {}).items():
+        if name not in state:
+            raise ConfigError(f"quantized= names {name!r}, which is not a parameter or buffer of the model")
+        if not isinstance(qt, QuantizedTensor):
+            raise ConfigError(f"quantized[{name!r}] must be a QuantizedTensor, got {type(qt).__name__}")
+        if qt.shape != tuple(state[name].shape):
+            raise ConfigError(f"quantized[{name!r}] has shape {qt.shape} but the model's tensor has "
+                              f"{tuple(state[name].shape)}")
+        qts[name] = qt
+    # model order: a parametrized tensor at the place of its ``<module>.parametrizations.<param>.original`` key
+    order: list[str] = []
+    for key in model.state_dict():
+        head, sep, tail = f".{key}".partition(".parametrizations.")
+        name = f"{head}.{tail.partition('.')[0]}"[1:] if sep else key
+        if name in state and name not in order:
+            order.append(name)
+    order += [k for k in state if k not in order]
+    return {name: qts.get(name, state[name]) for name in order}

@@ -3,8 +3,9 @@
 * ``round_ste(x)`` / ``floor_ste(x)``: forward rounds (floors), backward passes the gradient unchanged.
 * ``grad_scale(x, s)``: forward is the identity, backward multiplies the gradient by ``s`` (LSQ's step-size
   gradient scale ``1/sqrt(numel·Q_p)``).
-* ``ste(x, y)``: forward ``y``, backward the identity to ``x`` (the ``x + (y - x).detach()`` idiom), for any
-  quantizer ``y = Q(x)``.
+* ``ste(x, y)``: forward ``y``, backward the identity to ``x``, for any quantizer ``y = Q(x)``: the one
+  straight-through function of learnq (weight quantizers, activation quantizers). Unlike the ``x + (y - x).detach()``
+  idiom its value is ``y`` bit for bit, so a fake quantizer's training forward and its eval forward agree.
 """
 
 from __future__ import annotations
@@ -58,6 +59,16 @@ def grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
     return _GradScale.apply(x, float(scale))
 
 
+class _Passthrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return grad, None
+
+
 def ste(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Value of ``y``, gradient of the identity with respect to ``x``."""
-    return x + (y - x).detach()
+    """Exactly the values of ``y``; the identity gradient to ``x`` (a straight-through estimator)."""
+    return _Passthrough.apply(x, y.detach())

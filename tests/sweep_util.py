@@ -15,23 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-BASE = """
-name = "tiny-sweep"
-seed = 1
-[data]
-name = "digits"
-limit = 200
-calib_size = 32
-[model]
-name = "mlp"
-args = { hidden = [8] }
-[train]
-epochs = 1
-batch_size = 64
-lr = 0.01
-[report]
-plots = false
-"""
+from recipe_util import tiny_recipe
+
+BASE = tiny_recipe("tiny-sweep", seed=1, batch_size=64, lr=0.01)
 VARIANT = """
 [[variants]]
 method = "minmax"

@@ -1,4 +1,4 @@
-"""Tests for learnq.act_quant: observers, the unsigned/signed grids, hooks, calibration and saved state."""
+"""Tests for learnq.act: observers, the unsigned/signed grids, hooks, calibration and saved state."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import learnq
-from learnq.act_quant import (
+from learnq.act import (
     ATTR,
     ActQuantizer,
     activation_state,
@@ -20,8 +20,8 @@ from learnq.act_quant import (
     restore_activation_state,
 )
 from learnq.attach import Selection
+from learnq.clipping import choose_clip
 from learnq.errors import DataError, ModelError, QuantizationError
-from learnq.ptq.clipping import choose_clip
 
 
 def test_observer_statistics_and_bounded_seeded_sample() -> None:

@@ -1,4 +1,4 @@
-"""Activation quantizers (learnq.activations): PACT values and gradients by hand (Choi et al. 2018, Eq. 1-3), the
+"""Activation quantizers (learnq.act): PACT values and gradients by hand (Choi et al. 2018, Eq. 1-3), the
 observer's running range, and inserting quantizers after ReLU/ReLU6 modules."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from learnq.activations import PACT, ObserverFakeQuant, QuantizedActivation, insert_activation_quantizers
+from learnq.act import PACT, ObserverFakeQuant, QuantizedActivation, insert_activation_quantizers
 from learnq.errors import ConfigError, ModelError, QuantizationError
 
 
@@ -100,7 +100,7 @@ def _train(model: nn.Module, x: torch.Tensor, steps: int = 5) -> None:
 @pytest.mark.parametrize("method", ["pact", "observer"])
 def test_save_load_rewraps_and_is_bit_identical(tmp_path, build, method):
     import learnq
-    from learnq.activations import WRAPPERS_KEY
+    from learnq.act import ACTIVATIONS_KEY
 
     torch.manual_seed(0)
     model = build()
@@ -110,7 +110,7 @@ def test_save_load_rewraps_and_is_bit_identical(tmp_path, build, method):
     if method == "pact":  # the clips were learned (moved away from their initial value)
         assert all(model.get_submodule(n).quantizer.clip.item() != 0.5 for n in names)
     learnq.save(model, tmp_path / "m.safetensors")
-    meta = learnq.load(tmp_path / "m.safetensors").metadata[WRAPPERS_KEY]
+    meta = learnq.load(tmp_path / "m.safetensors").metadata[ACTIVATIONS_KEY]
     assert list(meta["modules"]) == names
     rec = meta["modules"][names[0]]
     assert rec["method"] == method and rec["bits"] == 3
@@ -151,7 +151,7 @@ def test_load_refuses_a_network_without_the_recorded_activation(tmp_path):
 
 
 def test_wrapper_state_round_trip_without_a_file():
-    from learnq.activations import restore_wrappers, wrapper_state
+    from learnq.act import restore_wrappers, wrapper_state
 
     model = Net()
     insert_activation_quantizers(model, bits=5)

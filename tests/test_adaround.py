@@ -9,10 +9,11 @@ import torch
 from torch import nn
 
 import learnq
-from learnq.act_quant import input_quantizers
+from learnq.act import input_quantizers
 from learnq.errors import ConfigError, DataError, ModelError
 from learnq.granularity import Granularity
 from learnq.grid import GridSpec, compute_params
+from learnq.ptq import PTQ_METHODS, quantize
 from learnq.ptq.adaround import (
     AdaRoundInfo,
     adaround_weights,
@@ -24,7 +25,6 @@ from learnq.ptq.adaround import (
     rectified_sigmoid,
     rounding_regularizer,
 )
-from learnq.ptq.api import PTQ_METHODS, load_plugins, quantize
 from learnq.quantized import QuantizedWeight, quantized_parameters
 
 
@@ -175,7 +175,6 @@ def test_adaround_is_a_registered_ptq_method(tmp_path):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
     x = torch.randn(48, 8)
-    load_plugins()
     assert "adaround" in PTQ_METHODS and not PTQ_METHODS["adaround"].skip_first_last
     result = quantize(net, x, method="adaround", wbits=3, abits=8, iterations=20, progress=False)
     assert [row["name"] for row in result.extra["adaround"]] == ["0.weight", "2.weight", "4.weight"]

@@ -16,10 +16,10 @@ from learnq.errors import ConfigError
 from learnq.pipeline.data import load_dataset
 from learnq.pipeline.models import build_model, model_spec
 from learnq.pipeline.recipe import parse_recipe
-from learnq.pipeline.variants import apply_variant
+from learnq.pipeline.registry import apply_variant
 from learnq.ptq import adaround as A
 from learnq.ptq import quantize
-from learnq.ptq.api import get_ptq_method
+from learnq.ptq.registry import get_ptq_method
 
 
 def test_default_is_the_papers_10000_and_fast_is_1000():

@@ -17,7 +17,7 @@ from learnq.grid import GridSpec, quantize_tensor
 from learnq.pipeline.data import load_dataset
 from learnq.pipeline.models import build_model
 from learnq.pipeline.train import evaluate
-from learnq.ptq.weights import quantize_weights
+from learnq.ptq.ptq_weight import quantize_weights
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_optimal_clip_mse_per_group_with_partial_last_group() -> None:
 
 
 def test_optimal_clip_other_rules_come_from_ptq_clipping() -> None:
-    from learnq.ptq.clipping import choose_clip
+    from learnq.clipping import choose_clip
 
     w = torch.randn(500, generator=torch.Generator().manual_seed(2))
     spec = GridSpec(bits=4)

@@ -17,7 +17,7 @@ from learnq.grid import GridSpec
 from learnq.pipeline.data import load_dataset
 from learnq.pipeline.models import build_model, model_spec
 from learnq.pipeline.train import evaluate
-from learnq.ptq.weights import quantize_weights
+from learnq.ptq.ptq_weight import quantize_weights
 
 
 @pytest.fixture(scope="module")

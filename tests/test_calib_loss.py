@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from learnq.act_quant import attach_input_quantizers, calibrate
+from learnq.act import attach_input_quantizers, calibrate
 from learnq.attach import Selection
 from learnq.errors import ConfigError, DataError, ModelError
 from learnq.grid import GridSpec
 from learnq.ptq.calib_loss import CalibrationLoss, step_coordinates
-from learnq.ptq.weight_quant import attach_weight_quantizers
+from learnq.ptq.ptq_weight import attach_weight_quantizers
 
 SKIP = Selection(skip_first=True, skip_last=True)
 

@@ -6,41 +6,16 @@ import json
 
 import pytest
 import torch
+from recipe_util import tiny_recipe
 
 import learnq.checkpoint as ckpt
 from learnq.cli import main
 from learnq.pipeline.data import DATASETS
 from learnq.pipeline.models import MODELS
+from learnq.pipeline.registry import VARIANTS
 from learnq.pipeline.run import ROW_KEYS
-from learnq.pipeline.variants import VARIANTS
 
-TINY = """
-name = "tiny"
-
-[data]
-name = "digits"
-limit = 200
-calib_size = 32
-
-[model]
-name = "mlp"
-args = { hidden = [8] }
-
-[train]
-epochs = 1
-batch_size = 50
-lr = 0.02
-
-[[variants]]
-method = "float"
-
-[[variants]]
-method = "minmax"
-bits = 4
-
-[report]
-plots = false
-"""
+TINY = tiny_recipe(tables='[[variants]]\nmethod = "float"\n\n[[variants]]\nmethod = "minmax"\nbits = 4\n')
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Tests for learnq.ptq.clipping: every rule against a hand computation or a brute-force search."""
+"""Tests for learnq.clipping: every rule against a hand computation or a brute-force search."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from learnq.errors import ConfigError, QuantizationError
-from learnq.grid import GridSpec, quantize_tensor
-from learnq.ptq.clipping import (
+from learnq.clipping import (
     ACIQ_GAUSS,
     ACIQ_LAPLACE,
     CLIP_METHODS,
@@ -25,6 +23,8 @@ from learnq.ptq.clipping import (
     kl_divergences,
     lp_error,
 )
+from learnq.errors import ConfigError, QuantizationError
+from learnq.grid import GridSpec, quantize_tensor
 
 
 def _q_symmetric(x: np.ndarray, alpha: float, bits: int) -> np.ndarray:

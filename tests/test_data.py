@@ -40,13 +40,15 @@ def digits() -> Splits:
 
 
 def test_registry_names_and_descriptions():
-    assert list(DATASETS) == ["digits", "mnist5k", "synthetic", "mnist", "fashion-mnist", "cifar10", "imagenette"]
+    assert list(DATASETS) == ["digits", "mnist5k", "synthetic", "mnist", "fashion-mnist", "cifar10", "imagenette",
+                              "shakespeare-char", "bard-or-milton"]
     assert DEFAULT_DATASET == "digits"
     for name, info in DATASETS.items():
         assert info.name == name
         assert info.description and "\n" not in info.description and len(info.description) < 120
         assert callable(info.loader)
-    assert [n for n, i in DATASETS.items() if i.needs_root] == ["mnist", "fashion-mnist", "cifar10", "imagenette"]
+    assert [n for n, i in DATASETS.items() if i.needs_root and i.default_root is None] == [
+        "mnist", "fashion-mnist", "cifar10", "imagenette"]
 
 
 def test_name_lookup_is_forgiving_about_case_and_underscore():

@@ -16,8 +16,9 @@ from torch import nn
 from learnq.analysis.plots import PNG_SIGNATURE
 from learnq.errors import ConfigError
 from learnq.pipeline.recipe import parse_recipe
-from learnq.pipeline.run import prepare_training, run_recipe
+from learnq.pipeline.run import run_recipe
 from learnq.pipeline.train import TrainConfig, train
+from learnq.pipeline.training import prepare_training
 from learnq.regularizers import DSMM, dsmm_loss
 from learnq.regularizers.dsmm_alpha import DSMMTrace, alpha_gradient, equilibrium_alpha, loss_at, plot_alpha_trace
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from recipe_util import tiny_recipe
 from torch import nn
 
 import learnq
-from learnq.act_quant import ActQuantizer
-from learnq.activations import PACT, ObserverFakeQuant, insert_activation_quantizers
+from learnq.act import PACT, ActQuantizer, ObserverFakeQuant, insert_activation_quantizers
 from learnq.cli import main
 from learnq.errors import ConfigError, ModelError
 from learnq.export import evaluate_onnx, run_onnx, to_onnx
@@ -22,31 +22,18 @@ from learnq.export.qdq import plan_activation, plan_weight
 from learnq.granularity import Granularity
 from learnq.grid import GridSpec, QuantizedTensor, quantize_tensor
 from learnq.pipeline.data import load_dataset
+from learnq.pipeline.model_files import evaluate_file
 from learnq.pipeline.models import build_model
 from learnq.pipeline.recipe import parse_recipe
-from learnq.pipeline.run import evaluate_file, run_recipe
+from learnq.pipeline.run import run_recipe
 from learnq.pipeline.train import evaluate
 from learnq.ptq import quantize
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-RECIPE = """
-version = 1
-name = "export-tiny"
-seed = 0
-[data]
-name = "digits"
-calib_size = 128
-test_fraction = 0.2
-[model]
-name = "mlp"
-args = { hidden = [32] }
-[train]
-epochs = 3
-batch_size = 64
-lr = 0.01
-optimizer = "adam"
+RECIPE = tiny_recipe("export-tiny", version=1, seed=0, limit=None, calib_size=128, test_fraction=0.2, hidden=(32,),
+                     epochs=3, batch_size=64, lr=0.01, optimizer="adam", plots=None, tables="""\
 [[variants]]
 method = "diffq"
 options = { penalty = 5.0, quant_lr = 0.1, epochs = 1 }
@@ -54,7 +41,7 @@ options = { penalty = 5.0, quant_lr = 0.1, epochs = 1 }
 method = "nested"
 granularity = "row"
 options = { gamma_bins = 0.001, quant_lr = 0.003, epochs = 1 }
-"""
+""")
 
 
 def _cli(capsys, *argv: str) -> tuple[int, str, str]:

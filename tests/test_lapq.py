@@ -12,10 +12,10 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import learnq
+from learnq.clipping import clip_lp
 from learnq.errors import ConfigError, DataError, ModelError
-from learnq.ptq.api import PTQ_METHODS, load_plugins, quantize
+from learnq.ptq import PTQ_METHODS, quantize
 from learnq.ptq.calib_loss import CalibrationLoss
-from learnq.ptq.clipping import clip_lp
 from learnq.ptq.lapq import fit_p_star, lp_alphas, p_grid, powell
 from learnq.quantized import quantized_parameters
 
@@ -153,7 +153,6 @@ def test_lapq_linear_space_and_no_fit(trained):
 
 def test_lapq_registration_and_errors(trained):
     net, calib, _ = trained
-    load_plugins()
     assert PTQ_METHODS["lapq"].skip_first_last
     x, _ = calib.tensors
     with pytest.raises(DataError):

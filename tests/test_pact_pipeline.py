@@ -1,5 +1,5 @@
-"""PACT (Choi et al. 2018, Eq. 1-3; learnq.activations) through the pipeline (learnq.pipeline.qat): activation bits
-in QAT variants (``abits``) and ``[qat]`` tables (``options.abits``), ``options.act_method``, the validation naming
+"""PACT (Choi et al. 2018, Eq. 1-3; learnq.act) through the pipeline (learnq.pipeline.qat_variants): activation
+bits in QAT variants (``abits``) and ``[qat]`` tables (``options.abits``), ``options.act_method``, the validation naming
 the key, rows reporting abits, reloaded files computing exactly what the trained model computed; and DDP with two
 gloo processes ending with identical weights and clips."""
 
@@ -11,36 +11,18 @@ import os
 import pytest
 import torch
 from ddp_util import spawn_ranks
+from recipe_util import tiny_recipe
 from torch import nn
 
 import learnq
 import learnq.checkpoint as ckpt
-from learnq.activations import PACT, WRAPPERS_KEY, QuantizedActivation, insert_activation_quantizers
+from learnq.act import ACTIVATIONS_KEY, PACT, QuantizedActivation, insert_activation_quantizers
 from learnq.errors import ConfigError
+from learnq.pipeline.model_files import evaluate_file, rebuild
 from learnq.pipeline.recipe import parse_recipe
-from learnq.pipeline.run import evaluate_file, rebuild, run_recipe
+from learnq.pipeline.run import run_recipe
 
-BASE = """
-name = "tiny-pact"
-seed = 3
-
-[data]
-name = "digits"
-limit = 240
-calib_size = 32
-
-[model]
-name = "mlp"
-args = { hidden = [16] }
-
-[train]
-epochs = 2
-batch_size = 32
-lr = 0.01
-
-[report]
-plots = false
-"""
+BASE = tiny_recipe("tiny-pact", seed=3, limit=240, hidden=(16,), epochs=2, batch_size=32, lr=0.01)
 
 ROWS = """
 [[variants]]
@@ -91,10 +73,10 @@ def test_variant_rows_report_abits_and_reload_exactly(tmp_path):
         again = evaluate_file(tmp_path / row["file"])
         assert (again["accuracy"], again["abits"]) == (row["accuracy"], row["abits"])
     pact_file = ckpt.read(tmp_path / by["ste"]["file"])
-    wrappers = pact_file.metadata[WRAPPERS_KEY]["modules"]
+    wrappers = pact_file.metadata[ACTIVATIONS_KEY]["modules"]
     assert list(wrappers) == ["relu1"] and wrappers["relu1"]["method"] == "pact" and wrappers["relu1"]["bits"] == 4
     assert pact_file.entries["relu1.1.clip"].item() == wrappers["relu1"]["clip"]
-    obs = ckpt.read(tmp_path / by["lsq"]["file"]).metadata[WRAPPERS_KEY]["modules"]["relu1"]
+    obs = ckpt.read(tmp_path / by["lsq"]["file"]).metadata[ACTIVATIONS_KEY]["modules"]["relu1"]
     assert obs["method"] == "observer" and obs["observed"] is True and obs["range"][1] > 0
     model, splits, _ = rebuild(tmp_path / by["ste"]["file"])
     assert isinstance(model.relu1, QuantizedActivation) and isinstance(model.relu1.quantizer, PACT)

@@ -7,40 +7,22 @@ import copy
 
 import pytest
 import torch
+from recipe_util import tiny_recipe
 
-from learnq.act_quant import input_quantizers
+from learnq.act import input_quantizers
 from learnq.checkpoint import load, read, save
 from learnq.cli import main
 from learnq.errors import ConfigError, ModelError
 from learnq.pipeline import ptq_variants as PV
 from learnq.pipeline.data import load_dataset
+from learnq.pipeline.model_files import evaluate_file
 from learnq.pipeline.models import model_from_spec, model_spec
 from learnq.pipeline.recipe import parse_recipe
-from learnq.pipeline.run import ROW_KEYS, evaluate_file, run_recipe
-from learnq.pipeline.variants import VARIANTS, apply_variant
-from learnq.ptq.api import PTQ_METHODS, available_methods, register_ptq_method
+from learnq.pipeline.registry import VARIANTS, apply_variant, register_ptq_variants
+from learnq.pipeline.run import ROW_KEYS, run_recipe
+from learnq.ptq.registry import PTQ_METHODS, available_methods, register_ptq_method
 
-BASE = """
-name = "tiny-ptq"
-seed = 1
-
-[data]
-name = "digits"
-limit = 240
-calib_size = 48
-
-[model]
-name = "mlp"
-args = { hidden = [16, 12] }
-
-[train]
-epochs = 2
-batch_size = 32
-lr = 0.01
-
-[report]
-plots = false
-"""
+BASE = tiny_recipe("tiny-ptq", seed=1, limit=240, calib_size=48, hidden=(16, 12), epochs=2, batch_size=32, lr=0.01)
 
 ROWS = """
 [[variants]]
@@ -207,9 +189,9 @@ def test_lapq_on_a_two_layer_mlp_needs_its_first_and_last_layers(splits):
 
 
 def test_a_ptq_method_registered_later_becomes_a_variant(monkeypatch):
-    monkeypatch.setattr("learnq.ptq.api.PTQ_METHODS", dict(PTQ_METHODS))
+    monkeypatch.setattr("learnq.ptq.registry.PTQ_METHODS", dict(PTQ_METHODS))
     monkeypatch.setitem(VARIANTS, "placeholder", VARIANTS["float"])  # restored after the test
-    from learnq.ptq import api
+    from learnq.ptq import registry
 
     def fn(ctx):
         ctx.attach_weights(clip="minmax")
@@ -217,14 +199,14 @@ def test_a_ptq_method_registered_later_becomes_a_variant(monkeypatch):
 
     register_ptq_method("toy-ptq", "a test method", fn, options={"steps": 2})
     try:
-        assert PV.register_ptq_variants() == ["toy-ptq"]
-        assert PV.register_ptq_variants() == []  # idempotent
+        assert register_ptq_variants() == ["toy-ptq"]
+        assert register_ptq_variants() == []  # idempotent
         assert VARIANTS["toy-ptq"].options["steps"] == 2
         with pytest.raises(ConfigError, match=r"options\.steps: expected int"):
             parse_recipe(BASE + '[[variants]]\nmethod = "toy-ptq"\nbits = 4\noptions = { steps = 0.5 }\n')
         register_ptq_method("placeholder", "clashes with a variant", fn)
         with pytest.raises(ConfigError, match="'placeholder' clashes with the pipeline variant"):
-            PV.register_ptq_variants()
+            register_ptq_variants()
     finally:
         VARIANTS.pop("toy-ptq", None)
-        api.PTQ_METHODS.pop("placeholder", None)
+        registry.PTQ_METHODS.pop("placeholder", None)

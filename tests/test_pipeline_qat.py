@@ -1,4 +1,4 @@
-"""learnq.pipeline.qat: the QAT methods in recipes ([qat] and [[variants]]), their validation, the fine-tune /
+"""learnq.pipeline.qat_variants: the QAT methods in recipes ([qat] and [[variants]]), their validation, the fine-tune /
 freeze / save / reload chain computing exactly what the trained model computed, bits overrides and row bits."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from recipe_util import tiny_recipe
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -15,36 +16,17 @@ from learnq.attach import Selection
 from learnq.errors import ConfigError
 from learnq.granularity import Granularity
 from learnq.grid import QuantizedTensor
-from learnq.pipeline import qat as Q
+from learnq.pipeline import qat_variants as Q
+from learnq.pipeline.model_files import evaluate_file
 from learnq.pipeline.recipe import parse_recipe
-from learnq.pipeline.run import evaluate_file, run_recipe, train_recipe
+from learnq.pipeline.registry import QAT_SECTIONS, VARIANTS
+from learnq.pipeline.run import run_recipe, train_recipe
 from learnq.pipeline.train import TrainConfig
-from learnq.pipeline.variants import QAT_METHODS, VARIANTS
-from learnq.prepare import prepare
+from learnq.qat import prepare
 from learnq.quantized import attach_quantized
 from learnq.quantizers import LSQ, STE, DiffQ, Nested
 
-BASE = """
-name = "tiny-qat"
-seed = 2
-
-[data]
-name = "digits"
-limit = 240
-calib_size = 32
-
-[model]
-name = "mlp"
-args = { hidden = [16] }
-
-[train]
-epochs = 2
-batch_size = 32
-lr = 0.01
-
-[report]
-plots = false
-"""
+BASE = tiny_recipe("tiny-qat", seed=2, limit=240, hidden=(16,), epochs=2, batch_size=32, lr=0.01)
 
 VARIANT_ROWS = """
 [[variants]]
@@ -88,11 +70,11 @@ def _model() -> nn.Sequential:
 
 def test_the_four_methods_are_registered_as_variants_and_qat_methods():
     for name in ("nested", "diffq", "ste", "lsq"):
-        assert name in VARIANTS and name in QAT_METHODS
+        assert name in VARIANTS and name in QAT_SECTIONS
         assert VARIANTS[name].learned_bits == (name in ("diffq", "nested"))
-        assert VARIANTS[name].validate is Q.validate_variant and QAT_METHODS[name].validate is Q.validate_qat
+        assert VARIANTS[name].validate is Q.validate_variant and QAT_SECTIONS[name].validate is Q.validate_qat
         assert set(Q.FINETUNE_OPTIONS) <= set(VARIANTS[name].options)
-        assert set(Q.FINETUNE_OPTIONS).isdisjoint(QAT_METHODS[name].options)
+        assert set(Q.FINETUNE_OPTIONS).isdisjoint(QAT_SECTIONS[name].options)
 
 
 def test_recipe_keys_map_to_the_method_configs():

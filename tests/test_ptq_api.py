@@ -12,13 +12,13 @@ from torch.nn.utils import parametrize
 from torch.utils.data import TensorDataset
 
 import learnq
-from learnq.act_quant import input_quantizers
+from learnq.act import input_quantizers
 from learnq.attach import Selection
 from learnq.errors import ConfigError, DataError, ModelError, QuantizationError
 from learnq.pipeline.data import load_dataset
 from learnq.pipeline.train import evaluate
 from learnq.ptq import PTQ_METHODS, quantize, register_ptq_method
-from learnq.ptq.weight_quant import PTQWeight, attach_weight_quantizers
+from learnq.ptq.ptq_weight import PTQWeight, attach_weight_quantizers
 from learnq.quantized import quantized_parameters
 
 
@@ -80,7 +80,7 @@ def test_w4a32_leaves_activations_and_w32a8_weights(trained) -> None:
     x = splits.test.tensors[0][:50]
     weights_only = quantize(model, splits.calib, method="mse", wbits=4, abits=32)
     assert weights_only.abits == 32 and not input_quantizers(weights_only.model)
-    from learnq.pipeline.bn_fold import fold_batchnorm
+    from learnq.bn_fold import fold_batchnorm
 
     manual = fold_batchnorm(model)
     attach_weight_quantizers(manual, 4, clip="mse")

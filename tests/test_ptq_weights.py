@@ -8,7 +8,7 @@ from torch import nn
 from learnq.attach import BitsRule, Selection
 from learnq.granularity import Granularity
 from learnq.grid import GridSpec, quantize_tensor
-from learnq.ptq.weights import quantize_weights
+from learnq.ptq.ptq_weight import quantize_weights
 from learnq.quantized import quantized_parameters
 
 

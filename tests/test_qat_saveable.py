@@ -14,7 +14,7 @@ import torch
 from resnet_util import DepthwiseResNet, adam_steps, digits
 
 import learnq
-from learnq.activations import MIN_CLIP, insert_activation_quantizers
+from learnq.act import MIN_CLIP, insert_activation_quantizers
 from learnq.errors import QuantizationError
 from learnq.quantizers import QAT_METHODS
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import learnq
-from learnq.act_quant import input_quantizers
+from learnq.act import input_quantizers
 from learnq.cli import main
 from learnq.cli.quantize_cmd import parse_options
 from learnq.errors import ConfigError

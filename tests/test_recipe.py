@@ -6,31 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
+from recipe_util import tiny_recipe
 
 from learnq.errors import ConfigError
 from learnq.pipeline.recipe import RECIPE_VERSION, Recipe, builtin_recipes, load_recipe, parse_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
-BASE = """
-[data]
-name = "digits"
-limit = 200
-
-[model]
-name = "mlp"
-args = { hidden = [16] }
-
-[train]
-epochs = 1
-
-[[variants]]
-method = "float"
-
-[[variants]]
-method = "minmax"
-bits = 4
-"""
+BASE = tiny_recipe(None, hidden=(16,), calib_size=None, batch_size=None, lr=None, plots=None,
+                   tables='[[variants]]\nmethod = "float"\n\n[[variants]]\nmethod = "minmax"\nbits = 4\n')
 
 
 def test_minimal_recipe_fills_defaults():
@@ -131,10 +115,11 @@ def test_json_round_trip_is_exact():
 
 
 def test_method_options_get_their_defaults(monkeypatch):
+    from learnq.pipeline import registry as R
     from learnq.pipeline import variants as V
 
     info = V.VariantInfo("toy", "toy method", V.apply_float, options={"steps": 3, "tau": 0.5, "mode": "a"})
-    monkeypatch.setitem(V.VARIANTS, "toy", info)
+    monkeypatch.setitem(R.VARIANTS, "toy", info)
     r = parse_recipe('[[variants]]\nmethod = "toy"\nbits = 4\noptions = { tau = 1 }\n')
     assert r.variants[0].options == {"steps": 3, "tau": 1, "mode": "a"}
     with pytest.raises(ConfigError, match=r"variants\[0\]\.options\.steps: expected int, got float"):

@@ -9,35 +9,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from recipe_util import tiny_recipe
 from torch import nn
 
 from learnq.checkpoint import read
 from learnq.errors import ConfigError
 from learnq.optim import ASAM
+from learnq.pipeline.model_files import evaluate_file
 from learnq.pipeline.recipe import ASAMSection, Recipe, SatNLSection, load_recipe, parse_recipe
-from learnq.pipeline.run import MODEL_FILE, evaluate_file, prepare_training, train_recipe
-from learnq.pipeline.variants import QAT_METHODS, QATInfo
+from learnq.pipeline.registry import QAT_SECTIONS
+from learnq.pipeline.run import MODEL_FILE, train_recipe
+from learnq.pipeline.training import prepare_training
+from learnq.pipeline.variants import QATInfo
 from learnq.regularizers import DSMM, SatNL, SymReg
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY = """
-seed = 3
-
-[data]
-name = "digits"
-limit = 160
-calib_size = 32
-
-[model]
-name = "mlp"
-args = { hidden = [12] }
-
-[train]
-epochs = 1
-batch_size = 32
-lr = 0.01
-"""
+TINY = tiny_recipe(None, seed=3, limit=160, hidden=(12,), batch_size=32, lr=0.01, plots=None)
 
 
 def _model() -> nn.Module:
@@ -136,7 +124,7 @@ def test_asam_with_a_qat_method_that_wraps_the_optimizer_is_refused(monkeypatch)
     def prepare(model, qat, seed, device):
         return {"optimizer_wrapper": lambda opt, m: opt}
 
-    monkeypatch.setitem(QAT_METHODS, "fake-wrapping", QATInfo("fake-wrapping", "test only", prepare))
+    monkeypatch.setitem(QAT_SECTIONS, "fake-wrapping", QATInfo("fake-wrapping", "test only", prepare))
     recipe = parse_recipe(TINY + '\n[qat]\nmethod = "fake-wrapping"\nbits = 4\n\n[asam]\n')
     with pytest.raises(ConfigError, match="asam: the \\[qat\\] method 'fake-wrapping' already wraps the optimizer"):
         prepare_training(recipe, _model(), "cpu")

@@ -8,31 +8,17 @@ import os
 
 import pytest
 import torch
+from recipe_util import tiny_recipe
 from torch import nn
 
 import learnq.checkpoint as ckpt
 from learnq.errors import CheckpointError, ConfigError
+from learnq.pipeline.model_files import evaluate_file, rebuild
 from learnq.pipeline.recipe import Recipe, parse_recipe
-from learnq.pipeline.run import ROW_KEYS, evaluate_file, rebuild, run_recipe, train_recipe
+from learnq.pipeline.run import ROW_KEYS, run_recipe, train_recipe
 
-TINY = """
-name = "tiny"
-seed = 1
-
-[data]
-name = "digits"
-limit = 300
-calib_size = 64
-
-[model]
-name = "mlp"
-args = { hidden = [16] }
-
-[train]
-epochs = 2
-batch_size = 32
-lr = 0.01
-
+TINY = tiny_recipe(seed=1, limit=300, calib_size=64, hidden=(16,), epochs=2, batch_size=32, lr=0.01, plots=None,
+                   tables="""\
 [[variants]]
 method = "float"
 
@@ -45,7 +31,7 @@ method = "minmax"
 bits = 2
 granularity = "tensor"
 name = "two-bit"
-"""
+""")
 
 N_PARAMS = 64 * 16 + 16 + 16 * 10 + 10  # the mlp's weights and biases
 

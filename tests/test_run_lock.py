@@ -12,31 +12,11 @@ import sys
 import time
 from pathlib import Path
 
+from recipe_util import tiny_recipe
+
 from learnq.cli import main
 
-SLOW = """
-name = "slow"
-
-[data]
-name = "digits"
-limit = 200
-calib_size = 32
-
-[model]
-name = "mlp"
-args = { hidden = [8] }
-
-[train]
-epochs = 100000
-batch_size = 50
-lr = 0.02
-
-[[variants]]
-method = "float"
-
-[report]
-plots = false
-"""
+SLOW = tiny_recipe("slow", epochs=100000, tables='[[variants]]\nmethod = "float"\n')
 
 
 def _start_slow_run(tmp_path: Path, out: Path) -> subprocess.Popen:

@@ -17,7 +17,7 @@ from learnq.errors import ConfigError
 from learnq.granularity import Granularity
 from learnq.grid import GridSpec, QuantizedTensor, quantize_tensor
 from learnq.pipeline.models import build_model
-from learnq.ptq.weights import quantize_weights
+from learnq.ptq.ptq_weight import quantize_weights
 from learnq.quantized import attach_quantized
 from learnq.quantizers.diffq import MB_BITS
 from learnq.size import SizeReport, entropy_bits, size_report, tensor_size

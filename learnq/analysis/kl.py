@@ -35,14 +35,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from learnq.act_quant import calibration_batches
 from learnq.analysis.plots import grid_shape, new_figure, save_png, series_color
 from learnq.attach import Selection
+from learnq.batches import calibration_batches
 from learnq.errors import ConfigError, DataError, ModelError
 from learnq.granularity import Granularity
 from learnq.grid import GridSpec
 from learnq.layers import require_weight_layers
-from learnq.ptq.weights import quantize_weights
+from learnq.ptq.ptq_weight import quantize_weights
 
 DEFAULT_BINS = 256
 DEFAULT_SMOOTHING = 0.5
@@ -60,7 +60,8 @@ def _positive_int(value: object, name: str) -> int:
 
 def quantized_copy(model: nn.Module, bits: int, *, scheme: str = "symmetric", granularity: str = "tensor",
                    selection: Selection = Selection()) -> nn.Module:
-    """A deep copy of ``model`` with its selected weights quantized by naive min-max PTQ (``learnq.ptq.weights``).
+    """A deep copy of ``model`` with its selected weights quantized by naive min-max PTQ
+    (``learnq.ptq.quantize_weights``).
 
     Per-tensor symmetric by default: the naive quantization the documents compare against.
     """
@@ -72,7 +73,7 @@ def quantized_copy(model: nn.Module, bits: int, *, scheme: str = "symmetric", gr
 
 def iter_inputs(data: Data, max_samples: int | None = None, batch_size: int = 256) -> Iterator[torch.Tensor]:
     """Input batches of ``data`` (a tensor of inputs, a Dataset of ``(x, y)`` or ``x``, or a DataLoader), in order,
-    stopping after ``max_samples`` samples (all of them when None). Batching: learnq.act_quant.calibration_batches."""
+    stopping after ``max_samples`` samples (all of them when None). Batching: learnq.batches.calibration_batches."""
     batch_size = _positive_int(batch_size, "batch_size")
     if max_samples is not None:
         _positive_int(max_samples, "max_samples")

@@ -12,7 +12,7 @@ comes from one of two rules:
 * ``mse``: the ``α`` minimising ``Σ (w - Q_α(w))²`` over ``mse_grid`` candidates ``α = (i/mse_grid)·α_minmax``,
   ``i = 1..mse_grid`` (ties go to the smaller ``α``; a constant group, stored exactly by any grid, keeps its
   min-max ``α``).
-* any other rule of ``learnq.ptq.clipping`` (``aciq``, the supplement's PTQ for Fig. 1A; ``kl``; ``lp``), for the
+* any other rule of ``learnq.clipping`` (``aciq``, the supplement's PTQ for Fig. 1A; ``kl``; ``lp``), for the
   symmetric and LAPQ grids.
 
 Every grid's step is proportional to ``α``, so the scaled step is obtained by quantizing with ``clip = factor·α``
@@ -41,6 +41,7 @@ from learnq.analysis.plots import new_figure, save_png, series_color
 from learnq.analysis.weights import named_weights
 from learnq.attach import Selection
 from learnq.errors import ConfigError
+from learnq.evaluation import evaluate
 from learnq.granularity import Granularity
 from learnq.grid import GridSpec, QuantizedTensor, check_tensor, quantize_tensor
 from learnq.quantized import attach_quantized
@@ -88,7 +89,7 @@ def quantize_scaled(w: torch.Tensor, spec: GridSpec, alpha: torch.Tensor, factor
 def optimal_clip(w: torch.Tensor, spec: GridSpec, rule: str = "minmax", *, mse_grid: int = MSE_GRID,
                  name: str = "tensor") -> torch.Tensor:
     """The optimal clipping value ``α`` of each group of ``w`` (float32, shape ``(n_groups,)``) under ``rule``."""
-    from learnq.ptq.clipping import CLIP_METHODS, choose_clip
+    from learnq.clipping import CLIP_METHODS, choose_clip
 
     check_tensor(w, name)
     if rule not in STEP_RULES and rule not in CLIP_METHODS:
@@ -100,7 +101,7 @@ def optimal_clip(w: torch.Tensor, spec: GridSpec, rule: str = "minmax", *, mse_g
     alpha = _minmax_alpha(w, spec)
     if rule == "minmax":
         return alpha
-    if rule != "mse":  # the other rules of learnq.ptq.clipping (aciq, kl, lp): symmetric and lapq grids only
+    if rule != "mse":  # the other rules of learnq.clipping (aciq, kl, lp): symmetric and lapq grids only
         return choose_clip(w.detach().float(), spec, rule).float()
     if isinstance(mse_grid, bool) or not isinstance(mse_grid, int) or mse_grid < 1:
         raise ConfigError(f"mse_grid must be an integer >= 1, got {mse_grid!r}")
@@ -116,12 +117,6 @@ def optimal_clip(w: torch.Tensor, spec: GridSpec, rule: str = "minmax", *, mse_g
     rows = g.view(x)
     constant = rows.min(dim=1).values == rows.max(dim=1).values  # stored exactly whatever α: keep the range
     return torch.where(constant, alpha, alpha * (best + 1).float() / mse_grid)
-
-
-def _evaluate(model: nn.Module, data: Dataset | DataLoader, device: str | torch.device, batch_size: int) -> dict:
-    from learnq.pipeline.train import evaluate  # the pipeline imports much; only this function needs it
-
-    return evaluate(model, data, device=device, batch_size=batch_size)
 
 
 def step_robustness(model: nn.Module, data: Dataset | DataLoader, factors: Sequence[float] = FACTORS, bits: int = 4,
@@ -162,7 +157,7 @@ def step_robustness(model: nn.Module, data: Dataset | DataLoader, factors: Seque
                 if name != layer and current[name] != 1.0:
                     place(name, w, 1.0)
                     current[name] = 1.0
-        metrics = _evaluate(work, data, device, batch_size)
+        metrics = evaluate(work, data, device, batch_size)
         rows.append({"layer": layer, "factor": factor, **base, **metrics})
     return rows
 

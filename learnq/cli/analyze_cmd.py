@@ -99,8 +99,8 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> tuple[nn.Module,
     """The network of a pipeline model file (rebuilt from its ``model`` metadata, weights via ``learnq.load``),
     the file's path and its metadata. ``CheckpointError`` for a file without pipeline metadata."""
     from learnq.checkpoint import read
+    from learnq.pipeline.model_files import resolve_model_file
     from learnq.pipeline.models import model_from_spec
-    from learnq.pipeline.run import resolve_model_file
 
     device = _check_device(device)
     p = resolve_model_file(path)
@@ -141,7 +141,7 @@ def _write_json(path: Path, obj: Any) -> None:
 
 def _data(args: argparse.Namespace) -> tuple[nn.Module, Path, Any, dict]:
     """The model, its file, the data split ``--split`` and the file's metadata."""
-    from learnq.pipeline.run import rebuild, resolve_model_file
+    from learnq.pipeline.model_files import rebuild, resolve_model_file
     from learnq.pipeline.train import set_seed
 
     set_seed(args.seed)

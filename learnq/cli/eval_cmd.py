@@ -11,7 +11,7 @@ import argparse
 
 from learnq.cli.common import print_json
 from learnq.cli.run_cmd import add_seed
-from learnq.pipeline.run import evaluate_file
+from learnq.pipeline.model_files import evaluate_file
 from learnq.pipeline.train import set_seed
 
 
@@ -34,4 +34,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"{result['file']}: {result['model']} on {result['data']} ({result['method']}, {result['bits']} bits)")
     print(f"test accuracy {100 * result['accuracy']:.2f}% (n = {result['n']}), loss {result['loss']:.4f}")
+    if "perplexity" in result:  # a language model: loss in nats per character
+        print(f"bits per character {result['bits_per_char']:.4f}, perplexity {result['perplexity']:.3f}")
     return 0

@@ -15,7 +15,7 @@ from typing import Any
 
 from learnq.cli.common import add_common, print_json
 from learnq.export.onnx import DEFAULT_OPSET, check_opset, check_output_path, evaluate_onnx, to_onnx
-from learnq.pipeline.run import EVAL_BATCH, rebuild, resolve_model_file
+from learnq.pipeline.model_files import EVAL_BATCH, rebuild, resolve_model_file
 from learnq.pipeline.train import evaluate
 
 EXAMPLE_BATCH = 64

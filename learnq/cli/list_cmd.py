@@ -1,7 +1,7 @@
 """``learnq list models|datasets|methods|recipes``: what is registered, one line of description each.
 
 ``methods`` reads every method registry that exists in this installation: the quantization variants a recipe's
-``[[variants]]`` can name (learnq.pipeline.variants), the training regularizers of ``[[regularizers]]``
+``[[variants]]`` can name (learnq.pipeline.registry), the training regularizers of ``[[regularizers]]``
 (learnq.regularizers) and the QAT methods of ``[qat]``; a registry that is not there yet is skipped.
 """
 
@@ -47,13 +47,13 @@ def _optional(module: str, attr: str) -> object | None:
 
 
 def _methods() -> list[dict]:
-    from learnq.pipeline.variants import QAT_METHODS, VARIANTS
+    from learnq.pipeline.registry import QAT_SECTIONS, VARIANTS
 
     rows = [{"name": v.name, "kind": "variant", "description": v.description} for v in VARIANTS.values()]
     regularizers = _optional("learnq.regularizers", "REGULARIZERS") or {}
     rows += [{"name": name, "kind": "regularizer", "description": getattr(cls, "description", "")}
              for name, cls in regularizers.items()]
-    rows += [{"name": q.name, "kind": "qat", "description": q.description} for q in QAT_METHODS.values()]
+    rows += [{"name": q.name, "kind": "qat", "description": q.description} for q in QAT_SECTIONS.values()]
     return rows
 
 

@@ -7,7 +7,8 @@ training split (the same seeded stratified draw as the recipe's, with ``calib_si
 and written to ``--out`` (default ``<file stem>.<method>-w<B>a<B>.safetensors`` beside it), then reloaded from that
 file and evaluated on the test split, so the accuracy printed is that of the file. ``learnq eval OUT`` and
 ``learnq.load(OUT, model)`` read it back (activation quantizers included). ``--json`` prints ``accuracy``,
-``file_bytes``, ``calib_seconds``, ``loss_evals`` and more.
+``file_bytes``, ``calib_seconds``, ``loss_evals`` and more. The command builds the same :class:`learnq.ptq.PTQ`
+config as Python and recipes (same defaults), and the file records it (metadata ``ptq_config``).
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from learnq.checkpoint import load, save
 from learnq.cli.common import add_common, print_json, show_progress
 from learnq.errors import ConfigError
 from learnq.pipeline.data import dataset_from_preprocessing
+from learnq.pipeline.model_files import EVAL_BATCH, rebuild, resolve_model_file
 from learnq.pipeline.models import model_from_spec
-from learnq.pipeline.run import EVAL_BATCH, rebuild, resolve_model_file
 from learnq.pipeline.train import evaluate, set_seed
-from learnq.ptq.api import PTQ_METHODS, available_methods, get_ptq_method, quantize
+from learnq.ptq.api import quantize
+from learnq.ptq.config import PTQ
+from learnq.ptq.registry import PTQ_METHODS, available_methods, get_ptq_method
 
 BITS_HELP = "bits (1..16, or 32 to leave them in float)"
 
@@ -36,13 +39,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Quantize the weights and activations of a model file written by learnq train/run after training "
                     "(PTQ), write the quantized model file and print its test accuracy.")
     parser.add_argument("path", help="a model file (.safetensors) written by learnq train/run, or a run directory")
-    parser.add_argument("--method", default="minmax",
-                        help="PTQ method: minmax, mse, lp, aciq, kl, adaround, lapq (default: minmax)")
-    parser.add_argument("--wbits", type=int, default=8, help=f"weight {BITS_HELP} (default 8)")
-    parser.add_argument("--abits", type=int, default=8, help=f"activation {BITS_HELP} (default 8)")
+    parser.add_argument("--method", default=PTQ.method,
+                        help=f"PTQ method: {', '.join(available_methods())} (default: {PTQ.method})")
+    parser.add_argument("--wbits", type=int, default=PTQ.wbits, help=f"weight {BITS_HELP} (default {PTQ.wbits})")
+    parser.add_argument("--abits", type=int, default=PTQ.abits, help=f"activation {BITS_HELP} (default {PTQ.abits})")
     parser.add_argument("--calib", type=int, default=512,
                         help="calibration samples drawn from the training split (default 512)")
-    parser.add_argument("--granularity", default="channel",
+    parser.add_argument("--granularity", default=PTQ.granularity,
                         help="weight granularity: channel (default, one step per output channel), tensor, column, "
                              "axis:K, group:G")
     parser.add_argument("--bias-correction", action="store_true",
@@ -101,9 +104,9 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(data.get("sizes"), dict) and "train" in data["sizes"]:
         data["sizes"]["calib"] = min(args.calib, int(data["sizes"]["train"]))
     splits = dataset_from_preprocessing(data)
-    result = quantize(model, splits.calib, method=args.method, wbits=args.wbits, abits=args.abits,
-                      granularity=args.granularity, skip_first_last=skip, bias_correction=args.bias_correction,
-                      device=args.device, seed=args.seed, progress=show_progress(args), **options)
+    config = PTQ(method=args.method, wbits=args.wbits, abits=args.abits, granularity=args.granularity,
+                 skip_first_last=skip, bias_correction=args.bias_correction, options=options)
+    result = quantize(model, splits.calib, config, device=args.device, seed=args.seed, progress=show_progress(args))
     before = evaluate(result.model, splits.test, device=args.device, batch_size=EVAL_BATCH)
     out = Path(args.out).expanduser() if args.out else default_out(src, args.method, result.wbits, result.abits)
     if out.resolve() == src.resolve():

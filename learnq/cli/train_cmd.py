@@ -43,5 +43,7 @@ def run(args: argparse.Namespace) -> int:
           f"{last.get('train_loss', float('nan')):.4f}")
     print(f"test accuracy {100 * trained.test['accuracy']:.2f}% (n = {trained.test['n']}), "
           f"loss {trained.test['loss']:.4f}")
+    if "perplexity" in trained.test:  # a language model
+        print(f"bits per character {trained.test['bits_per_char']:.4f}, perplexity {trained.test['perplexity']:.3f}")
     print(f"wrote {model_file} and {trained.out / 'metrics.json'}")
     return 0

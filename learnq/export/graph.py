@@ -5,7 +5,7 @@ QuantizeLinear -> DequantizeLinear pairs (ONNX operators, opset >= 13; the Q/DQ 
 
 The trace keeps conv/linear layers, standard ``torch.nn`` modules and activation quantizers as single calls; the
 example input is run through the traced graph once (:class:`_Recorder`), which gives every value's shape and checks
-that the trace computes what the model computes. A layer's input quantizer (:mod:`learnq.act_quant`, applied by a
+that the trace computes what the model computes. A layer's input quantizer (:mod:`learnq.act`, applied by a
 forward pre-hook that the trace does not see) is written in front of the layer; any other hook on a layer is
 refused, as is any operation the writer does not know (:mod:`learnq.export.ops` lists them), with a ModelError
 naming it. Only the batch dimension is dynamic (``dynamic_batch``); every other size is the example's.
@@ -22,14 +22,14 @@ import torch
 import torch.fx
 from torch import nn
 
-from learnq.act_quant import ATTR, _input_hook
+from learnq.act.input_quant import ATTR, _input_hook
 from learnq.errors import ModelError
+from learnq.export import ops
 from learnq.export.qdq import ActivationPlan, WeightPlan, is_activation_quantizer, plan_activation, plan_weight
 from learnq.export.report import TensorExport
 from learnq.grid import QuantizedTensor
+from learnq.layers import WEIGHT_LAYER_TYPES
 from learnq.quantized import quantized_parameters
-
-_LEAF_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 class Builder:
@@ -82,7 +82,7 @@ class Builder:
 
 class _Tracer(torch.fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, _LEAF_TYPES) or is_activation_quantizer(m) or super().is_leaf_module(
+        return isinstance(m, WEIGHT_LAYER_TYPES) or is_activation_quantizer(m) or super().is_leaf_module(
             m, module_qualified_name)
 
 
@@ -271,8 +271,6 @@ class GraphWriter:
     # -- the graph --------------------------------------------------------------------------------------------------
     def run(self) -> tuple[Any, list[int | str], list[int | str]]:
         """Build the ONNX graph; returns (GraphProto, input shape, output shape)."""
-        from learnq.export import ops
-
         self.gm, self.values = trace(self.model, self.example)
         helper, proto = self.b.helper, self.b.proto
         env: dict[torch.fx.Node, Any] = {}

@@ -168,7 +168,7 @@ def run_onnx(path: str | os.PathLike, inputs: torch.Tensor, *, batch_size: int =
 def evaluate_onnx(path: str | os.PathLike, data: Dataset | DataLoader, *, batch_size: int = 256,
                   threads: int | None = None, optimize: bool = True) -> dict[str, Any]:
     """Mean cross-entropy, accuracy and sample count of the ONNX classifier on ``data`` ((input, label) pairs),
-    as :func:`learnq.pipeline.train.evaluate` reports them for the torch model (``optimize``: see
+    as :func:`learnq.evaluation` reports them for the torch model (``optimize``: see
     :func:`run_onnx`)."""
     loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=batch_size, shuffle=False)
     session = _session(path, threads, optimize)

@@ -12,8 +12,8 @@ grids (zero point 0) come out bit for bit; a nonzero integer zero point agrees t
 not a level, bias-corrected steps, codes wider than the integer types) is not expressible: the exporter writes ŵ as
 a float initializer and the plan says why.
 
-Activations (:func:`plan_activation`): learnq's input quantizers (:class:`learnq.act_quant.ActQuantizer`), PACT and
-the min-max observer (:mod:`learnq.activations`) all compute
+Activations (:func:`plan_activation`): every activation quantizer of learnq (:mod:`learnq.act`: the PTQ input
+quantizers, PACT and the min-max observer) computes
 ``y = (clamp(round((x - offset) / scale) + zp, qmin, qmax) - zp) · scale + offset``; at 8 bits with offset 0 and a
 positive scale this is exactly QuantizeLinear -> DequantizeLinear (uint8 for [0, 255], int8 for [-128, 127]).
 Other widths are *emulated* with Div/Round/Clip/Mul, which computes the same formula in float32 (same division,
@@ -28,8 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from learnq.act_quant import ActQuantizer
-from learnq.activations import PACT, ObserverFakeQuant
+from learnq.act import ActivationQuantizer
 from learnq.errors import ModelError, QuantizationError
 from learnq.grid import QuantizedTensor
 
@@ -155,48 +154,25 @@ def plan_weight(qt: QuantizedTensor, opset: int) -> WeightPlan | str:
                       grouped=grouped, exact=bool(torch.equal(got, ref)), max_abs_error=err)
 
 
-def _act_quantizer_numbers(q: ActQuantizer) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-    if not q.calibrated or q.signed is None:
-        raise QuantizationError("an enabled activation quantizer has no α: calibrate it (learnq.ptq.quantize) before "
-                                "exporting")
-    scale, offset, qmin, qmax = q._scale_offset()
-    return scale.detach().float().cpu(), offset.detach().float().cpu(), qmin, qmax
-
-
 def plan_activation(module: nn.Module, name: str) -> ActivationPlan:
-    """The numbers of an enabled activation quantizer (ActQuantizer, PACT or ObserverFakeQuant in eval mode) and
-    whether QuantizeLinear/DequantizeLinear can carry them. Raises ModelError for another module type."""
-    mask = None
-    zp = None
-    axis: int | None = None
-    if isinstance(module, ActQuantizer):
-        scale, offset, qmin, qmax = _act_quantizer_numbers(module)
-        if module.per_channel:
-            axis = module.channel_axis
-        source = "ActQuantizer"
-        if bool((scale <= 0).any()):
-            mask = (scale > 0).float()
-            scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    elif isinstance(module, PACT):
-        alpha = module.effective_clip().detach().float().cpu()  # max(α, MIN_CLIP), as the forward
-        scale = alpha / (2**module.bits - 1)
-        offset, qmin, qmax, source = torch.zeros(()), 0, 2**module.bits - 1, "PACT"
-    elif isinstance(module, ObserverFakeQuant):
-        if not bool(module.observed):
-            raise QuantizationError(f"ObserverFakeQuant {name!r} has not observed any data: calibrate it (run the "
-                                    "model in training mode on some batches) before exporting")
-        lo = module.running_min.detach().float().cpu().clamp(max=0)
-        hi = module.running_max.detach().float().cpu().clamp(min=0)
-        levels = 2**module.bits - 1
-        scale = torch.where(hi > lo, (hi - lo) / levels, torch.ones_like(hi))
-        zp = torch.round(-lo / scale)
-        offset, qmin, qmax, source = torch.zeros(()), 0, levels, "ObserverFakeQuant"
-    else:
+    """The numbers of an enabled activation quantizer (any :class:`learnq.act.ActivationQuantizer`: PTQ input
+    quantizer, PACT, observer in eval mode; its :meth:`~learnq.act.ActivationQuantizer.grid`, the numbers its own
+    forward uses) and whether QuantizeLinear/DequantizeLinear can carry them. Raises ModelError for another module."""
+    if not isinstance(module, ActivationQuantizer):
         raise ModelError(f"{name!r} ({type(module).__name__}) is not an activation quantizer learnq can export")
-    zp = torch.zeros_like(scale) if zp is None else zp
-    offset = offset.expand_as(scale).clone()
+    try:
+        grid = module.grid()
+    except QuantizationError as exc:
+        raise QuantizationError(f"activation quantizer {name!r} cannot be exported: {exc}") from exc
+    scale = grid.scale.detach().float().cpu()
+    offset = grid.offset.detach().float().cpu().expand_as(scale).clone()
+    zp = grid.zero_point.detach().float().cpu().expand_as(scale)
+    mask = None
+    if bool((scale <= 0).any()):
+        mask = (scale > 0).float()
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     reason = None
-    qtype = {(0, 255): "uint8", (-128, 127): "int8"}.get((qmin, qmax))
+    qtype = {(0, 255): "uint8", (-128, 127): "int8"}.get((grid.qmin, grid.qmax))
     if module.bits != 8 or qtype is None:
         reason = (f"{module.bits}-bit activations: QuantizeLinear/DequantizeLinear carry 8-bit activations "
                   "(uint8/int8); emulated in float32 with Div/Round/Clip/Mul (same values)")
@@ -205,14 +181,15 @@ def plan_activation(module: nn.Module, name: str) -> ActivationPlan:
     elif mask is not None:
         reason = ("α = 0 (an input that was all zero during calibration): QuantizeLinear needs a positive scale; "
                   "emulated in float32 (same values)")
-    return ActivationPlan(source=source, bits=module.bits, scale=scale.numpy().astype(np.float32),
+    return ActivationPlan(source=type(module).__name__, bits=module.bits, scale=scale.numpy().astype(np.float32),
                           zero_point=zp.numpy().astype(np.int64), offset=offset.numpy().astype(np.float32),
-                          qmin=qmin, qmax=qmax, channel_axis=axis, mask=None if mask is None else mask.numpy(),
-                          qtype=None if reason else qtype, reason=reason)
+                          qmin=grid.qmin, qmax=grid.qmax, channel_axis=grid.channel_axis,
+                          mask=None if mask is None else mask.numpy(), qtype=None if reason else qtype,
+                          reason=reason)
 
 
 def is_activation_quantizer(module: nn.Module) -> bool:
-    return isinstance(module, (ActQuantizer, PACT, ObserverFakeQuant))
+    return isinstance(module, ActivationQuantizer)
 
 
 __all__ = ["INT_TYPES", "ActivationPlan", "WeightPlan", "is_activation_quantizer", "plan_activation", "plan_weight"]

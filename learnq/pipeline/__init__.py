@@ -2,6 +2,6 @@
 
 from learnq._lazy import lazy_submodules
 
-SUBMODULES = ("bn_fold", "data", "models", "pareto", "ptq_variants", "qat", "recipe", "report", "run", "schema",
-              "sweep", "sweep_space", "train", "variants")
+SUBMODULES = ("data", "model_files", "models", "pareto", "ptq_variants", "qat_variants", "recipe", "registry", "report",
+              "run", "run_lock", "schema", "sections", "sweep", "sweep_space", "train", "training", "variants")
 __getattr__, __dir__ = lazy_submodules(__name__, SUBMODULES, globals())  # learnq.pipeline.models etc. on first access

@@ -1,4 +1,4 @@
-"""Every post-training quantization method of :data:`learnq.ptq.api.PTQ_METHODS` as a pipeline variant (LAPQ
+"""Every post-training quantization method of :data:`learnq.ptq.registry.PTQ_METHODS` as a pipeline variant (LAPQ
 seeds/001 §5 for the W/A bit configurations; METHODS.md §2 and §6).
 
 A recipe asks for one with::
@@ -10,25 +10,26 @@ A recipe asks for one with::
     granularity = "tensor"   # the weight grid (the recipe's default is per channel)
     options = { maxiter = 1, calib_samples = 128 }
 
-The variant runs ``learnq.ptq.quantize(model, splits.calib, method=..., wbits=bits, abits=abits,
-granularity=..., scheme=..., selection=select, seed=..., device=...)`` on the pipeline's copy of the trained float
-model; the pipeline saves the result (activation quantizers and folded BatchNorm pairs are recorded in the file),
-reloads it and evaluates the reloaded model. The row's ``bits`` are the weight bits, its ``abits`` the activation
+The variant builds the :class:`learnq.ptq.PTQ` config of its table (method, ``wbits``, ``abits``, granularity,
+scheme, ``select``, the PTQ options below and the method's own) and runs ``learnq.ptq.quantize(model,
+splits.calib, config, seed=..., device=...)`` on the pipeline's copy of the trained float model; the pipeline saves
+the result (activation quantizers, folded BatchNorm pairs and the config are recorded in the file), reloads it and
+evaluates the reloaded model. The row's ``bits`` are the weight bits, its ``abits`` the activation
 bits (32: float).
 
 ``options`` holds the method's own keys (``PTQ_METHODS[name].options``, e.g. lapq's ``maxiter``, aciq's
-``distribution``) and the keys of :data:`PTQ_OPTIONS`: ``bias_correction``, ``variance_correction``,
-``act_per_channel``, ``skip_first_last`` (unset: the method's default, LAPQ's is to leave the first and last layers
-in float) and ``calib_samples`` (use only the first N samples of the calibration split; 0: all of it).
+``distribution``) and the keys of :data:`PTQ_OPTIONS`: the PTQ config's ``bias_correction``,
+``variance_correction``, ``act_per_channel``, ``skip_first_last`` (unset: the method's default, LAPQ's is to leave
+the first and last layers in float), with the config's defaults, and ``calib_samples`` (use only the first N
+samples of the calibration split; 0: all of it).
 
 ``minmax`` is both the weight-only min-max PTQ of :mod:`learnq.pipeline.variants` (``bits_overrides`` and
 ``rounding`` honoured, no calibration) and the PTQ method: without ``abits`` and with the PTQ options at their
 defaults it stays the former (same files as before), otherwise it runs ``learnq.ptq.quantize(method="minmax")``.
 Rounding other than ``nearest`` and ``bits_overrides`` are refused for PTQ runs (``learnq.ptq`` has neither).
 
-:func:`register_ptq_variants` is called when this module is imported (``learnq.pipeline.variants`` imports it at its
-end), after importing the modules that register AdaRound and LAPQ; call it again after registering a PTQ method of
-your own to make it a variant too.
+:func:`ptq_variant_info` is the variant of one PTQ method; :func:`learnq.pipeline.registry.register_ptq_variants`
+registers one for every PTQ method (call it again after registering a PTQ method of your own).
 """
 
 from __future__ import annotations
@@ -38,16 +39,18 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from learnq.errors import ConfigError
-from learnq.pipeline.variants import VARIANTS, VariantInfo, apply_minmax, register_variant
-from learnq.ptq.api import PTQMethod, load_plugins, quantize
-from learnq.ptq.weight_quant import FLOAT_BITS
+from learnq.grid import FLOAT_BITS
+from learnq.pipeline.variants import VariantInfo, apply_minmax
+from learnq.ptq.api import quantize
+from learnq.ptq.config import PTQ
+from learnq.ptq.context import PTQMethod
 
 if TYPE_CHECKING:
     from learnq.pipeline.data import Splits
-    from learnq.pipeline.recipe import VariantSection
+    from learnq.pipeline.sections import VariantSection
 
-PTQ_OPTIONS: dict[str, Any] = {"bias_correction": False, "variance_correction": False, "act_per_channel": False,
-                               "skip_first_last": None, "calib_samples": 0}
+_CONFIG_OPTIONS = ("bias_correction", "variance_correction", "act_per_channel", "skip_first_last")
+PTQ_OPTIONS: dict[str, Any] = {**{name: getattr(PTQ, name) for name in _CONFIG_OPTIONS}, "calib_samples": 0}
 """The pipeline's keys of a PTQ variant's ``options`` (arguments of ``learnq.ptq.quantize``), with their defaults."""
 
 
@@ -97,14 +100,15 @@ def apply_ptq(model: nn.Module, splits: Splits, variant: VariantSection, seed: i
         from torch.utils.data import Subset
 
         calib = Subset(calib, range(n))
-    result = quantize(model, calib, method=variant.method, wbits=variant.weight_bits,
-                      abits=FLOAT_BITS if variant.abits is None else variant.abits,
-                      granularity=variant.granularity, scheme=variant.scheme, selection=variant.select,
-                      inplace=True, device=device, seed=seed, progress=False, **common, **method_options)
+    config = PTQ(method=variant.method, wbits=variant.weight_bits,
+                 abits=FLOAT_BITS if variant.abits is None else variant.abits, granularity=variant.granularity,
+                 scheme=variant.scheme, selection=variant.select, **common, options=method_options)
+    result = quantize(model, calib, config, inplace=True, device=device, seed=seed, progress=False)
     return result.model
 
 
-def _variant_info(method: PTQMethod) -> VariantInfo:
+def ptq_variant_info(method: PTQMethod) -> VariantInfo:
+    """The pipeline variant of PTQ method ``method``."""
     clash = set(method.options) & set(PTQ_OPTIONS)
     if clash:  # a programming error in the method's registration, not user input
         raise ValueError(f"PTQ method {method.name!r} has options named like the pipeline's: {sorted(clash)}")
@@ -116,21 +120,4 @@ def _variant_info(method: PTQMethod) -> VariantInfo:
                        options={**PTQ_OPTIONS, **method.options}, validate=validate_ptq_variant)
 
 
-def register_ptq_variants() -> list[str]:
-    """Register a variant for every PTQ method that has none yet (``minmax`` replaces the weight-only one);
-    returns the names registered by this call."""
-    done = []
-    for name, method in load_plugins().items():
-        current = VARIANTS.get(name)
-        if current is not None and current.apply is apply_ptq:
-            continue
-        if current is not None and name != "minmax":
-            raise ConfigError(f"PTQ method {name!r} clashes with the pipeline variant of that name; rename one")
-        register_variant(_variant_info(method), replace=name == "minmax")
-        done.append(name)
-    return done
-
-
-register_ptq_variants()
-
-__all__ = ["PTQ_OPTIONS", "apply_ptq", "register_ptq_variants", "uses_ptq", "validate_ptq_variant"]
+__all__ = ["PTQ_OPTIONS", "apply_ptq", "ptq_variant_info", "uses_ptq", "validate_ptq_variant"]

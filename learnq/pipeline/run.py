@@ -18,14 +18,15 @@ No paper. A run directory holds:
 * ``report.md``, ``training.png``, ``accuracy_vs_size.png`` (``run``; see learnq.pipeline.report);
 * ``.learnq.lock`` while a run writes the directory (:mod:`learnq.pipeline.run_lock`): a second writer is refused.
 
-Training-time sections of the recipe (:func:`prepare_training`): ``[satnl]`` reparametrises the conv/linear
+Training-time sections of the recipe (:mod:`learnq.pipeline.training`): ``[satnl]`` reparametrises the conv/linear
 weights before anything else is attached, ``[[regularizers]]`` add loss terms (their own parameters, e.g. DSMM's
 temperatures, in groups without weight decay), ``[qat]`` attaches quantizers, ``[asam]`` wraps the optimizer. After
 training, SatNL is baked into the weights (``SatNL.remove``), so ``model.safetensors`` holds ``a·tanh(w/a)``; the
 ``[qat]`` quantizers are frozen (``QuantHandle.freeze``), so ``model.safetensors`` is the quantized model and the run's
 one row (``method`` = the QAT method).
 
-Under torchrun every process trains (data parallel); only rank 0 writes files, quantizes and reports.
+Reading a run's files back (``learnq eval``) is :mod:`learnq.pipeline.model_files`. Under torchrun every process
+trains (data parallel); only rank 0 writes files, quantizes and reports.
 """
 
 from __future__ import annotations
@@ -38,26 +39,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from learnq.atomic_file import write_atomic
 from learnq.checkpoint import load, read, save
-from learnq.errors import CheckpointError, ConfigError
+from learnq.errors import ConfigError
+from learnq.evaluation import task_metrics
+from learnq.grid import FLOAT_BITS
 from learnq.pipeline import schema
-from learnq.pipeline.data import Splits, dataset_from_preprocessing, load_dataset
+from learnq.pipeline.data import Splits, load_dataset
+from learnq.pipeline.model_files import EVAL_BATCH, MODEL_FILE
 from learnq.pipeline.models import model_from_spec, model_spec
-from learnq.pipeline.qat import freeze_with_summary, mean_bits
-from learnq.pipeline.recipe import FLOAT_BITS, Recipe, VariantSection
+from learnq.pipeline.qat_variants import freeze_with_summary, mean_bits
+from learnq.pipeline.registry import apply_variant, get_variant, validate_recipe
 from learnq.pipeline.run_lock import claim_run_dir
+from learnq.pipeline.sections import Recipe, VariantSection
 from learnq.pipeline.train import evaluate, is_main_process, set_seed, train
-from learnq.pipeline.variants import apply_variant, get_qat, get_variant
+from learnq.pipeline.training import prepare_training, training_summary
 
 METRICS_VERSION = 1
-MODEL_FILE = "model.safetensors"
 ROW_KEYS = ("method", "bits", "accuracy", "file", "file_bytes", "ratio", "abits")
-EVAL_BATCH = 256
 
 
 @dataclass
@@ -70,21 +72,11 @@ class TrainedRun:
     splits: Splits
     spec: dict
     history: list[dict]
-    test: dict  # {"loss", "accuracy", "n"} of the float model on the test split
+    test: dict  # {"loss", "accuracy", "n"} of the float model on the test split (+ task_metrics for an LM)
     is_main: bool = True
     regularizers: dict[str, nn.Module] = field(default_factory=dict)  # the recipe's regularizers, trained
     training: dict = field(default_factory=dict)  # training_summary(): what metrics.json records as "training"
     resumed_from_epoch: int | None = None  # --resume: the epochs the checkpoint had done
-
-
-@dataclass
-class TrainingParts:
-    """What :func:`prepare_training` leaves: the keyword arguments of ``train`` and the objects behind them."""
-
-    kwargs: dict[str, Any]  # extra_losses, extra_params and, with [asam] or a [qat] that needs one, optimizer_wrapper
-    regularizers: dict[str, nn.Module]  # loss key (as in the history's "extra") -> Regularizer
-    qat_handle: Any = None  # the [qat] method's learnq.QuantHandle, frozen after training
-    traces: dict[str, Any] = field(default_factory=dict)  # DSMM loss key -> DSMMTrace (also in kwargs["callbacks"])
 
 
 @dataclass
@@ -128,104 +120,6 @@ def load_splits(recipe: Recipe, *, progress: bool = False) -> Splits:
                         test_fraction=d.test_fraction, limit=d.limit, **options)
 
 
-def prepare_training(recipe: Recipe, model: nn.Module, device: str) -> TrainingParts:
-    """Set ``model`` up for the recipe's training-time sections and return the keyword arguments of ``train``.
-
-    In this order: ``[satnl]`` reparametrises the weights (``SatNL.apply``; first, so that everything attached later
-    sees the saturated weight), ``[[regularizers]]`` are built on the model (one extra loss term each, keyed by name,
-    or ``name<i>`` when a name repeats; a DSMM also gets a :class:`learnq.regularizers.dsmm_alpha.DSMMTrace`
-    callback recording α and α* per epoch, its epoch-0 record taken here, in ``kwargs["callbacks"]``), ``[qat]``
-    attaches its quantizers, ``[asam]`` becomes the ``optimizer_wrapper``. Changes ``model`` in place. Learnable
-    SatNL levels and the regularizers' parameters get optimizer groups with ``weight_decay=0`` (at DSMM's
-    ``alpha_lr`` when it has one). ``ConfigError`` if ``[asam]`` is given with a ``[qat]`` method that
-    wraps the optimizer itself.
-    """
-    losses: dict[str, Any] = {}
-    groups: list[dict] = []
-    regularizers: dict[str, nn.Module] = {}
-    traces: dict[str, Any] = {}
-    if recipe.satnl is not None:
-        from learnq.regularizers import SatNL
-
-        SatNL.apply(model, learnable=recipe.satnl.learnable)
-        scales = SatNL.scale_parameters(model)
-        if scales:
-            groups.append({"params": scales, "weight_decay": 0.0})
-    if recipe.regularizers:
-        from learnq.regularizers import build_regularizer
-
-        names = [r.name for r in recipe.regularizers]
-        for i, section in enumerate(recipe.regularizers):
-            kwargs = dict(section.options)
-            if section.strength is not None:
-                kwargs["strength"] = section.strength
-            reg = build_regularizer(section.name, model, **kwargs).to(device)
-            key = section.name if names.count(section.name) == 1 else f"{section.name}{i}"
-            regularizers[key] = reg
-            losses[key] = lambda _model, reg=reg: reg()
-            own = [p for p in reg.parameters() if p.requires_grad]
-            if own:
-                group = {"params": own, "weight_decay": 0.0}
-                if getattr(reg, "alpha_lr", None) is not None:
-                    group["lr"] = reg.alpha_lr
-                groups.append(group)
-            if section.name == "dsmm":
-                from learnq.regularizers.dsmm_alpha import DSMMTrace
-
-                traces[key] = DSMMTrace(reg)
-                traces[key].record(0)
-    extras: dict[str, Any] = {"extra_losses": losses, "extra_params": groups}
-    if traces:
-        extras["callbacks"] = list(traces.values())
-    handle = None
-    if recipe.qat is not None:
-        info = get_qat(recipe.qat.method)
-        prepared = dict(info.prepare(model, recipe.qat, recipe.seed, device))
-        handle = prepared.pop("handle", None)
-        extras["extra_losses"].update(prepared.pop("extra_losses", {}) or {})
-        extras["extra_params"].extend(prepared.pop("extra_params", []) or [])
-        extras.update(prepared)
-    if recipe.asam is not None:
-        if extras.get("optimizer_wrapper") is not None:
-            raise ConfigError(f"asam: the [qat] method {recipe.qat.method!r} already wraps the optimizer; "  # type: ignore[union-attr]
-                              "remove the [asam] table")
-        from learnq.optim import ASAM
-
-        rho, eta = recipe.asam.rho, recipe.asam.eta
-        extras["optimizer_wrapper"] = lambda optimizer, net: ASAM(optimizer, net, rho=rho, eta=eta)
-    return TrainingParts(kwargs=extras, regularizers=regularizers, qat_handle=handle, traces=traces)
-
-
-def training_extras(recipe: Recipe, model: nn.Module, device: str) -> dict[str, Any]:
-    """Keyword arguments of ``train`` for the recipe's training-time sections (``prepare_training(...).kwargs``)."""
-    return prepare_training(recipe, model, device).kwargs
-
-
-def training_summary(recipe: Recipe, model: nn.Module, regularizers: dict[str, nn.Module],
-                     traces: dict[str, Any] | None = None) -> dict[str, Any]:
-    """JSON record of the training-time methods at the end of training (call before ``SatNL.remove``).
-
-    ``{"regularizers": {key: {"name", "strength", "per_layer"[, "alpha", "trace"]}}, "satnl": {"learnable", "scales"}
-    | None, "asam": {"rho", "eta"} | None}``; ``per_layer`` is each layer's unweighted loss, ``alpha`` DSMM's
-    temperatures, ``trace`` its per-epoch ``DSMMTrace.history`` (α, α*, dL/dα, soft range per layer).
-    """
-    regs: dict[str, Any] = {}
-    for key, reg in regularizers.items():
-        record: dict[str, Any] = {"name": reg.name, "strength": reg.strength, "per_layer": reg.per_layer()}
-        if hasattr(reg, "alphas"):
-            record["alpha"] = reg.alphas()
-        if traces and key in traces:
-            record["trace"] = traces[key].history
-        regs[key] = record
-    satnl = None
-    if recipe.satnl is not None:
-        from learnq.regularizers import SatNL
-
-        satnl = {"learnable": recipe.satnl.learnable, "scales": SatNL.scales(model)}
-    asam = None if recipe.asam is None else {"rho": recipe.asam.rho, "eta": recipe.asam.eta}
-    return {"regularizers": regs, "satnl": satnl, "asam": asam}
-
-
 def _metadata(trained: TrainedRun, metrics: dict, variant: VariantSection | None = None) -> dict:
     recipe = trained.recipe.to_dict()
     recipe.pop("variants")  # the run's list lives in recipe.json; a file records its own ``variant``
@@ -244,7 +138,8 @@ def train_recipe(recipe: Recipe, out: str | os.PathLike, *, resume: bool = False
     """Load the data, build and train the model, write ``recipe.json``, ``model.safetensors`` and ``metrics.json``.
 
     The run directory is claimed first (:func:`learnq.pipeline.run_lock.claim_run_dir`): ``BusyError`` naming the
-    holder if another learnq process is writing it."""
+    holder if another learnq process is writing it. The recipe is validated first (``ConfigError`` naming the key)."""
+    validate_recipe(recipe)
     out_dir = prepare_out(out)
     with claim_run_dir(out_dir):
         return _train_recipe(recipe, out_dir, resume=resume, progress=progress)
@@ -270,6 +165,7 @@ def _train_recipe(recipe: Recipe, out_dir: Path, *, resume: bool, progress: bool
             SatNL.remove(model)
     main = is_main_process()
     test = evaluate(model, splits.test, device=next(model.parameters()).device, batch_size=EVAL_BATCH)
+    test = task_metrics(test, splits.task)  # + bits per character and perplexity for a language model
     trained = TrainedRun(recipe=recipe, out=out_dir, model=model, splits=splits, spec=spec, history=result.history,
                          test=test, is_main=main, regularizers=parts.regularizers, training=summary,
                          resumed_from_epoch=result.resumed_from_epoch)
@@ -360,6 +256,7 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, *, resume: bool = False, 
     """``learnq run``: train, then every variant (quantize, save, reload, evaluate), metrics.json and the report.
 
     The run directory is claimed for the whole run (``BusyError`` naming the holder if another process writes it)."""
+    validate_recipe(recipe)
     out_dir = prepare_out(out)
     with claim_run_dir(out_dir):
         return _run_recipe(recipe, out_dir, resume=resume, progress=progress, report=report)
@@ -403,57 +300,5 @@ def write_alpha_plots(trained: TrainedRun) -> list[Path]:
             for key, trace in traced.items()]
 
 
-def resolve_model_file(path: str | os.PathLike) -> Path:
-    """A model file, or a run directory's ``model.safetensors``."""
-    p = Path(path).expanduser()
-    if p.is_dir():
-        p = p / MODEL_FILE
-        if not p.is_file():
-            raise CheckpointError(f"{p.parent} is a directory without {MODEL_FILE}; give a run directory written by "
-                                  "`learnq train`/`learnq run`, or a model file")
-    elif not p.exists():
-        raise CheckpointError(f"no such model file or run directory: {p}")
-    return p
-
-
-def rebuild(path: str | os.PathLike, *, device: str = "cpu") -> tuple[nn.Module, Splits, dict]:
-    """The network (weights loaded) and the data ``Splits`` a pipeline model file describes, and its metadata."""
-    p = resolve_model_file(path)
-    mf = read(p)
-    meta = mf.metadata
-    missing = [k for k in ("model", "data") if k not in meta]
-    if missing:
-        raise CheckpointError(f"{p} has no pipeline metadata ({', '.join(missing)} missing): it was saved from user "
-                              "code, so learnq cannot rebuild its network; load it into your model with "
-                              "learnq.load(path, model)")
-    model = model_from_spec(meta["model"], device="cpu")
-    load(p, model, device=device)
-    splits = dataset_from_preprocessing(meta["data"])
-    return model, splits, meta
-
-
-def evaluate_file(path: str | os.PathLike, *, device: str = "cpu") -> dict:
-    """``learnq eval``: rebuild the model and its test split from the file's metadata and evaluate it.
-
-    Returns ``{"file", "model", "data", "method", "bits", "abits", "loss", "accuracy", "n"}`` (``abits`` 32: float
-    activations).
-    """
-    try:
-        torch_device = str(torch.device(device))
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N") from exc
-    model, splits, meta = rebuild(path, device=torch_device)
-    metrics = evaluate(model, splits.test, device=torch_device, batch_size=EVAL_BATCH)
-    variant = meta.get("variant") or {}
-    qat = (meta.get("recipe") or {}).get("qat") or {}
-    method = variant.get("method") or qat.get("method") or "float"
-    bits = variant.get("bits") or (meta.get("metrics") or {}).get("bits") or 32
-    return {"file": str(resolve_model_file(path)), "model": meta["model"]["name"], "data": meta["data"]["name"],
-            "method": method, "bits": bits,
-            "abits": variant.get("abits") or (qat.get("options") or {}).get("abits") or FLOAT_BITS, **metrics}
-
-
-__all__ = ["TrainedRun", "TrainingParts", "RunResult", "ROW_KEYS", "MODEL_FILE", "prepare_out", "load_splits",
-           "prepare_training", "training_extras", "training_summary", "train_recipe", "write_metrics", "run_variant",
-           "run_qat_model",
-           "run_recipe", "write_alpha_plots", "resolve_model_file", "rebuild", "evaluate_file"]
+__all__ = ["TrainedRun", "RunResult", "ROW_KEYS", "MODEL_FILE", "prepare_out", "load_splits",
+           "train_recipe", "write_metrics", "run_variant", "run_qat_model", "run_recipe", "write_alpha_plots"]

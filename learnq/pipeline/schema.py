@@ -16,16 +16,10 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from learnq.checks import TYPE_NAMES, type_name
 from learnq.errors import ConfigError
 
 T = TypeVar("T")
-
-_NAMES = {int: "int", float: "float", str: "str", bool: "bool", dict: "table", list: "array", type(None): "nothing"}
-
-
-def type_name(value: Any) -> str:
-    """The TOML-ish name of a value's type (``int``, ``str``, ``table``, ``array``...)."""
-    return _NAMES.get(type(value), type(value).__name__)
 
 
 def _annotation_name(tp: Any) -> str:
@@ -40,7 +34,7 @@ def _annotation_name(tp: Any) -> str:
         return f"table of {_annotation_name(typing.get_args(tp)[1])}"
     if dataclasses.is_dataclass(tp):
         return "table"
-    return _NAMES.get(tp, getattr(tp, "__name__", str(tp)))
+    return TYPE_NAMES.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def _join(path: str, key: str) -> str:

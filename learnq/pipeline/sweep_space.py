@@ -31,8 +31,8 @@ from typing import Any
 
 from learnq.errors import ConfigError
 from learnq.pipeline import schema
-from learnq.pipeline.recipe import Recipe
-from learnq.pipeline.variants import QAT_METHODS, VARIANTS
+from learnq.pipeline.registry import QAT_SECTIONS, VARIANTS, validate_recipe
+from learnq.pipeline.sections import Recipe, read_toml
 
 SAMPLERS = ("tpe", "nsga2", "random")
 _SEGMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)(?:\[(\d+)\])?$")
@@ -164,7 +164,7 @@ def _method_info(section: Mapping[str, Any], kind: str) -> tuple[Any, Mapping[st
     method = section.get("method")
     info = VARIANTS.get(method) if isinstance(method, str) else None
     if kind == "qat":
-        qat = QAT_METHODS.get(method) if isinstance(method, str) else None
+        qat = QAT_SECTIONS.get(method) if isinstance(method, str) else None
         return info, (qat.options if qat is not None else {})
     return info, (info.options if info is not None else {})
 
@@ -230,7 +230,9 @@ class SweepRecipe:
         d = self.apply(values)
         if name is not None:
             d["name"] = name
-        return Recipe.from_dict(d)
+        recipe = Recipe.from_dict(d)
+        validate_recipe(recipe)
+        return recipe
 
     def sample(self, trial: Any) -> dict[str, Any]:
         """The trial's knob values: method knobs, then every other knob the trial's method takes."""
@@ -313,6 +315,7 @@ def sweep_from_dict(data: Mapping[str, Any]) -> SweepRecipe:
         raise ConfigError("sweep: missing; a sweep recipe needs a [sweep] table with a [sweep.space] of knobs")
     section = schema.from_dict(SweepSection, data.pop("sweep"), "sweep")
     recipe = Recipe.from_dict(data)
+    validate_recipe(recipe)
     if section.sampler not in SAMPLERS:
         raise ConfigError(f"sweep.sampler: unknown sampler {section.sampler!r}; use one of {', '.join(SAMPLERS)}")
     for name, minimum in (("startup_trials", 0), ("population_size", 2), ("max_failed", 1), ("heartbeat", 1),
@@ -347,8 +350,6 @@ def sweep_from_dict(data: Mapping[str, Any]) -> SweepRecipe:
 
 def parse_sweep_recipe(text: str, source: str = "recipe", default_name: str | None = None) -> SweepRecipe:
     """Parse TOML ``text``; errors are ``ConfigError`` starting with ``source``."""
-    from learnq.pipeline.recipe import read_toml
-
     data = read_toml(text, source, default_name)
     try:
         return sweep_from_dict(data)

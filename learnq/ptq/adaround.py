@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from learnq.attach import BitsRule, Selection, select_weights
 from learnq.errors import ConfigError, DataError, ModelError
 from learnq.grid import GridSpec, QuantizedTensor, check_tensor, compute_params
-from learnq.ptq.api import PTQContext, register_ptq_method
+from learnq.ptq.context import PTQContext, PTQMethod
 from learnq.quantized import attach_quantized, get_module, split_name
 
 ZETA = 1.1
@@ -219,7 +219,7 @@ def adaround_weights(model: nn.Module, calib_inputs: torch.Tensor, spec: GridSpe
     """Quantize the selected weights of ``model`` (in place, eval mode) with AdaRound, layer by layer.
 
     ``calib_inputs``: calibration inputs (N, ...). ``clip``: how each layer's range is chosen before rounding is
-    learned (``"minmax"`` or any method of ``learnq.ptq.clipping``, with ``clip_options``). ``inputs``:
+    learned (``"minmax"`` or any method of ``learnq.clipping``, with ``clip_options``). ``inputs``:
     ``"quantized"`` (each layer sees the output of the layers already rounded) or ``"float"``. Returns
     ``{name: AdaRoundInfo}`` in processing order.
     """
@@ -244,7 +244,7 @@ def adaround_weights(model: nn.Module, calib_inputs: torch.Tensor, spec: GridSpe
             restricted=spec.restricted)
         alpha = None
         if clip != "minmax":
-            from learnq.ptq.clipping import choose_clip  # part of the clipping module (not needed for min-max)
+            from learnq.clipping import choose_clip  # part of the clipping module (not needed for min-max)
 
             alpha = choose_clip(weight, layer_spec, clip, **clip_options)
         x_float = capture_inputs(float_model, get_module(float_model, module_name), calib_inputs,
@@ -299,10 +299,10 @@ def _adaround_method(ctx: PTQContext) -> dict[str, Any]:
     return {"adaround": [asdict(info) for info in infos.values()]}
 
 
-register_ptq_method("adaround", "AdaRound (Nagel et al. 2020): learned up/down rounding per layer, layer by layer",
-                    _adaround_method, options=OPTIONS)
+METHOD = PTQMethod("adaround", "AdaRound (Nagel et al. 2020): learned up/down rounding per layer, layer by layer",
+                   _adaround_method, options=OPTIONS, quick={"iterations": 20})
 
 
-__all__ = ["ZETA", "GAMMA", "DEFAULT_ITERATIONS", "FAST_ITERATIONS", "OPTIONS", "AdaRoundInfo", "adaround_weights",
-           "beta_schedule", "capture_inputs", "inverse_rectified_sigmoid", "layer_function", "learn_rounding",
-           "rectified_sigmoid", "resolve_iterations", "rounding_regularizer"]
+__all__ = ["ZETA", "GAMMA", "DEFAULT_ITERATIONS", "FAST_ITERATIONS", "METHOD", "OPTIONS", "AdaRoundInfo",
+           "adaround_weights", "beta_schedule", "capture_inputs", "inverse_rectified_sigmoid", "layer_function",
+           "learn_rounding", "rectified_sigmoid", "resolve_iterations", "rounding_regularizer"]

@@ -9,7 +9,7 @@ with μ, σ the mean and (population) standard deviation of the float weights w_
     mean step:                        ŵ_c ← ŵ_c - (mean(ŵ_c) - mean(w_c))
 
 Both steps together are one affine map per channel, ``ŵ_c ← r_c·ŵ_c + t_c`` (:func:`correction_terms`), which is
-how :class:`learnq.ptq.weight_quant.PTQWeight` folds them into a per-channel step and offset. A channel whose
+how :class:`learnq.ptq.ptq_weight.PTQWeight` folds them into a per-channel step and offset. A channel whose
 quantized values are all equal (σ_q = 0) keeps r = 1 (the formula's r = σ_w/1e-8 would only amplify rounding noise;
 with σ_q = 0 the variance step cannot change ŵ anyway).
 """

@@ -9,12 +9,12 @@ clipping values. Each evaluation runs the network, so this module removes every 
   (e.g. the input of the first quantized layer, or of a residual branch) are computed once per batch and cached on
   the device. An evaluation runs only the remaining graph on the cached values. A model that cannot be traced is
   evaluated whole, with a warning (``CalibrationLoss.cached`` is False);
-* weights are fake-quantized only when their own α changed (:class:`learnq.ptq.weight_quant.PTQWeight` caches its
+* weights are fake-quantized only when their own α changed (:class:`learnq.ptq.ptq_weight.PTQWeight` caches its
   quantized weight, and :meth:`CalibrationLoss.set_alphas` touches only the quantizers whose α changed);
 * evaluation runs in eval mode under ``torch.no_grad()``, and every evaluation is counted (``evals``).
 
 The coordinates are, in model order, each quantized layer's input quantizer (``"<layer>.input"``,
-:class:`learnq.act_quant.ActQuantizer`) and weight quantizer (``"<layer>.weight"``): one α per tensor, or one per
+:class:`learnq.act.ActQuantizer`) and weight quantizer (``"<layer>.weight"``): one α per tensor, or one per
 channel for per-channel quantizers (labels ``"<name>[c]"``). Steps Δ are α times a fixed factor of the grid
 (``Δ = 2α/(2^b-1)`` on the LAPQ grid, ``α/(2^b-1)`` unsigned, ``α/(2^(b-1)-1)`` symmetric).
 """
@@ -31,11 +31,13 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from learnq.act_quant import ActQuantizer, calibration_batches, input_quantizers
+from learnq.act import ActQuantizer, input_quantizers
+from learnq.batches import calibration_batches
+from learnq.clipping import scale_offset
 from learnq.errors import ConfigError, DataError, ModelError
 from learnq.grid import GridSpec
-from learnq.ptq.clipping import scale_offset
-from learnq.ptq.weight_quant import PTQWeight, ptq_weight_of
+from learnq.layers import WEIGHT_LAYER_TYPES
+from learnq.ptq.ptq_weight import PTQWeight, ptq_weight_of
 
 
 @dataclass
@@ -107,7 +109,7 @@ class _Tracer(torch.fx.Tracer):
         self.stop = stop
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return module_qualified_name in self.stop or isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) \
+        return module_qualified_name in self.stop or isinstance(m, WEIGHT_LAYER_TYPES) \
             or super().is_leaf_module(m, module_qualified_name)
 
 

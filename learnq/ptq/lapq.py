@@ -5,7 +5,7 @@ paper's protocol: ``granularity="tensor"``) or per output channel of a weight (l
 searches one α per channel); the first and last layers stay in float by default (§5.1). Three steps:
 
 1. *Layer-wise* (§4.1, Eq. 12): for each p in ``linspace(p_min, p_max, p_count)`` (2..4, 10 values), every tensor
-   gets ``α_p = argmin_α mean(|Q_α(x) - x|^p)`` (:func:`learnq.ptq.clipping.clip_lp`; weights: the float weight,
+   gets ``α_p = argmin_α mean(|Q_α(x) - x|^p)`` (:func:`learnq.clipping.clip_lp`; weights: the float weight,
    activations: the values observed on the calibration set with the float model).
 2. *Quadratic approximation* (§4.2): the calibration loss ``L(α_p)`` is evaluated for every p, ``L ≈ a p² + b p + c``
    is fitted and ``p* = -b/(2a)``. The paper and its reference code take p* as is; here p* is used only when
@@ -40,10 +40,10 @@ from torch import nn
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
+from learnq.clipping import clip_lp
 from learnq.errors import ConfigError, DataError
-from learnq.ptq.api import PTQContext, register_ptq_method
 from learnq.ptq.calib_loss import CalibrationLoss, StepCoordinate
-from learnq.ptq.clipping import clip_lp
+from learnq.ptq.context import PTQContext, PTQMethod
 
 SPACES = ("log", "linear")
 
@@ -230,9 +230,9 @@ def _lapq_method(ctx: PTQContext) -> dict[str, Any]:
     return {"lapq": report.as_dict()}
 
 
-register_ptq_method(
+METHOD = PTQMethod(
     "lapq", "LAPQ (seeds/001): Lp sweep, quadratic fit of the loss in p, Powell on all steps; first/last layers float",
-    _lapq_method, options=OPTIONS, skip_first_last=True)
+    _lapq_method, options=OPTIONS, skip_first_last=True, quick={"p_count": 3, "maxiter": 1})
 
 
-__all__ = ["LAPQReport", "OPTIONS", "PowellResult", "fit_p_star", "lp_alphas", "p_grid", "powell", "run_lapq"]
+__all__ = ["LAPQReport", "METHOD", "OPTIONS", "PowellResult", "fit_p_star", "lp_alphas", "p_grid", "powell", "run_lapq"]

@@ -1,19 +1,23 @@
 """Training-time weight quantizers (METHODS.md sections 4-6): the registry of QAT methods and their configs.
 
-Each method is a typed config (``STE``, ``LSQ``, ``Nested``, ``DiffQ``) that :func:`learnq.prepare` turns into one
-``torch.nn.utils.parametrize`` parametrization per selected parameter. ``QAT_METHODS`` maps the method's name to its
-config class; ``QAT_METHODS[name].description`` is a one-line summary (used by the CLI and recipes).
+Each method is one file here holding its quantizer and its typed config (``STE``, ``LSQ``, ``Nested``, ``DiffQ``),
+which :func:`learnq.prepare` turns into one ``torch.nn.utils.parametrize`` parametrization per selected parameter.
+``QAT_METHODS`` maps the method's name to its config class; ``QAT_METHODS[name].description`` is a one-line summary
+(used by the CLI and recipes). Everything else (recipes, ``learnq list``, sweeps, tests) reads this registry, so a
+new method is its file plus one entry in the tuple below (docs/architecture.md).
 """
 
 from __future__ import annotations
 
-from learnq.quantizers.base import QATConfig, WeightQuantizer, passthrough
+from learnq.quantizers.base import WeightQuantizer
+from learnq.quantizers.config import QAT_METHODS, QATConfig, register_qat_method, resolve_config
 from learnq.quantizers.diffq import DiffQ, DiffQQuantizer, pseudo_quantize
 from learnq.quantizers.lsq import LSQ, LSQQuantizer
 from learnq.quantizers.nested import Nested, NestedQuantizer, nested_quantize
 from learnq.quantizers.ste import STE, STEQuantizer, fake_quantize_ste
 
-QAT_METHODS: dict[str, type[QATConfig]] = {"ste": STE, "lsq": LSQ, "nested": Nested, "diffq": DiffQ}
+for _config in (STE, LSQ, Nested, DiffQ):  # the QAT method registry: one entry per method
+    register_qat_method(_config)
 
 
 def describe_methods() -> dict[str, str]:
@@ -21,6 +25,6 @@ def describe_methods() -> dict[str, str]:
     return {name: cls.description for name, cls in QAT_METHODS.items()}
 
 
-__all__ = ["QAT_METHODS", "describe_methods", "QATConfig", "WeightQuantizer", "passthrough", "STE", "STEQuantizer",
-           "fake_quantize_ste", "LSQ", "LSQQuantizer", "Nested", "NestedQuantizer", "nested_quantize", "DiffQ",
-           "DiffQQuantizer", "pseudo_quantize"]
+__all__ = ["QAT_METHODS", "describe_methods", "QATConfig", "WeightQuantizer", "register_qat_method", "resolve_config",
+           "STE", "STEQuantizer", "fake_quantize_ste", "LSQ", "LSQQuantizer", "Nested", "NestedQuantizer",
+           "nested_quantize", "DiffQ", "DiffQQuantizer", "pseudo_quantize"]

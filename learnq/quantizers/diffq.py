@@ -34,16 +34,19 @@ A parameter named in ``bits_overrides`` gets a fixed width (no logit; noise and 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from learnq.checks import check_choice, check_float, check_int
 from learnq.errors import ConfigError
 from learnq.granularity import Granularity
 from learnq.grid import range_group_params
-from learnq.quantizers.base import QATConfig, WeightQuantizer, check_choice, check_float, check_int
+from learnq.quantizers.base import WeightQuantizer
+from learnq.quantizers.config import QATConfig, parse_granularity
 
 NOISES = ("gaussian", "uniform")
 MB_BITS = 2**23  # 1 MB = 8·2^20 bits (seeds/003, Eq. 8)
@@ -213,6 +216,9 @@ class DiffQQuantizer(WeightQuantizer):
         codes = torch.minimum(codes, gran.expand(2**b - 1, x.shape))
         return codes.to(torch.int32), params.scale, params.offset, gran
 
+    def summary_bits(self) -> list[float]:
+        return self.rounded_bits().tolist()
+
     def _export_meta(self, x: torch.Tensor, codes: torch.Tensor) -> dict[str, Any]:
         b = self.rounded_bits()
         meta: dict[str, Any] = {"bits": int(b.max()), "qmin": 0, "scheme": "affine",
@@ -236,6 +242,7 @@ class DiffQ(QATConfig):
     method = "diffq"
     description = "DiffQ: pseudo-quantization noise, learned bits per group, size penalty (Défossez et al. 2022)"
     default_lr: ClassVar[float | None] = 1e-3
+    learns_bits: ClassVar[bool] = True
     group_size: int = 8
     b_min: int = 2
     b_max: int = 15
@@ -255,6 +262,30 @@ class DiffQ(QATConfig):
                               f"got {self.init_bits!r}")
         check_choice("DiffQ", "noise", self.noise, NOISES)
         check_float("DiffQ", "penalty", self.penalty)
+
+    @classmethod
+    def from_granularity(cls, raw: str, options: Any) -> dict[str, Any]:
+        """``group:G``: groups of G weights; ``tensor``: one group per tensor; ``channel`` (the recipes' default):
+        ``options.group_size``."""
+        if raw == "channel":
+            return {}
+        gran = parse_granularity(raw)
+        if gran.kind == "group":
+            group_size = options.get("group_size", cls.group_size)
+            if group_size not in (cls.group_size, gran.group_size):
+                raise ConfigError(f"{raw!r} and options.group_size = {group_size} disagree; give one of them")
+            return {"group_size": gran.group_size}
+        if gran.kind == "tensor":
+            return {"group_size": 0}
+        raise ConfigError(f"diffq learns bits per group of weights; use 'group:G', 'tensor' (one group per tensor) "
+                          f"or options.group_size, not {raw!r}")
+
+    def loss(self, quantizers: Sequence[WeightQuantizer]) -> torch.Tensor | None:
+        """``penalty·M(b)``, M in MB over the quantized parameters (Eq. 10); None when the penalty is 0."""
+        if not self.penalty or not quantizers:
+            return None
+        bits = sum((q.size_bits() for q in quantizers), torch.zeros((), device=quantizers[0]._device()))
+        return self.penalty * bits / MB_BITS
 
     def build(self, name: str, x: torch.Tensor, bits: int | None) -> DiffQQuantizer:
         return DiffQQuantizer(x, self.group_size, self.b_min, self.b_max, self.init_bits, self.noise, fixed_bits=bits)

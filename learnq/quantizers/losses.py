@@ -21,13 +21,16 @@ amount. The reference code computes ``|P - P/s|``, which is not a quantization e
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from learnq.errors import ConfigError
-from learnq.quantizers.nested import NestedQuantizer
 
-Item = tuple[NestedQuantizer, torch.Tensor]  # a quantizer and the tensor P it quantizes (with its gradient)
+if TYPE_CHECKING:  # annotations only: the nested module imports this one
+    from learnq.quantizers.nested import NestedQuantizer
+
+Item = tuple["NestedQuantizer", torch.Tensor]  # a quantizer and the tensor P it quantizes (with its gradient)
 
 
 def _weighted(values: list[torch.Tensor], weights: list[int]) -> torch.Tensor:

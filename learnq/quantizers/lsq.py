@@ -21,8 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from learnq.checks import check_choice, check_int
 from learnq.granularity import Granularity
-from learnq.quantizers.base import QATConfig, WeightQuantizer, check_choice, check_int, per_tensor
+from learnq.quantizers.base import WeightQuantizer, per_tensor
+from learnq.quantizers.config import QATConfig
 from learnq.ste import grad_scale, round_ste
 
 LSQ_GRANULARITIES = ("tensor", "channel")

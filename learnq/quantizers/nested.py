@@ -53,7 +53,8 @@ Export: codes ``floor(P/s)`` are signed; the stored width is the bits needed for
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -61,16 +62,20 @@ import torch
 from torch import nn
 
 from learnq.attach import Selection
+from learnq.checks import check_choice, check_float, check_int
 from learnq.errors import ConfigError, QuantizationError
 from learnq.granularity import Granularity
 from learnq.grid import MAX_BITS, bits_for_range
-from learnq.quantizers.base import QATConfig, WeightQuantizer, check_choice, check_float, check_int, per_tensor
+from learnq.quantizers.base import WeightQuantizer, per_tensor
+from learnq.quantizers.config import QATConfig, parse_granularity
+from learnq.quantizers.losses import nested_loss
 from learnq.quantizers.ste import STEQuantizer
 
 EPS32 = float(np.finfo(np.float32).eps)
 REFERENCE_SCALE = 100 * EPS32  # the reference's init and lower bound of s
 NESTED_GRANULARITIES = {"scalar": "tensor", "row": "axis:0", "channel": "axis:0", "column": "axis:1"}
 _INT_LIMIT = 2.0**31 - 1
+_RECIPE_GRANULARITY = {("tensor", None): "scalar", ("axis", 0): "row", ("axis", 1): "column"}
 
 
 class _NestedQuantFn(torch.autograd.Function):
@@ -169,6 +174,9 @@ class NestedQuantizer(WeightQuantizer):
         qmin, qmax = self.code_range(x)
         return bits_for_range(qmin, qmax)
 
+    def summary_bits(self) -> int:
+        return self.bits()
+
     def _export_meta(self, x: torch.Tensor, codes: torch.Tensor) -> dict[str, Any]:
         qmin, qmax = int(codes.min()), int(codes.max())
         bits = bits_for_range(qmin, qmax)
@@ -203,12 +211,16 @@ class Nested(QATConfig):
     method = "nested"
     description = "nested quantization layer: learned scale, floor, gradient-ratio rule, custom losses (thesis Ch. 3)"
     default_lr: ClassVar[float | None] = 1e-4  # the reference's Adam lr
+    learns_bits: ClassVar[bool] = True
     granularity: str = "channel"
     threshold: float = 1e-10
     init_scale: float | None = None
-    init_bits: int = 16
+    # recipes start the scales at 8 bits: chosen when weights that grew while training could need codes wider than
+    # 16 bits; since the layer keeps its codes within max_bits that no longer happens, and 8 stays the recipes'
+    # (coarser, smaller) starting point
+    init_bits: int = field(default=16, metadata={"recipe_default": 8})
     min_scale: float = REFERENCE_SCALE
-    eps: float = EPS32
+    eps: float = field(default=EPS32, metadata={"recipe": False})
     max_bits: int = MAX_BITS
     biases: bool = True
     gamma_inverse: float = 0.0
@@ -231,6 +243,28 @@ class Nested(QATConfig):
 
     def default_selection(self) -> Selection:
         return Selection(biases=self.biases)
+
+    @classmethod
+    def from_granularity(cls, raw: str, options: Any) -> dict[str, Any]:
+        """``tensor`` / ``scalar``: one scale per tensor; ``row`` / ``channel``: per row; ``column``: per column."""
+        if raw == "scalar":
+            return {"granularity": "scalar"}
+        gran = parse_granularity(raw)
+        axis = gran.axis if gran.kind == "axis" else None
+        if (gran.kind, axis) not in _RECIPE_GRANULARITY:
+            raise ConfigError(f"the nested layer has one scale per tensor ('tensor'), row ('row' or 'channel') or "
+                              f"column ('column'), not {raw!r}")
+        return {"granularity": _RECIPE_GRANULARITY[(gran.kind, axis)]}
+
+    def loss(self, quantizers: Sequence[WeightQuantizer]) -> torch.Tensor | None:
+        """``γ_inverse·L_inverse + γ_bins·L_bins + γ_deviation·L_deviation`` over the nested-quantized parameters
+        (:mod:`learnq.quantizers.losses`; those fixed by ``bits_overrides`` are left out); None when every γ is 0."""
+        if not (self.gamma_inverse or self.gamma_bins or self.gamma_deviation):
+            return None
+        items = [(q, q.current_input()) for q in quantizers if isinstance(q, NestedQuantizer)]
+        if not items:
+            return None
+        return nested_loss(items, self.gamma_inverse, self.gamma_bins, self.gamma_deviation)
 
     def build(self, name: str, x: torch.Tensor, bits: int | None) -> WeightQuantizer:
         if bits is not None:

@@ -13,15 +13,11 @@ from typing import Any
 
 import torch
 
+from learnq.checks import check_choice, check_int
 from learnq.granularity import Granularity
-from learnq.quantizers.base import (
-    QATConfig,
-    WeightQuantizer,
-    check_choice,
-    check_int,
-    passthrough,
-    per_tensor,
-)
+from learnq.quantizers.base import WeightQuantizer, per_tensor
+from learnq.quantizers.config import QATConfig
+from learnq.ste import ste
 
 STE_SCHEMES = ("affine", "symmetric")
 STE_GRANULARITIES = ("tensor", "channel")
@@ -61,7 +57,7 @@ def fake_quantize_ste(w: torch.Tensor, bits: int, low: float | torch.Tensor,
     with torch.no_grad():
         q = torch.round(((w.float() - low) / width * levels).clamp(0, levels))
         y = (q / levels * width + low).to(w.dtype)
-    return passthrough(w, y)
+    return ste(w, y)
 
 
 class STEQuantizer(WeightQuantizer):
@@ -86,7 +82,7 @@ class STEQuantizer(WeightQuantizer):
         return {"bits": self.bits, "qmin": qmin, "scheme": scheme}
 
     def train_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return passthrough(x, self.quantized_value(x))
+        return ste(x, self.quantized_value(x))
 
     def true_size_bits(self, x: torch.Tensor | None = None) -> int:
         """Codes plus one float32 step (and offset, affine) per group."""

@@ -70,7 +70,7 @@ class DSMM(Regularizer):
         dims: ``None`` for the scalar loss, or ``d >= 1`` for the multi-dimensional variant; every layer's weight
             count must then be a multiple of ``d``.
         alpha_lr: learning rate of the temperatures' optimizer group (None: the trainer's lr); read by
-            ``learnq.pipeline.run.prepare_training`` and used by ``param_groups()`` when called without an lr.
+            ``learnq.pipeline.training.prepare_training`` and used by ``param_groups()`` when called without an lr.
     """
 
     name = "dsmm"

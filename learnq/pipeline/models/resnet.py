@@ -12,7 +12,7 @@ blocks." The thesis gives no widths; the default here is the ResNet-18 layout (7
 stages of two basic blocks with 64, 128, 256, 512 channels): 11.18M parameters (44.7 MB in float32; the thesis
 reports a 39.57 MB file). ``width`` scales all stages, so tests can build it small.
 
-Every BatchNorm directly follows the convolution it normalises (foldable, see ``learnq.pipeline.bn_fold``) and every
+Every BatchNorm directly follows the convolution it normalises (foldable, see ``learnq.bn_fold``) and every
 ReLU is its own module.
 """
 

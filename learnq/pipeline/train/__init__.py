@@ -27,9 +27,9 @@ Use ``is_main_process()`` to write files only once from your own code.
 
 from __future__ import annotations
 
+from learnq.evaluation import evaluate
 from learnq.pipeline.train.config import Callback, LossTerm, TrainConfig, TrainResult
 from learnq.pipeline.train.distributed import is_main_process, rank, world_size
-from learnq.pipeline.train.evaluate import evaluate
 from learnq.pipeline.train.loop import train
 from learnq.pipeline.train.optim import build_optimizer, build_scheduler
 from learnq.pipeline.train.seeding import set_seed

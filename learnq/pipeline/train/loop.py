@@ -22,9 +22,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
 from learnq.errors import CheckpointError, ConfigError, DataError
+from learnq.evaluation import eval_sums, metrics_from_sums, split_batch, task_loss
 from learnq.pipeline.train import distributed as D
 from learnq.pipeline.train.config import Callback, LossTerm, TrainConfig, TrainResult
-from learnq.pipeline.train.evaluate import eval_sums, metrics_from_sums, split_batch, task_loss
 from learnq.pipeline.train.optim import build_optimizer, build_scheduler
 from learnq.pipeline.train.seeding import capture_rng_state, make_generator, restore_rng_state, set_seed
 from learnq.pipeline.train.state import restore_training, save_state

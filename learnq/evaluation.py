@@ -1,9 +1,15 @@
 """The classification objective (cross-entropy and accuracy) and model evaluation on a data set.
 
 Targets are class indices of shape (N,) or class probabilities of shape (N, C); the model returns logits (N, C).
+A sequence model (the language model of learnq.pipeline.models.transformer) returns logits (N, T, C) for targets
+(N, T): the loss is the mean cross-entropy over all N·T positions and the "correct" count of a sequence is its share of
+positions predicted right, so accuracy is per token. ``task_metrics`` adds what a language model reports: bits per
+character (loss / ln 2) and perplexity (e^loss) of the loss in nats.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -23,8 +29,15 @@ def split_batch(batch: object) -> tuple[torch.Tensor, torch.Tensor]:
 
 def task_loss(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean cross-entropy and the number of correct predictions (a 0-d tensor) of one batch."""
+    if logits.ndim == 3 and target.ndim == 2 and not target.is_floating_point():  # (N, T, C) and (N, T)
+        if target.shape != logits.shape[:2]:
+            raise DataError(f"targets of shape {tuple(target.shape)} for sequence logits {tuple(logits.shape)}")
+        loss = F.cross_entropy(logits.flatten(0, 1), target.flatten())  # (N·T, C), (N·T): mean over positions
+        correct = (logits.argmax(dim=2) == target).float().mean(dim=1).sum()  # sum over sequences of token accuracy
+        return loss, correct
     if logits.ndim != 2:
-        raise DataError(f"the model must return logits of shape (N, C), got shape {tuple(logits.shape)}")
+        raise DataError(f"the model must return logits of shape (N, C) (or (N, T, C) for (N, T) targets), got shape "
+                        f"{tuple(logits.shape)}")
     if target.ndim == 1 and not target.is_floating_point():
         if target.shape[0] != logits.shape[0]:
             raise DataError(f"{target.shape[0]} targets for {logits.shape[0]} inputs in a batch")
@@ -60,6 +73,15 @@ def eval_sums(model: nn.Module, loader: DataLoader, device: torch.device) -> tor
 def metrics_from_sums(sums: torch.Tensor) -> dict:
     loss_sum, correct, n = (float(v) for v in sums.tolist())
     return {"loss": loss_sum / n, "accuracy": correct / n, "n": int(n)}
+
+
+def task_metrics(metrics: dict, task: str) -> dict:
+    """``metrics`` (from :func:`evaluate`) plus, for ``task == "language-model"``, ``bits_per_char`` (loss / ln 2)
+    and ``perplexity`` (e^loss); other tasks unchanged. ``loss`` is the mean cross-entropy in nats per token."""
+    if task != "language-model":
+        return dict(metrics)
+    loss = metrics["loss"]
+    return {**metrics, "bits_per_char": loss / math.log(2), "perplexity": math.exp(loss) if loss < 700 else math.inf}
 
 
 def evaluate(
@@ -98,4 +120,4 @@ def evaluate(
     return metrics_from_sums(sums)
 
 
-__all__ = ["evaluate", "task_loss", "split_batch", "eval_sums", "metrics_from_sums"]
+__all__ = ["evaluate", "task_loss", "task_metrics", "split_batch", "eval_sums", "metrics_from_sums"]

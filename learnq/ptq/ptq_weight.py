@@ -4,20 +4,21 @@ Algorithm 1; METHODS.md §0 grids, §2 bias correction).
 ``PTQWeight(spec, alpha)`` registered on a layer's weight with ``torch.nn.utils.parametrize`` makes the layer
 compute with ŵ = Q_α(w) on ``spec``'s grid, optionally bias-corrected per output channel
 (:mod:`learnq.ptq.bias_correction`). Loss-aware methods (LAPQ's Powell search) change α thousands of times, so the
-fake-quantized weight is cached and recomputed only when α or w changed (α through :meth:`PTQWeight.set_alpha` or
-an in-place change of the ``alpha`` buffer; w by identity, device, shape or an in-place change, as tracked by
-torch's version counter; a change made through ``tensor.data`` is not seen: call :meth:`PTQWeight.invalidate`).
+fake-quantized weight is cached and recomputed only when α or w changed (the one cache of
+:class:`learnq.parametrization.WeightParametrization`: identity, in-place writes and storage of w and of the
+``alpha`` buffer). ``alpha=None`` quantizes on the min-max range of each group (any scheme, affine included):
+:func:`quantize_weights`, the weight-only min-max PTQ, is that quantizer frozen into each layer.
 
 ``forward(w)`` is bit-identical to ``export_quantized(w).dequantize()`` (it *is* that value), so the model file
 written by ``learnq.save`` computes exactly what the model computed. Bias correction per channel is the affine map
 ŵ_c ← r_c·ŵ_c + t_c, stored exactly as a per-output-channel step r_c·Δ and offset r_c·o + t_c: a per-tensor grid
 with bias correction is exported with ``axis:0`` granularity (same codes, one step and offset per channel).
 No gradient flows to the weight (PTQ freezes weights; training-time quantizers live in learnq.quantizers).
+The PTQ methods (:mod:`learnq.ptq.registry`) attach it through ``PTQContext.attach_weights``.
 """
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -26,33 +27,33 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from learnq.attach import BitsRule, Selection, select_weights
+from learnq.clipping import choose_clip
 from learnq.errors import ConfigError, ModelError, QuantizationError
 from learnq.granularity import CHANNEL
-from learnq.grid import GridSpec, QuantizedTensor, compute_params, quantize
+from learnq.grid import FLOAT_BITS, GridSpec, QuantizedTensor, compute_params, quantize
+from learnq.parametrization import WeightParametrization
 from learnq.ptq.bias_correction import correction_terms
-from learnq.ptq.clipping import choose_clip
-from learnq.quantized import get_module, holders, split_name
-
-FLOAT_BITS = 32  # "leave in float"
+from learnq.quantized import attach_quantized, get_module, holders, split_name
 
 ClipRule = str | Callable[[torch.Tensor, GridSpec], torch.Tensor]
 
 
-class PTQWeight(nn.Module):
-    """Fake-quantizes a weight on ``spec``'s grid clipped at ``alpha`` (one value per group of the granularity).
+class PTQWeight(WeightParametrization):
+    """Fake-quantizes a weight on ``spec``'s grid clipped at ``alpha`` (one value per group of the granularity), or on
+    each group's min-max range when ``alpha`` is None.
 
     bias_correction: per-output-channel mean correction after quantization; variance_correction: the variance step
     before it (implies bias correction). method: the name recorded in the model file.
     """
 
-    def __init__(self, spec: GridSpec, alpha: torch.Tensor, *, bias_correction: bool = False,
+    def __init__(self, spec: GridSpec, alpha: torch.Tensor | float | None, *, bias_correction: bool = False,
                  variance_correction: bool = False, method: str = "minmax") -> None:
         super().__init__()
         if not isinstance(spec, GridSpec):
             raise ConfigError(f"spec must be a learnq.grid.GridSpec, got {type(spec).__name__}")
-        if spec.scheme == "affine":
+        if spec.scheme == "affine" and alpha is not None:
             raise ConfigError("PTQWeight needs a grid with one clipping value α (scheme 'symmetric', 'lapq' or "
-                              "'unsigned'); the affine grid has two ends")
+                              "'unsigned'); the affine grid has two ends (alpha=None: its min-max range)")
         self.bias_correction = bool(bias_correction or variance_correction)
         self.variance_correction = bool(variance_correction)
         if self.bias_correction and not (spec.granularity.kind == "tensor"
@@ -61,12 +62,11 @@ class PTQWeight(nn.Module):
                               f"with it, not {spec.granularity}")
         self.spec = spec
         self.method = str(method)
-        a = torch.as_tensor(alpha, dtype=torch.float32).detach().reshape(-1).clone()
-        self._check_alpha(a)
+        a = None
+        if alpha is not None:
+            a = torch.as_tensor(alpha, dtype=torch.float32).detach().reshape(-1).clone()
+            self._check_alpha(a)
         self.register_buffer("alpha", a)
-        self._key: tuple | None = None
-        self._cached: torch.Tensor | None = None
-        self.computations = 0  # how many times the quantized weight was recomputed (cache misses)
 
     # -- α -------------------------------------------------------------------------------------------------------
     @staticmethod
@@ -76,6 +76,9 @@ class PTQWeight(nn.Module):
 
     def set_alpha(self, alpha: torch.Tensor | float) -> None:
         """Set α (a scalar, or one value per group) and invalidate the cached quantized weight."""
+        if self.alpha is None:
+            raise ConfigError("this weight quantizer uses each group's min-max range (alpha=None); build it with an "
+                              "α to set one")
         a = torch.as_tensor(alpha, dtype=torch.float32).detach().reshape(-1).to(self.alpha.device)
         if a.numel() == 1:
             a = a.expand(self.alpha.numel())
@@ -86,27 +89,24 @@ class PTQWeight(nn.Module):
             self.alpha.copy_(a)
         self.invalidate()
 
-    def invalidate(self) -> None:
-        """Drop the cached quantized weight (recomputed at the next forward)."""
-        self._key = None
-        self._cached = None
-
     # -- quantization --------------------------------------------------------------------------------------------
-    def export_quantized(self, w: torch.Tensor) -> QuantizedTensor:
+    def export_quantized(self, w: torch.Tensor | None = None) -> QuantizedTensor:
         """The quantized weight as the model file stores it (codes, per-group step and offset)."""
+        w = self._input(w).detach()
         spec = self.spec
-        n = spec.granularity.num_groups(tuple(w.shape))
-        if n != self.alpha.numel():
-            raise ConfigError(f"this weight quantizer has {self.alpha.numel()} α values but a weight of shape "
-                              f"{tuple(w.shape)} has {n} groups with granularity {spec.granularity}")
-        w = w.detach()
-        alpha = self.alpha.to(w.device)
-        rows = spec.granularity.view(w.float())
-        constant = rows.min(dim=1).values == rows.max(dim=1).values
-        if bool(((alpha == 0) & ~constant).any()):
-            bad = torch.nonzero((alpha == 0) & ~constant).reshape(-1).tolist()[:8]
-            raise QuantizationError(f"α is 0 for group(s) {bad} whose values are not all equal; α must be > 0")
-        params = compute_params(w, spec, clip=alpha)
+        alpha = None
+        if self.alpha is not None:
+            n = spec.granularity.num_groups(tuple(w.shape))
+            if n != self.alpha.numel():
+                raise ConfigError(f"this weight quantizer has {self.alpha.numel()} α values but a weight of shape "
+                                  f"{tuple(w.shape)} has {n} groups with granularity {spec.granularity}")
+            alpha = self.alpha.to(w.device)
+            rows = spec.granularity.view(w.float())
+            constant = rows.min(dim=1).values == rows.max(dim=1).values
+            if bool(((alpha == 0) & ~constant).any()):
+                bad = torch.nonzero((alpha == 0) & ~constant).reshape(-1).tolist()[:8]
+                raise QuantizationError(f"α is 0 for group(s) {bad} whose values are not all equal; α must be > 0")
+        params = compute_params(w, spec, clip=alpha, name=self.name or "tensor")
         codes = quantize(w, spec, params)
         qmin, _ = spec.qrange()
         extra: dict = {}
@@ -127,35 +127,11 @@ class PTQWeight(nn.Module):
                                granularity=granularity, bits=spec.bits, qmin=qmin, scheme=spec.scheme,
                                method=self.method, dtype=w.dtype, extra=extra)
 
-    def _cache_key(self, w: torch.Tensor) -> tuple:
-        return (w._version, tuple(w.shape), w.dtype, w.device, self.alpha._version, self.alpha.device)
-
-    def _cache_valid(self, w: torch.Tensor, key: tuple) -> bool:
-        if self._cached is None or self._key is None or key != self._key[2:]:
-            return False
-        return self._key[0]() is w and self._key[1]() is self.alpha
-
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
-        key = self._cache_key(w)
-        if not self._cache_valid(w, key):
-            with torch.no_grad():
-                self._cached = self.export_quantized(w).dequantize()
-            self._key = (weakref.ref(w), weakref.ref(self.alpha), *key)
-            self.computations += 1
-        return self._cached
-
     def extra_repr(self) -> str:
         bc = ", variance+mean bias correction" if self.variance_correction else (
             ", bias correction" if self.bias_correction else "")
         return (f"bits={self.spec.bits}, scheme={self.spec.scheme}, granularity={self.spec.granularity}, "
                 f"method={self.method}{bc}")
-
-    def __getstate__(self) -> dict:
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else dict(self.__dict__)
-        state = dict(state)
-        state["_key"] = None
-        state["_cached"] = None
-        return state
 
 
 def _spec(spec_or_bits: GridSpec | int) -> GridSpec:
@@ -182,7 +158,7 @@ def attach_weight_quantizers(model: nn.Module, spec_or_bits: GridSpec | int, *, 
 
     spec_or_bits: the weight grid, or a bit-width for the default grid (symmetric, one step per output channel).
 
-    clip: a clipping method of ``learnq.ptq.clipping.CLIP_METHODS`` (with ``clip_options``) or ``fn(w, spec) -> α``.
+    clip: a clipping method of ``learnq.clipping.CLIP_METHODS`` (with ``clip_options``) or ``fn(w, spec) -> α``.
     bits_rule: per-name bits (``BitsRule``); a parameter given 32 bits is left in float and not returned.
     method: the name recorded in the model file (default: the clip method's name). A tied weight gets one
     PTQWeight registered on every module holding it, returned under its first selected name
@@ -209,12 +185,45 @@ def attach_weight_quantizers(model: nn.Module, spec_or_bits: GridSpec | int, *, 
         with torch.no_grad():
             w = getattr(module, param).detach()
         alpha = choose_clip(w, layer_spec, clip, **clip_options) if isinstance(clip, str) else clip(w, layer_spec)
-        q = PTQWeight(layer_spec, alpha, bias_correction=bias_correction, variance_correction=variance_correction,
-                      method=label).to(w.device)
+        q = PTQWeight(layer_spec, alpha, bias_correction=bias_correction,
+                      variance_correction=variance_correction, method=label).to(w.device)
+        q.name = name
         for _, hmod, hattr in holders(model, name):
             parametrize.register_parametrization(hmod, hattr, q, unsafe=True)
         out[name] = q
     return out
 
 
-__all__ = ["FLOAT_BITS", "PTQWeight", "attach_weight_quantizers", "ptq_weight_of"]
+def _per_group(alpha: torch.Tensor | float, spec: GridSpec, w: torch.Tensor) -> torch.Tensor:
+    """α as one value per group of ``w`` (a single value is every group's)."""
+    a = torch.as_tensor(alpha, dtype=torch.float32).detach().reshape(-1)
+    return a.expand(spec.granularity.num_groups(tuple(w.shape))) if a.numel() == 1 else a
+
+
+def quantize_weights(model: nn.Module, spec: GridSpec, *, selection: Selection = Selection(),
+                     bits: BitsRule | Callable[[str], int] | None = None,
+                     clip: Callable[[torch.Tensor, GridSpec], torch.Tensor] | None = None,
+                     method: str = "minmax") -> dict[str, QuantizedTensor]:
+    """Weight-only PTQ with a given grid: each selected weight quantized on ``spec``'s grid over its min-max range
+    per group (or clipped at ``clip(w, spec)``) by a :class:`PTQWeight`, and frozen into the model
+    (:func:`learnq.quantized.attach_quantized`, any parametrization on it removed). Returns ``{name: tensor}``.
+
+    bits: optional per-name bit-widths (default ``spec.bits``). A tied weight is quantized once, under its first
+    selected name, for every module holding it (:func:`learnq.attach.select_weights`).
+    """
+    out: dict[str, QuantizedTensor] = {}
+    for name in select_weights(model, selection)[0]:
+        module_name, param = split_name(name)
+        with torch.no_grad():
+            w = getattr(get_module(model, module_name), param).detach()
+        layer_spec = spec if bits is None else replace(spec, bits=bits(name))
+        alpha = None if clip is None else _per_group(clip(w, layer_spec), layer_spec, w)
+        q = PTQWeight(layer_spec, alpha, method=method)
+        q.name = name
+        qt = q.export_quantized(w)
+        attach_quantized(model, name, qt)
+        out[name] = qt
+    return out
+
+
+__all__ = ["PTQWeight", "attach_weight_quantizers", "ptq_weight_of", "quantize_weights"]

@@ -15,18 +15,20 @@ Recipe keys (both ways): ``bits`` (STE and LSQ: the fixed width, required; DiffQ
 ``bits`` must be left out), ``granularity`` (STE/LSQ: ``tensor`` or ``channel``; nested: ``tensor`` (= scalar),
 ``row``/``channel`` or ``column``; DiffQ: ``group:G`` or ``tensor``, otherwise ``options.group_size``),
 ``bits_overrides`` (parameter-name globs -> fixed bits, e.g. keep the first and last layers at 8 bits), ``select``
-and the method's ``options``: its config fields (:data:`METHOD_OPTIONS`), ``quant_lr`` (lr of the quantizers' own
+and the method's ``options``: its config fields (:func:`method_options`), ``quant_lr`` (lr of the quantizers' own
 parameters; default: the method's, DiffQ 1e-3, nested 1e-4, LSQ the model's lr) and, for variants, the fine-tuning
 schedule (:data:`FINETUNE_OPTIONS`). Everything is validated when the recipe is read.
 
-Activations (PACT, Choi et al. 2018, Eq. 1-3, :mod:`learnq.activations`): ``abits`` (a variant's own key; in
+Activations (PACT, Choi et al. 2018, Eq. 1-3, :mod:`learnq.act`): ``abits`` (a variant's own key; in
 ``[qat]`` ``options.abits``) wraps every ReLU/ReLU6 module of the model with an activation quantizer before training
 or fine-tuning, ``options.act_method`` picks it (``"pact"``, the default: learned clip α, trained with the model's
 parameters and their weight decay as PACT's L2 on α; ``"observer"``: running min-max range). The model file records
 the wrapped activations, so the reloaded model computes what the trained one did; the row reports ``abits``.
 
-Importing this module registers the four methods in ``learnq.pipeline.variants`` (it is imported at the end of
-that module, so recipes and ``learnq list methods`` always see them).
+Every method of the QAT registry (``learnq.quantizers.QAT_METHODS``) is a variant and a ``[qat]`` method:
+:func:`qat_entries` derives both entries from its config class (description, options with their recipe defaults,
+``learns_bits``, granularity strings; :class:`learnq.quantizers.QATConfig`), and
+:mod:`learnq.pipeline.registry` registers them. Nothing here names a method.
 """
 
 from __future__ import annotations
@@ -39,36 +41,28 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from learnq.activations import ACTIVATION_METHODS, insert_activation_quantizers, wrapped_activations
+from learnq.act import ACTIVATION_METHODS, insert_activation_quantizers, wrapped_activations
 from learnq.attach import Selection
 from learnq.errors import ConfigError, LearnqError
-from learnq.granularity import Granularity
+from learnq.evaluation import split_batch, task_loss
 from learnq.grid import check_bits
 from learnq.pipeline.train.config import TrainConfig
-from learnq.pipeline.train.evaluate import split_batch, task_loss
 from learnq.pipeline.train.optim import build_optimizer, build_scheduler
 from learnq.pipeline.train.seeding import make_generator
-from learnq.pipeline.variants import QATInfo, VariantInfo, register_qat, register_variant
-from learnq.prepare import QuantHandle, prepare
+from learnq.pipeline.variants import QATInfo, VariantInfo
+from learnq.qat import QuantHandle, prepare
 from learnq.quantized import quantized_parameters
-from learnq.quantizers import LSQ, STE, DiffQ, Nested, QATConfig
-from learnq.quantizers.nested import REFERENCE_SCALE
+from learnq.quantizers import QAT_METHODS, QATConfig
 
-FIXED_BITS = ("ste", "lsq")  # methods trained at a fixed bit-width (``bits`` required)
-LEARNED_BITS = ("diffq", "nested")  # methods that learn their widths (``bits`` refused)
 DEFAULT_GRANULARITY = "channel"  # the recipe sections' default (VariantSection / QATSection)
 
-METHOD_OPTIONS: dict[str, dict[str, Any]] = {
-    "diffq": {"group_size": 8, "b_min": 2, "b_max": 15, "init_bits": 8.0, "noise": "gaussian", "penalty": 1e-3},
-    "nested": {"threshold": 1e-10, "init_scale": None, "init_bits": 8, "min_scale": REFERENCE_SCALE, "max_bits": 16,
-               "biases": True, "gamma_inverse": 0.0, "gamma_bins": 0.0, "gamma_deviation": 0.0},
-    "ste": {"scheme": "affine"},
-    "lsq": {},
-}
-"""Each method's own option keys and defaults (the fields of its config: learnq.DiffQ, Nested, STE, LSQ). One default
-differs from the Python config's: the nested layer starts its scales at 8 bits (``init_bits = 8``, not 16). It was
-chosen when weights that grew while training could need codes wider than 16 bits; since the layer keeps its codes
-within ``max_bits`` (16) that no longer happens, and 8 stays the recipes' (coarser, smaller) starting point."""
+
+def method_options(method: str) -> dict[str, Any]:
+    """The recipe options of QAT method ``method`` and their recipe defaults (its config's fields; one default may
+    differ from the Python config's, e.g. the nested layer's ``init_bits`` is 8 in recipes, 16 in ``learnq.Nested``:
+    ``QATConfig.recipe_options``)."""
+    return QAT_METHODS[method].recipe_options()
+
 
 QUANT_OPTIONS: dict[str, Any] = {"quant_lr": None}
 FINETUNE_OPTIONS: dict[str, Any] = {"epochs": 3, "lr": 1e-3, "batch_size": 64, "optimizer": "adam",
@@ -81,75 +75,36 @@ activation bits are given). A ``[qat]`` table also takes ``abits`` here (:data:`
 own ``abits`` key."""
 QAT_ACT_OPTIONS: dict[str, Any] = {"abits": None, **ACT_OPTIONS}
 
-_CONFIGS: dict[str, type[QATConfig]] = {"diffq": DiffQ, "nested": Nested, "ste": STE, "lsq": LSQ}
-_NESTED_GRANULARITY = {("tensor", None): "scalar", ("axis", 0): "row", ("axis", 1): "column"}
-
-
-def _granularity(method: str, raw: str, path: str, group_size: int) -> dict[str, Any]:
-    """Config fields for the recipe's ``granularity`` string, per method."""
-    if method == "diffq":
-        if raw == DEFAULT_GRANULARITY:
-            return {}
-        gran = _parse(raw, path)
-        if gran.kind == "group":
-            default = METHOD_OPTIONS["diffq"]["group_size"]
-            if group_size not in (default, gran.group_size):
-                raise ConfigError(f"{path}.granularity: {raw!r} and options.group_size = {group_size} disagree; "
-                                  "give one of them")
-            return {"group_size": gran.group_size}
-        if gran.kind == "tensor":
-            return {"group_size": 0}
-        raise ConfigError(f"{path}.granularity: diffq learns bits per group of weights; use 'group:G', 'tensor' "
-                          f"(one group per tensor) or options.group_size, not {raw!r}")
-    if method == "nested" and raw == "scalar":
-        return {"granularity": "scalar"}
-    gran = _parse(raw, path)
-    axis = gran.axis if gran.kind == "axis" else None
-    if method == "nested":
-        if (gran.kind, axis) not in _NESTED_GRANULARITY:
-            raise ConfigError(f"{path}.granularity: the nested layer has one scale per tensor ('tensor'), row "
-                              f"('row' or 'channel') or column ('column'), not {raw!r}")
-        return {"granularity": _NESTED_GRANULARITY[(gran.kind, axis)]}
-    if gran.kind == "tensor":
-        return {"granularity": "tensor"}
-    if gran.kind == "axis" and axis == 0:
-        return {"granularity": "channel"}
-    raise ConfigError(f"{path}.granularity: {method} takes 'tensor' or 'channel' (one range per output channel), "
-                      f"not {raw!r}")
-
-
-def _parse(raw: str, path: str) -> Granularity:
-    try:
-        return Granularity.parse(raw)
-    except LearnqError as exc:
-        raise ConfigError(f"{path}.granularity: {exc}") from exc
-
 
 def qat_config(method: str, *, bits: int | None, granularity: str = DEFAULT_GRANULARITY,
                options: Mapping[str, Any] | None = None, bits_overrides: Mapping[str, int] | None = None,
                select: Selection | None = None, path: str = "qat") -> QATConfig:
     """The ``learnq.prepare`` config of a recipe's ``[qat]`` table or QAT variant; ``ConfigError`` naming ``path``.
 
-    ``options`` may hold the method's own keys (:data:`METHOD_OPTIONS`) and the pipeline's (``quant_lr``,
+    ``options`` may hold the method's own keys (:func:`method_options`) and the pipeline's (``quant_lr``,
     fine-tuning keys), which are ignored here. ``select`` equal to the default ``Selection()`` means the method's
     default selection (nested also takes biases).
     """
-    if method not in _CONFIGS:
+    if method not in QAT_METHODS:
         raise ConfigError(f"{path}.method: {method!r} is not a training-time quantizer; use one of "
-                          f"{', '.join(_CONFIGS)}")
-    given = {k: v for k, v in (options or {}).items() if k in METHOD_OPTIONS[method]}
-    opts = {**METHOD_OPTIONS[method], **given}
-    if method in FIXED_BITS:
+                          f"{', '.join(QAT_METHODS)}")
+    cls = QAT_METHODS[method]
+    defaults = cls.recipe_options()
+    opts = {**defaults, **{k: v for k, v in (options or {}).items() if k in defaults}}
+    if not cls.learns_bits:
         if bits is None:
             raise ConfigError(f"{path}.bits: missing; {method} trains at a fixed bit-width (1 to 16, LSQ 2 to 16)")
         opts["bits"] = bits
     elif bits is not None:
         raise ConfigError(f"{path}.bits: {method} learns its bit-widths; remove bits (use bits_overrides to fix "
                           "some parameters' widths)")
-    opts.update(_granularity(method, granularity, path, opts.get("group_size", 8)))
+    try:
+        opts.update(cls.from_granularity(granularity, opts))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}.granularity: {exc}") from exc
     sel = None if select is None or select == Selection() else select
     try:
-        return _CONFIGS[method](**opts, bits_overrides=dict(bits_overrides or {}), selection=sel)
+        return cls(**opts, bits_overrides=dict(bits_overrides or {}), selection=sel)
     except LearnqError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
 
@@ -352,17 +307,22 @@ def prepare_qat(model: nn.Module, section: Any, seed: int, device: str) -> dict[
             "extra_params": handle.param_groups(lr=section.options.get("quant_lr")), "handle": handle}
 
 
-for _name in ("nested", "diffq", "ste", "lsq"):
-    _cls = _CONFIGS[_name]
-    register_qat(QATInfo(_name, _cls.description, prepare_qat,
-                         options={**METHOD_OPTIONS[_name], **QUANT_OPTIONS, **QAT_ACT_OPTIONS}, validate=validate_qat))
-    register_variant(VariantInfo(_name, f"{_cls.description}; fine-tunes the trained float model, then freezes",
-                                 apply_qat_variant, learned_bits=_name in LEARNED_BITS, activations=True,
-                                 options={**METHOD_OPTIONS[_name], **QUANT_OPTIONS, **ACT_OPTIONS, **FINETUNE_OPTIONS},
-                                 validate=validate_variant))
+def qat_entries() -> tuple[list[QATInfo], list[VariantInfo]]:
+    """The ``[qat]`` method and the variant of every QAT method of ``learnq.quantizers.QAT_METHODS``."""
+    sections, variants = [], []
+    for name, cls in QAT_METHODS.items():
+        options = method_options(name)
+        sections.append(QATInfo(name, cls.description, prepare_qat, options={**options, **QUANT_OPTIONS,
+                                                                              **QAT_ACT_OPTIONS},
+                                validate=validate_qat))
+        variants.append(VariantInfo(name, f"{cls.description}; fine-tunes the trained float model, then freezes",
+                                    apply_qat_variant, learned_bits=cls.learns_bits, activations=True,
+                                    options={**options, **QUANT_OPTIONS, **ACT_OPTIONS, **FINETUNE_OPTIONS},
+                                    validate=validate_variant))
+    return sections, variants
 
 
-__all__ = ["METHOD_OPTIONS", "QUANT_OPTIONS", "ACT_OPTIONS", "QAT_ACT_OPTIONS", "FINETUNE_OPTIONS", "FIXED_BITS",
-           "LEARNED_BITS", "qat_config", "activation_bits", "insert_activations", "finetune_config",
+__all__ = ["QUANT_OPTIONS", "ACT_OPTIONS", "QAT_ACT_OPTIONS", "FINETUNE_OPTIONS", "method_options", "qat_entries",
+           "qat_config", "activation_bits", "insert_activations", "finetune_config",
            "validate_variant", "validate_qat", "section_config", "finetune", "mean_bits", "freeze_with_summary",
            "apply_qat_variant", "prepare_qat"]

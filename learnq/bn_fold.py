@@ -35,6 +35,10 @@ from torch.nn.utils import parametrize
 
 from learnq.errors import ModelError
 
+FOLDED_BN_ATTR = "learnq_folded_batchnorm"
+"""The attribute of a model whose BatchNorm layers were folded: the folded (layer, BatchNorm) pairs (recorded in its
+model file by :mod:`learnq.fields.folded_bn`)."""
+
 _LAYER_BN: tuple[tuple[type[nn.Module], tuple[type[nn.Module], ...]], ...] = (
     (nn.Conv1d, (nn.BatchNorm1d, nn.SyncBatchNorm)),
     (nn.Conv2d, (nn.BatchNorm2d, nn.SyncBatchNorm)),
@@ -181,4 +185,4 @@ def fold_batchnorm(model: nn.Module, inplace: bool = False,
     return target
 
 
-__all__ = ["find_conv_bn_pairs", "fold_batchnorm", "folded_weights"]
+__all__ = ["FOLDED_BN_ATTR", "find_conv_bn_pairs", "fold_batchnorm", "folded_weights"]

@@ -38,12 +38,10 @@ from torch.nn.utils import parametrize
 from learnq.attach import Selection, bits_for, check_finite, select_parameters
 from learnq.errors import ConfigError
 from learnq.grid import QuantizedTensor
-from learnq.quantized import Holder, QuantizedWeight, get_module, holders_index, split_name
-from learnq.quantizers import QAT_METHODS
-from learnq.quantizers.base import ClockPostHook, ClockPreHook, ForwardClock, QATConfig, WeightQuantizer
-from learnq.quantizers.diffq import MB_BITS, DiffQ
-from learnq.quantizers.losses import nested_loss
-from learnq.quantizers.nested import Nested, NestedQuantizer
+from learnq.quantized import Holder, attach_quantized, get_module, holders_index, split_name
+from learnq.quantizers import QATConfig, WeightQuantizer, resolve_config
+from learnq.quantizers.base import ClockPostHook, ClockPreHook, ForwardClock
+from learnq.quantizers.diffq import MB_BITS
 
 
 @dataclass
@@ -83,19 +81,6 @@ def _original(model: nn.Module, name: str) -> tuple[nn.Module, str, nn.Parameter
     return module, attr, original
 
 
-def _resolve(config: QATConfig | Mapping[str, Any] | str) -> QATConfig:
-    if isinstance(config, QATConfig):
-        return config
-    if isinstance(config, str):
-        if config not in QAT_METHODS:
-            raise ConfigError(f"QAT method {config!r} is unknown; use one of {', '.join(QAT_METHODS)}")
-        return QAT_METHODS[config]()
-    if isinstance(config, Mapping):
-        return QATConfig.from_dict(config)
-    raise ConfigError(f"method_config must be a QAT config (learnq.STE, LSQ, Nested, DiffQ), a dict or a method "
-                      f"name, got {type(config).__name__}")
-
-
 def prepare(model: nn.Module, method_config: QATConfig | Mapping[str, Any] | str, *,
             selection: Selection | None = None) -> QuantHandle:
     """Attach ``method_config``'s quantizer to the selected parameters of ``model`` (in place); return the handle.
@@ -107,7 +92,7 @@ def prepare(model: nn.Module, method_config: QATConfig | Mapping[str, Any] | str
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    config = _resolve(method_config)
+    config = resolve_config(method_config)
     if selection is not None and not isinstance(selection, Selection):
         raise ConfigError(f"selection must be a learnq.attach.Selection, got {type(selection).__name__}")
     sel = selection or config.selection or config.default_selection()
@@ -228,20 +213,12 @@ class QuantHandle:
         return bits / MB_BITS
 
     def loss(self) -> torch.Tensor:
-        """The method's extra loss: DiffQ ``penalty·M(b)`` (quantized parameters only), nested the γ-weighted
-        custom terms, 0 otherwise. Call it after the model's forward (DiffQ detaches unused parameters' bits)."""
+        """The method's extra loss (:meth:`learnq.quantizers.QATConfig.loss`: DiffQ ``penalty·M(b)`` over the
+        quantized parameters, nested the γ-weighted custom terms), 0 for none. Call it after the model's forward
+        (DiffQ detaches unused parameters' bits)."""
         self._check_open("loss")
-        cfg = self.config
-        zero = torch.zeros((), device=self._device())
-        if isinstance(cfg, DiffQ) and cfg.penalty:
-            bits = sum((a.quantizer.size_bits() for a in self.attachments), zero)
-            return cfg.penalty * bits / MB_BITS
-        if isinstance(cfg, Nested) and (cfg.gamma_inverse or cfg.gamma_bins or cfg.gamma_deviation):
-            items = [(a.quantizer, a.quantizer.current_input()) for a in self.attachments
-                     if isinstance(a.quantizer, NestedQuantizer)]
-            if items:
-                return nested_loss(items, cfg.gamma_inverse, cfg.gamma_bins, cfg.gamma_deviation)
-        return zero
+        out = self.config.loss([a.quantizer for a in self.attachments])
+        return torch.zeros((), device=self._device()) if out is None else out
 
     # -- optimizer ----------------------------------------------------------------------------------------------
     def quantizer_parameters(self) -> list[nn.Parameter]:
@@ -293,16 +270,8 @@ class QuantHandle:
         summary = self.summary()
         sizes = {a.name: (int(a.quantizer.true_size_bits()), float(a.quantizer.size_bits().detach()))
                  for a in self.attachments}
-        for a in self.attachments:
-            qt = exported[a.name]
-            frozen = QuantizedWeight(qt).to(a.original.device)
-            for _, module, attr in a.holders:
-                if parametrize.is_parametrized(module, attr):
-                    parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
-            with torch.no_grad():
-                a.original.data = qt.dequantize().to(device=a.original.device, dtype=a.original.dtype)
-            for _, module, attr in a.holders:
-                parametrize.register_parametrization(module, attr, frozen, unsafe=True)
+        for a in self.attachments:  # the quantizer and the parametrizations before it -> one QuantizedWeight
+            attach_quantized(self.model, a.name, exported[a.name])
         self._close("frozen")
         self._frozen, self._frozen_summary = sizes, summary
         return exported
@@ -334,18 +303,7 @@ class QuantHandle:
         code bits; for reports and the DiffQ bits histogram (Fig. 3). After :meth:`freeze`: the frozen model's."""
         if self._frozen_summary is not None:
             return {name: dict(row) for name, row in self._frozen_summary.items()}
-        out: dict[str, dict[str, Any]] = {}
-        for a in self.attachments:
-            q = a.quantizer
-            row: dict[str, Any] = {"method": q.method, "shape": list(q.shape), "true_bits": q.true_size_bits()}
-            if hasattr(q, "rounded_bits"):
-                row["bits"] = q.rounded_bits().tolist()  # type: ignore[operator]
-            elif isinstance(q, NestedQuantizer):
-                row["bits"] = q.bits()
-            else:
-                row["bits"] = getattr(q, "bits", None)
-            out[a.name] = row
-        return out
+        return {a.name: a.quantizer.summary() for a in self.attachments}
 
     def __repr__(self) -> str:
         state = f", {self._closed}" if self._closed else ""

@@ -1,4 +1,4 @@
-"""Tests for learnq.ptq.weight_quant: the PTQ weight parametrization (α per group, cache, bias correction)."""
+"""Tests for learnq.ptq.ptq_weight: the PTQ weight parametrization (α per group, cache, bias correction)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from torch.nn.utils import parametrize
 
 import learnq
 from learnq.attach import BitsRule, Selection
+from learnq.clipping import clip_mse
 from learnq.errors import ConfigError, ModelError, QuantizationError
 from learnq.grid import GridSpec, quantize_tensor
-from learnq.ptq.clipping import clip_mse
-from learnq.ptq.weight_quant import PTQWeight, attach_weight_quantizers, ptq_weight_of
+from learnq.ptq.ptq_weight import PTQWeight, attach_weight_quantizers, ptq_weight_of
 from learnq.quantized import quantized_parameters
 
 CASES = [(scheme, gran, bc, var) for scheme in ("symmetric", "lapq") for gran in ("tensor", "channel")

@@ -6,41 +6,42 @@ the model) and applied by a forward pre-hook on the layer; the layer's weight an
 It has two switches:
 
 * ``observing``: the forward pass records statistics of what goes through (running min and max, per tensor or per
-  channel, and a bounded uniform random sample of the values for the Lp, KL and ACIQ rules: each value gets a seeded
-  random key and the ``sample_size`` smallest keys are kept, so the sample is the same for the same data and seed);
+  channel, :func:`learnq.act.observer.update_range`, and a bounded uniform random sample of the values for the Lp,
+  KL and ACIQ rules: each value gets a seeded random key and the ``sample_size`` smallest keys are kept, so the
+  sample is the same for the same data and seed);
 * ``enabled``: the forward pass fake-quantizes its input on the unsigned grid [0, α] (Δ = α/(2^b-1)) when
   ``signed`` is False, else on the symmetric grid [-α, α] (Δ = α/(2^(b-1)-1), codes -2^(b-1)..2^(b-1)-1; the sign
   grid {-α, α} at 1 bit). ``signed=None`` (the default) decides from the calibration data: an input that is
   non-negative on the whole calibration set (after ReLU/ReLU6, pooling of those...) gets the unsigned grid.
 
 ``calibrate`` runs the observers over a calibration set; ``finish_calibration`` (per quantizer) picks α with a
-clipping rule of :mod:`learnq.ptq.clipping`. ``activation_state`` / ``restore_activation_state`` give the JSON
-description and the α tensors a model file needs, and re-attach the quantizers to a freshly built model.
-With gradients enabled the quantizer passes them straight through (``learnq.ste.ste``); values are exact otherwise.
+clipping rule of :mod:`learnq.clipping`. The forward, its straight-through gradient (identity) and the export are the
+family's (:mod:`learnq.act.base`); the model file records the quantizers through :mod:`learnq.act.state`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from learnq.attach import LAYER_TYPES, Selection, candidate_layers, select_parameters
+from learnq.act.base import ActGrid, ActivationQuantizer
+from learnq.act.observer import update_range
+from learnq.attach import Selection, candidate_layers, select_parameters
+from learnq.batches import calibration_batches
 from learnq.errors import ConfigError, DataError, ModelError, QuantizationError
 from learnq.grid import GridSpec, check_bits
-from learnq.ste import ste
+from learnq.layers import LAYER_TYPES
 
-STATE_VERSION = 1
 ATTR = "input_quantizer"
-ACTIVATIONS_KEY = "activations"  # the model file's metadata key of activation_state (learnq.checkpoint)
 
 
-class ActQuantizer(nn.Module):
+class ActQuantizer(ActivationQuantizer):
     """Observer and fake quantizer of one layer input. ``alpha`` is a buffer: a scalar, or one value per channel
     (``per_channel=True``, along ``channel_axis`` of the input, 1 for (N, C, ...) tensors)."""
+
+    method = "input"
 
     def __init__(self, bits: int, *, signed: bool | None = None, per_channel: bool = False, channel_axis: int = 1,
                  sample_size: int = 32768, seed: int = 0) -> None:
@@ -87,8 +88,8 @@ class ActQuantizer(nn.Module):
         lo, hi = rows.min(dim=1).values, rows.max(dim=1).values
         if self.min_val is not None and self.min_val.shape != lo.shape:
             raise ModelError(f"the input of this quantizer had {self.min_val.numel()} channels, now {lo.numel()}")
-        self.min_val = lo if self.min_val is None else torch.minimum(self.min_val, lo)
-        self.max_val = hi if self.max_val is None else torch.maximum(self.max_val, hi)
+        self.min_val, self.max_val = update_range(self.min_val, self.max_val, lo, hi,  # type: ignore[arg-type]
+                                                  first=self.min_val is None)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.batches)
         keys = torch.rand(rows.shape, generator=g)  # uniform keys: keeping the smallest = uniform sample
         if self._keys is not None and self._keys.shape[1] >= self.sample_size:
@@ -118,7 +119,7 @@ class ActQuantizer(nn.Module):
     def finish_calibration(self, method: str = "minmax", **options: object) -> torch.Tensor:
         """Decide signed/unsigned from the observed minimum (unless fixed), choose α with clipping ``method`` on the
         observed values, enable quantization and stop observing. Returns α."""
-        from learnq.ptq.clipping import choose_clip
+        from learnq.clipping import choose_clip  # here: ``import learnq`` does not load the clipping rules
 
         if self.min_val is None or self.sample is None:
             raise DataError("this activation quantizer observed no data; run calibrate() over a calibration set")
@@ -158,29 +159,19 @@ class ActQuantizer(nn.Module):
         top = 2 ** (self.bits - 1) - 1
         return a / top, torch.zeros_like(a), -top - 1, top
 
-    def fake_quant(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` on the quantizer's grid (α as set)."""
+    def grid(self) -> ActGrid:
         if not self.calibrated or self.signed is None:
             raise QuantizationError("this activation quantizer is enabled but has no α: calibrate it first")
         scale, offset, qmin, qmax = self._scale_offset()
-        if self.per_channel:
-            shape = [1] * x.ndim
-            shape[self.channel_axis] = -1
-            scale, offset = scale.reshape(shape), offset.reshape(shape)
-        scale, offset = scale.to(x.device), offset.to(x.device)
-        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-        codes = torch.round((x.float() - offset) / safe).clamp_(qmin, qmax)
-        out = torch.where(scale > 0, codes * safe + offset, torch.zeros_like(codes)).to(x.dtype)
-        if torch.is_grad_enabled() and x.requires_grad:
-            return ste(x, out)
-        return out
+        return ActGrid(scale=scale, offset=offset, zero_point=torch.zeros_like(scale), qmin=qmin, qmax=qmax,
+                       channel_axis=self.channel_axis if self.per_channel else None)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def before(self, x: torch.Tensor) -> None:
         if self.observing:
             self.observe(x)
-        if self.enabled:
-            return self.fake_quant(x)
-        return x
+
+    def active(self) -> bool:
+        return self.enabled
 
     def extra_repr(self) -> str:
         kind = "signed" if self.signed else ("unsigned" if self.signed is False else "auto")
@@ -245,62 +236,6 @@ def remove_input_quantizers(model: nn.Module) -> int:
     return removed
 
 
-def _check_finite(x: torch.Tensor, index: int, first: int, what: str) -> None:
-    """DataError naming batch ``index`` (its samples from ``first``) when input ``x`` holds NaN or Inf: a data
-    problem, reported before it reaches the quantizers (which would blame the weights or the ranges)."""
-    if not (x.is_floating_point() or x.is_complex()):
-        return
-    bad = ~torch.isfinite(x).reshape(x.shape[0], -1)
-    if not bool(bad.any()):
-        return
-    rows = bad.any(dim=1).nonzero().reshape(-1)
-    raise DataError(f"{what}: input batch {index} (samples {first}..{first + x.shape[0] - 1}) has "
-                    f"{int(bad.sum())} NaN or Inf value(s), the first in sample {first + int(rows[0])}"
-                    f"{f' ({rows.numel()} samples)' if rows.numel() > 1 else ''}; clean or drop those samples")
-
-
-def calibration_batches(data: object, batch_size: int = 256, *,
-                        what: str = "calibration data") -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-    """``(inputs, targets or None)`` batches of a data set in order: a tensor of inputs, a Dataset of (input, target)
-    pairs (or of inputs) or a DataLoader. Raises DataError when it yields nothing or an input holds NaN or Inf
-    (naming the batch and sample); ``what`` names the data in errors.
-    The one place learnq turns "some data" into batches for calibration and analyses."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if isinstance(data, torch.Tensor):
-        if data.ndim == 0 or data.shape[0] == 0:
-            raise DataError(f"the {what} tensor is empty; give at least one sample (shape (N, ...))")
-        batches: object = ((data[i:i + batch_size], None) for i in range(0, data.shape[0], batch_size))
-    elif isinstance(data, DataLoader):
-        batches = data
-    elif isinstance(data, Dataset):
-        if not isinstance(data, IterableDataset):
-            try:
-                size = len(data)  # type: ignore[arg-type]
-            except TypeError:
-                raise DataError(f"the {what} set has no length; pass a DataLoader instead") from None
-            if size == 0:
-                raise DataError(f"the {what} set is empty; give at least one sample")
-        batches = DataLoader(data, batch_size=batch_size, shuffle=False)
-    else:
-        raise DataError(f"{what} must be a tensor of inputs, a Dataset or a DataLoader, got {type(data).__name__}")
-    seen = 0
-    for index, batch in enumerate(batches):  # type: ignore[arg-type]
-        if isinstance(batch, (list, tuple)):
-            x, y = batch[0], (batch[1] if len(batch) > 1 else None)
-        else:
-            x, y = batch, None
-        if not isinstance(x, torch.Tensor):
-            raise DataError(f"{what} batches must hold tensors, got {type(x).__name__}")
-        if x.shape[0] == 0:
-            continue
-        _check_finite(x, index, seen, what)
-        seen += x.shape[0]
-        yield x, y
-    if seen == 0:
-        raise DataError(f"the {what} yielded no samples; give at least one")
-
-
 @torch.no_grad()
 def calibrate(model: nn.Module, calib_data: object, *, device: str | torch.device = "cpu",
               batch_size: int = 256) -> None:
@@ -324,60 +259,5 @@ def calibrate(model: nn.Module, calib_data: object, *, device: str | torch.devic
         model.train(was_training)
 
 
-def activation_state(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
-    """The JSON description of the model's input quantizers and their α tensors (keyed by state-dict name)."""
-    meta: dict = {"version": STATE_VERSION, "quantizers": {}}
-    tensors: dict[str, torch.Tensor] = {}
-    for name, q in input_quantizers(model).items():
-        meta["quantizers"][name] = {"bits": q.bits, "signed": q.signed, "per_channel": q.per_channel,
-                                    "channel_axis": q.channel_axis, "enabled": q.enabled, "calibrated": q.calibrated,
-                                    "shape": list(q.alpha.shape)}
-        tensors[f"{name}.{ATTR}.alpha" if name else f"{ATTR}.alpha"] = q.alpha.detach().cpu().clone()
-    return meta, tensors
-
-
-def restore_activation_state(model: nn.Module, meta: dict, tensors: dict[str, torch.Tensor] | None = None) -> None:
-    """Re-attach the input quantizers ``meta`` (from :func:`activation_state`) describes to ``model`` (a freshly
-    built copy of the network), with α from ``tensors`` when given (else zeros, to be filled by a state-dict load)."""
-    if not isinstance(meta, dict) or meta.get("version") != STATE_VERSION or not isinstance(
-            meta.get("quantizers"), dict):
-        raise ConfigError(f"activation state must be a dict with version {STATE_VERSION} and 'quantizers' (from "
-                          "learnq.act_quant.activation_state)")
-    tensors = tensors or {}
-    for name, rec in meta["quantizers"].items():
-        try:
-            layer = model.get_submodule(name) if name else model
-        except AttributeError:
-            raise ModelError(f"the activation state names layer {name!r}, which the model does not have") from None
-        try:
-            q = ActQuantizer(int(rec["bits"]), signed=rec["signed"], per_channel=bool(rec["per_channel"]),
-                             channel_axis=int(rec["channel_axis"]))
-            shape = tuple(int(s) for s in rec["shape"])
-            enabled, calibrated = bool(rec["enabled"]), bool(rec["calibrated"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"the activation state of layer {name!r} is malformed ({exc!r})") from None
-        key = f"{name}.{ATTR}.alpha" if name else f"{ATTR}.alpha"
-        alpha = tensors.get(key)
-        alpha = torch.zeros(shape) if alpha is None else torch.as_tensor(alpha, dtype=torch.float32)
-        if tuple(alpha.shape) != shape:
-            raise ConfigError(f"{key} has shape {tuple(alpha.shape)}, its description says {shape}")
-        q.alpha = alpha.clone()
-        q.calibrated, q.enabled = calibrated, enabled
-        existing = getattr(layer, ATTR, None)
-        if isinstance(existing, ActQuantizer):
-            layer._modules[ATTR] = q
-        elif existing is not None:
-            raise ModelError(f"layer {name!r} already has an attribute {ATTR!r}; cannot restore its quantizer")
-        else:
-            layer.add_module(ATTR, q)
-            layer.register_forward_pre_hook(_input_hook)
-        try:
-            dev = next(layer.parameters()).device
-        except StopIteration:
-            dev = torch.device("cpu")
-        q.to(dev)
-
-
-__all__ = ["ACTIVATIONS_KEY", "ATTR", "STATE_VERSION", "ActQuantizer", "activation_state", "attach_input_quantizers",
-           "calibrate", "calibration_batches", "input_quantizers", "remove_input_quantizers",
-           "restore_activation_state"]
+__all__ = ["ATTR", "ActQuantizer", "attach_input_quantizers", "calibrate", "input_quantizers",
+           "remove_input_quantizers"]
