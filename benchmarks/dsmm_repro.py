@@ -234,6 +234,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--budget", type=float, default=None,
+                   help=f"seconds: start no training or PTQ run after this; exit status {MORE} when work is left")
     args = p.parse_args(argv)
     args.protocols = _csv(args.protocols, PROTOCOLS, "protocols")
     args.models = _csv(args.models, list(MODELS), "models")
@@ -249,6 +251,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+MORE = 3  # exit status: --budget ran out with work left (rerun the same command to go on)
+
+
+def out_of_time(t0: float, args: argparse.Namespace) -> bool:
+    """True (after saying so) when ``--budget`` seconds have passed: stop before the next training or PTQ run."""
+    if args.budget is None or time.perf_counter() - t0 < args.budget:
+        return False
+    print(f"--budget {args.budget:.0f} s spent: stopping with work left (exit {MORE}); rerun to resume", flush=True)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -262,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
                     key = key_of(protocol, model, reg, seed)
                     path = model_file(args.cache, protocol, model, reg, seed)
                     if not args.eval_only and not path.is_file():
+                        if out_of_time(t0, args):
+                            return MORE
                         rec = train_one(protocol, model, reg, seed, args)
                         results["train"][key] = train_record(rec)
                         save_results(args.out, results, args)
@@ -278,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
                             cfg = f"W{w}A{a}"
                             if cfg in done.get(row, {}):
                                 continue
+                            if out_of_time(t0, args):
+                                return MORE
                             r = ptq_one(path, row, w, a, seed, args)
                             done.setdefault(row, {})[cfg] = r
                             save_results(args.out, results, args)
