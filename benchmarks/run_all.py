@@ -10,7 +10,9 @@ The steps, each a separate process (so one benchmark's threads, seeds and import
 4. ``qat``          ``benchmarks/qat.py pareto`` (issue 5) and ``benchmarks/qat.py speed`` (learnq's DiffQ against
    the diffq package; qat.py starts ``.venv-bench/bin/python`` itself).
 5. ``ptq``          ``benchmarks/ptq.py`` (issue 6).
-6. ``render``       ``benchmarks/speed.py render``: the Speed section of BENCHMARKS.md from the JSON files above.
+6. ``peers``        ``benchmarks/peers.py`` (issue 17): learnq side by side with AIMET, NNCF, Brevitas, torchao and
+   optimum-quanto (each in ``.venv-bench``); a full run also renders its README.md and BENCHMARKS.md tables.
+7. ``render``       ``benchmarks/speed.py render``: the Speed section of BENCHMARKS.md from the JSON files above.
 
 The per-issue sections of BENCHMARKS.md are readings written by hand from ``results/*.md``, which the benchmarks
 rewrite; at the end the script lists the result files that changed (``git diff --stat``) so that the readings can be
@@ -20,10 +22,10 @@ is not repeated (its JSON holds the command of every point).
 ``--quick`` runs every benchmark's smoke mode and writes everything, the Speed section included, under
 ``--out-dir`` (default ``$TMPDIR/learnq-bench-quick``), leaving ``benchmarks/results`` and BENCHMARKS.md alone.
 Without ``.venv-bench`` the script stops, unless ``--without-diffq`` is given (then packing runs learnq alone and
-``qat speed`` is skipped). A failing step stops the run (``--keep-going``: run the rest) and the script exits 1,
-naming it.
+``qat speed`` and ``peers`` are skipped). A failing step stops the run (``--keep-going``: run the rest) and the
+script exits 1, naming it.
 
-    .venv/bin/python benchmarks/run_all.py            # full: about 40 min on 2 shared cores
+    .venv/bin/python benchmarks/run_all.py            # full: about 80 min on 2 shared cores
     .venv/bin/python benchmarks/run_all.py --quick    # smoke: a few minutes
     .venv/bin/python benchmarks/run_all.py --only packing,speed,render
 """
@@ -43,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 RESULTS = BENCH / "results"
 BENCH_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
-NAMES = ("packing", "speed", "regularizers", "qat", "ptq", "render")
+NAMES = ("packing", "speed", "regularizers", "qat", "ptq", "peers", "render")
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,9 @@ def steps(quick: bool, out: Path, python: str, with_diffq: bool) -> list[Step]:
                              "symreg+satnl+asam", "--out", str(out / "regularizers_asam")]))
     if with_diffq:
         plan.insert(next(i for i, s in enumerate(plan) if s.name == "ptq"), Step("qat", "qat.py speed", qat_speed))
+        peers = [python, str(BENCH / "peers.py"), *q, "--out", str(out / ("peers-quick.json" if quick else
+                                                                         "peers.json"))]
+        plan.insert(next(i for i, s in enumerate(plan) if s.name == "render"), Step("peers", "peers.py", peers))
     return plan
 
 
@@ -154,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"total {_minutes(time.perf_counter() - start)}")
     failed = [s.name + ": " + s.label for s, code, _ in done if code != 0]
     if out == RESULTS:
-        diff = subprocess.run(["git", "diff", "--stat", "--", str(RESULTS), str(BENCH / "BENCHMARKS.md")], cwd=ROOT,
+        diff = subprocess.run(["git", "diff", "--stat", "--", str(RESULTS), str(BENCH / "BENCHMARKS.md"),
+                               str(ROOT / "README.md")], cwd=ROOT,
                               capture_output=True, text=True, check=False).stdout.strip()
         print("\nchanged result files (check the readings in BENCHMARKS.md against them):\n" + (diff or "none"))
     if failed:

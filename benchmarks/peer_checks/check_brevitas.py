@@ -86,18 +86,20 @@ def run_brevitas(s: Setup, rec) -> None:
         row.note = f"conv2 integer codes {codes} (narrow range); the state dict holds float weights + scales"
 
 
-def _brevitas_layers(model: nn.Module, w_bits: int, a_bits: int) -> nn.Module:
-    """Swap Conv2d/Linear/ReLU for Brevitas' quantized layers (default per-tensor quantizers), weights kept."""
+def _brevitas_layers(model: nn.Module, w_bits: int, a_bits: int, **weight_kwargs) -> nn.Module:
+    """Swap Conv2d/Linear/ReLU for Brevitas' quantized layers (default per-tensor quantizers), weights kept;
+    ``weight_kwargs`` go to QuantConv2d/QuantLinear (e.g. ``weight_quant=Int8WeightPerChannelFloat``)."""
     import brevitas.nn as qnn
 
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Conv2d):
                 new = qnn.QuantConv2d(child.in_channels, child.out_channels, child.kernel_size, stride=child.stride,
-                                      padding=child.padding, bias=child.bias is not None, weight_bit_width=w_bits)
+                                      padding=child.padding, bias=child.bias is not None, weight_bit_width=w_bits,
+                                      **weight_kwargs)
             elif isinstance(child, nn.Linear):
                 new = qnn.QuantLinear(child.in_features, child.out_features, bias=child.bias is not None,
-                                      weight_bit_width=w_bits)
+                                      weight_bit_width=w_bits, **weight_kwargs)
             elif isinstance(child, nn.ReLU):
                 new = qnn.QuantReLU(bit_width=a_bits)
             else:

@@ -67,25 +67,41 @@ def run_torchao(s: Setup, rec) -> None:
         _run_pt2e(s, row)
 
 
-def _run_pt2e(s: Setup, row) -> None:
+def _pt2e_quantize(s: Setup):
+    """torch.export (dynamic batch) -> prepare_pt2e(X86InductorQuantizer) -> the calibration batches ->
+    convert_pt2e, in eval mode."""
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    batch = {0: torch.export.Dim("batch", max=4096)}
-    graph = torch.export.export(copy.deepcopy(s.model).eval(), (s.calib[:64],), dynamic_shapes=(batch,)).module()
+    graph = torch.export.export(copy.deepcopy(s.model).eval(), (s.calib[:64],), dynamic_shapes=(_batch(),)).module()
     quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
     prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
         for x in s.calib_batches():
             prepared(x)
-    q = move_exported_model_to_eval(convert_pt2e(prepared))
+    return move_exported_model_to_eval(convert_pt2e(prepared))
+
+
+def _batch() -> dict:
+    return {0: torch.export.Dim("batch", max=4096)}
+
+
+def _pt2e_save_reload(q, s: Setup, path) -> tuple:
+    """Save the converted graph with torch.export.save and load it back: (loaded module, exported program)."""
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+
+    example = (s.x_test[:2].clone(),)  # batch 1 would be specialized; clone: .pt2 saves the whole storage
+    program = torch.export.export(q, example, dynamic_shapes=(_batch(),))
+    torch.export.save(program, str(path))
+    return move_exported_model_to_eval(torch.export.load(str(path)).module()), program
+
+
+def _run_pt2e(s: Setup, row) -> None:
+    q = _pt2e_quantize(s)
     row.acc = accuracy(q, s.x_test, s.y_test, set_eval=False)
     path = s.artifact("torchao") / "pt2e_x86.pt2"
-    example = (s.x_test[:2].clone(),)  # batch 1 would be specialized; clone: .pt2 saves the whole storage
-    program = torch.export.export(q, example, dynamic_shapes=(batch,))
-    torch.export.save(program, str(path))
-    loaded = move_exported_model_to_eval(torch.export.load(str(path)).module())
+    loaded, program = _pt2e_save_reload(q, s, path)
     row.acc_artifact = accuracy(loaded, s.x_test, s.y_test, set_eval=False)
     row.bytes = disk_bytes(path)
     row.stores = torch_summary({**program.state_dict, **program.constants})
