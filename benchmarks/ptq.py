@@ -270,6 +270,20 @@ def merge_previous(path: Path, runs: list[dict[str, Any]], trainings: list[dict[
     return merged, sorted(floats, key=lambda t: (nets.index(t["network"]), t["seed"]))
 
 
+def render(path: Path) -> int:
+    """``--render``: the tables of ``path`` (ptq.json) into the .md beside it, from its runs."""
+    data = json.loads(path.read_text())
+    runs = data["runs"]
+    floats: dict[str, list[float]] = {}
+    for t in data["floats"]:
+        floats.setdefault(t["network"], []).append(t["float"])
+    configs = [c for c in CONFIGS if any((r["wbits"], r["abits"]) == c for r in runs)]
+    text = markdown(aggregate(runs), floats, claim_check(runs), len({t["seed"] for t in data["floats"]}), configs)
+    path.with_suffix(".md").write_text(text + "\n")
+    print(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, 3 epochs, W4A4 only, cheap AdaRound/LAPQ")
@@ -288,7 +302,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep the other rows' runs of the existing JSON (same float models: checked) and "
                              "replace only --rows")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--render", action="store_true",
+                        help="only rewrite ptq.md from the existing ptq.json (nothing trained or quantized)")
     args = parser.parse_args(argv)
+    if args.render:
+        return render(Path(args.out) / "ptq.json")
     torch.set_num_threads(args.threads)
     seeds = [0] if args.quick else list(range(args.seeds))
     configs = [(4, 4)] if args.quick else list(CONFIGS)

@@ -28,8 +28,8 @@ rounded weights. A layer called several times per forward pass is reconstructed 
 tied weight (one Parameter in several modules) is rounded once, for its first selected layer, and used by all.
 Iterations per layer: the paper's (and AIMET's) 10,000 by default (batch 32, λ = 0.01; option ``iterations``),
 or the ``fast`` preset: option ``fast=True`` (``learnq quantize --fast``, a recipe variant's
-``options = { fast = true }``) runs :data:`FAST_ITERATIONS` (1,000) instead, about 10x quicker; at 2-bit weights
-the fast preset can leave accuracy on the table (BENCHMARKS.md, issue-17 section).
+``options = { fast = true }``) runs :data:`FAST_ITERATIONS` (1,000) instead, about 10x quicker; what it costs in
+accuracy is what ``benchmarks/ptq.py``'s ``adaround`` / ``adaround-fast`` rows measure (BENCHMARKS.md, issue 17).
 """
 
 from __future__ import annotations
