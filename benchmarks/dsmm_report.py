@@ -124,11 +124,14 @@ def accuracy_tables(results: dict[str, Any], models: list[str], protocols: list[
             if not seeds:
                 continue
             head = " | ".join(f"{r} {c}" for c in CONFIGS for r in REGS)
-            lines += [f"**{protocol}, {model}: test accuracy (%), mean ± std over seeds {seeds}** (float: "
+            quantized = [sd for sd in seeds if all(results["ptq"].get(f"{protocol}/{model}/{r}/seed{sd}")
+                                                   for r in REGS)]
+            lines += [f"**{protocol}, {model}: test accuracy (%), mean ± std; PTQ over the seeds quantized for every "
+                      f"regularizer so far, {quantized}; float over seeds {seeds}** (float: "
                       + ", ".join(f"{r} {cell(_floats(results, protocol, model, r, seeds))}" for r in REGS) + ")",
                       "", f"| PTQ | {head} |", "| --- |" + " ---: |" * (len(CONFIGS) * len(REGS))]
             for row in ROWS:
-                cells = [cell(_accs(results, protocol, model, r, seeds, row, c)) for c in CONFIGS for r in REGS]
+                cells = [cell(_accs(results, protocol, model, r, quantized, row, c)) for c in CONFIGS for r in REGS]
                 if any(cells):
                     lines.append(f"| {row} | " + " | ".join(cells) + " |")
             lines.append("")
