@@ -11,7 +11,8 @@ the first and last layers stay in float for every method (LAPQ's default; ``skip
 so every row quantizes conv2, fc1, fc2 and their inputs (post-ReLU, unsigned grid). Bit configurations W8A8, W4A8,
 W4A4, W2A8, W32A4 (32: float). learnq rows are ``learnq.ptq.quantize(model, splits.calib, method=...)`` with the
 method's defaults: minmax, mse (MMSE), aciq (Laplace), kl, each of mse and aciq also with bias correction (``+bc``;
-it changes weights only, so there is no W32A4 ``+bc`` row), adaround (1000 iterations per layer, MSE ranges) and
+it changes weights only, so there is no W32A4 ``+bc`` row), adaround (10,000 iterations per layer, the paper's,
+MSE ranges), adaround-fast (the ``fast`` preset: 1,000 iterations) and
 lapq (p in linspace(2, 4, 10), quadratic fit, Powell with maxiter 2, bias correction inside every evaluation).
 
 Outside baseline, ``torch-hist``: the same layers fake-quantized with qparams from ``torch.ao.quantization.
@@ -27,6 +28,9 @@ per layer; the aggregates) and ``benchmarks/results/ptq.md`` (the tables).
 
     .venv/bin/python benchmarks/ptq.py            # 3 seeds x 2 networks (612 s on 2 busy cores, training included)
     .venv/bin/python benchmarks/ptq.py --quick    # smoke test: 1 seed, short training, W4A4 only, cheap options
+    .venv/bin/python benchmarks/ptq.py --rows adaround,adaround-fast --merge   # re-measure rows, keep the others
+    .venv/bin/python benchmarks/ptq.py --rows adaround --networks mnist5k --seed-list 0 --configs W4A8,W2A8 --merge
+                                                   # one seed's cells at a time (each run under ~10 min)
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ NETWORKS: dict[str, dict[str, Any]] = {
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "minmax": ("minmax", {}), "mse": ("mse", {}), "mse+bc": ("mse", {"bias_correction": True}),
     "aciq": ("aciq", {}), "aciq+bc": ("aciq", {"bias_correction": True}), "kl": ("kl", {}),
-    "adaround": ("adaround", {}), "lapq": ("lapq", {}),
+    "adaround": ("adaround", {}), "adaround-fast": ("adaround", {"fast": True}), "lapq": ("lapq", {}),
     "torch-hist": ("torch", {"per_bits": False}), "torch-hist-b": ("torch", {"per_bits": True}),
 }
 QUICK = {"adaround": {"iterations": 100}, "lapq": {"p_count": 4, "maxiter": 1}}
@@ -156,6 +160,8 @@ def run_row(model: nn.Module, splits: Any, row: str, wbits: int, abits: int, see
         seconds, evals = time.perf_counter() - start, 0
     else:
         options = {**kwargs, **(QUICK.get(method, {}) if quick else {})}
+        if quick and method == "adaround":
+            options.pop("fast", None)  # QUICK's iterations replace the preset
         result = quantize(model, splits.calib, method=method, wbits=wbits, abits=abits, granularity="tensor",
                           skip_first_last=True, seed=seed, progress=False, device=device, **options)
         quantized, seconds, evals = result.model, result.calib_seconds, result.loss_evals
@@ -234,21 +240,86 @@ def markdown(summary: dict[str, Any], floats: dict[str, list[float]], claims: li
     return "\n".join(lines)
 
 
+def _cell(r: dict[str, Any]) -> tuple[str, int, str, int, int]:
+    return r["network"], r["seed"], r["row"], r["wbits"], r["abits"]
+
+
+def merge_previous(path: Path, runs: list[dict[str, Any]], trainings: list[dict[str, Any]], rows: list[str],
+                   configs: list[tuple[int, int]] | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The previous JSON's runs outside the cells measured now (a cell: network, seed, row, bit configuration;
+    the cells of this run are its trainings' (network, seed) x ``rows`` x ``configs``, default every config), plus
+    the new runs. Keeping runs of a (network, seed) needs the same float model: refuses when its test accuracy
+    differs from the previous run's (then rerun all rows of that network)."""
+    old = json.loads(path.read_text())
+    before = {(t["network"], t["seed"]): t["float"] for t in old["floats"]}
+    cfgs = set(configs if configs is not None else CONFIGS)
+    now = {(t["network"], t["seed"], row, w, a) for t in trainings for row in rows for w, a in cfgs}
+    for t in trainings:
+        keeps = any(_cell(r) not in now and (r["network"], r["seed"]) == (t["network"], t["seed"])
+                    for r in old["runs"])
+        if keeps and before.get((t["network"], t["seed"])) != t["float"]:
+            raise SystemExit(f"--merge: {t['network']} seed {t['seed']} float accuracy {t['float']} differs from "
+                             f"{before.get((t['network'], t['seed']))} in {path}: not the same model; rerun all rows")
+    kept = [r for r in old["runs"] if _cell(r) not in now]
+    order = {row: i for i, row in enumerate(METHODS)}
+    nets = list(dict.fromkeys([t["network"] for t in old["floats"]] + [t["network"] for t in trainings]))
+    merged = sorted(kept + runs, key=lambda r: (nets.index(r["network"]), r["seed"],
+                                                CONFIGS.index((r["wbits"], r["abits"])), order[r["row"]]))
+    done = {(t["network"], t["seed"]) for t in trainings}
+    floats = [t for t in old["floats"] if (t["network"], t["seed"]) not in done] + trainings
+    return merged, sorted(floats, key=lambda t: (nets.index(t["network"]), t["seed"]))
+
+
+def render(path: Path) -> int:
+    """``--render``: the tables of ``path`` (ptq.json) into the .md beside it, from its runs."""
+    data = json.loads(path.read_text())
+    runs = data["runs"]
+    floats: dict[str, list[float]] = {}
+    for t in data["floats"]:
+        floats.setdefault(t["network"], []).append(t["float"])
+    configs = [c for c in CONFIGS if any((r["wbits"], r["abits"]) == c for r in runs)]
+    text = markdown(aggregate(runs), floats, claim_check(runs), len({t["seed"] for t in data["floats"]}), configs)
+    path.with_suffix(".md").write_text(text + "\n")
+    print(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, 3 epochs, W4A4 only, cheap AdaRound/LAPQ")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seed-list", default=None,
+                        help="comma-separated seeds instead of 0..--seeds-1 (with --merge)")
+    parser.add_argument("--configs", default=None,
+                        help="comma-separated bit configurations, e.g. W4A8,W2A8 (default: all; with --merge)")
     parser.add_argument("--networks", default="mnist5k,digits")
     parser.add_argument("--rows", default=",".join(METHODS), help="comma-separated rows (methods)")
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "learnq-bench-ptq"),
                         help="folder of the trained float models (reused by later runs)")
     parser.add_argument("--out", default=str(RESULTS), help="folder for ptq.json and ptq.md")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: least hurt by a busy machine)")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other rows' runs of the existing JSON (same float models: checked) and "
+                             "replace only --rows")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--render", action="store_true",
+                        help="only rewrite ptq.md from the existing ptq.json (nothing trained or quantized)")
     args = parser.parse_args(argv)
+    if args.render:
+        return render(Path(args.out) / "ptq.json")
     torch.set_num_threads(args.threads)
     seeds = [0] if args.quick else list(range(args.seeds))
     configs = [(4, 4)] if args.quick else list(CONFIGS)
+    if args.seed_list:
+        seeds = [int(x) for x in args.seed_list.split(",")]
+    if args.configs:
+        names = [f"W{w}A{a}" for w, a in CONFIGS]
+        bad = [c for c in args.configs.split(",") if c not in names]
+        if bad:
+            parser.error(f"unknown --configs {bad}; known: {', '.join(names)}")
+        configs = [CONFIGS[names.index(c)] for c in args.configs.split(",")]
+    if (args.seed_list or args.configs) and not args.merge:
+        parser.error("--seed-list / --configs measure part of the table: give --merge (keep the rest of the JSON)")
     epochs, limit = (3, 1500) if args.quick else (None, None)
     rows = args.rows.split(",")
     unknown = [r for r in rows if r not in METHODS]
@@ -269,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
             trainings.append({"network": net, "seed": seed, "float": fl, "n_test": len(splits.test),
                               "n_calib": len(splits.calib), **info})
             print(f"{net} seed {seed}: float {100 * fl:.2f}% (n = {len(splits.test)})", flush=True)
+            if args.merge:  # fail now, not after the rows: merging needs the same float models
+                merge_previous(out / f"{stem}.json", [], trainings[-1:], rows, configs)
             for w, a in configs:
                 for row in rows:
                     if w == 32 and row.endswith("+bc"):
@@ -278,14 +351,26 @@ def main(argv: list[str] | None = None) -> int:
                     runs.append(r)
                     print(f"  W{w}A{a} {row:13s} {100 * r['accuracy']:6.2f}%  {r['calib_seconds']:7.2f} s  "
                           f"{r['cpu_seconds']:7.2f} cpu s  {r['loss_evals']:4d} evals", flush=True)
+    if args.merge:
+        runs, trainings = merge_previous(out / f"{stem}.json", runs, trainings, rows, configs)
+        seeds = sorted({t["seed"] for t in trainings})
+        configs = [c for c in CONFIGS if any((r["wbits"], r["abits"]) == c for r in runs)]
+        floats = {}
+        for t in trainings:
+            floats.setdefault(t["network"], []).append(t["float"])
     summary = aggregate(runs)
     claims = claim_check(runs)
     payload = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "seeds": seeds,
-               "configs": [f"W{w}A{a}" for w, a in configs], "networks": NETWORKS, "rows": rows,
+               "configs": [f"W{w}A{a}" for w, a in configs], "networks": NETWORKS,
+               "rows": list(dict.fromkeys(r["row"] for r in runs)),
                "torch": torch.__version__, "platform": platform.platform(), "threads": args.threads,
                "load_average": {"start": load_start, "end": os.getloadavg()},
                "wall_seconds": time.perf_counter() - start, "floats": trainings, "summary": summary,
                "claims": claims, "runs": runs}
+    if args.merge:  # every command that measured part of the merged table, oldest first
+        old = json.loads((out / f"{stem}.json").read_text())
+        payload["commands"] = [*old.get("commands", [old["command"]]), payload["command"]]
+        payload["notes"] = old.get("notes", [])
     (out / f"{stem}.json").write_text(json.dumps(payload, indent=1) + "\n")
     text = markdown(summary, floats, claims, len(seeds), configs)
     (out / f"{stem}.md").write_text(text + "\n")

@@ -330,11 +330,9 @@ def render(args: argparse.Namespace) -> None:
     if not into.exists():
         into.write_text(f"## Speed\n\n{BEGIN}\n{text}{END}\n", encoding="utf-8")
     else:
-        doc = into.read_text(encoding="utf-8")  # read right before writing: others edit the other sections
-        if doc.count(BEGIN) != 1 or doc.count(END) != 1 or doc.index(BEGIN) > doc.index(END):
-            raise SystemExit(f"{into} must hold the lines {BEGIN!r} and {END!r} once each, in that order")
-        head, rest = doc.split(BEGIN)
-        into.write_text(f"{head}{BEGIN}\n{text}{END}{rest.split(END, 1)[1]}", encoding="utf-8")
+        from md_section import replace_section  # benchmarks/md_section.py (this script's folder is on sys.path)
+
+        replace_section(into, BEGIN, END, text)
     print(text)
     print(f"wrote the Speed section of {into}")
 

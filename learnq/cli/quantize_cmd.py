@@ -29,7 +29,7 @@ from learnq.pipeline.models import model_from_spec
 from learnq.pipeline.train import evaluate, set_seed
 from learnq.ptq.api import quantize
 from learnq.ptq.config import PTQ
-from learnq.ptq.registry import available_methods
+from learnq.ptq.registry import PTQ_METHODS, available_methods, get_ptq_method
 
 BITS_HELP = "bits (1..16, or 32 to leave them in float)"
 
@@ -63,6 +63,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                              "(uint8) and simulates onnxruntime's kernels, so `learnq export --onnx` runs in "
                              "QLinearConv/QLinearAdd/QGemm... (W8A8, every layer; default: none, fake quantization "
                              "at layer inputs)")
+    parser.add_argument("--fast", action="store_true",
+                        help="the method's fast preset (option fast=true; adaround: 1,000 iterations per layer "
+                             "instead of the paper's 10,000)")
     parser.add_argument("--out", default=None, help="the quantized model file to write")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     add_common(parser)
@@ -95,6 +98,12 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(args.calib, bool) or args.calib < 1:
         raise ConfigError(f"--calib must be at least 1 sample, got {args.calib}")
     options = parse_options(args.option)
+    if args.fast:
+        if "fast" not in get_ptq_method(args.method).options:
+            presets = [name for name, m in PTQ_METHODS.items() if "fast" in m.options]
+            raise ConfigError(f"--fast: PTQ method {args.method!r} has no fast preset (methods with one: "
+                              f"{', '.join(presets)})")
+        options["fast"] = True
     skip = None if args.skip_first_last is None else args.skip_first_last == "yes"
     set_seed(args.seed)
     src = resolve_model_file(args.path)

@@ -155,7 +155,7 @@ def _train_recipe(recipe: Recipe, out_dir: Path, *, resume: bool, progress: bool
     result = train(model, splits.train, recipe.train, test_set=splits.test, checkpoint_dir=str(out_dir / "checkpoints"),
                    resume=resume, progress=progress, **parts.kwargs)
     model = result.model
-    summary = training_summary(recipe, model, parts.regularizers)
+    summary = training_summary(recipe, model, parts.regularizers, parts.traces)
     if parts.qat_handle is not None:  # first: freezing also bakes in the parametrizations before the quantizers
         summary["qat"] = freeze_with_summary(parts.qat_handle)
     if recipe.satnl is not None:
@@ -284,9 +284,21 @@ def _run_recipe(recipe: Recipe, out: Path, *, resume: bool, progress: bool, repo
 
         files += write_report(trained.out, recipe=recipe, history=trained.history, rows=rows, test=trained.test,
                               plots=recipe.report.plots)
+        if recipe.report.plots:
+            files += write_alpha_plots(trained)
     return RunResult(out=trained.out, rows=rows, test=trained.test, history=trained.history, details=details,
                      files=files, resumed_from_epoch=trained.resumed_from_epoch)
 
 
+def write_alpha_plots(trained: TrainedRun) -> list[Path]:
+    """``dsmm_alpha.png`` (``dsmm_alpha_<key>.png`` for a second DSMM) per DSMM trace of the run: α and α* per
+    layer against the epoch (:func:`learnq.regularizers.dsmm_alpha.plot_alpha_trace`)."""
+    from learnq.regularizers.dsmm_alpha import plot_alpha_trace
+
+    traced = {k: r["trace"] for k, r in trained.training.get("regularizers", {}).items() if r.get("trace")}
+    return [plot_alpha_trace(trace, trained.out / ("dsmm_alpha.png" if key == "dsmm" else f"dsmm_alpha_{key}.png"))
+            for key, trace in traced.items()]
+
+
 __all__ = ["TrainedRun", "RunResult", "ROW_KEYS", "MODEL_FILE", "prepare_out", "load_splits",
-           "train_recipe", "write_metrics", "run_variant", "run_qat_model", "run_recipe"]
+           "train_recipe", "write_metrics", "run_variant", "run_qat_model", "run_recipe", "write_alpha_plots"]

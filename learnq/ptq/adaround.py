@@ -31,7 +31,10 @@ conv holder when it has one (a language model's output layer rather than its tok
 query: exact for self-attention, where query, key and value are one tensor); an embedding as the lookup
 ``W[ids]`` (its rows weighted by how often the calibration ids use them); the ``out_proj`` of an
 ``nn.MultiheadAttention``, whose input no hook reaches, is rounded to nearest (its info says so).
-The paper's defaults are 10,000 iterations (batch 32, λ = 0.01); here 1,000 (option ``iterations``).
+Iterations per layer: the paper's (and AIMET's) 10,000 by default (batch 32, λ = 0.01; option ``iterations``),
+or the ``fast`` preset: option ``fast=True`` (``learnq quantize --fast``, a recipe variant's
+``options = { fast = true }``) runs :data:`FAST_ITERATIONS` (1,000) instead, about 10x quicker; what it costs in
+accuracy is what ``benchmarks/ptq.py``'s ``adaround`` / ``adaround-fast`` rows measure (BENCHMARKS.md, issue 17).
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ from learnq.quantized import attach_quantized, get_module, holders, split_name
 
 ZETA = 1.1
 GAMMA = -0.1
+DEFAULT_ITERATIONS = 10_000  # Nagel et al. 2020, Sec. 5; AIMET's default
+FAST_ITERATIONS = 1_000  # the ``fast`` preset
 INPUT_MODES = ("quantized", "float")
 
 
@@ -181,7 +186,7 @@ def _soft_weight(floor: torch.Tensor, h: torch.Tensor, scale: torch.Tensor, offs
 
 def learn_rounding(weight: torch.Tensor, spec: GridSpec, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                    x_in: torch.Tensor, target: torch.Tensor, *, clip: torch.Tensor | float | None = None,
-                   iterations: int = 1000, lr: float = 1e-2, reg_weight: float = 0.01,
+                   iterations: int = DEFAULT_ITERATIONS, lr: float = 1e-2, reg_weight: float = 0.01,
                    beta_range: tuple[float, float] = (20.0, 2.0), warmup: float = 0.2, batch_size: int = 32,
                    seed: int = 0, name: str = "weight") -> tuple[QuantizedTensor, AdaRoundInfo]:
     """Learn the rounding of one ``weight`` on ``spec``'s grid (range ``clip`` per group, min-max when None).
@@ -250,7 +255,8 @@ def _recon_error(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: to
 
 def adaround_weights(model: nn.Module, calib_inputs: torch.Tensor, spec: GridSpec, *,
                      selection: Selection = Selection(), bits_rule: BitsRule | None = None, clip: str = "minmax",
-                     inputs: str = "quantized", iterations: int = 1000, lr: float = 1e-2, reg_weight: float = 0.01,
+                     inputs: str = "quantized", iterations: int = DEFAULT_ITERATIONS, lr: float = 1e-2,
+                     reg_weight: float = 0.01,
                      beta_range: tuple[float, float] = (20.0, 2.0), warmup: float = 0.2, batch_size: int = 32,
                      device: str | torch.device = "cpu", seed: int = 0, progress: bool = False,
                      **clip_options: object) -> dict[str, AdaRoundInfo]:
@@ -303,9 +309,20 @@ def adaround_weights(model: nn.Module, calib_inputs: torch.Tensor, spec: GridSpe
     return out
 
 
-OPTIONS: dict[str, Any] = {"iterations": 1000, "lr": 1e-2, "reg_weight": 0.01, "beta_start": 20.0, "beta_end": 2.0,
-                           "warmup": 0.2, "round_batch_size": 32, "inputs": "quantized", "clip": "mse",
-                           "act_clip": "mse"}
+OPTIONS: dict[str, Any] = {"iterations": DEFAULT_ITERATIONS, "fast": False, "lr": 1e-2, "reg_weight": 0.01,
+                           "beta_start": 20.0, "beta_end": 2.0, "warmup": 0.2, "round_batch_size": 32,
+                           "inputs": "quantized", "clip": "mse", "act_clip": "mse"}
+
+
+def resolve_iterations(options: dict[str, Any]) -> int:
+    """Iterations per layer from the method's options: ``iterations``, or :data:`FAST_ITERATIONS` with ``fast``
+    (``ConfigError`` when both are given: they contradict each other)."""
+    if not options.get("fast"):
+        return options["iterations"]
+    if options["iterations"] != DEFAULT_ITERATIONS:
+        raise ConfigError(f"AdaRound: fast=True sets {FAST_ITERATIONS} iterations; drop fast or iterations="
+                          f"{options['iterations']}")
+    return FAST_ITERATIONS
 
 
 def _adaround_method(ctx: PTQContext) -> dict[str, Any]:
@@ -316,10 +333,11 @@ def _adaround_method(ctx: PTQContext) -> dict[str, Any]:
         raise ConfigError("AdaRound learns the rounding to reconstruct each layer's output; bias correction does not "
                           "apply to it: drop bias_correction / variance_correction")
     opts = ctx.options
+    iterations = resolve_iterations(opts)
     infos: dict[str, AdaRoundInfo] = {}
     if ctx.wspec is not None:
         infos = adaround_weights(ctx.model, ctx.inputs, ctx.wspec, selection=ctx.selection, clip=opts["clip"],
-                                 inputs=opts["inputs"], iterations=opts["iterations"], lr=opts["lr"],
+                                 inputs=opts["inputs"], iterations=iterations, lr=opts["lr"],
                                  reg_weight=opts["reg_weight"], beta_range=(opts["beta_start"], opts["beta_end"]),
                                  warmup=opts["warmup"], batch_size=opts["round_batch_size"], device=ctx.device,
                                  seed=ctx.seed, progress=ctx.progress)
@@ -334,6 +352,6 @@ METHOD = PTQMethod("adaround", "AdaRound (Nagel et al. 2020): learned up/down ro
                    _adaround_method, options=OPTIONS, quick={"iterations": 20})
 
 
-__all__ = ["ZETA", "GAMMA", "METHOD", "OPTIONS", "AdaRoundInfo", "adaround_weights", "beta_schedule", "capture_inputs",
-           "inverse_rectified_sigmoid", "layer_function", "learn_rounding", "reconstruction_layer",
-           "rectified_sigmoid", "rounding_regularizer"]
+__all__ = ["ZETA", "GAMMA", "DEFAULT_ITERATIONS", "FAST_ITERATIONS", "METHOD", "OPTIONS", "AdaRoundInfo",
+           "adaround_weights", "beta_schedule", "capture_inputs", "inverse_rectified_sigmoid", "layer_function",
+           "learn_rounding", "reconstruction_layer", "rectified_sigmoid", "resolve_iterations", "rounding_regularizer"]

@@ -14,7 +14,11 @@ compute with ``torch.softmax`` (which does it internally) and the loss is finite
 ``α`` whose ``e^{-α}`` is representable (``α > -88`` in float32; the loss itself overflows below that).
 
 The temperatures are ``nn.Parameter`` s of this module (not of the model): give them their own optimizer group
-without weight decay (``param_groups(lr)``) and report them with ``alphas()``.
+without weight decay (``param_groups(lr)``) and report them with ``alphas()``. ``alpha_lr`` sets that group's
+learning rate (None: the trainer's): ``α`` moves by ``lr·λ·dL/dα`` per SGD step, so at ``λ = 0.01`` and a small
+network's lr and step count it stays far below its equilibrium ``α*`` (:mod:`learnq.regularizers.dsmm_alpha`,
+which also records ``α`` and ``α*`` per epoch), while the paper's ImageNet runs (lr 0.4 to 1.0, seeds/000 A.1) take
+orders of magnitude more steps.
 
 Multi-dimensional variant (Section 4.4, for vector clustering with ``d``-dimensional codebooks, e.g. DKM): the
 weight is reshaped to ``(-1, d)`` (consecutive values in memory form one ``d``-vector) and Eq. 1 is applied to each of
@@ -65,6 +69,8 @@ class DSMM(Regularizer):
         alpha_init: initial temperature of every layer (paper: 0.1); must be > 0.
         dims: ``None`` for the scalar loss, or ``d >= 1`` for the multi-dimensional variant; every layer's weight
             count must then be a multiple of ``d``.
+        alpha_lr: learning rate of the temperatures' optimizer group (None: the trainer's lr); read by
+            ``learnq.pipeline.training.prepare_training`` and used by ``param_groups()`` when called without an lr.
     """
 
     name = "dsmm"
@@ -72,10 +78,12 @@ class DSMM(Regularizer):
     default_strength = 0.01
 
     def __init__(
-        self, model: nn.Module, strength: float = 0.01, alpha_init: float = 0.1, dims: int | None = None
+        self, model: nn.Module, strength: float = 0.01, alpha_init: float = 0.1, dims: int | None = None,
+        alpha_lr: float | None = None,
     ) -> None:
         super().__init__(model, strength)
         self.alpha_init = check_positive(alpha_init, "alpha_init")
+        self.alpha_lr = None if alpha_lr is None else check_positive(alpha_lr, "alpha_lr")
         if dims is not None and (isinstance(dims, bool) or not isinstance(dims, int) or dims < 1):
             raise ConfigError(f"dims must be None or an integer >= 1, got {dims!r}")
         self.dims = dims
@@ -108,12 +116,17 @@ class DSMM(Regularizer):
             out[name] = float((s_max - s_min).sum())
         return out
 
-    def param_groups(self, lr: float) -> list[dict[str, Any]]:
-        """One optimizer group with the temperatures, ``weight_decay=0`` (decay would pull ``α`` to 0)."""
+    def param_groups(self, lr: float | None = None) -> list[dict[str, Any]]:
+        """One optimizer group with the temperatures, ``weight_decay=0`` (decay would pull ``α`` to 0), at ``lr``
+        (default: ``alpha_lr``; ``ConfigError`` when both are None)."""
+        lr = self.alpha_lr if lr is None else lr
+        if lr is None:
+            raise ConfigError("DSMM.param_groups needs an lr: pass one or build DSMM with alpha_lr")
         return super().param_groups(lr)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, alpha_init={self.alpha_init:g}, dims={self.dims}"
+        lr = "" if self.alpha_lr is None else f", alpha_lr={self.alpha_lr:g}"
+        return f"{super().extra_repr()}, alpha_init={self.alpha_init:g}, dims={self.dims}{lr}"
 
 
 __all__ = ["DSMM", "dsmm_loss", "soft_max_min"]
