@@ -63,7 +63,7 @@ def test_qat_tied_embedding_is_one_quantizer_and_one_stored_tensor(method, tmp_p
         before = model(ids)
     handle.freeze()
     path = tmp_path / "m.safetensors"
-    report = learnq.save(model, path)
+    report = learnq.save(model, path, report=True)
     assert [t.name for t in report.tensors].count("transformer.wte.weight") == 1
     assert "lm_head.weight" not in [t.name for t in report.tensors]  # counted once
     mf = learnq.load(path)
@@ -79,7 +79,7 @@ def test_qat_tied_embedding_is_one_quantizer_and_one_stored_tensor(method, tmp_p
 
 def test_tied_float_weight_is_stored_once_and_the_file_shrinks_by_it(tmp_path):
     model = _gpt()
-    report = learnq.save(model, tmp_path / "m.safetensors")
+    report = learnq.save(model, tmp_path / "m.safetensors", report=True)
     params = sum(p.numel() for p in model.parameters())  # named_parameters counts the tied tensor once
     assert (tmp_path / "m.safetensors").stat().st_size < params * 4 + 4096  # not twice the (20, 16) table
     assert sum(t.numel for t in report.tensors) == params
