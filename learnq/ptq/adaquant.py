@@ -180,9 +180,7 @@ def _adaquant_method(ctx: PTQContext) -> dict[str, Any]:
                                  lr_step=opts["lr_step"], batch_size=opts["round_batch_size"], checks=opts["checks"],
                                  bias_correction=ctx.bias_correction, variance_correction=ctx.variance_correction,
                                  device=ctx.device, seed=ctx.seed, progress=ctx.progress)
-        for name in infos:
-            module_name, param = split_name(name)
-            ctx.weights[name] = get_module(ctx.model, module_name).parametrizations[param][-1]
+        ctx.record_weights(infos)
     ctx.attach_activations(clip=opts["act_clip"])
     return {"adaquant": [asdict(info) for info in infos.values()]}
 

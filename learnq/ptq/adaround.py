@@ -341,9 +341,7 @@ def _adaround_method(ctx: PTQContext) -> dict[str, Any]:
                                  reg_weight=opts["reg_weight"], beta_range=(opts["beta_start"], opts["beta_end"]),
                                  warmup=opts["warmup"], batch_size=opts["round_batch_size"], device=ctx.device,
                                  seed=ctx.seed, progress=ctx.progress)
-        for name in infos:
-            module_name, param = split_name(name)
-            ctx.weights[name] = get_module(ctx.model, module_name).parametrizations[param][-1]
+        ctx.record_weights(infos)
     ctx.attach_activations(clip=opts["act_clip"])
     return {"adaround": [asdict(info) for info in infos.values()]}
 

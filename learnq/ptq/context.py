@@ -12,7 +12,7 @@ tuple of :mod:`learnq.ptq.registry` (docs/architecture.md shows one).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ from learnq.act import ActQuantizer, attach_input_quantizers, calibrate
 from learnq.attach import Selection
 from learnq.grid import GridSpec
 from learnq.ptq.ptq_weight import PTQWeight, attach_weight_quantizers
+from learnq.quantized import get_module, split_name
 
 PTQFn = Callable[["PTQContext"], "dict[str, Any] | None"]
 
@@ -83,6 +84,13 @@ class PTQContext:
                                       method=self.method, **clip_options)
         self.weights.update(qs)
         return qs
+
+    def record_weights(self, names: Iterable[str]) -> None:
+        """Record the quantized weights a method attached itself (``attach_quantized``, a reconstruction): the last
+        parametrization of each named parameter goes into :attr:`weights`."""
+        for name in names:
+            module_name, param = split_name(name)
+            self.weights[name] = get_module(self.model, module_name).parametrizations[param][-1]
 
     def attach_activations(self, clip: str = "minmax", *, finish: bool = True,
                            **clip_options: Any) -> dict[str, ActQuantizer]:

@@ -267,9 +267,7 @@ def _gptq_method(ctx: PTQContext) -> dict[str, Any]:
                              inputs=opts["inputs"], bias_correction=ctx.bias_correction,
                              variance_correction=ctx.variance_correction, device=ctx.device,
                              batch_size=ctx.batch_size, progress=ctx.progress)
-        for name in infos:
-            module_name, param = split_name(name)
-            ctx.weights[name] = get_module(ctx.model, module_name).parametrizations[param][-1]
+        ctx.record_weights(infos)
     ctx.attach_activations(clip=opts["act_clip"])
     return {"gptq": [asdict(info) for info in infos.values()]}
 

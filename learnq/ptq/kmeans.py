@@ -72,8 +72,7 @@ def _kmeans(ctx: PTQContext) -> dict[str, Any]:
                 raise ConfigError(f"kmeans cannot palettize {name!r}: {exc}; leave it out or choose another dim") \
                     from exc
             attach_quantized(ctx.model, name, qt)
-            module_name, param = split_name(name)
-            ctx.weights[name] = get_module(ctx.model, module_name).parametrizations[param][-1]
+            ctx.record_weights([name])
             rows.append({"name": name, "objective_init": history[0], "objective": history[-1],
                          "iterations": len(history) - 1, "numel": current.numel()})
     ctx.attach_activations(clip=opts["act_clip"])

@@ -157,7 +157,7 @@ def _squant(ctx: PTQContext) -> dict[str, Any]:
                                      bias_correction=ctx.bias_correction,
                                      variance_correction=ctx.variance_correction, name=name)
             attach_quantized(ctx.model, name, qt)
-            ctx.weights[name] = module.parametrizations[param][-1]
+            ctx.record_weights([name])
             infos.append(info)
     ctx.attach_activations(clip=opts["act_clip"])
     return {"squant": infos}
