@@ -26,6 +26,7 @@ from learnq.quantizers import QAT_METHODS as QAT_METHODS  # noqa: E402
 from learnq.quantizers import STE as STE  # noqa: E402
 from learnq.quantizers import DiffQ as DiffQ  # noqa: E402
 from learnq.quantizers import DoReFa as DoReFa  # noqa: E402
+from learnq.quantizers import IPQLayerwise as IPQLayerwise  # noqa: E402
 from learnq.quantizers import Nested as Nested  # noqa: E402
 from learnq.quantizers import QuantNoise as QuantNoise  # noqa: E402
 

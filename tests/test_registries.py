@@ -115,5 +115,5 @@ def test_the_pipeline_derives_each_qat_method_from_its_config():
     for name, cls in QAT_METHODS.items():
         assert VARIANTS[name].learned_bits == cls.learns_bits and name in QAT_SECTIONS
         assert set(method_options(name)) <= set(VARIANTS[name].options)
-    fixed_bits = ["ste", "lsq", "dkm", "dorefa", "quant_noise", "ipq"]
+    fixed_bits = ["ste", "lsq", "dkm", "dorefa", "quant_noise", "ipq", "ipq_layerwise"]
     assert [m for m, c in QAT_METHODS.items() if not c.learns_bits] == fixed_bits

@@ -15,12 +15,14 @@ from learnq.quantizers.diffq import DiffQ, DiffQQuantizer, pseudo_quantize
 from learnq.quantizers.dkm import DKM, DKMQuantizer
 from learnq.quantizers.dorefa import DoReFa, DoReFaQuantizer
 from learnq.quantizers.ipq import IPQ, IPQQuantizer
+from learnq.quantizers.ipq_layerwise import IPQLayerwise, LayerwiseIPQQuantizer
 from learnq.quantizers.lsq import LSQ, LSQQuantizer
 from learnq.quantizers.nested import Nested, NestedQuantizer, nested_quantize
 from learnq.quantizers.quant_noise import QuantNoise, QuantNoiseQuantizer
 from learnq.quantizers.ste import STE, STEQuantizer, fake_quantize_ste
 
-for _config in (STE, LSQ, Nested, DiffQ, DKM, DoReFa, QuantNoise, IPQ):  # the QAT method registry: one entry per method
+# the QAT method registry: one entry per method
+for _config in (STE, LSQ, Nested, DiffQ, DKM, DoReFa, QuantNoise, IPQ, IPQLayerwise):
     register_qat_method(_config)
 
 
@@ -32,4 +34,5 @@ def describe_methods() -> dict[str, str]:
 __all__ = ["QAT_METHODS", "describe_methods", "QATConfig", "WeightQuantizer", "register_qat_method", "resolve_config",
            "STE", "STEQuantizer", "fake_quantize_ste", "LSQ", "LSQQuantizer", "Nested", "NestedQuantizer",
            "nested_quantize", "DiffQ", "DiffQQuantizer", "pseudo_quantize", "DKM", "DKMQuantizer", "DoReFa",
-           "DoReFaQuantizer", "QuantNoise", "QuantNoiseQuantizer", "IPQ", "IPQQuantizer"]
+           "DoReFaQuantizer", "QuantNoise", "QuantNoiseQuantizer", "IPQ", "IPQQuantizer",
+           "IPQLayerwise", "LayerwiseIPQQuantizer"]

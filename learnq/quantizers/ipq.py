@@ -18,9 +18,10 @@ Storage: the codebook (``k × d`` values at ``palette_dtype``, float32 or float1
 (``bits/d`` bits per weight): a palettized :class:`learnq.grid.QuantizedTensor` (the palette format of
 :mod:`learnq.palette`); eval, ``handle.freeze()`` and the model file compute the same values bit for bit.
 
-Simplification: learnq quantizes every selected layer at ``learnq.prepare`` and fine-tunes all codebooks (and the
-unquantized parameters) together; Stock et al. quantize the layers one after another ("iterative"), fine-tuning the
-not-yet-quantized ones in float between steps. Quant-Noise with iPQ as its noise (``QuantNoise(quantizer="ipq")``)
+This method quantizes every selected layer at ``learnq.prepare`` and fine-tunes all codebooks (and the
+unquantized parameters) together; Stock et al.'s iterative schedule (the layers one after another, the
+not-yet-quantized ones fine-tuned in float between steps) is :mod:`learnq.quantizers.ipq_layerwise`
+(``learnq.IPQLayerwise``). Quant-Noise with iPQ as its noise (``QuantNoise(quantizer="ipq")``)
 reuses :class:`CodebookQuantizer`.
 """
 
@@ -152,13 +153,21 @@ class IPQQuantizer(CodebookQuantizer):
     def __init__(self, x: torch.Tensor, bits: int, block_size: int, iters: int = KMEANS_ITERS, seed: int = 0,
                  palette_dtype: str = "float32", name: str = "") -> None:
         super().__init__(x, bits, block_size, palette_dtype, name)
-        vectors = self.blocks(x.detach())
-        seeds = init_centroids(vectors, self.groups, 1, self.k, seed).to(x.device)
-        centroids, history = lloyd(vectors, seeds, self.groups, iters)
-        self.kmeans_objective = history[-1]  # Σ_v ‖w_v - c_a(v)‖² at the assignments below
+        self.iters, self.seed = iters, seed
+        centroids, assignments, objective = self.kmeans(x)
+        self.kmeans_objective = objective  # Σ_v ‖w_v - c_a(v)‖² at the assignments below
         self.codebook = nn.Parameter(centroids)
-        self.register_buffer("assignments", nearest(vectors, centroids, self.groups))
+        self.register_buffer("assignments", assignments)
         self.register_buffer("counts", torch.bincount(self.assignments, minlength=self.k))
+
+    def kmeans(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """k-means of ``x``'s blocks: k-means++ seeds from ``seed``, ``iters`` Lloyd steps; the centroids
+        ``(1, k, d)``, every block's nearest centroid and the objective ``Σ_v ‖w_v - c_a(v)‖²`` there."""
+        with torch.no_grad():
+            vectors = self.blocks(x.detach())
+            seeds = init_centroids(vectors, self.groups, 1, self.k, self.seed).to(x.device)
+            centroids, history = lloyd(vectors, seeds, self.groups, self.iters)
+            return centroids, nearest(vectors, centroids, self.groups), history[-1]
 
     def codebook_value(self) -> torch.Tensor:
         return self.codebook
