@@ -80,8 +80,8 @@ def variant_toml(label: str) -> str:
         bits, dim = KMEANS[label]
         body = (f'method = "kmeans"\nwbits = {bits}\ngranularity = "tensor"\noptions = {{ dim = {dim} }}\n'
                 f'{EXCLUDE}\n')
-    else:
-        body = UNIFORM[label]
+    else:  # the uniform rows leave the same tensor in float: every row quantizes the same weights (equal-size front)
+        body = f"{UNIFORM[label]}{EXCLUDE}\n"
     return f'[[variants]]\nname = "{label}"\n{body}\n'
 
 
@@ -145,7 +145,8 @@ def run(args: argparse.Namespace) -> None:
         for base in args.bases:
             recipe = recipe_for(base, seed, args.epochs, args.data)
             label = base_label(base)
-            todo = [v for v in recipe.variants if (label, seed, v.label) not in done]
+            todo = [v for v in recipe.variants if (label, seed, v.label) not in done
+                    and (args.rows is None or v.label in args.rows or v.method == "float")]
             if not todo:
                 continue
             if time.monotonic() - start > args.budget:
@@ -233,6 +234,8 @@ def main() -> None:
     parser.add_argument("--dsmm", nargs=2, type=float, metavar=("LAMBDA", "ALPHA0"), default=None,
                         help="DSMM strength and initial temperature (default: the paper's 0.01 and 0.1)")
     parser.add_argument("--epochs", type=int, default=None, help="float training epochs (default: the recipe's 20)")
+    parser.add_argument("--rows", nargs="+", default=None,
+                        help="only these rows (e.g. the DKM and k-means rows for extra seeds; default: all)")
     parser.add_argument("--budget", type=float, default=540.0, help="seconds after which no new row starts")
     parser.add_argument("--report", action="store_true", help="write results/clustering.md and print it")
     args = parser.parse_args()

@@ -72,6 +72,16 @@ def _tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
     return next(iter(torch.utils.data.DataLoader(ds, batch_size=len(ds))))
 
 
+def _learnq_variants(specs: list[str]) -> dict[str, dict[str, float]]:
+    """``name:key=value,key=value`` -> {name: DKM options} (``default:`` is DKM's defaults)."""
+    out = {}
+    for spec in specs:
+        name, _, opts = spec.partition(":")
+        out[name] = {k: float(v) if "." in v or "e" in v else int(v)
+                     for k, v in (o.split("=") for o in opts.split(",") if o)}
+    return out
+
+
 def main() -> None:
     import sys
 
@@ -84,24 +94,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--data", default="mnist5k", choices=["mnist5k", "digits"])
-    parser.add_argument("--base", default=None, help="the cached float run directory (default: clustering.py's "
-                        "L2 model, seed 0: l2-e10-seed0 for mnist5k, digits-l2-e15-seed0 for digits)")
+    parser.add_argument("--base", default=None, help="the cached float model: a run directory (its "
+                        "model.safetensors) or a .safetensors file; '{seed}' is replaced by the seed (default: "
+                        "clustering.py's L2 model, seed 0: l2-e10-seed0 for mnist5k, digits-l2-e15-seed0 for digits)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="data split and fine-tuning seeds (the base must have been trained on that split)")
     parser.add_argument("--configs", nargs="+", default=["2x1", "4x4", "2x2"], help="BITSxDIM")
+    parser.add_argument("--learnq", nargs="+", default=["default:"],
+                        help="learnq DKM variants NAME:key=value,... (e.g. tau02:tau=0.02)")
+    parser.add_argument("--no-coremltools", action="store_true")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
     epochs = 10 if args.data == "mnist5k" else 15
-    recipe = recipe_for("l2", 0, epochs, args.data)
     if args.base is None:
         args.base = str(CACHE / f"{'' if args.data == 'mnist5k' else 'digits-'}l2-e{epochs}-seed0")
-    splits = load_splits(recipe)
-    (x, y), (xt, yt) = _tensors(splits.train), _tensors(splits.test)
-
-    def base():
-        torch.manual_seed(0)
-        m = model_from_spec(model_spec(recipe.model.name, splits.input_shape, splits.num_classes,
-                                       **recipe.model.args))
-        return learnq.load(Path(args.base) / "model.safetensors", m)
-
+    path = args.out or (RESULTS if args.data == "mnist5k" else RESULTS.with_name("clustering_peer_digits.json"))
+    out = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    if out.get("data") != args.data or "runs" not in out:  # the old single-seed layout is not resumed
+        out = {"data": args.data, "epochs": args.epochs, "threads": 1, "runs": []}
+    done = {(r["seed"], r["lib"], r.get("variant", ""), r["bits"], r["dim"]) for r in out["runs"]}
     import coremltools as ct
     from coremltools.optimize.torch.palettization import (
         DKMPalettizer,
@@ -109,51 +121,69 @@ def main() -> None:
         ModuleDKMPalettizerConfig,
     )
 
-    out = {"data": args.data, "model": recipe.model.name, "epochs": args.epochs, "threads": 1, "base": args.base,
-           "coremltools": ct.__version__, "rows": []}
+    out["coremltools"] = ct.__version__
     tmp = Path(tempfile.mkdtemp(prefix="clustering-peer-"))
-    model = base()
-    out["float_accuracy"] = _accuracy(model, xt, yt)
-    float_step = _finetune(model, x, y, 1, seed=0)
-    out["float_step_ms"] = 1e3 * float_step
-    for cfg in args.configs:
-        bits, dim = (int(v) for v in cfg.split("x"))
-        # learnq
-        model = base()
-        learnq.prepare(model, learnq.DKM(bits=bits, dim=dim),
-                       selection=Selection(exclude=("features.conv1.weight",)))
-        step = _finetune(model, x, y, args.epochs, seed=0)
-        model.eval()
-        learnq.save(model, tmp / f"learnq_{cfg}.safetensors")
-        loaded = learnq.load(tmp / f"learnq_{cfg}.safetensors", base())
-        out["rows"].append({"lib": "learnq", "bits": bits, "dim": dim, "accuracy": _accuracy(loaded, xt, yt),
-                            "file_bytes": _size(tmp / f"learnq_{cfg}.safetensors"), "step_ms": 1e3 * step,
-                            "step_vs_float": step / float_step})
-        print(out["rows"][-1], flush=True)
-        # coremltools
-        torch.manual_seed(0)
-        module_cfg = ModuleDKMPalettizerConfig(n_bits=bits, cluster_dim=dim, weight_threshold=0, milestone=0)
-        palettizer = DKMPalettizer(base(), DKMPalettizerConfig(global_config=module_cfg))
-        q = palettizer.prepare(inplace=True)
-        step = _finetune(q, x, y, args.epochs, seed=0, after_step=palettizer.step)
-        final = palettizer.finalize(inplace=False)
-        row = {"lib": "coremltools", "bits": bits, "dim": dim, "accuracy": _accuracy(final, xt, yt),
-               "step_ms": 1e3 * step, "step_vs_float": step / float_step}
-        luts = [n.split("._COREML_")[0] for n in final.state_dict() if n.endswith("/lut")]
-        row["palettized"] = luts
-        try:
-            traced = torch.jit.trace(final.eval(), xt[:1])
-            ml = ct.convert(traced, inputs=[ct.TensorType(name="x", shape=tuple(xt[:1].shape))],
-                            convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18)
-            ml.save(str(tmp / f"ct_{cfg}.mlpackage"))
-            row["file_bytes"] = _size(tmp / f"ct_{cfg}.mlpackage")
-        except Exception as exc:  # noqa: BLE001 - a peer's converter: record why there is no file
-            row["file_error"] = repr(exc)[:300]
-        out["rows"].append(row)
+
+    def record(row: dict) -> None:
+        out["runs"].append(row)
         print(row, flush=True)
-        path = RESULTS if args.data == "mnist5k" else RESULTS.with_name("clustering_peer_digits.json")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(out, indent=1), encoding="utf-8")
+
+    for seed in args.seeds:
+        recipe = recipe_for("l2", seed, epochs, args.data)
+        splits = load_splits(recipe)
+        (x, y), (xt, yt) = _tensors(splits.train), _tensors(splits.test)
+        base_path = Path(args.base.format(seed=seed))
+        if base_path.is_dir():
+            base_path = base_path / "model.safetensors"
+
+        def base(recipe=recipe, splits=splits, base_path=base_path):
+            torch.manual_seed(0)
+            m = model_from_spec(model_spec(recipe.model.name, splits.input_shape, splits.num_classes,
+                                           **recipe.model.args))
+            return learnq.load(base_path, m)
+
+        model = base()
+        float_acc = _accuracy(model, xt, yt)
+        float_step = _finetune(model, x, y, 1, seed=seed)
+        common = {"seed": seed, "base": str(base_path), "float_accuracy": float_acc}
+        for cfg in args.configs:
+            bits, dim = (int(v) for v in cfg.split("x"))
+            for name, opts in _learnq_variants(args.learnq).items():
+                if (seed, "learnq", name, bits, dim) in done:
+                    continue
+                model = base()
+                learnq.prepare(model, learnq.DKM(bits=bits, dim=dim, **opts),
+                               selection=Selection(exclude=("features.conv1.weight",)))
+                step = _finetune(model, x, y, args.epochs, seed=seed)
+                model.eval()
+                learnq.save(model, tmp / f"learnq_{cfg}.safetensors")
+                loaded = learnq.load(tmp / f"learnq_{cfg}.safetensors", base())
+                record({**common, "lib": "learnq", "variant": name, "options": opts, "bits": bits, "dim": dim,
+                        "accuracy": _accuracy(loaded, xt, yt),
+                        "file_bytes": _size(tmp / f"learnq_{cfg}.safetensors"), "step_ms": 1e3 * step,
+                        "step_vs_float": step / float_step})
+            if args.no_coremltools or (seed, "coremltools", "", bits, dim) in done:
+                continue
+            torch.manual_seed(seed)
+            module_cfg = ModuleDKMPalettizerConfig(n_bits=bits, cluster_dim=dim, weight_threshold=0, milestone=0)
+            palettizer = DKMPalettizer(base(), DKMPalettizerConfig(global_config=module_cfg))
+            q = palettizer.prepare(inplace=True)
+            step = _finetune(q, x, y, args.epochs, seed=seed, after_step=palettizer.step)
+            final = palettizer.finalize(inplace=False)
+            row = {**common, "lib": "coremltools", "variant": "", "bits": bits, "dim": dim,
+                   "accuracy": _accuracy(final, xt, yt), "step_ms": 1e3 * step, "step_vs_float": step / float_step}
+            row["palettized"] = [n.split("._COREML_")[0] for n in final.state_dict() if n.endswith("/lut")]
+            try:
+                traced = torch.jit.trace(final.eval(), xt[:1])
+                ml = ct.convert(traced, inputs=[ct.TensorType(name="x", shape=tuple(xt[:1].shape))],
+                                convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18)
+                ml.save(str(tmp / f"ct_{cfg}.mlpackage"))
+                row["file_bytes"] = _size(tmp / f"ct_{cfg}.mlpackage")
+            except Exception as exc:  # noqa: BLE001 - a peer's converter: record why there is no file
+                row["file_error"] = repr(exc)[:300]
+            record(row)
     shutil.rmtree(tmp)
 
 

@@ -145,7 +145,7 @@ def markdown(results: dict[str, Any]) -> str:
                      f"{r['seconds']:.0f} |")
     by = {r["variant"]: r for r in rows}
     pairs = [("qn-int8", "ste-w8"), ("qn-int4", "ste-w4"), ("qn-int2", "ste-w2"), ("qn-ipq", "ipq-w8"),
-             ("diffq", "ste-w4")]
+             ("diffq", "ste-w4"), ("ipq-layerwise", "ipq-w8")]
     diffs = [f"{a} − {b}: {100 * (by[a]['accuracy_mean'] - by[b]['accuracy_mean']):+.2f} points"
              for a, b in pairs if a in by and b in by]
     if diffs:
