@@ -29,6 +29,7 @@ CONFIGS = {
     "dorefa": lambda: QAT_METHODS["dorefa"](bits=4),
     "quant_noise": lambda: QAT_METHODS["quant_noise"](bits=4, rate=0.5, block_size=4),
     "ipq": lambda: QAT_METHODS["ipq"](bits=3, block_size=2),
+    "ipq_layerwise": lambda: QAT_METHODS["ipq_layerwise"](bits=3, block_size=2, stage_steps=1),
 }
 assert set(CONFIGS) == set(QAT_METHODS)
 
@@ -85,6 +86,8 @@ def test_train_eval_freeze_and_model_file_agree_bit_for_bit(method, model_name, 
     quant_before = [p.detach().clone() for p in handle.quantizer_parameters()]
     x = train_steps(model, handle, shape)
     for before, p in zip(quant_before, handle.quantizer_parameters(), strict=True):
+        if method == "ipq_layerwise":  # layers whose stage has not come keep their codebook (test_..._layerwise.py)
+            continue
         assert not torch.equal(before, p.detach())  # the quantizers' own parameters were trained
     model.eval()
     with torch.no_grad():

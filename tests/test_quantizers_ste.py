@@ -85,5 +85,6 @@ def test_config_json_round_trip_and_registry():
     assert QATConfig.from_dict({"method": "ste", "selection": {"biases": True}}).selection == Selection(biases=True)
     with pytest.raises(ConfigError, match="selection"):
         STE.from_dict({"selection": {"bogus": 1}})
-    assert set(QAT_METHODS) == {"ste", "lsq", "nested", "diffq", "dkm", "dorefa", "quant_noise", "ipq"}
+    assert set(QAT_METHODS) == {"ste", "lsq", "nested", "diffq", "dkm", "dorefa", "quant_noise", "ipq",
+                                 "ipq_layerwise"}
     assert all(cls.description for cls in QAT_METHODS.values())

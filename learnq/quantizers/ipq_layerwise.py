@@ -80,7 +80,9 @@ class LayerwiseIPQQuantizer(IPQQuantizer):
             self.steps += 1
         if not bool(self.active):
             if step < self.start_step():
-                return x  # float: the exact gradient to the weight, nothing to the codebook
+                # float: the exact gradient to the weight, a zero gradient to the codebook (not None, so that
+                # DDP sees every parameter used)
+                return x + 0.0 * self.codebook.sum() if x.requires_grad else x
             self.quantize_now(x)
         return super().train_forward(x)
 
@@ -88,6 +90,8 @@ class LayerwiseIPQQuantizer(IPQQuantizer):
     def _ready(self, x: torch.Tensor) -> None:
         if bool(self.active):
             return
+        if not bool(torch.isfinite(x).all()):
+            raise self.diverged(f"has {int((~torch.isfinite(x)).sum())} NaN or Inf value(s)")
         pending = self._pending
         if pending is None or pending[0].shape != x.shape or not torch.equal(pending[0], x.detach()):
             centroids, assignments, _ = self.kmeans(x)
