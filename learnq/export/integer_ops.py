@@ -1,7 +1,8 @@
 """ONNX export of a model quantized for the integer target (:mod:`learnq.act.integer_graph`): QuantizeLinear ->
 DequantizeLinear on every planned tensor, int32 biases, so that onnxruntime's QDQ fusion turns every conv, gemm,
-addition and global average pooling into an integer kernel (QLinearConv, QGemm, QLinearAdd,
-QLinearGlobalAveragePool; ONNX QuantizeLinear-13 / DequantizeLinear-13 and the com.microsoft contrib operators).
+addition, concatenation and average pooling into an integer kernel (QLinearConv, QGemm, QLinearAdd, QLinearConcat,
+QLinearGlobalAveragePool, QLinearAveragePool; ONNX QuantizeLinear-13 / DequantizeLinear-13 and the com.microsoft
+contrib operators).
 
 Where onnxruntime fuses, the pattern it looks for is ``DQ(x), DQ(w), DQ(b int32) -> Conv/Gemm [-> Relu/Clip] -> Q``
 with one integer type (uint8) for input and output, a bias whose scale is ``s_x · s_w`` and zero point 0, and, for
@@ -20,7 +21,7 @@ import torch.fx
 from torch import nn
 
 from learnq.act.integer import weight_codes
-from learnq.act.integer_graph import EDGES, IntegerEdges, Plan, make_plan, trace
+from learnq.act.integer_plan import EDGES, INTEGER_OPS, IntegerEdges, Plan, make_plan, trace
 
 if TYPE_CHECKING:
     from learnq.export.graph import GraphWriter
@@ -75,8 +76,8 @@ class IntegerExport:
         return out
 
     def _row(self, w: GraphWriter, node: torch.fx.Node, step: Any) -> None:
-        if step.kind in ("conv", "linear", "add", "gap"):
-            srcs = [a for a in node.args if isinstance(a, torch.fx.Node)]
+        if step.kind in INTEGER_OPS:
+            srcs = node.all_input_nodes
             integer = all(self.input_grid(a) is not None for a in srcs) and (
                 step.edge is not None or step.kind in ("conv", "linear"))
             self.rows.append({"node": node.name, "layer": w.label(str(node.target)) if node.op == "call_module"

@@ -73,6 +73,9 @@ class PTQContext:
     bn_stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     """``{layer: (mean, std)}`` per output channel of the layer's pre-activation, from the BatchNorm folded into it
     (:func:`learnq.bn_fold.bn_statistics`), kept true by cross-layer equalization (data-free methods read it)."""
+    act_clip: tuple[str, dict[str, Any]] = ("minmax", {})
+    """The clipping rule (and its options) the method asked :meth:`attach_activations` for: the integer target
+    (``PTQ.target``, which quantizes activations itself) applies it to its activation ranges."""
 
     def attach_weights(self, clip: Any = "minmax", **clip_options: Any) -> dict[str, PTQWeight]:
         """PTQWeight on every selected weight, α by clipping rule ``clip`` (nothing when weights stay in float)."""
@@ -96,6 +99,7 @@ class PTQContext:
                            **clip_options: Any) -> dict[str, ActQuantizer]:
         """ActQuantizer at the input of every selected layer, observed over the calibration set (the model as it
         is now, e.g. with quantized weights); with ``finish`` α is chosen by ``clip`` and quantization enabled."""
+        self.act_clip = (clip, dict(clip_options))
         if self.abits is None:
             return {}
         qs = attach_input_quantizers(self.model, self.abits, selection=self.selection,
