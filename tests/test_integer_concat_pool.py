@@ -1,6 +1,6 @@
 """The integer target beyond ResNet/MobileNet: concatenation (QLinearConcat) and average pooling with a window
-(QLinearAveragePool) against hand computations and onnxruntime, and the clipping rules applied to the target's
-activation ranges."""
+(QLinearAveragePool) against hand computations and onnxruntime, the clipping rules applied to the target's
+activation ranges, and QAT-then-PTQ (a QAT model's weights kept, its PACT quantizers fused into the edges)."""
 
 from __future__ import annotations
 
@@ -163,3 +163,47 @@ def test_the_methods_activation_rule_reaches_the_target(quantized) -> None:
         assert float(minmax[name].lo) <= float(q.lo) <= 0.0 <= float(q.hi) <= float(minmax[name].hi)
     if method == "mse":
         assert any(float(q.hi) < float(minmax[n].hi) for n, q in result.model.integer_edges.items())
+
+
+# -- QAT-then-PTQ of the activations -------------------------------------------------------------------------------
+def test_qat_model_keeps_its_weights_and_fuses_its_activation_quantizers(tmp_path) -> None:
+    import learnq
+    from learnq.act.integer import weight_codes
+    from learnq.act.pact import PACT
+    from learnq.act.wrappers import insert_activation_quantizers
+    from learnq.pipeline.models import build_model
+    from learnq.ptq import PTQ
+    from learnq.quantized import quantized_parameters
+
+    torch.manual_seed(0)
+    model = build_model("lenet", (1, 8, 8), 10)
+    handle = learnq.prepare(model, learnq.STE(bits=8, scheme="symmetric"))
+    insert_activation_quantizers(model, 8, "pact", init_clip=2.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))
+    for _ in range(3):  # a few QAT steps: weights and PACT clips move
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+    exported = handle.freeze()
+    result = quantize(model, x, PTQ(wbits=32, target="onnxruntime", fold_bn=False), progress=False)
+    qts = dict(quantized_parameters(result.model))
+    for name, qt in exported.items():  # the QAT weights, kept code for code
+        layer = name.rsplit(".", 1)[0]
+        codes, _ = weight_codes(qts, layer, result.model.get_submodule(layer))
+        assert torch.equal(codes, qt.codes.to(torch.int64)), name
+    steps = result.extra["integer_target"]["ops"]
+    pacts = [n for n, kind in steps.items() if kind == "actq"]
+    assert len(pacts) == 4 and set(pacts) <= set(result.model.integer_edges)  # every PACT fused: its edge
+    clips = {"net_" + name.replace(".", "_"): float(m.clip.detach()) for name, m in result.model.named_modules()
+             if isinstance(m, PACT)}
+    assert set(clips) == set(pacts)
+    for node in pacts:  # observed on PACT's output: within its clip (float32 of the clip itself)
+        edge = result.model.integer_edges[node]
+        assert float(edge.lo) == 0.0 and float(edge.hi) <= clips[node]
+    report = to_onnx(result.model, x[:8], tmp_path / "m.onnx")
+    counts = report.runtime_node_counts
+    assert counts["QLinearConv"] == 2 and counts["QGemm"] == 3 and counts["QuantizeLinear"] == 1
+    assert not {"Relu", "Clip", "Conv", "Gemm", "DequantizeLinear"} & set(counts), counts
+    assert report.check["max_abs_diff"] == 0.0 or not X86

@@ -167,9 +167,9 @@ def simulate(model: nn.Module, x: torch.Tensor, codes: dict[str, QValue] | None 
             values = [env[n.name] for n in node.all_input_nodes]
             dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
             env[node.name] = QValue(qlinear_concat(values, int(dim) % values[0].codes.ndim, s, z), s, z)
-        elif step.kind == "relu" and isinstance(args[0], QValue):
+        elif step.kind in ("relu", "actq") and isinstance(args[0], QValue):
             v = args[0]
-            if step.edge != node.name:  # not fused: on the codes
+            if step.edge is None:  # not fused: on the codes
                 v = QValue(v.codes.clamp(min=v.zp), v.scale, v.zp)
             env[node.name] = v
         elif step.kind == "keep" and isinstance(args[0], QValue):

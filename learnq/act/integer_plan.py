@@ -11,6 +11,9 @@ names) and the plan walks the graph once:
 * an integer op's output gets an edge quantizer unless only the graph output reads it (the logits stay float), and
   a ReLU / ReLU6 that is its only reader is *fused*: the edge sits after the ReLU (its range starts at 0, so the
   zero point is 0 and the requantization's saturation is the ReLU; onnxruntime removes the Relu/Clip likewise);
+* an activation quantizer of the model (PACT, the observer: a QAT-trained model) directly after such an op or its
+  fused ReLU is fused the same way: its edge is observed on the quantizer's output (within its clipping range) and
+  replaces its grid (QAT-then-PTQ of the activations); one elsewhere runs its fake quantization in float32;
 * max pooling, flatten, reshape, identity and dropout keep the integer codes and the grid of their input; any other
   operation runs in float32 on the dequantized values.
 """
@@ -73,8 +76,8 @@ def trace(model: nn.Module, example: torch.Tensor | None = None) -> torch.fx.Gra
 @dataclass
 class Step:
     """What the simulation does at one node: ``kind`` is "input", an integer op of :data:`INTEGER_OPS`, "relu" (fused
-    or on codes), "keep" (same codes and grid), "float"; ``edge``: the node whose edge quantizer gives its output grid
-    (None: float output or the input's grid); ``why``: for the report."""
+    or on codes), "actq" (a fused activation quantizer), "keep" (same codes and grid), "float"; ``edge``: the node
+    whose edge quantizer gives its output grid (None: float output or the input's grid); ``why``: for the report."""
 
     kind: str
     edge: str | None = None
@@ -142,6 +145,8 @@ def _kind(gm: torch.fx.GraphModule, node: torch.fx.Node) -> str:
             return "avgpool" if pool_window(m, node) is not None else "float"
         if isinstance(m, _RELUS):
             return "relu"
+        if isinstance(m, ActivationQuantizer):
+            return "actq"
         if isinstance(m, _KEEP):
             return "keep"
         return "float"
@@ -174,6 +179,7 @@ def make_plan(gm: torch.fx.GraphModule) -> Plan:
     """The plan of :mod:`this module <learnq.act.integer_plan>`'s docstring."""
     plan = Plan()
     state: dict[str, str] = {}  # node -> "q" (codes), "acc" (integer op, grid not decided yet), "float"
+    fused_into: dict[str, str] = {}  # a fused ReLU / activation quantizer -> the integer op it is fused into
     steps = plan.steps
 
     def need_q(arg: torch.fx.Node) -> None:
@@ -199,10 +205,18 @@ def make_plan(gm: torch.fx.GraphModule) -> Plan:
                 need_q(a)
             steps[node.name] = Step(kind, None, "integer kernel")
             state[node.name] = "acc"
-        elif kind == "relu" and args and state[args[0].name] == "acc" and len(args[0].users) == 1:
-            steps[node.name] = Step("relu", node.name, f"fused into {args[0].name}: the requantization saturates")
-            steps[args[0].name].edge = node.name
-            state[args[0].name] = state[node.name] = "q"
+        elif kind in ("relu", "actq") and args and len(args[0].users) == 1 and (
+                state[args[0].name] == "acc" or args[0].name in fused_into):
+            producer = fused_into.get(args[0].name, args[0].name)
+            for name, into in fused_into.items():  # the chain's earlier links now pass through to this edge
+                if into == producer:
+                    steps[name].edge = node.name
+            what = "the requantization saturates" if kind == "relu" else \
+                "its clamp is the requantization's saturation, its grid the calibrated edge's"
+            steps[node.name] = Step(kind, node.name, f"fused into {producer}: {what}")
+            steps[producer].edge = node.name
+            fused_into[node.name] = producer
+            state[producer] = state[node.name] = "q"
         elif kind in ("relu", "keep") and args and state[args[0].name] in ("q", "acc"):
             need_q(args[0])
             steps[node.name] = Step(kind, None, "on the integer codes, the input's grid")

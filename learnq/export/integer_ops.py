@@ -49,10 +49,11 @@ class IntegerExport:
         return w.b.op("DequantizeLinear", [q, scale, zp], f"{base}_dequantized")
 
     def fused(self, node: torch.fx.Node) -> bool:
-        """A ReLU / ReLU6 fused into the integer op before it: not written (zero point 0 and a range within the
-        ReLU6's make the QuantizeLinear's saturation the same function; onnxruntime drops such a Relu/Clip too)."""
+        """A ReLU / ReLU6 or an activation quantizer fused into the integer op before it: not written (zero point 0
+        and a range within the ReLU6's make the QuantizeLinear's saturation the same function; onnxruntime drops such
+        a Relu/Clip too; a fused activation quantizer's grid is replaced by the edge's)."""
         step = self.plan.steps.get(node.name)
-        return step is not None and step.kind == "relu" and step.edge == node.name
+        return step is not None and step.kind in ("relu", "actq") and step.edge is not None
 
     def after(self, w: GraphWriter, node: torch.fx.Node, out: Any) -> Any:
         """The ONNX output of ``node`` as the integer graph has it (Q/DQ'd on a planned edge, or after an op that
