@@ -241,10 +241,11 @@ def timing(args: argparse.Namespace) -> None:
         files = {row: str(p) for row, p in paths.items()}
         entry["speed_ops"] = {row: node_counts(optimized_graph(p)) for row, p in paths.items()}
         entry["speed_bytes"] = {row: p.stat().st_size for row, p in paths.items()}
-        rows = bench(files, threads=(1, 2), batches=(1, 64), rounds=args.rounds, baseline="float",
+        rows = bench(files, threads=tuple(args.threads), batches=(1, 64), rounds=args.rounds, baseline="float",
                      min_seconds=args.min_seconds,
                      progress=lambda d, t, name=name: print(f"{name}: round {d}/{t}", flush=True))
         entry["timing"] = {"rows": rows, "rounds": args.rounds, "min_seconds": args.min_seconds,
+                           "threads": args.threads,
                            "input_shape": list(SPEED_ONLY.get(name, SPEED_SHAPE)),
                            "machine": platform.processor() or platform.machine(),
                            "when": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -287,8 +288,8 @@ def report(args: argparse.Namespace) -> None:
                     "|" + " --- |" * 6]
             for row in ROWS:
                 ops = ", ".join(f"{v} {k}" for k, v in sorted(entry["speed_ops"][row].items()))
-                out.append(f"| {row} | {ops} | " + " | ".join(f"{speed[(row, t, b)]:.2f}x" for t in (1, 2)
-                                                             for b in (1, 64)) + " |")
+                cells = [speed.get((row, t, b)) for t in (1, 2) for b in (1, 64)]
+                out.append(f"| {row} | {ops} | " + " | ".join("-" if c is None else f"{c:.2f}x" for c in cells) + " |")
             out.append("")
             continue
         out += [f"### {name} (test n = {entry['test']}, timed {when})", ""] + _table(entry) + [""]
@@ -349,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "learnq-bench" / "ort")
     parser.add_argument("--files", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "learnq-bench-ort")
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--threads", type=lambda s: [int(v) for v in s.split(",")], default=[1, 2],
+                        help="time: onnxruntime intra-op threads (comma-separated)")
     parser.add_argument("--min-seconds", type=float, default=0.2, help="per measurement (repeats the run)")
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny training, results to ort-quick.json")
     args = parser.parse_args(argv)
