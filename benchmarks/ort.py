@@ -272,6 +272,17 @@ def _table(entry: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _versus(name: str, entry: dict[str, Any]) -> list[str]:
+    """learnq's integer export against quantize_static QDQ: the ratio of their latencies per timed configuration."""
+    lat = {(r["file"], r["threads"], r["batch"]): r["latency_s"] for r in entry.get("timing", {}).get("rows", [])}
+    cells = [f"{t} thr b{b}: {lat[('ort-qdq', t, b)] / lat[(row, t, b)]:.3f}x"
+             for row in ("learnq-int-minmax",) for (r, t, b) in lat if r == row and ("ort-qdq", t, b) in lat]
+    if not cells:
+        return []
+    return [f"{name}: learnq-int-minmax speed over ort-qdq (ort-qdq latency / learnq latency, > 1: learnq faster): "
+            + ", ".join(cells) + ".", ""]
+
+
 def report(args: argparse.Namespace) -> None:
     res = load_results()
     out = ["## Integer kernels in onnxruntime: learnq's export vs quantize_static (issue 13)", "",
@@ -293,6 +304,7 @@ def report(args: argparse.Namespace) -> None:
                 cells = [speed.get((row, t, b)) for t in (1, 2) for b in (1, 64)]
                 out.append(f"| {row} | {ops} | " + " | ".join("-" if c is None else f"{c:.2f}x" for c in cells) + " |")
             out.append("")
+            out += _versus(name, entry)
             continue
         out += [f"### {name} (test n = {entry['test']}, timed {when})", ""] + _table(entry) + [""]
         if "speed_ops" in entry:
@@ -303,6 +315,7 @@ def report(args: argparse.Namespace) -> None:
                     f"graph of learnq-int is {ours}; it differs from ort-qdq's in (learnq, ort) {diff or 'nothing'} "
                     "(ORT quantizes the logits and dequantizes them; learnq's QGemm writes float logits); files "
                     + ", ".join(f"{k} {v:,} B" for k, v in entry["speed_bytes"].items()) + ".", ""]
+        out += _versus(name, entry)
     for name, seeds in res.get("accuracy", {}).items():
         done = {s: v for s, v in seeds.items() if all(r in v for r in ACC_ROWS)}
         if done:
