@@ -240,3 +240,19 @@ def test_size_report_packed_file_has_the_bound_the_coder_reaches(tmp_path):
     assert coded.bound_bits == pytest.approx(h + 32 * (2 + span) + 32, rel=1e-9)
     assert 8 * coded.stored_bytes <= coded.bound_bits * 1.05 + 8 * 16
     assert math.isclose(read(tmp_path / "a.lq").size.bound_bytes, coded.bound_bits / 8)
+
+
+def test_recipe_variant_codec(tmp_path):
+    from recipe_util import tiny_recipe
+
+    from learnq.pipeline.recipe import parse_recipe
+    from learnq.pipeline.run import run_recipe
+
+    variants = ('[[variants]]\nmethod = "minmax"\nbits = 3\nname = "p"\n\n'
+                '[[variants]]\nmethod = "minmax"\nbits = 3\nname = "a"\ncodec = "ans"\n')
+    run_recipe(parse_recipe(tiny_recipe(hidden=(64,), tables=variants)), tmp_path)
+    packed, coded = read(tmp_path / "p.safetensors"), read(tmp_path / "a.safetensors")
+    assert packed.codecs == {} and set(coded.codecs.values()) == {"ans"}
+    _same_entries(packed, coded)
+    with pytest.raises(ConfigError, match=r"variants\[0\]\.codec.*codec must be one of packed, ans"):
+        parse_recipe(tiny_recipe(tables='[[variants]]\nmethod = "minmax"\nbits = 3\ncodec = "zip"\n'))
