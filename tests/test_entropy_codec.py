@@ -256,3 +256,14 @@ def test_recipe_variant_codec(tmp_path):
     _same_entries(packed, coded)
     with pytest.raises(ConfigError, match=r"variants\[0\]\.codec.*codec must be one of packed, ans"):
         parse_recipe(tiny_recipe(tables='[[variants]]\nmethod = "minmax"\nbits = 3\ncodec = "zip"\n'))
+
+
+def test_the_example_of_docs_entropy_md_runs(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "entropy.md").read_text(encoding="utf-8")
+    blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
+    assert len(blocks) == 1
+    monkeypatch.chdir(tmp_path)
+    exec(compile(blocks[0], "docs/entropy.md", "exec"), {"print": lambda *a: None})
+    assert read(tmp_path / "model.ans.safetensors").codecs == {"0.weight": "ans"}
