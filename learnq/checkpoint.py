@@ -24,7 +24,7 @@ tensor stored as is and ``[name, shape, crc32, grid index]`` for a quantized one
 codes when it has per-group widths; ``crc32`` is the CRC-32 of its slices (the ``uint8`` one first). A grid is a
 dict without its defaults: ``bits``, ``method`` ("minmax"), ``scheme`` ("symmetric"), ``qmin`` (0),
 ``granularity`` ("tensor"), ``dtype`` ("float32"), ``offset`` (false; true: offsets stored), ``range`` (false; true:
-the range is stored instead of steps and offsets), ``widths`` (none; ``[smallest, bits]`` of the per-group widths)
+the range is stored instead of steps and offsets), ``widths`` (none; ``[smallest, bits]`` of the per-group widths),
 ``extra`` ({}) and ``codec`` (none; ``["ans", 1]``: the codes are entropy-coded, :mod:`learnq.entropy_codec`: the
 ``uint8`` slice holds the packed widths then the coded bytes, a third slice of the ``int32`` blob the histograms, and
 the record adds the coded byte count, the histogram length and the CRC-32 of the packed codes). Slice offsets are not
