@@ -59,7 +59,7 @@ PTQ_ROWS: list[tuple[str, str, int, dict]] = [
 QAT_ROWS: list[tuple[str, str, dict]] = [
     ("ste-w8", "ste", {"bits": 8}), ("ste-w4", "ste", {"bits": 4}), ("ste-w2", "ste", {"bits": 2}),
     ("lsq-w4", "lsq", {"bits": 4}), ("lsq-w2", "lsq", {"bits": 2}),
-    ("diffq-λ1e-3", "diffq", {}), ("diffq-λ1e-2", "diffq", {"penalty": 1e-2}), ("nested", "nested", {}),
+    ("diffq-λ1e-3", "diffq", {}), ("nested", "nested", {}),
     ("dkm-w2", "dkm", {"bits": 2}), ("dkm-w4", "dkm", {"bits": 4}), ("dorefa-w4", "dorefa", {"bits": 4}),
     ("quant_noise-w8", "quant_noise", {}), ("ipq", "ipq", {}),
 ]
