@@ -5,7 +5,10 @@ Networks on ``mnist5k``: the LeNet-5 (40 epochs SGD lr 0.05 cosine, L2 5e-4) and
 30 epochs, L2 4e-5), the recipes of the DSMM reproduction (issue 17, ``benchmarks/dsmm_repro.py`` on its branch);
 DSMM: strength 0.01, α₀ = 0.1, α learning rate 5 (its pilot). Float models of the reproduction's pilot under
 ``~/.cache/learnq-bench/dsmm-pilot/alr5/scratch`` are reused read-only where they exist (seed 0 of L2 and DSMM);
-the others are trained here into ``~/.cache/learnq-bench/i15`` with the same recipe (heavy L2: 10x the L2 strength).
+then those of ``~/.cache/learnq-bench/i15``, then the issue-17 reproduction's scratch LeNets
+(``~/.cache/learnq-bench/dsmm/scratch``, seeds 1-3: the same recipe, DSMM with α learning rate 50, which reaches
+the same equilibrium α* as 5 in its pilot); the others are trained here into ``~/.cache/learnq-bench/i15`` with the
+same recipe (heavy L2: 10x the L2 strength). Each float entry of the JSON records its file.
 
 Protocol: weights on a symmetric grid with one step per tensor (document 000's "naive" collapse at W4 is a
 per-tensor effect; DFQ equalizes ranges for it), activations (inputs of the quantized layers) 8-bit, the first and
@@ -44,6 +47,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 OUT = RESULTS / "dsmm_ptq_table1.json"
 PILOT = Path.home() / ".cache/learnq-bench/dsmm-pilot/alr5/scratch"
 CACHE = Path.home() / ".cache/learnq-bench/i15"
+#: the issue-17 reproduction's scratch models (``benchmarks/dsmm_repro.py``): the same LeNet recipe (40 epochs SGD
+#: lr 0.05 cosine, L2 5e-4; heavy L2 5e-3 replacing it) except DSMM's α learning rate 50 (pilot: 5; both reach α*)
+REPRO = Path.home() / ".cache/learnq-bench/dsmm/scratch"
 REGS = ("l2", "heavy-l2", "dsmm")
 METHODS: dict[str, dict[str, Any]] = {
     "naive": {"method": "minmax"},
@@ -86,6 +92,9 @@ def model_file(model: str, reg: str, seed: int) -> Path:
     if pilot.is_file():
         return pilot
     folder = CACHE / model / reg / f"seed{seed}"
+    repro = REPRO / model / ("l2-heavy" if reg == "heavy-l2" else reg) / f"seed{seed}.safetensors"
+    if not (folder / MODEL_FILE).is_file() and repro.is_file():
+        return repro
     if not (folder / MODEL_FILE).is_file():
         spec = TRAIN[model]
         recipe = {"name": f"i15-{model}-{reg}-seed{seed}", "seed": seed,

@@ -109,8 +109,8 @@ def run_speed(args: argparse.Namespace, data: dict[str, Any], out: Path) -> None
             data["floats"].append({"part": "speed", "training": "adam", "seed": seed, "float": fl, **info})
         for cfg in args.configs:
             w, a, granularity = _config(cfg)
-            have = {(r["seed"], r["config"], r["method"]) for r in data["speed"]}
-            todo = [m for m in (*TIMED, *ONCE) if (seed, cfg, m) not in have]
+            have = {(r["seed"], r["config"], r["method"], r.get("tag", "")) for r in data["speed"]}
+            todo = [m for m in (*TIMED, *(() if args.tag else ONCE)) if (seed, cfg, m, args.tag) not in have]
             if not todo:
                 continue
             common = {"granularity": granularity, "skip_first_last": True}
@@ -128,11 +128,21 @@ def run_speed(args: argparse.Namespace, data: dict[str, Any], out: Path) -> None
                        "all_seconds": [r["seconds"] for r in rs],
                        "cpu_seconds": statistics.median(r["cpu_seconds"] for r in rs),
                        "loss_evals": rs[0]["loss_evals"], "rounds": len(rs), "float": fl,
-                       "load_average": os.getloadavg()}
+                       "load_average": os.getloadavg(), **({"tag": args.tag, "commit": _commit()} if args.tag else {})}
                 data["speed"].append(row)
                 print(f"seed {seed} {cfg} {m:9s} {100 * row['accuracy']:6.2f}%  {row['seconds']:7.2f} s "
                       f"(median of {len(rs)})", flush=True)
             save(out, data)
+
+
+def _commit() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 # -- table 2A ------------------------------------------------------------------------------------------------------
@@ -181,7 +191,8 @@ def _ms(values: list[float]) -> str:
 
 def markdown(data: dict[str, Any]) -> str:
     lines: list[str] = []
-    speed = data["speed"]
+    every = data["speed"]
+    speed = [r for r in every if not r.get("tag")]
     if speed:
         seeds = sorted({r["seed"] for r in speed})
         cfgs = list(dict.fromkeys(r["config"] for r in speed))
@@ -195,15 +206,19 @@ def markdown(data: dict[str, Any]) -> str:
             secs = [r["seconds"] for r in speed if r["method"] == m and r["config"] == cfgs[0]]
             lines.append(f"| {m} | " + " | ".join(cells) + f" | {statistics.median(secs):.2f} |" if secs else "")
         lines += ["", "**GPTQ's wall time ÷ LAPQ's and ÷ MSE's, per seed and configuration (medians of the "
-                  "interleaved rounds in one process, one torch thread); accuracy difference GPTQ − LAPQ (points)**",
-                  "", "| seed | config | rounds | gptq s | lapq s | mse s | gptq/lapq | gptq/mse | gptq − lapq |",
-                  "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        index = {(r["seed"], r["config"], r["method"]): r for r in speed}
-        for (seed, cfg, m), r in index.items():
-            if m != "gptq" or (seed, cfg, "lapq") not in index or (seed, cfg, "mse") not in index:
+                  "interleaved rounds in one process, one torch thread); accuracy difference GPTQ − LAPQ (points). "
+                  "code: `first` = the first GPTQ (each layer's input captured whole, then its Hessian, then a "
+                  "calibration pass for the activations); `streamed` = each batch's input streamed into a float64 "
+                  "Hessian sum and into the activation observers (no calibration pass), one Cholesky per layer**",
+                  "", "| code | seed | config | rounds | gptq s | lapq s | mse s | gptq/lapq | gptq/mse | gptq − lapq |",
+                  "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        index = {(r["seed"], r["config"], r["method"], r.get("tag", "")): r for r in every}
+        for (seed, cfg, m, tag), r in index.items():
+            if m != "gptq" or (seed, cfg, "lapq", tag) not in index or (seed, cfg, "mse", tag) not in index:
                 continue
-            lq, ms = index[(seed, cfg, "lapq")], index[(seed, cfg, "mse")]
-            lines.append(f"| {seed} | {cfg} | {r['rounds']} | {r['seconds']:.2f} | {lq['seconds']:.2f} | "
+            lq, ms = index[(seed, cfg, "lapq", tag)], index[(seed, cfg, "mse", tag)]
+            code = f"{tag} ({r.get('commit', '?')})" if tag else "first"
+            lines.append(f"| {code} | {seed} | {cfg} | {r['rounds']} | {r['seconds']:.2f} | {lq['seconds']:.2f} | "
                          f"{ms['seconds']:.2f} | {r['seconds'] / lq['seconds']:.3f} | "
                          f"{r['seconds'] / ms['seconds']:.2f}"
                          f" | {100 * (r['accuracy'] - lq['accuracy']):+.2f} |")
@@ -263,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--quick", action="store_true", help="smoke test: small data, short training, cheap options")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--tag", default="", help="speed: re-measure mse/gptq/lapq as new rows with this tag (and the "
+                   "commit), e.g. after a change to GPTQ; the methods run once are not repeated")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.seeds = [int(s) for s in args.seeds.split(",")]
