@@ -210,7 +210,8 @@ def markdown(data: dict[str, Any]) -> str:
                   "code: `first` = the first GPTQ (each layer's input captured whole, then its Hessian, then a "
                   "calibration pass for the activations); `streamed` = each batch's input streamed into a float64 "
                   "Hessian sum and into the activation observers (no calibration pass), one Cholesky per layer**",
-                  "", "| code | seed | config | rounds | gptq s | lapq s | mse s | gptq/lapq | gptq/mse | gptq − lapq |",
+                  "", "| code | seed | config | rounds | gptq s | lapq s | mse s | gptq/lapq | gptq/mse "
+                  "| gptq − lapq |",
                   "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         index = {(r["seed"], r["config"], r["method"], r.get("tag", "")): r for r in every}
         for (seed, cfg, m, tag), r in index.items():
