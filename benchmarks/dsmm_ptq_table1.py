@@ -143,6 +143,12 @@ def run(models: list[str], regs: list[str], seeds: list[int], methods: list[str]
                         result = quantize(net, splits.calib, config, seed=seed, progress=False)
                         acc = evaluate(result.model, splits.test, batch_size=256)["accuracy"]
                         data["runs"][key] = {"accuracy": acc, "seconds": time.perf_counter() - t0, "options": options}
+                        eq = (result.extra or {}).get("equalize")
+                        if eq:  # DFQ: what the equalization did (ReLU6 channels held at s = 1, pairs left alone)
+                            data["runs"][key]["equalize"] = {
+                                "pairs": len(eq["pairs"]), "sweeps": eq["sweeps"],
+                                "relu6_channels_held": eq.get("relu6_channels_held", {}),
+                                "left_alone": eq.get("left_alone", {})}
                         print(f"{key}: {100 * acc:.2f} % ({time.perf_counter() - t0:.1f} s)", flush=True)
                         OUT.parent.mkdir(parents=True, exist_ok=True)
                         OUT.write_text(json.dumps(data, indent=1) + "\n")
@@ -189,18 +195,39 @@ def report() -> str:
             secs.setdefault(f"{k.split('/')[0]} {k.split('/')[-1]}", []).append(v["seconds"])
     lines += ["Median seconds per quantization (calibration + method, one thread, busy machine): " + ", ".join(
         f"{k} {statistics.median(v):.1f}" for k, v in sorted(secs.items())) + ".", "",
-        "Notes. The DSMM models are the issue-17 pilot's (α learning rate 5, option `alpha_lr`, which main's DSMM "
-        "does not have yet): seeds after 0 cannot be trained here until that lands, so DSMM has n=1. "
-        "MobileNetV2-small: AdaRound and PD-Quant with 100 iterations per layer (`options` per run in the JSON); "
-        "its ReLU6 pairs are not equalized by learnq's CLE (not positively homogeneous), so DFQ there is mostly the "
-        "BN bias correction. At W2 learnq's symmetric grid has levels {-2, -1, 0, 1}·max|w| per tensor: most weights "
-        "round to 0, which is why naive, DFQ and SQuant (both keep the min-max range) collapse and the methods that "
-        "choose the range by MSE and learn the rounding do not.", "",
+        "Notes. Float models: seed 0 of L2 and DSMM are the issue-17 pilot's (DSMM α learning rate 5); LeNet seed 1 "
+        "of L2 and heavy L2 were trained here with the same recipe; the other LeNets (seed 2 of L2 and heavy L2, "
+        "seeds 1-2 of DSMM) are the issue-17 reproduction's scratch models (the same recipe, DSMM α learning rate 50; "
+        "both α learning rates bring α to its equilibrium α* within 5 epochs, BENCHMARKS.md's reproduction section). "
+        "Each float entry of the JSON names its file. MobileNetV2-small: AdaRound and PD-Quant with 100 iterations "
+        "per layer (`options` per run in the JSON). At W2 learnq's symmetric grid has levels {-2, -1, 0, 1}·max|w| "
+        "per tensor: most weights round to 0, which is why naive, DFQ and SQuant (both keep the min-max range) "
+        "collapse and the methods that choose the range by MSE and learn the rounding do not.", "",
+        *_relu6_notes(runs),
         "Document 000 (ImageNet-1K top-1 %, MobileNet-V2; columns FP32, naive, DFQ, AR, SQ, PD-Q):", ""]
     for table, rows in PAPER.items():
         for reg, vals in rows.items():
             lines.append(f"- {table}, {reg}: " + ", ".join(f"{v:.2f}" for v in vals))
     return "\n".join(lines) + "\n"
+
+
+def _relu6_notes(runs: dict[str, Any]) -> list[str]:
+    """MobileNetV2's DFQ rows: what CLE did through ReLU6, and the rows measured before it went through ReLU6."""
+    lines = []
+    for key, run in sorted(runs.items()):
+        eq = run.get("equalize")
+        if not key.endswith("/dfq") or not eq or not eq.get("relu6_channels_held"):
+            continue
+        held = sum(eq["relu6_channels_held"].values())
+        before = runs.get(key + "-relu6-skipped")
+        lines.append(f"- {key}: {100 * run['accuracy']:.2f} % with {eq['pairs']} pairs equalized, "
+                     f"{len(eq['relu6_channels_held'])} of them through ReLU6 with {held} channels held at s = 1 (BN "
+                     "statistics: clip at 6 reached)" + (f"; {100 * before['accuracy']:.2f} % when ReLU6 pairs were "
+                                                         "skipped" if before else ""))
+    if not lines:
+        return []
+    return ["DFQ through ReLU6 (MobileNetV2-small; `learnq/ptq/equalize.py`: a channel is scaled only where its "
+            "BatchNorm statistics say the clip never binds, β + 3γ <= 6, with s >= (β + 3γ)/6):", "", *lines, ""]
 
 
 BEGIN, END = "<!-- dsmm_ptq_table1.py: begin -->", "<!-- dsmm_ptq_table1.py: end -->"
