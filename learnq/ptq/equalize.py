@@ -18,7 +18,9 @@ same 3σ rule as the high-bias absorption), ``s_i·relu6(z/s_i) = clip(z, 0, 6·
 ``z ≤ min(6, 6·s_i)``. So a channel whose clip never binds (``u_i ≤ 6``) is equalized with ``s_i`` raised to at
 least ``u_i / 6`` (its clip stays above its range); a channel whose clip binds (``u_i > 6``) keeps ``s_i = 1``, and
 a ReLU6 pair whose first layer has no BatchNorm statistics is not equalized. ``equalize`` reports, per ReLU6 pair,
-how many channels were held at 1 and which pairs were left alone, and why.
+how many channels were held at 1 and which pairs were left alone, and why. Like the absorption's 3σ rule this is
+an approximation on real data, whose tails pass β + 3γ: on MobileNetV2-small (mnist5k) the float logits move by
+up to 2.7 (of 22.8) and the float accuracy stays 97.6 / 97.4-97.5 % (``benchmarks/relu6_cle_check.py``).
 
 **Equalization (Eq. 10-11).** With ``r1_i`` the range ``max|W1[i]|`` of output channel i of W1 and ``r2_i`` that
 of input channel i of W2, ``s_i = sqrt(r1_i · r2_i) / r2_i``; then ``W1[i] ← W1[i]/s_i``, ``b1_i ← b1_i/s_i``,
