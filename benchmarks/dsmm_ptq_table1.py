@@ -196,7 +196,8 @@ def report() -> str:
     lines += ["Median seconds per quantization (calibration + method, one thread, busy machine): " + ", ".join(
         f"{k} {statistics.median(v):.1f}" for k, v in sorted(secs.items())) + ".", "",
         "Notes. Float models: seed 0 of L2 and DSMM are the issue-17 pilot's (DSMM α learning rate 5); "
-        + _sources(runs) + " Each float entry of the JSON names its file. MobileNetV2-small: AdaRound and PD-Quant with 100 iterations "
+        + _sources(runs) + " Each float entry of the JSON names its file. MobileNetV2-small: AdaRound and PD-Quant "
+        "with 100 iterations "
         "per layer (`options` per run in the JSON). At W2 learnq's symmetric grid has levels {-2, -1, 0, 1}·max|w| "
         "per tensor: most weights round to 0, which is why naive, DFQ and SQuant (both keep the min-max range) "
         "collapse and the methods that choose the range by MSE and learn the rounding do not.", "",
