@@ -29,6 +29,13 @@ Tied parameters share one quantizer, hence one logit vector and (through the for
 forward in the model's latest forward (unused, e.g. a dropped layer), or that is frozen (``requires_grad=False``),
 gets no bits gradient: its term of ``M(b)`` is detached (the paper zeroes the bits gradient of dropped layers, §5.2).
 A parameter named in ``bits_overrides`` gets a fixed width (no logit; noise and eval at that width).
+
+Entropy-aware size (``DiffQ(size="entropy")``, issue 18; seeds/003 §5.6): the loss is ``task + λ·Ĥ`` with ``Ĥ`` the
+kernel density estimate of the entropy-coded size of the codes (:mod:`learnq.quantizers.entropy`, in MB like Eq. 8)
+in place of ``M(b)``. The level coordinates are those of the eval quantization with the real-valued widths,
+``u = (w - min)·(2^b_s - 1)/(max - min)``: the estimate is differentiable in ``w`` (through ``u`` and the range) and
+in the bits logits (through ``2^b_s``: more bits spread the codes over more levels, which raises the entropy), so
+the bits get the gradient of the coded size, and the weights one that concentrates them on fewer levels.
 """
 
 from __future__ import annotations
@@ -47,9 +54,10 @@ from learnq.granularity import Granularity
 from learnq.grid import range_group_params
 from learnq.quantizers.base import WeightQuantizer
 from learnq.quantizers.config import QATConfig, parse_granularity
+from learnq.quantizers.entropy import MB_BITS, entropy_penalty, soft_entropy_bits
 
 NOISES = ("gaussian", "uniform")
-MB_BITS = 2**23  # 1 MB = 8·2^20 bits (seeds/003, Eq. 8)
+SIZES = ("naive", "entropy")  # the size term: Eq. 8, or the estimated entropy-coded size (seeds/003 §5.6)
 
 
 def sample_noise(like: torch.Tensor, noise: str, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -74,6 +82,17 @@ def _extreme_indices(flat: torch.Tensor) -> torch.Tensor:
         values = flat.numpy()
         return torch.tensor([int(values.argmin()), int(values.argmax())])
     return torch.stack([torch.argmin(flat), torch.argmax(flat)])
+
+
+def level_coordinates(w: torch.Tensor, bits: torch.Tensor, granularity: Granularity) -> torch.Tensor:
+    """``u = (w - min)·(2^b_s - 1)/(max - min)``: the eval grid's level coordinates with real-valued widths ``bits``
+    (per group of ``granularity``), whose rounding is the eval code; differentiable in ``w`` and ``bits``. A constant
+    tensor has every ``u`` at 0 (it is stored as one value)."""
+    lo, hi = torch.aminmax(w)
+    width = hi - lo
+    if not bool(width > 0):
+        return torch.zeros_like(w)
+    return (w - lo) * (granularity.expand(2**bits - 1, w.shape) / width)
 
 
 class _PseudoQuantFn(torch.autograd.Function):
@@ -188,6 +207,11 @@ class DiffQQuantizer(WeightQuantizer):
         width = math.ceil(math.log2(1 + float(b.max()) - self.b_min))
         return 64 + 8 + b.numel() * width + int((self.group_counts * b).sum())
 
+    def soft_entropy_bits(self, x: torch.Tensor) -> torch.Tensor:
+        """The estimated entropy-coded size of the eval codes of ``x`` in bits (:mod:`learnq.quantizers.entropy`),
+        differentiable in ``x`` and the bits logits."""
+        return soft_entropy_bits(level_coordinates(x.float(), self.bits(), self.granularity))
+
     # -- forward ------------------------------------------------------------------------------------------------
     def train_forward(self, x: torch.Tensor) -> torch.Tensor:
         w = x.float()
@@ -237,7 +261,8 @@ class DiffQQuantizer(WeightQuantizer):
 class DiffQ(QATConfig):
     """DiffQ (seeds/003): pseudo-quantization noise, learned bits per group of ``group_size`` weights (0: one group
     per tensor) in ``[b_min, b_max]`` starting at ``init_bits``; ``penalty`` is λ of ``task + λ·M(b)`` (M in MB;
-    the package README's example value 1e-3 is the default)."""
+    the package README's example value 1e-3 is the default); ``size``: ``"naive"`` (Eq. 8) or ``"entropy"`` (the
+    estimated entropy-coded size, seeds/003 §5.6)."""
 
     method = "diffq"
     description = "DiffQ: pseudo-quantization noise, learned bits per group, size penalty (Défossez et al. 2022)"
@@ -249,6 +274,7 @@ class DiffQ(QATConfig):
     init_bits: float = 8.0
     noise: str = "gaussian"
     penalty: float = 1e-3
+    size: str = "naive"
 
     def validate(self) -> None:
         check_int("DiffQ", "group_size", self.group_size, 0)
@@ -262,6 +288,7 @@ class DiffQ(QATConfig):
                               f"got {self.init_bits!r}")
         check_choice("DiffQ", "noise", self.noise, NOISES)
         check_float("DiffQ", "penalty", self.penalty)
+        check_choice("DiffQ", "size", self.size, SIZES)
 
     @classmethod
     def from_granularity(cls, raw: str, options: Any) -> dict[str, Any]:
@@ -281,7 +308,11 @@ class DiffQ(QATConfig):
                           f"or options.group_size, not {raw!r}")
 
     def loss(self, quantizers: Sequence[WeightQuantizer]) -> torch.Tensor | None:
-        """``penalty·M(b)``, M in MB over the quantized parameters (Eq. 10); None when the penalty is 0."""
+        """``penalty·M(b)``, M in MB over the quantized parameters (Eq. 10), or with ``size="entropy"`` the
+        estimated entropy-coded size in MB (:func:`learnq.quantizers.entropy.entropy_penalty`); None when the penalty
+        is 0."""
+        if self.size == "entropy":
+            return entropy_penalty(quantizers, self.penalty)
         if not self.penalty or not quantizers:
             return None
         bits = sum((q.size_bits() for q in quantizers), torch.zeros((), device=quantizers[0]._device()))
@@ -291,4 +322,4 @@ class DiffQ(QATConfig):
         return DiffQQuantizer(x, self.group_size, self.b_min, self.b_max, self.init_bits, self.noise, fixed_bits=bits)
 
 
-__all__ = ["DiffQ", "DiffQQuantizer", "pseudo_quantize", "sample_noise", "MB_BITS"]
+__all__ = ["DiffQ", "DiffQQuantizer", "pseudo_quantize", "sample_noise", "level_coordinates", "MB_BITS", "SIZES"]
