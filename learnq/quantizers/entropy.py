@@ -19,9 +19,10 @@ of the codes of a density widened by ``σ²`` (variance in levels), ``H̃ - H �
 density of standard deviation ``s`` levels (0.02 bit at ``s = 3``, 0.5 bit at ``s = 0.6``): small when many levels
 are used, larger when a tensor uses two or three codes (tests/test_entropy_size.py states the tolerances).
 
-**Per tensor.** One histogram per tensor over the integer code values, groups of different widths (DiffQ) pooled, as
-the model file's entropy bound counts them; a histogram per group of 8 weights would cost more to store than it
-saves. Only the ``2R + 1`` levels nearest ``round(u)`` (``R = ceil(½ + 5σ)``) are evaluated per weight: the mass left
+**Per tensor.** One histogram per tensor over the integer code values (a histogram per group of 8 weights would cost
+more to store than it saves); DiffQ, whose groups have their own widths, uses one per tensor and width class
+(:func:`learnq.quantizers.diffq.width_class_entropy_bits`, the reasons there). :func:`soft_code_bits` gives each
+value's code length ``-Σ_k κ(u_i - k)·log2 p̃_k``; their sum is ``n·H(p̃)``. Only the ``2R + 1`` levels nearest ``round(u)`` (``R = ceil(½ + 5σ)``) are evaluated per weight: the mass left
 out is below ``Φ(-5) ≈ 3·10⁻⁷`` per weight and the histogram is renormalised. Memory and time ``O(n·(2R + 1))``.
 
 **The penalty.** ``weight · Σ_tensors n·H̃ / 2^23`` (MB, the unit of DiffQ's Eq. 8 and its λ), for DiffQ
@@ -46,28 +47,42 @@ MB_BITS = 2**23  # 1 MB = 8·2^20 bits (seeds/003, Eq. 8)
 _TAIL = 5.0  # levels evaluated per weight: |k - round(u)| <= ceil(½ + _TAIL·σ)
 
 
-def soft_histogram(u: torch.Tensor, bandwidth: float = BANDWIDTH) -> torch.Tensor:
-    """``p̃`` of the module docstring over the levels ``min(round(u)) - R .. max(round(u)) + R`` (1-D, sums to 1),
-    differentiable in ``u`` (any float dtype; float64 for finite-difference checks)."""
+def _soft_assign(u: torch.Tensor, bandwidth: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(mass, index, hist)``: ``κ(u_i - k)`` for the ``2R + 1`` levels ``k`` nearest ``round(u_i)`` (``(n, 2R+1)``),
+    their bins in ``hist`` and the normalised soft histogram ``p̃`` (levels ``min(round(u)) - R ..``)."""
     flat = u.reshape(-1)
-    if flat.numel() == 0:
-        return flat.new_ones(1)
     reach = math.ceil(0.5 + _TAIL * bandwidth)
     centre = torch.round(flat.detach())
-    low = centre.min()
     offsets = torch.arange(-reach, reach + 2, dtype=flat.dtype, device=flat.device) - 0.5  # 2R + 2 bin edges
     edges = (centre - flat).unsqueeze(1) + offsets  # (n, 2R + 2): k ± ½ - u for the 2R + 1 levels k near u
     cdf = torch.special.ndtr(edges / bandwidth)
     mass = cdf[:, 1:] - cdf[:, :-1]  # κ(u - k), (n, 2R + 1)
-    index = (centre - low).long().unsqueeze(1) + torch.arange(2 * reach + 1, device=flat.device)
+    index = (centre - centre.min()).long().unsqueeze(1) + torch.arange(2 * reach + 1, device=flat.device)
     size = int(index[:, -1].max()) + 1
     hist = torch.zeros(size, dtype=flat.dtype, device=flat.device).index_add(0, index.reshape(-1), mass.reshape(-1))
-    return hist / hist.sum()
+    return mass, index, hist / hist.sum()
+
+
+def soft_histogram(u: torch.Tensor, bandwidth: float = BANDWIDTH) -> torch.Tensor:
+    """``p̃`` of the module docstring over the levels ``min(round(u)) - R .. max(round(u)) + R`` (1-D, sums to 1),
+    differentiable in ``u`` (any float dtype; float64 for finite-difference checks)."""
+    if u.numel() == 0:
+        return u.new_ones(1)
+    return _soft_assign(u, bandwidth)[2]
 
 
 def entropy_of(p: torch.Tensor) -> torch.Tensor:
     """``-Σ p log2 p`` in bits (0·log 0 = 0, with a finite gradient at empty bins)."""
     return -(p * torch.log2(p.clamp_min(torch.finfo(p.dtype).tiny))).sum()
+
+
+def soft_code_bits(u: torch.Tensor, bandwidth: float = BANDWIDTH) -> torch.Tensor:
+    """Per value, the estimated code length ``-Σ_k κ(u_i - k)·log2 p̃_k`` in bits under the soft histogram of all of
+    ``u`` (shape of ``u`` flattened); their sum is :func:`soft_entropy_bits`."""
+    if u.numel() == 0:
+        return u.reshape(-1)
+    mass, index, p = _soft_assign(u, bandwidth)
+    return -(mass * torch.log2(p.clamp_min(torch.finfo(p.dtype).tiny))[index]).sum(1)
 
 
 def soft_entropy_bits(u: torch.Tensor, bandwidth: float = BANDWIDTH) -> torch.Tensor:
@@ -94,5 +109,6 @@ def entropy_penalty(quantizers: Sequence[WeightQuantizer], weight: float) -> tor
     return weight * total / MB_BITS
 
 
-__all__ = ["BANDWIDTH", "MB_BITS", "entropy_of", "entropy_penalty", "soft_entropy_bits", "soft_histogram",
+__all__ = ["BANDWIDTH", "MB_BITS", "entropy_of", "entropy_penalty", "soft_code_bits", "soft_entropy_bits",
+           "soft_histogram",
            "usage_entropy_bits"]
