@@ -48,7 +48,7 @@ JSON = RESULTS / "entropy.json"
 CACHE = Path(os.environ.get("LEARNQ_BENCH_CACHE", Path.home() / ".cache" / "learnq-bench")) / "entropy"
 BENCH_MD = Path(__file__).resolve().parent / "BENCHMARKS.md"
 BEGIN, END = "<!-- entropy.py: begin -->", "<!-- entropy.py: end -->"
-LAMBDAS = (3.0, 10.0, 30.0, 100.0)  # DiffQ's λ (loss per MB; LeNet's 61.5k weights are 0.06 MB at 8 bits)
+LAMBDAS = (10.0, 100.0, 300.0, 1000.0)  # DiffQ's λ (loss per MB; LeNet's 61.5k weights are 0.06 MB at 8 bits)
 ENTROPY_WEIGHTS = (30.0,)  # LSQ's entropy_weight (same unit)
 QUOTE = ("\"In equation 10, we only penalize the naive number of bits used, while asking for the best possible "
          "accuracy. In that case, the model maximally use the entropy capabilities for a given number of bits. An "
