@@ -155,7 +155,8 @@ def _train(config: QATConfig, steps: int = 150) -> tuple[float, float]:
         (loss + extra).backward()
         opt.step()
     model.eval()
-    bits = sum(entropy_bits(m.parametrizations.weight[0].export_quantized().index_codes()) for m in (model[0], model[2]))
+    bits = sum(entropy_bits(layer.parametrizations.weight[0].export_quantized().index_codes())
+               for layer in (model[0], model[2]))
     return bits / (16 * 32 + 32 * 4), loss.item()
 
 

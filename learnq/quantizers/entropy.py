@@ -22,8 +22,9 @@ are used, larger when a tensor uses two or three codes (tests/test_entropy_size.
 **Per tensor.** One histogram per tensor over the integer code values (a histogram per group of 8 weights would cost
 more to store than it saves); DiffQ, whose groups have their own widths, uses one per tensor and width class
 (:func:`learnq.quantizers.diffq.width_class_entropy_bits`, the reasons there). :func:`soft_code_bits` gives each
-value's code length ``-Σ_k κ(u_i - k)·log2 p̃_k``; their sum is ``n·H(p̃)``. Only the ``2R + 1`` levels nearest ``round(u)`` (``R = ceil(½ + 5σ)``) are evaluated per weight: the mass left
-out is below ``Φ(-5) ≈ 3·10⁻⁷`` per weight and the histogram is renormalised. Memory and time ``O(n·(2R + 1))``.
+value's code length ``-Σ_k κ(u_i - k)·log2 p̃_k``; their sum is ``n·H(p̃)``. Only the ``2R + 1`` levels nearest
+``round(u)`` (``R = ceil(½ + 5σ)``) are evaluated per weight: the mass left out is below ``Φ(-5) ≈ 3·10⁻⁷`` per
+weight and the histogram is renormalised. Memory and time ``O(n·(2R + 1))``.
 
 **The penalty.** ``weight · Σ_tensors n·H̃ / 2^23`` (MB, the unit of DiffQ's Eq. 8 and its λ), for DiffQ
 (``DiffQ(size="entropy")``) and as ``entropy_weight`` on LSQ, STE and DKM (whose estimate is the palette usage
