@@ -209,3 +209,16 @@ def test_options_are_checked_and_recorded() -> None:
     assert QATConfig.from_dict(config.to_dict()) == config
     old = {k: v for k, v in learnq.LSQ().to_dict().items() if k != "entropy_weight"}  # a config written before
     assert QATConfig.from_dict(old) == learnq.LSQ()
+
+
+def test_docs_example_runs(tmp_path, monkeypatch) -> None:
+    """The Python example of docs/qat.md's entropy section."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "qat.md").read_text(encoding="utf-8")
+    section = text[text.index("## Entropy-aware size"):]
+    block = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(block, {})  # noqa: S102
+    assert (tmp_path / "entropy.safetensors").exists()
