@@ -33,7 +33,7 @@ SUBMODULES = ("accounting", "act", "analysis", "atomic_file", "attach", "batches
               "checkpoint", "checks", "cli", "clipping", "clustering", "errors", "evaluation", "export", "fields",
               "file_layout", "file_records", "granularity", "grid", "layers", "model_file", "optim", "packing",
               "palette", "parametrization", "pipeline", "ptq", "qat", "quantized", "quantizers", "regularizers", "size",
-              "ste")
+              "ste", "entropy_codec")
 """The public subpackages and modules, each reachable as ``learnq.<name>`` after ``import learnq``."""
 
 LAZY_NAMES = {"PTQ": "learnq.ptq.config"}
