@@ -52,6 +52,7 @@ BENCH_MD = Path(__file__).resolve().parent / "BENCHMARKS.md"
 BEGIN, END = "<!-- entropy.py: begin -->", "<!-- entropy.py: end -->"
 LAMBDAS = (10.0, 100.0, 300.0, 1000.0)  # DiffQ's λ (loss per MB; LeNet's 61.5k weights are 0.06 MB at 8 bits)
 ENTROPY_WEIGHTS = (30.0,)  # LSQ's entropy_weight (same unit)
+FAST_LAMBDAS = (100.0, 1000.0)  # DiffQ with bits-logit lr 0.05
 QUOTE = ("\"In equation 10, we only penalize the naive number of bits used, while asking for the best possible "
          "accuracy. In that case, the model maximally use the entropy capabilities for a given number of bits. An "
          "interesting line of research would be to replace the model size equation 8 to account for the actual "
@@ -97,6 +98,16 @@ def points(epochs: int) -> list[tuple[str, str]]:
         for ew in ENTROPY_WEIGHTS:
             out.append((f"lsq-entropy w{bits} ew={ew:g}", f'method = "lsq"\nbits = {bits}\n'
                         f'options = {{ entropy_weight = {ew}, epochs = {epochs} }}\n'))
+    # added after seed 0: with bits-logit lr 0.01 the naive size stops at 4.0 bits for every λ >= 100 (Adam moves a
+    # logit by about its lr per step: 315 steps from 8 bits), so both sizes again with a faster bits lr
+    for lam in FAST_LAMBDAS:
+        for size in ("naive", "entropy"):
+            out.append((f"diffq-{size} λ={lam:g} lr=0.05",
+                        f'method = "diffq"\noptions = {{ penalty = {lam}, size = "{size}", quant_lr = 0.05, '
+                        f'epochs = {epochs} }}\n'))
+    for ew in (3.0, 300.0):
+        out.append((f"lsq-entropy w4 ew={ew:g}", f'method = "lsq"\nbits = 4\n'
+                    f'options = {{ entropy_weight = {ew}, epochs = {epochs} }}\n'))
     return out
 
 
@@ -210,7 +221,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def family(label: str) -> str:
-    return label.split(" ")[0]
+    return label.split(" ")[0] + (" lr=0.05" if label.endswith("lr=0.05") else "")
 
 
 def front(points_: list[dict[str, Any]]) -> list[dict[str, Any]]:
