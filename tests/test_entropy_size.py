@@ -222,3 +222,20 @@ def test_docs_example_runs(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     exec(block, {})  # noqa: S102
     assert (tmp_path / "entropy.safetensors").exists()
+
+
+def test_recipes_take_the_options_and_check_them() -> None:
+    # the options are config fields, so recipes (and `learnq run`) take them; a wrong value or type names the key
+    from recipe_util import tiny_recipe
+
+    from learnq.pipeline.recipe import parse_recipe
+
+    qat = parse_recipe(tiny_recipe(tables='[qat]\nmethod = "diffq"\noptions = { size = "entropy", penalty = 10.0 }\n'))
+    variant = parse_recipe(tiny_recipe(tables='[[variants]]\nmethod = "lsq"\nbits = 4\n'
+                                              'options = { entropy_weight = 30.0 }\n'))
+    assert qat.qat.options["size"] == "entropy" and variant.variants[0].options["entropy_weight"] == 30.0
+    for bad, what in (('options = { size = "zlib" }', "size"), ('options = { size = 1 }', "size")):
+        with pytest.raises(ConfigError, match=what):
+            parse_recipe(tiny_recipe(tables=f'[qat]\nmethod = "diffq"\n{bad}\n'))
+    with pytest.raises(ConfigError, match="entropy_weight"):
+        parse_recipe(tiny_recipe(tables='[[variants]]\nmethod = "ste"\nbits = 4\noptions = { entropy_weight = "a" }\n'))
