@@ -106,9 +106,6 @@ def points(epochs: int) -> list[tuple[str, str]]:
             out.append((f"diffq-{size} λ={lam:g} lr=0.05",
                         f'method = "diffq"\noptions = {{ penalty = {lam}, size = "{size}", quant_lr = 0.05, '
                         f'epochs = {epochs} }}\n'))
-    for ew in (3.0, 300.0):
-        out.append((f"lsq-entropy w4 ew={ew:g}", f'method = "lsq"\nbits = 4\n'
-                    f'options = {{ entropy_weight = {ew}, epochs = {epochs} }}\n'))
     return out
 
 
