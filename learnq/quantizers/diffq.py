@@ -101,12 +101,15 @@ def width_class_entropy_bits(w: torch.Tensor, bits: torch.Tensor, granularity: G
     soft_code_bits`). A group of real width ``b`` is priced between the integer widths ``floor(b)`` and
     ``floor(b) + 1`` (wholly at ``b`` when ``b`` is an integer, where ``b + 1`` still carries the derivative), so
     the bits' gradient is the difference of the group's coded cost at the two widths (about 1 bit per weight when
-    many levels are used, less at 2-3 bits); ``w`` gets its gradient through ``u``, the histograms and the range.
+    many levels are used, less at 2-3 bits); ``w`` gets its gradient through ``u`` and the histograms, not through
+    the range ``[min, max]``: a wider range puts every group on a coarser grid, so the size would fall fastest by
+    pushing the two extreme weights outward (measured on tests/test_entropy_size.py's MLP: the range grew 3.9x in 150
+    steps and the task loss 10x); the range stays the task's (it sets the noise).
     With every group at one integer width this is :func:`learnq.quantizers.entropy.soft_entropy_bits` of the codes.
     Modelling each class by the whole tensor keeps a class with few groups from looking cheap (a histogram of 8
     values has a low entropy, but costs its own storage). A constant tensor costs 0 bits (stored as one value)."""
     flat = w.reshape(-1)
-    lo, hi = torch.aminmax(flat)
+    lo, hi = torch.aminmax(flat.detach())  # the range is not trained by the size (see below)
     width = hi - lo
     if not bool(width > 0):
         return (flat * 0).sum()

@@ -7,7 +7,7 @@ Eq. 1 after normalisation by the range) or the signed symmetric grid; backward t
 
 ``entropy_weight`` (issue 18, default 0: no extra loss): adds ``entropy_weight·Ĥ`` to the loss, ``Ĥ`` the kernel
 density estimate of the entropy-coded size in MB of the codes ``(w - offset)/scale`` (:mod:`learnq.quantizers.entropy`;
-seeds/003 §5.6), differentiable in ``w`` (and through the min-max range): with the bits fixed, fewer codes used.
+seeds/003 §5.6), differentiable in ``w`` (not through the min-max range): with the bits fixed, fewer codes used.
 """
 
 from __future__ import annotations
@@ -83,9 +83,11 @@ class STEQuantizer(WeightQuantizer):
         return codes.clamp_(qmin, qmax).to(torch.int32), scale, offset, g
 
     def soft_entropy_bits(self, x: torch.Tensor) -> torch.Tensor:
-        """Estimated entropy-coded size of the codes of ``x`` in bits, differentiable in ``x`` (and its range)."""
+        """Estimated entropy-coded size of the codes of ``x`` in bits, differentiable in ``x`` (not through the
+        min-max range, which STE does not train: a wider range would lower the entropy by pushing the extreme
+        weights outward)."""
         rows = self.granularity.view(x.float())
-        scale, offset, qmin, qmax = minmax_grid(rows, self.bits, self.scheme)
+        scale, offset, qmin, qmax = minmax_grid(rows.detach(), self.bits, self.scheme)
         return soft_entropy_bits(((rows - offset.unsqueeze(1)) / scale.unsqueeze(1)).clamp(qmin, qmax))
 
     def _export_meta(self, x: torch.Tensor, codes: torch.Tensor) -> dict[str, Any]:
