@@ -245,10 +245,11 @@ def compare(summary: list[dict[str, Any]], slack: float = 0.5) -> list[dict[str,
     """Per entropy-aware DiffQ point: the naive-size DiffQ front's size at the same accuracy (linear along the front,
     None outside its accuracy range), and the smallest naive-size point within ±``slack`` pt of its accuracy (1,000
     test images: one image is 0.1 pt, the seed-to-seed std is 0.5-1 pt)."""
-    naive_points = [s for s in summary if s["family"].startswith("diffq-naive")]
+    naive_points = [s for s in summary if s["family"] in ("diffq-naive", "diffq-naive lr=0.05")]
     naive = front(naive_points)
     out = []
-    for p in sorted((s for s in summary if s["family"].startswith("diffq-entropy")), key=lambda s: s["size"]):
+    for p in sorted((s for s in summary if s["family"] in ("diffq-entropy", "diffq-entropy lr=0.05")),
+                    key=lambda s: s["size"]):
         other = size_at(naive, p["accuracy"])
         near = [q["size"] for q in naive_points if abs(q["accuracy"] - p["accuracy"]) <= slack]
         out.append({"label": p["label"], "accuracy": p["accuracy"], "size": p["size"], "naive_size": other,
@@ -264,7 +265,8 @@ def plot(summary: list[dict[str, Any]], path: Path) -> None:
     fig = _figure(8, 5)
     ax = fig.subplots()
     colors = {"diffq-naive": "tab:blue", "diffq-entropy": "tab:red", "diffq-naive lr=0.05": "tab:cyan",
-              "diffq-entropy lr=0.05": "tab:pink", "lsq": "tab:green", "ste": "tab:orange", "lsq-entropy": "tab:olive"}
+              "diffq-entropy lr=0.05": "tab:pink", "lsq": "tab:green", "ste": "tab:orange", "lsq-entropy": "tab:olive",
+              "diffq-entropy-rangegrad": "tab:gray"}
     for fam, color in colors.items():
         pts = sorted((s for s in summary if s["family"] == fam), key=lambda s: s["size"])
         if pts:
