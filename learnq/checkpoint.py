@@ -26,7 +26,7 @@ dict without its defaults: ``bits``, ``method`` ("minmax"), ``scheme`` ("symmetr
 ``granularity`` ("tensor"), ``dtype`` ("float32"), ``offset`` (false; true: offsets stored), ``range`` (false; true:
 the range is stored instead of steps and offsets), ``widths`` (none; ``[smallest, bits]`` of the per-group widths),
 ``extra`` ({}) and ``codec`` (none; ``["ans", 1]``: the codes are entropy-coded, :mod:`learnq.entropy_codec`: the
-``uint8`` slice holds the packed widths then the coded bytes, a third slice of the ``int32`` blob the histograms, and
+``uint8`` slice holds the packed widths then the coded bytes, a second ``uint8`` slice the histograms, and
 the record adds the coded byte count, the histogram length and the CRC-32 of the packed codes). Slice offsets are not
 stored: they follow from the records, which must tile every blob exactly.
 

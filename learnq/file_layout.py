@@ -11,7 +11,7 @@ tensor (:mod:`learnq.palette`: DKM, k-means, iPQ) stores its indices, one per ``
 ``uint8`` slice and its LUT, ``(n_groups, k, d)`` values, in a slice of the blob of the LUT's dtype (``float32`` or
 ``float16``); its grid record says ``"palette": [k, d, dtype]``. With ``codec="ans"`` (:mod:`learnq.entropy_codec`)
 the packed code streams are entropy-coded when that makes the tensor smaller: the ``uint8`` slice then holds the
-packed widths and the coded bytes, a third slice (``int32``) the per-stream histograms, and the grid record says
+packed widths and the coded bytes, a third slice (``uint8``) the per-stream histograms, and the grid record says
 ``"codec": ["ans", 1]``.
 """
 
@@ -32,7 +32,7 @@ from learnq.packing import pack, pack_checked, packed_nbytes, unpack
 from learnq.palette import PALETTE_DTYPES, check_vectors
 
 # the blobs of packed widths and codes (or coded ones), of steps, offsets and ranges, and of entropy models
-PACKED, PARAMS, MODEL = "uint8", "float32", "int32"
+PACKED, PARAMS, MODEL = "uint8", "float32", "uint8"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 BLOBS = {"bool": "BOOL", "uint8": "U8", "int8": "I8", "int16": "I16", "int32": "I32", "int64": "I64",  # safetensors
          "uint16": "U16", "uint32": "U32", "uint64": "U64", "float16": "F16", "bfloat16": "BF16", "float32": "F32",
@@ -379,7 +379,7 @@ def _decoded(name: str, packed: torch.Tensor, coded: tuple[torch.Tensor, int] | 
 def decode(name: str, grid: dict, shape: tuple[int, ...], code_bytes: int | None, packed: torch.Tensor,
            params: torch.Tensor, coded: tuple[torch.Tensor, int] | None = None) -> QuantizedTensor:
     """The quantized tensor ``name`` from its checked uint8 and float32 slices (inverse of :func:`encode`);
-    ``coded``: the int32 model slice and the packed codes' CRC-32 of an entropy-coded tensor."""
+    ``coded``: the uint8 model slice and the packed codes' CRC-32 of an entropy-coded tensor."""
     gran, n = grid["granularity"], grid["granularity"].num_groups(shape)
     if grid["palette"] is not None:
         k, d, _ = grid["palette"]

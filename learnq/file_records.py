@@ -2,7 +2,7 @@
 
 A record is ``[name, shape, crc32, dtype]`` for a tensor stored as is and ``[name, shape, crc32, grid index]`` (plus
 the byte count of its packed codes when it has per-group widths, then, when its codes are entropy-coded, the coded
-byte count, the length of its int32 model and the CRC-32 of its packed codes) for a quantized one;
+byte count, the byte count of its model and the CRC-32 of its packed codes) for a quantized one;
 ``[name, shape, crc32, "tied", first]`` names a tied parameter already stored under ``first`` (an earlier record,
 same shape and crc32; no bytes).
 Slice offsets are not stored: :func:`place_records` follows the records through the per-dtype blobs, :func:`locate`

@@ -8,6 +8,7 @@ from __future__ import annotations
 import builtins
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -139,9 +140,9 @@ def test_edge_cases_round_trip(case, tmp_path):
     packed, coded, report = _round_trip(_holder(*shape), None, tmp_path, None, quantized={"w": qt})
     t = report.tensors[0]
     assert t.stored_bytes <= t.packed_bytes  # never bigger than packed: packed kept when ans does not pay
-    if case == "one-symbol":  # 1000 codes of one value: no coded words, the model [lo, 1, 1000] (12 bytes)
+    if case == "one-symbol":  # 1000 codes of one value: no coded words, the model lo, k = 1, one count (7 bytes)
         assert coded.codecs == {"w": "ans"} and coded.slices["w"][0].nbytes == 0
-        assert coded.slices["w"][2].nbytes == 12
+        assert coded.slices["w"][2].nbytes == 7
     if case in ("empty", "one-value", "two-values", "all-256", "16-bit"):  # nothing to gain: stored packed
         assert coded.codecs == {}
         assert (tmp_path / "a.lq").read_bytes() == (tmp_path / "p.lq").read_bytes()
@@ -155,7 +156,7 @@ def test_coded_size_within_5_percent_of_a_hand_computed_entropy(tmp_path):
     qt = _plain(codes, 4)  # 4-bit codes: packed 20,000 bytes
     report = save(_holder(n), tmp_path / "a.lq", quantized={"w": qt}, codec="ans", report=True)
     t = report.tensors[0]
-    model_bytes = 4 * (2 + 4)  # [lo, k, c0..c3]
+    model_bytes = 6 + 4  # lo (2 bytes), k (4 bytes), one byte per count
     assert t.packed_bytes == n // 2 + 4 and t.naive_bits == 4 * n + 32
     assert t.bound_bits == pytest.approx(1.75 * n + 8 * model_bytes + 32, rel=1e-12)
     coded = t.stored_bytes - 4 - model_bytes  # minus the float32 step and the model
@@ -170,9 +171,22 @@ def test_stream_model_is_the_histogram(tmp_path):
     mf = read(tmp_path / "a.lq")
     data = (tmp_path / "a.lq").read_bytes()
     model = mf.slices["w"][2]
-    assert model.blob == "int32"
-    assert torch.frombuffer(bytearray(data[model.start:model.stop]), dtype=torch.int32).tolist() == [1, 3, 150, 50,
-                                                                                                     100]
+    assert model.blob == "uint8"
+    # lo = 1 (uint16), k = 3 (uint32), counts 150, 50, 100 -> 150 ~ (8 + 1)·2^4 = 144 (q = 8·5 + 1),
+    # 50 = 12.5·2^2 -> (8 + 5)·2^2 = 52 (halves round up; q = 8·3 + 5), 100 = 12.5·2^3 -> 104 (q = 8·4 + 5)
+    assert list(data[model.start:model.stop]) == [1, 0, 3, 0, 0, 0, 41, 29, 37]
+    assert entropy_codec.dequantize_counts(np.array([41, 29, 37])).tolist() == [144, 52, 104]
+
+
+def test_count_quantization_by_hand_and_its_error_bound():
+    c = np.arange(0, 200_000)
+    q = entropy_codec.quantize_counts(c)
+    back = entropy_codec.dequantize_counts(q)
+    assert np.array_equal(back[:16], c[:16])  # exact below 16
+    assert (back[1:] > 0).all() and back[0] == 0
+    assert (np.abs(back[16:] - c[16:]) <= c[16:] / 16).all()  # nearest of (8 + m)·2^e: half a step of 1/8
+    assert (np.diff(back) >= 0).all()  # monotone
+    assert entropy_codec.quantize_counts(np.array([2**31 - 1]))[0] == 8 * 29 + 0  # 2^31 = 8·2^28
 
 
 def test_damaged_coded_bytes_fail_the_crc(tmp_path):
@@ -237,7 +251,7 @@ def test_size_report_packed_file_has_the_bound_the_coder_reaches(tmp_path):
     p = counts[counts > 0] / 20_000
     h = float(-(p * torch.log2(p)).sum()) * 20_000
     span = int(codes.max()) - int(codes.min()) + 1
-    assert coded.bound_bits == pytest.approx(h + 32 * (2 + span) + 32, rel=1e-9)
+    assert coded.bound_bits == pytest.approx(h + 8 * (6 + span) + 32, rel=1e-9)
     assert 8 * coded.stored_bytes <= coded.bound_bits * 1.05 + 8 * 16
     assert math.isclose(read(tmp_path / "a.lq").size.bound_bytes, coded.bound_bits / 8)
 
