@@ -128,7 +128,10 @@ def full_name(module_name: str, attr: str) -> str:
 def parameter_of(model: nn.Module, name: str) -> torch.Tensor | None:
     """The tensor stored under ``name``: a parametrized tensor's ``original``, else the parameter or buffer."""
     module_name, attr = split_name(name)
-    module = get_module(model, module_name)
+    return _stored(get_module(model, module_name), attr)
+
+
+def _stored(module: nn.Module, attr: str) -> torch.Tensor | None:
     if parametrize.is_parametrized(module, attr):
         return module.parametrizations[attr].original  # type: ignore[index]
     return module._parameters.get(attr, module._buffers.get(attr))
@@ -147,8 +150,11 @@ def holders(model: nn.Module, name: str, index: dict[int, list[Holder]] | None =
 def tied_groups(model: nn.Module, names: list[str]) -> list[list[str]]:
     """``names`` grouped by the tensor they name (a tied parameter's names form one group), in order."""
     groups: dict[int, list[str]] = {}
+    modules = dict(model.named_modules(remove_duplicate=False))  # once, not a submodule lookup per name
     for name in names:
-        tensor = parameter_of(model, name)
+        module_name, attr = split_name(name)
+        module = modules.get(module_name)
+        tensor = parameter_of(model, name) if module is None else _stored(module, attr)
         groups.setdefault(id(tensor) if tensor is not None else id(name), []).append(name)
     return list(groups.values())
 
@@ -198,7 +204,8 @@ def quantized_parameters(model: nn.Module) -> Iterator[tuple[str, QuantizedTenso
     """Every parameter of ``model`` whose last parametrization exports a quantized tensor, with that tensor.
 
     Parametrizations before the quantizer (e.g. SatNL's saturation) are applied to the original first, so the
-    exported tensor is what the quantizer saw.
+    exported tensor is what the quantizer saw. The tensors come from the quantizers' export caches
+    (:meth:`WeightParametrization.cached_export`): treat them as read-only.
     """
     for module_name, module in model.named_modules():
         plists = getattr(module, "parametrizations", None)
@@ -212,15 +219,17 @@ def quantized_parameters(model: nn.Module) -> Iterator[tuple[str, QuantizedTenso
                 x = plist.original
                 for p in list(plist)[:-1]:
                     x = p(x)
-                qt = last.export_quantized(x)
+                qt = last.cached_export(x) if isinstance(last, WeightParametrization) else last.export_quantized(x)
             yield (f"{module_name}.{param}" if module_name else param), qt
 
 
-def plain_state(model: nn.Module, known: Mapping[str, object] | None = None) -> dict[str, torch.Tensor]:
+def plain_state(model: nn.Module, known: Mapping[str, object] | None = None,
+                full_state: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The model's state under its plain (unparametrized) names, each parametrized tensor as it is computed now
-    (``known``: parametrized tensors the caller has in another form, e.g. quantized; given as they are there)."""
+    (``known``: parametrized tensors the caller has in another form, e.g. quantized; given as they are there;
+    ``full_state``: ``model.state_dict()`` when the caller has it)."""
     state: dict[str, torch.Tensor] = {}
-    for key, value in model.state_dict().items():
+    for key, value in (model.state_dict() if full_state is None else full_state).items():
         if ".parametrizations." not in f".{key}":
             state[key] = value
     for module_name, module in model.named_modules():
@@ -241,7 +250,8 @@ def model_entries(model: nn.Module,
                   quantized: Mapping[str, QuantizedTensor] | None = None) -> dict[str, QuantizedTensor | torch.Tensor]:
     """What :func:`learnq.save` writes: every tensor of ``plain_state(model)``, quantized ones as QuantizedTensor."""
     qts = dict(quantized_parameters(model))
-    state = plain_state(model, known=qts)  # a quantized tensor's dequantized value is not needed here
+    full_state = model.state_dict()  # once: it walks every module
+    state = plain_state(model, known=qts, full_state=full_state)  # a quantized tensor's value is not needed here
     for name, qt in (quantized or {}).items():
         if name not in state:
             raise ConfigError(f"quantized= names {name!r}, which is not a parameter or buffer of the model")
@@ -253,7 +263,7 @@ def model_entries(model: nn.Module,
         qts[name] = qt
     # model order: a parametrized tensor at the place of its ``<module>.parametrizations.<param>.original`` key
     order: list[str] = []
-    for key in model.state_dict():
+    for key in full_state:
         head, sep, tail = f".{key}".partition(".parametrizations.")
         name = f"{head}.{tail.partition('.')[0]}"[1:] if sep else key
         if name in state and name not in order:
