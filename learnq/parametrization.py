@@ -47,12 +47,15 @@ class WeightParametrization(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.name = ""  # the parameter's name, for messages (set by whoever attaches it)
-        self._sources: list[torch.Tensor] | None = None  # [original, tensors of earlier parametrizations]
-        self._pre: list[nn.Module] = []  # parametrizations registered before this one
-        self._cache: tuple | None = None  # (meta, ((tensor, version, data_ptr), ...), value, value's version)
-        self._export_cache: tuple | None = None  # (meta, ((tensor, version, data_ptr), ...), qt, qt's versions)
-        self.computations = 0  # how many times the quantized value was computed (cache misses)
+        # plain attributes (no tensor, no module) straight into __dict__: nn.Module.__setattr__'s checks cost more
+        # than the rest of a small parametrization's construction, which load repeats per quantized tensor
+        self.__dict__.update(
+            name="",  # the parameter's name, for messages (set by whoever attaches it)
+            _sources=None,  # [original, tensors of earlier parametrizations]
+            _pre=[],  # parametrizations registered before this one
+            _cache=None,  # (meta, ((tensor, version, data_ptr), ...), value, value's version)
+            _export_cache=None,  # (meta, ((tensor, version, data_ptr), ...), qt, qt's versions)
+            computations=0)  # how many times the quantized value was computed (cache misses)
 
     # -- to implement -------------------------------------------------------------------------------------------
     def export_quantized(self, x: torch.Tensor | None = None) -> QuantizedTensor:

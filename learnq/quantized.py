@@ -29,19 +29,16 @@ class QuantizedWeight(WeightParametrization):
     def __init__(self, qt: QuantizedTensor, copy: bool = True) -> None:
         super().__init__()
         own = (lambda t: t.clone()) if copy else (lambda t: t)  # copy=False: ``qt`` is handed over (load)
-        self.register_buffer("codes", own(qt.codes.to(torch.int32)))
-        self.register_buffer("scale", own(qt.scale.float()))
-        self.register_buffer("offset", own(qt.offset.float()))
-        self.register_buffer("group_bits", None if qt.group_bits is None else own(qt.group_bits))
-        self.register_buffer("value_range", None if qt.value_range is None else own(qt.value_range.float()))
-        self.register_buffer("palette", None if qt.palette is None else own(qt.palette))
-        self.granularity: Granularity = qt.granularity
-        self.bits = qt.bits
-        self.qmin = qt.qmin
-        self.scheme = qt.scheme
-        self.method = qt.method
-        self.out_dtype = qt.dtype
-        self.extra = dict(qt.extra)
+        # the buffers (persistent) straight into _buffers: register_buffer's name checks (a failing hasattr, i.e. an
+        # AttributeError raised and caught, per buffer) cost more than the rest of the constructor
+        self._buffers.update(
+            codes=own(qt.codes.to(torch.int32)), scale=own(qt.scale.float()), offset=own(qt.offset.float()),
+            group_bits=None if qt.group_bits is None else own(qt.group_bits),
+            value_range=None if qt.value_range is None else own(qt.value_range.float()),
+            palette=None if qt.palette is None else own(qt.palette))
+        self.__dict__.update(granularity=qt.granularity, bits=qt.bits, qmin=qt.qmin, scheme=qt.scheme,  # plain
+                             method=qt.method, out_dtype=qt.dtype, extra=dict(qt.extra))  # values (see the base)
+        self.granularity: Granularity
 
     def quantized(self) -> QuantizedTensor:
         return QuantizedTensor(codes=self.codes, scale=self.scale, offset=self.offset, granularity=self.granularity,
@@ -85,7 +82,11 @@ def split_name(name: str) -> tuple[str, str]:
     return module_name, param
 
 
-def get_module(model: nn.Module, module_name: str) -> nn.Module:
+def get_module(model: nn.Module, module_name: str, modules: Mapping[str, nn.Module] | None = None) -> nn.Module:
+    """The submodule ``module_name`` (``modules``: ``dict(model.named_modules(remove_duplicate=False))`` when the
+    caller looks up many names)."""
+    if modules is not None and module_name in modules:
+        return modules[module_name]
     try:
         return model.get_submodule(module_name) if module_name else model
     except AttributeError as exc:
@@ -125,10 +126,10 @@ def full_name(module_name: str, attr: str) -> str:
     return f"{module_name}.{attr}" if module_name else attr
 
 
-def parameter_of(model: nn.Module, name: str) -> torch.Tensor | None:
+def parameter_of(model: nn.Module, name: str, modules: Mapping[str, nn.Module] | None = None) -> torch.Tensor | None:
     """The tensor stored under ``name``: a parametrized tensor's ``original``, else the parameter or buffer."""
     module_name, attr = split_name(name)
-    return _stored(get_module(model, module_name), attr)
+    return _stored(get_module(model, module_name, modules), attr)
 
 
 def _stored(module: nn.Module, attr: str) -> torch.Tensor | None:
@@ -137,11 +138,12 @@ def _stored(module: nn.Module, attr: str) -> torch.Tensor | None:
     return module._parameters.get(attr, module._buffers.get(attr))
 
 
-def holders(model: nn.Module, name: str, index: dict[int, list[Holder]] | None = None) -> list[Holder]:
+def holders(model: nn.Module, name: str, index: dict[int, list[Holder]] | None = None,
+            modules: Mapping[str, nn.Module] | None = None) -> list[Holder]:
     """Every holder of the Parameter ``name`` (``name``'s own first): more than one for a tied parameter."""
     module_name, attr = split_name(name)
-    module = get_module(model, module_name)
-    tensor = parameter_of(model, name)
+    module = get_module(model, module_name, modules)
+    tensor = _stored(module, attr)
     found = (index if index is not None else holders_index(model)).get(id(tensor), []) if tensor is not None else []
     own = [h for h in found if h[1] is module and h[2] == attr] or [(module_name, module, attr)]
     return own + [h for h in found if not (h[1] is module and h[2] == attr)]
@@ -166,19 +168,19 @@ def tied_aliases(model: nn.Module, names: list[str]) -> dict[str, str]:
 
 
 def attach_quantized(model: nn.Module, name: str, qt: QuantizedTensor, *, index: dict[int, list[Holder]] | None = None,
-                     take: bool = False) -> None:
+                     take: bool = False, modules: Mapping[str, nn.Module] | None = None) -> None:
     """Make parameter ``name`` (e.g. ``"fc.weight"``) of ``model`` the frozen quantized tensor ``qt``.
 
     Any parametrization already on it is removed first (its current value is discarded: ``qt`` is the truth). A
     tied parameter gets one :class:`QuantizedWeight` registered on every module holding it, so all of them compute
     with the same codes. The dequantized values are written into the parameter's own storage when it is a plain
     float32 tensor of the right shape, and are the parametrization's cached value (no second copy).
-    ``index``: :func:`holders_index` of ``model`` when the caller attaches many tensors (load); ``take``: ``qt``'s
-    tensors are handed over, not copied.
+    ``index``: :func:`holders_index` of ``model`` and ``modules`` its ``named_modules(remove_duplicate=False)``
+    when the caller attaches many tensors (load); ``take``: ``qt``'s tensors are handed over, not copied.
     """
     module_name, param = split_name(name)
-    module = get_module(model, module_name)
-    every = holders(model, name, index)
+    module = get_module(model, module_name, modules)
+    every = holders(model, name, index, modules)
     for _, hmod, hattr in every:
         if parametrize.is_parametrized(hmod, hattr):
             parametrize.remove_parametrizations(hmod, hattr, leave_parametrized=False)
