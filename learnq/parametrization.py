@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from learnq.errors import ConfigError
 from learnq.grid import QuantizedTensor
@@ -173,10 +174,36 @@ class WeightParametrization(nn.Module):
             return self.current_input()
 
 
+class LeanParametrizationList(parametrize.ParametrizationList):
+    """torch's ``ParametrizationList`` with a leaner forward for a single tensor: the same parametrizations called
+    in the same order through their ``__call__`` (hooks included) on ``original``, without the per-access
+    ``ModuleList`` indexing and the ``hasattr`` probe that ends torch's loop by raising and catching an
+    AttributeError. Every access of a parametrized weight (each forward of each layer) runs it."""
+
+    def forward(self) -> torch.Tensor:
+        if not self.is_tensor:
+            return super().forward()
+        x = self._parameters.get("original")
+        if x is None:
+            x = self._buffers["original"]
+        for module in self._modules.values():
+            x = module(x)
+        return x
+
+
+def register(module: nn.Module, name: str, parametrization: nn.Module, *, unsafe: bool = True) -> None:
+    """``torch.nn.utils.parametrize.register_parametrization`` (learnq's one way to attach a parametrization), with
+    the list made a :class:`LeanParametrizationList` (same values, less Python per weight access)."""
+    parametrize.register_parametrization(module, name, parametrization, unsafe=unsafe)
+    plist = module.parametrizations[name]  # type: ignore[index]
+    if type(plist) is parametrize.ParametrizationList:
+        plist.__class__ = LeanParametrizationList
+
+
 def _versions(qt: QuantizedTensor) -> tuple:
     """The in-place versions of a quantized tensor's tensors (a cached export written into is computed again)."""
     return tuple(None if t is None else t._version
                  for t in (qt.codes, qt.scale, qt.offset, qt.group_bits, qt.value_range, qt.palette))
 
 
-__all__ = ["WeightParametrization"]
+__all__ = ["LeanParametrizationList", "WeightParametrization", "register"]

@@ -19,7 +19,7 @@ from torch.nn.utils import parametrize
 from learnq.errors import ConfigError
 from learnq.granularity import Granularity
 from learnq.grid import QuantizedTensor
-from learnq.parametrization import WeightParametrization
+from learnq.parametrization import WeightParametrization, register
 
 
 class QuantizedWeight(WeightParametrization):
@@ -198,7 +198,7 @@ def attach_quantized(model: nn.Module, name: str, qt: QuantizedTensor, *, index:
             current.data = qt.dequantize().to(device=current.device, dtype=current.dtype)
     qw = QuantizedWeight(qt, copy=not take).to(current.device)
     for _, hmod, hattr in every:
-        parametrize.register_parametrization(hmod, hattr, qw, unsafe=True)
+        register(hmod, hattr, qw)
     qw.seed_cache(current)
 
 
