@@ -47,9 +47,9 @@ import torch
 from torch import nn
 
 try:
-    from speed_table import PARTS, measure_table, table_lines
+    from speed_table import PARTS, floor_lines, measure_table, table_lines
 except ImportError:  # imported as benchmarks.speed
-    from benchmarks.speed_table import PARTS, measure_table, table_lines
+    from benchmarks.speed_table import PARTS, floor_lines, measure_table, table_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -317,6 +317,9 @@ def section(speed: dict[str, Any], packing: dict[str, Any], qat: dict[str, Any],
              "measured side by side in one process (interleaved rounds) are more reliable than absolute times, "
              "which move by up to 25 % between runs.")
     table = table_lines(speed["table"]) + [""] if "table" in speed else []
+    floors_path = RESULTS / "speed_floors.json"
+    if "table" in speed and floors_path.is_file():
+        table += floor_lines(speed["table"], json.loads(floors_path.read_text())) + [""]
     parts = [intro, "", *table, *files_table(speed), "", *packing_table(packing), "", *qat_tables(qat), "",
              *ptq_table(ptq)]
     wrap = {"width": 118, "break_long_words": False, "break_on_hyphens": False}

@@ -38,11 +38,11 @@ from torch import nn
 
 #: row -> (what, goal ratio or None); the goal is the issue's
 GOALS: dict[str, tuple[str, float | None]] = {
-    "save_resnet20": ("`learnq.save` vs `torch.save`, ResNet-20 W4A8", 1.5),
+    "save_resnet20": ("`learnq.save` vs `torch.save`, ResNet-20 W4A8 (saved again, unchanged: export cached)", 1.5),
     "save_mlp10m": ("`learnq.save` vs `torch.save`, 10.2M MLP 4-bit", 1.5),
     "save_resnet20_cold": ("`learnq.save` vs `torch.save`, ResNet-20 W4A8, first save after a change (no cached "
                            "export)", 1.5),
-    "save_diffq16m": ("`learnq.save` vs `torch.save`, DiffQ mixed widths 16M", 2.0),
+    "save_diffq16m": ("`learnq.save` vs `torch.save`, DiffQ mixed widths 16M (saved again: export cached)", 2.0),
     "save_diffq16m_cold": ("`learnq.save` vs `torch.save`, DiffQ 16M, first save after a change", 2.0),
     "load_resnet20": ("`learnq.load(path, model)` vs `torch.load` + `load_state_dict`, ResNet-20", 1.5),
     "load_mlp10m": ("`learnq.load(path, model)` vs `torch.load` + `load_state_dict`, 10.2M MLP", 1.5),
@@ -367,4 +367,29 @@ def table_lines(table: dict[str, Any]) -> list[str]:
         lines.append(f"| {s['parameters']:,} | {s['save_ns_per_param']:.2f} ({s['torch_save_ns_per_param']:.2f}) | "
                      f"{s['save']['ratio_median']:.2f}x | {s['load_ns_per_param']:.2f} "
                      f"({s['torch_load_ns_per_param']:.2f}) | {s['load']['ratio_median']:.2f}x |")
+    return lines
+
+
+def floor_lines(table: dict[str, Any], floors: dict[str, Any]) -> list[str]:
+    """Markdown: for each row whose goal is not met, the measured ratio next to the floor's (``speed_floors.py``)."""
+    parts = floors.get("parts", {})
+    loads = [p["loadavg_start"][0] for p in parts.values()] + [p["loadavg_end"][0] for p in parts.values()]
+    load = f"; load average {min(loads):.1f}-{max(loads):.1f} (1 min)" if loads else ""
+    lines = ["**Floors of the goals not met** (`benchmarks/results/speed_floors.json`, `python benchmarks/"
+             f"speed_floors.py`; the same method as the table{load}): the ratio of the part of the path that no "
+             "learnq change removes, against the same baseline. A goal below its floor cannot be met by this "
+             "design on this CPU.", "",
+             "| path | measured | floor | goal | the floor is |", "| --- | ---: | ---: | ---: | --- |"]
+    for key, (what, goal) in table["goals"].items():
+        row, floor = table["rows"].get(key), floors.get("rows", {}).get(key)
+        if row is None or floor is None or (goal is not None and row["ratio_median"] <= goal):
+            continue
+        extra = ""
+        if key == "lapq_vs_mse":
+            extra = (f" (Lp sweep {floor['lp_sweep_s']:.2f} s + evaluations {floor['evaluate_s']:.2f} s; LAPQ "
+                     f"{floor['lapq_s']:.2f} s, MSE {floor['mse_s']:.2f} s)")
+        elif "learnq_ms" in floor:
+            extra = f" ({floor['learnq_ms']:.3g} ms vs {floor['baseline_ms']:.3g} ms)"
+        lines.append(f"| {what} | {row['ratio_median']:.2f}x | {floor['ratio_median']:.2f}x | {goal}x | "
+                     f"{floor['what']}{extra} |")
     return lines
