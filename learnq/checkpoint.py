@@ -180,6 +180,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, strict: boo
         raise CheckpointError(f"{mf.path!r} does not fit the model: {'; '.join(wrong)}")
     model.to(device)
     index = holders_index(model)  # once: attach_quantized would walk the model once per tensor
+    modules = dict(model.named_modules(remove_duplicate=False))  # once: no submodule lookup per tensor
     for group in tied_groups(model, names):  # a tied parameter: one value for every holder, set once
         name = group[0]
         split = [other for other in group[1:] if not same_entry(mf.entries[name], mf.entries[other])]
@@ -191,14 +192,14 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, strict: boo
                 "the model again and save it")
         value = mf.entries[name]
         if isinstance(value, QuantizedTensor):
-            attach_quantized(model, name, value, index=index, take=True)  # on every holder; mf is ours
+            attach_quantized(model, name, value, index=index, take=True, modules=modules)  # every holder; mf is ours
             continue
-        for _, hmod, hattr in holders(model, name, index):
+        for _, hmod, hattr in holders(model, name, index, modules):
             if parametrize.is_parametrized(hmod, hattr):
                 parametrize.remove_parametrizations(hmod, hattr, leave_parametrized=False)
         module_name, param = split_name(name)
         with torch.no_grad():
-            getattr(get_module(model, module_name), param).data = value.clone()
+            getattr(get_module(model, module_name, modules), param).data = value.clone()
     return model
 
 

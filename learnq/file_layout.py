@@ -22,6 +22,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from learnq import entropy_codec
@@ -87,12 +88,14 @@ def pack_codes(qt: QuantizedTensor, name: str = "tensor") -> torch.Tensor:
             raise QuantizationError(f"{name}: codes - qmin must lie in [0, {top}] for {qt.bits} bits; "
                                     f"found [{low}, {high}] (check qmin and bits)")
         return pack_checked(stored, qt.bits)
-    stored = qt.stored_codes().detach().cpu()
+    stored = (qt.codes if qt.qmin == 0 else qt.stored_codes()).detach().cpu()  # read only: no copy for qmin 0
     if stored.dtype in (torch.uint16, torch.uint32, torch.uint64) or stored.is_floating_point():
         stored = stored.to(torch.int64)
     widths = group_widths(qt, name)
     rows = qt.granularity.view(stored)  # (n_groups, group_len)
     mask = qt.granularity.group_mask(qt.shape)
+    if bool(mask.all()):
+        return _pack_full_groups(rows, widths, name)
     limit = (2**widths - 1).unsqueeze(1)
     bad = (rows < 0) | (rows > limit)
     if bool((bad if bool(mask.all()) else bad[mask]).any()):
@@ -101,6 +104,25 @@ def pack_codes(qt: QuantizedTensor, name: str = "tensor") -> torch.Tensor:
     for w, block, keep in _width_blocks(widths, rows, mask):  # one stream per width, widths ascending
         flat = block.reshape(-1) if keep is None else block[keep]
         parts.append(pack_checked(flat, w) if flat.numel() else torch.zeros(0, dtype=torch.uint8))
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.uint8)
+
+
+def _pack_full_groups(rows: torch.Tensor, widths: torch.Tensor, name: str) -> torch.Tensor:
+    """:func:`pack_codes` of full groups: the groups of each width gathered in order (NumPy's stable sort of the
+    one-byte widths, a radix sort: the permutation ``torch.argsort(stable=True)`` gives, in a tenth of the time),
+    each width's block range-checked by one ``aminmax`` and packed as one stream, widths ascending."""
+    w = widths.numpy().astype(np.uint8)  # 1..16, checked by group_widths
+    order = np.argsort(w, kind="stable")
+    values, starts = np.unique(w[order], return_index=True)
+    ordered = rows.index_select(0, torch.from_numpy(order))
+    ends = [*starts[1:].tolist(), len(order)]
+    parts = []
+    for width, start, end in zip(values.tolist(), starts.tolist(), ends, strict=True):
+        block = ordered[start:end].reshape(-1)
+        low, high = (int(v) for v in torch.aminmax(block))
+        if low < 0 or high > 2**width - 1:
+            raise QuantizationError(f"{name}: some codes - qmin do not fit the width of their group (group_bits)")
+        parts.append(pack_checked(block, width))
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.uint8)
 
 

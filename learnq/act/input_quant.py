@@ -25,6 +25,7 @@ from dataclasses import replace
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _module_globals  # torch's global hook registries (read per forward)
 
 from learnq.act.base import ActGrid, ActivationQuantizer
 from learnq.act.observer import keep_sample, update_range
@@ -186,9 +187,7 @@ def _input_hook(module: nn.Module, args: tuple) -> tuple:
 
 
 def _global_hooks() -> bool:
-    from torch.nn.modules import module as m
-
-    return bool(m._global_forward_pre_hooks or m._global_forward_hooks)
+    return bool(_module_globals._global_forward_pre_hooks or _module_globals._global_forward_hooks)
 
 
 def _float_input_layers(model: nn.Module) -> list[str]:

@@ -264,8 +264,13 @@ class DiffQQuantizer(WeightQuantizer):
             raise self.diverged("has bits logits that are NaN")
         params = range_group_params(lo, hi, b)  # the model file's loader computes the steps with this same function
         gran = self.granularity
-        codes = torch.round((w - lo) / gran.expand(params.scale, x.shape)).clamp_(min=0)
-        codes = torch.minimum(codes, gran.expand(2**b - 1, x.shape))
+        if gran.kind == "group" and self.numel % self.group_size == 0:  # full groups: broadcast over the (n, g)
+            rows = w.reshape(-1, self.group_size)  # view, no per-element copy of the steps and limits
+            codes = torch.round((rows - lo) / params.scale.unsqueeze(1)).clamp_(min=0)
+            codes = torch.minimum(codes, (2**b - 1).unsqueeze(1)).reshape(x.shape)
+        else:
+            codes = torch.round((w - lo) / gran.expand(params.scale, x.shape)).clamp_(min=0)
+            codes = torch.minimum(codes, gran.expand(2**b - 1, x.shape))
         return codes.to(torch.int32), params.scale, params.offset, gran
 
     def summary_bits(self) -> list[float]:
