@@ -6,7 +6,7 @@ median over rounds), the unavoidable part alone:
 
 * ``save_resnet20``: the learnq file's bytes written crash-safely (``learnq.atomic_file.write_atomic``: temp file,
   fsync, rename; ``torch.save`` does not sync) plus the CRC-32 of those bytes, against ``torch.save`` of the state;
-* ``save_diffq16m``: the same for the 16M DiffQ file plus packing its codes (``file_layout.pack_codes`` of the
+* ``save_diffq16m``: the same for the 16M DiffQ file plus packing its codes (``code_packing.pack_codes`` of the
   exported tensors, one stream per width); ``_cold`` adds the export itself (``export_quantized``: range, widths,
   codes);
 * ``load_resnet20``: ``learnq.load(path)`` (parse, checksums, unpacking; no model) plus torch's
@@ -66,7 +66,7 @@ def _fq(x: torch.Tensor, s: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
 def file_floors(rounds: int, calls: int, folder: Path) -> dict[str, Any]:
     import learnq
     from learnq.atomic_file import write_atomic
-    from learnq.file_layout import pack_codes
+    from learnq.code_packing import pack_codes
     from learnq.pipeline.models import build_model
     from learnq.ptq import quantize
     from learnq.quantized import plain_state, quantized_parameters

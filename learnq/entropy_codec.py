@@ -7,7 +7,7 @@ a Statistician's Perspective"; ``constriction.stream.stack.AnsCoder``: 32-bit wo
 probabilities), never a home-made one; it is the optional extra ``learnq[entropy]`` and imported only when a file
 is written with ``codec="ans"`` or such a file is read.
 
-What is coded. A quantized tensor's packed codes are one stream per code width (:func:`learnq.file_layout.pack_codes`:
+What is coded. A quantized tensor's packed codes are one stream per code width (:func:`learnq.code_packing.pack_codes`:
 one for a plain or palettized tensor, one per width for DiffQ's per-group widths, each byte-aligned). Each stream's
 symbols (the stored codes ``q - qmin``, or palette indices) get their own model: the stream's histogram, stored in
 6 + k bytes (``uint8``): the smallest symbol ``lo`` (uint16 LE), the span ``k`` (uint32 LE; 0 for an empty stream),

@@ -516,7 +516,7 @@ def test_diffq_trained_on_cuda_loads_bit_identical_on_cpu(tmp_path):
 def test_per_group_widths_pack_as_one_stream_per_width_ascending():
     """The full-group packer (NumPy stable sort of the widths) writes what the layout says: for each width,
     ascending, the codes of its groups in their order, packed at that width; negative codes are refused too."""
-    from learnq.file_layout import pack_codes
+    from learnq.code_packing import pack_codes
     from learnq.packing import pack
 
     g = torch.Generator().manual_seed(3)
