@@ -68,6 +68,8 @@ def unquantizable(model: nn.Module) -> list[tuple[str, nn.Module, str, bool]]:
             continue  # inside a module whose children are all left in float
         if isinstance(module, kinds) or not any(True for _ in module.parameters(recurse=False)):
             continue
+        if "parametrizations" in name.split("."):  # a layer's weight parametrization (its original, a quantizer)
+            continue
         builtin = type(module).__module__.startswith("torch.")
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             reason = "BatchNorm not folded (no conv/linear right before it): kept in float"
