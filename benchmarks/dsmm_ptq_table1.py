@@ -5,7 +5,10 @@ Networks on ``mnist5k``: the LeNet-5 (40 epochs SGD lr 0.05 cosine, L2 5e-4) and
 30 epochs, L2 4e-5), the recipes of the DSMM reproduction (issue 17, ``benchmarks/dsmm_repro.py`` on its branch);
 DSMM: strength 0.01, α₀ = 0.1, α learning rate 5 (its pilot). Float models of the reproduction's pilot under
 ``~/.cache/learnq-bench/dsmm-pilot/alr5/scratch`` are reused read-only where they exist (seed 0 of L2 and DSMM);
-the others are trained here into ``~/.cache/learnq-bench/i15`` with the same recipe (heavy L2: 10x the L2 strength).
+then those of ``~/.cache/learnq-bench/i15``, then the issue-17 reproduction's scratch LeNets
+(``~/.cache/learnq-bench/dsmm/scratch``, seeds 1-3: the same recipe, DSMM with α learning rate 50, which reaches
+the same equilibrium α* as 5 in its pilot); the others are trained here into ``~/.cache/learnq-bench/i15`` with the
+same recipe (heavy L2: 10x the L2 strength). Each float entry of the JSON records its file.
 
 Protocol: weights on a symmetric grid with one step per tensor (document 000's "naive" collapse at W4 is a
 per-tensor effect; DFQ equalizes ranges for it), activations (inputs of the quantized layers) 8-bit, the first and
@@ -44,6 +47,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 OUT = RESULTS / "dsmm_ptq_table1.json"
 PILOT = Path.home() / ".cache/learnq-bench/dsmm-pilot/alr5/scratch"
 CACHE = Path.home() / ".cache/learnq-bench/i15"
+#: the issue-17 reproduction's scratch models (``benchmarks/dsmm_repro.py``): the same LeNet recipe (40 epochs SGD
+#: lr 0.05 cosine, L2 5e-4; heavy L2 5e-3 replacing it) except DSMM's α learning rate 50 (pilot: 5; both reach α*)
+REPRO = Path.home() / ".cache/learnq-bench/dsmm/scratch"
 REGS = ("l2", "heavy-l2", "dsmm")
 METHODS: dict[str, dict[str, Any]] = {
     "naive": {"method": "minmax"},
@@ -86,6 +92,9 @@ def model_file(model: str, reg: str, seed: int) -> Path:
     if pilot.is_file():
         return pilot
     folder = CACHE / model / reg / f"seed{seed}"
+    repro = REPRO / model / ("l2-heavy" if reg == "heavy-l2" else reg) / f"seed{seed}.safetensors"
+    if not (folder / MODEL_FILE).is_file() and repro.is_file():
+        return repro
     if not (folder / MODEL_FILE).is_file():
         spec = TRAIN[model]
         recipe = {"name": f"i15-{model}-{reg}-seed{seed}", "seed": seed,
@@ -134,6 +143,12 @@ def run(models: list[str], regs: list[str], seeds: list[int], methods: list[str]
                         result = quantize(net, splits.calib, config, seed=seed, progress=False)
                         acc = evaluate(result.model, splits.test, batch_size=256)["accuracy"]
                         data["runs"][key] = {"accuracy": acc, "seconds": time.perf_counter() - t0, "options": options}
+                        eq = (result.extra or {}).get("equalize")
+                        if eq:  # DFQ: what the equalization did (ReLU6 channels held at s = 1, pairs left alone)
+                            data["runs"][key]["equalize"] = {
+                                "pairs": len(eq["pairs"]), "sweeps": eq["sweeps"],
+                                "relu6_channels_held": eq.get("relu6_channels_held", {}),
+                                "left_alone": eq.get("left_alone", {})}
                         print(f"{key}: {100 * acc:.2f} % ({time.perf_counter() - t0:.1f} s)", flush=True)
                         OUT.parent.mkdir(parents=True, exist_ok=True)
                         OUT.write_text(json.dumps(data, indent=1) + "\n")
@@ -180,18 +195,72 @@ def report() -> str:
             secs.setdefault(f"{k.split('/')[0]} {k.split('/')[-1]}", []).append(v["seconds"])
     lines += ["Median seconds per quantization (calibration + method, one thread, busy machine): " + ", ".join(
         f"{k} {statistics.median(v):.1f}" for k, v in sorted(secs.items())) + ".", "",
-        "Notes. The DSMM models are the issue-17 pilot's (α learning rate 5, option `alpha_lr`, which main's DSMM "
-        "does not have yet): seeds after 0 cannot be trained here until that lands, so DSMM has n=1. "
-        "MobileNetV2-small: AdaRound and PD-Quant with 100 iterations per layer (`options` per run in the JSON); "
-        "its ReLU6 pairs are not equalized by learnq's CLE (not positively homogeneous), so DFQ there is mostly the "
-        "BN bias correction. At W2 learnq's symmetric grid has levels {-2, -1, 0, 1}·max|w| per tensor: most weights "
-        "round to 0, which is why naive, DFQ and SQuant (both keep the min-max range) collapse and the methods that "
-        "choose the range by MSE and learn the rounding do not.", "",
+        "Notes. Float models: seed 0 of L2 and DSMM are the issue-17 pilot's (DSMM α learning rate 5); "
+        + _sources(runs) + " Each float entry of the JSON names its file. MobileNetV2-small: AdaRound and PD-Quant "
+        "with 100 iterations "
+        "per layer (`options` per run in the JSON). At W2 learnq's symmetric grid has levels {-2, -1, 0, 1}·max|w| "
+        "per tensor: most weights round to 0, which is why naive, DFQ and SQuant (both keep the min-max range) "
+        "collapse and the methods that choose the range by MSE and learn the rounding do not.", "",
+        *_relu6_notes(runs), *_reading(runs),
         "Document 000 (ImageNet-1K top-1 %, MobileNet-V2; columns FP32, naive, DFQ, AR, SQ, PD-Q):", ""]
     for table, rows in PAPER.items():
         for reg, vals in rows.items():
             lines.append(f"- {table}, {reg}: " + ", ".join(f"{v:.2f}" for v in vals))
     return "\n".join(lines) + "\n"
+
+
+def _sources(runs: dict[str, Any]) -> str:
+    """Which float models came from the issue-17 reproduction (generated from the JSON's float entries)."""
+    repro = sorted(k.rsplit("/", 1)[0] for k, v in runs.items() if k.endswith("/float") and "/dsmm/scratch/" in
+                   v.get("file", ""))
+    own = sorted(k.rsplit("/", 1)[0] for k, v in runs.items()
+                 if k.endswith("/float") and "/i15/" in v.get("file", ""))
+    return (f"trained here with the same recipe: {', '.join(own) or 'none'}; the issue-17 reproduction's scratch "
+            f"models (same recipe, DSMM α learning rate 50; both α learning rates bring α to its equilibrium α* "
+            f"within 5 epochs, BENCHMARKS.md's reproduction section): {', '.join(repro) or 'none'}.")
+
+
+def _reading(runs: dict[str, Any]) -> list[str]:
+    """Each training's DFQ - naive and PD-Quant - naive at W4A8 against the document's own MobileNet-V2 row."""
+    out = []
+    for reg, doc in PAPER["W4A8 MobileNet-V2"].items():
+        for model in TRAIN:
+            seeds = sorted({k.split("/")[2] for k in runs if k.startswith(f"{model}/{reg}/") and k.endswith("/float")})
+            vals = {m: [runs[f"{model}/{reg}/{sd}/W4A8/{m}"]["accuracy"] for sd in seeds
+                        if f"{model}/{reg}/{sd}/W4A8/{m}" in runs] for m in ("naive", "dfq", "pdquant")}
+            if not all(vals.values()):
+                continue
+            mean = {m: 100 * statistics.mean(v) for m, v in vals.items()}
+            out.append(f"- {model}, {reg}, W4A8 (n={len(vals['naive'])}): naive {mean['naive']:.2f}, DFQ "
+                       f"{mean['dfq']:.2f} ({mean['dfq'] - mean['naive']:+.2f}), PD-Quant {mean['pdquant']:.2f} "
+                       f"({mean['pdquant'] - mean['naive']:+.2f}); the document's row \"W4A8 MobileNet-V2, {reg}\": "
+                       f"naive {doc[1]:.2f}, DFQ {doc[2]:.2f} ({doc[2] - doc[1]:+.2f}), PD-Q {doc[5]:.2f} "
+                       f"({doc[5] - doc[1]:+.2f})")
+    if not out:
+        return []
+    return ["Reading against document 000's Table 1 (its rows quoted; mean over the seeds that have all three "
+            "methods). The document's contrast lives in the naive column (2.57 / 4.17 / 36.69 %): per-tensor 4-bit "
+            "weights break its ImageNet MobileNet-V2; on mnist5k neither network breaks at W4A8, so DFQ and PD-Quant "
+            "have at most a point to recover and the document's ordering cannot show at this scale:", "", *out, ""]
+
+
+def _relu6_notes(runs: dict[str, Any]) -> list[str]:
+    """MobileNetV2's DFQ rows: what CLE did through ReLU6, and the rows measured before it went through ReLU6."""
+    lines = []
+    for key, run in sorted(runs.items()):
+        eq = run.get("equalize")
+        if not key.endswith("/dfq") or not eq or not eq.get("relu6_channels_held"):
+            continue
+        held = sum(eq["relu6_channels_held"].values())
+        before = runs.get(key + "-relu6-skipped")
+        lines.append(f"- {key}: {100 * run['accuracy']:.2f} % with {eq['pairs']} pairs equalized, "
+                     f"{len(eq['relu6_channels_held'])} of them through ReLU6 with {held} channels held at s = 1 (BN "
+                     "statistics: clip at 6 reached)" + (f"; {100 * before['accuracy']:.2f} % when ReLU6 pairs were "
+                                                         "skipped" if before else ""))
+    if not lines:
+        return []
+    return ["DFQ through ReLU6 (MobileNetV2-small; `learnq/ptq/equalize.py`: a channel is scaled only where its "
+            "BatchNorm statistics say the clip never binds, β + 3γ <= 6, with s >= (β + 3γ)/6):", "", *lines, ""]
 
 
 BEGIN, END = "<!-- dsmm_ptq_table1.py: begin -->", "<!-- dsmm_ptq_table1.py: end -->"
@@ -229,7 +298,8 @@ def main() -> None:
     aimet = RESULTS / "dfq_aimet.md"
     if aimet.is_file():
         md += ("\nSide by side with AIMET's cross-layer equalization (`benchmarks/dfq_aimet.py`, seed 0, every layer "
-               "quantized, per-tensor min-max weights, 8-bit min-max activations; accuracy %):\n\n" + aimet.read_text())
+               "quantized, per-tensor min-max weights, 8-bit min-max activations; accuracy %; learnq's CLE columns of "
+               "MobileNetV2-small were measured before learnq's CLE went through ReLU6):\n\n" + aimet.read_text())
     update_benchmarks_md(md)
     print(md)
 

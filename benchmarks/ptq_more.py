@@ -53,6 +53,8 @@ from learnq.ptq import quantize  # noqa: E402
 RESULTS = HERE / "results" / "ptq_more.json"
 BENCHMARKS = HERE / "BENCHMARKS.md"
 TIMED = ("mse", "gptq", "lapq")
+#: ``--variants``: rows timed with the others under another name: (method, options)
+VARIANTS = {"gptq-act-minmax": ("gptq", {"act_clip": "minmax"})}
 ONCE = ("adaround", "adaquant", "qdrop")
 TRAININGS = ("l2", "symreg+satnl", "symreg+satnl+kure")
 TABLE_METHODS = ("aciq", "adaquant", "qdrop")
@@ -89,7 +91,8 @@ def _config(text: str) -> tuple[int, int, str]:
 
 def timed_quantize(model, splits, method: str, wbits: int, abits: int, seed: int, quick: bool,
                    **kwargs: Any) -> dict[str, Any]:
-    options = {**(QUICK.get(method, {}) if quick else {}), **kwargs}
+    method, extra = VARIANTS.get(method, (method, {}))
+    options = {**(QUICK.get(method, {}) if quick else {}), **extra, **kwargs}
     torch.manual_seed(seed)
     start, cpu = time.perf_counter(), time.process_time()
     result = quantize(model, splits.calib, method=method, wbits=wbits, abits=abits, seed=seed, progress=False,
@@ -109,15 +112,16 @@ def run_speed(args: argparse.Namespace, data: dict[str, Any], out: Path) -> None
             data["floats"].append({"part": "speed", "training": "adam", "seed": seed, "float": fl, **info})
         for cfg in args.configs:
             w, a, granularity = _config(cfg)
-            have = {(r["seed"], r["config"], r["method"]) for r in data["speed"]}
-            todo = [m for m in (*TIMED, *ONCE) if (seed, cfg, m) not in have]
+            have = {(r["seed"], r["config"], r["method"], r.get("tag", "")) for r in data["speed"]}
+            timed = (*TIMED, *args.variants)
+            todo = [m for m in (*timed, *(() if args.tag else ONCE)) if (seed, cfg, m, args.tag) not in have]
             if not todo:
                 continue
             common = {"granularity": granularity, "skip_first_last": True}
             runs: dict[str, list[dict[str, Any]]] = {m: [] for m in todo}
             for _ in range(args.rounds):  # interleaved rounds: the machine's load hits every method alike
                 for m in todo:
-                    if m in TIMED:
+                    if m in timed:
                         runs[m].append(timed_quantize(model, splits, m, w, a, seed, args.quick, **common))
             for m in todo:
                 if m in ONCE:
@@ -128,11 +132,23 @@ def run_speed(args: argparse.Namespace, data: dict[str, Any], out: Path) -> None
                        "all_seconds": [r["seconds"] for r in rs],
                        "cpu_seconds": statistics.median(r["cpu_seconds"] for r in rs),
                        "loss_evals": rs[0]["loss_evals"], "rounds": len(rs), "float": fl,
-                       "load_average": os.getloadavg()}
+                       "load_average": os.getloadavg(), **({"tag": args.tag, "commit": _commit()} if args.tag else {})}
                 data["speed"].append(row)
                 print(f"seed {seed} {cfg} {m:9s} {100 * row['accuracy']:6.2f}%  {row['seconds']:7.2f} s "
                       f"(median of {len(rs)})", flush=True)
             save(out, data)
+
+
+def _commit() -> str:
+    import subprocess
+
+    if os.environ.get("BENCH_COMMIT"):  # a run from a copy of the tree names the commit it copied
+        return os.environ["BENCH_COMMIT"]
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 # -- table 2A ------------------------------------------------------------------------------------------------------
@@ -181,7 +197,8 @@ def _ms(values: list[float]) -> str:
 
 def markdown(data: dict[str, Any]) -> str:
     lines: list[str] = []
-    speed = data["speed"]
+    every = data["speed"]
+    speed = [r for r in every if not r.get("tag")]
     if speed:
         seeds = sorted({r["seed"] for r in speed})
         cfgs = list(dict.fromkeys(r["config"] for r in speed))
@@ -195,15 +212,27 @@ def markdown(data: dict[str, Any]) -> str:
             secs = [r["seconds"] for r in speed if r["method"] == m and r["config"] == cfgs[0]]
             lines.append(f"| {m} | " + " | ".join(cells) + f" | {statistics.median(secs):.2f} |" if secs else "")
         lines += ["", "**GPTQ's wall time ÷ LAPQ's and ÷ MSE's, per seed and configuration (medians of the "
-                  "interleaved rounds in one process, one torch thread); accuracy difference GPTQ − LAPQ (points)**",
-                  "", "| seed | config | rounds | gptq s | lapq s | mse s | gptq/lapq | gptq/mse | gptq − lapq |",
-                  "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        index = {(r["seed"], r["config"], r["method"]): r for r in speed}
-        for (seed, cfg, m), r in index.items():
-            if m != "gptq" or (seed, cfg, "lapq") not in index or (seed, cfg, "mse") not in index:
+                  "interleaved rounds in one process, one torch thread); accuracy difference GPTQ − LAPQ (points). "
+                  "code: `first` = the first GPTQ (each layer's input captured whole, then its Hessian, then a "
+                  "calibration pass for the activations); `streamed` = each batch's input streamed into a float64 "
+                  "Hessian sum and into the activation observers (no calibration pass), one Cholesky per layer**",
+                  "", "| code | seed | config | rounds | gptq s | lapq s | mse s | gptq/lapq | gptq/mse "
+                  "| gptq − lapq |",
+                  "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        index = {(r["seed"], r["config"], r["method"], r.get("tag", "")): r for r in every}
+        for (seed, cfg, m, tag), r in index.items():
+            if m != "gptq" or (seed, cfg, "lapq", tag) not in index or (seed, cfg, "mse", tag) not in index:
                 continue
-            lq, ms = index[(seed, cfg, "lapq")], index[(seed, cfg, "mse")]
-            lines.append(f"| {seed} | {cfg} | {r['rounds']} | {r['seconds']:.2f} | {lq['seconds']:.2f} | "
+            lq, ms = index[(seed, cfg, "lapq", tag)], index[(seed, cfg, "mse", tag)]
+            code = f"{tag} ({r.get('commit', '?')})" if tag else "first"
+            for v in VARIANTS:  # a variant timed in the same rounds: its own line
+                if (seed, cfg, v, tag) in index:
+                    rv = index[(seed, cfg, v, tag)]
+                    lines.append(f"| {code}, {v} | {seed} | {cfg} | {rv['rounds']} | {rv['seconds']:.2f} | "
+                                 f"{lq['seconds']:.2f} | {ms['seconds']:.2f} | "
+                                 f"{rv['seconds'] / lq['seconds']:.3f} | {rv['seconds'] / ms['seconds']:.2f} | "
+                                 f"{100 * (rv['accuracy'] - lq['accuracy']):+.2f} |")
+            lines.append(f"| {code} | {seed} | {cfg} | {r['rounds']} | {r['seconds']:.2f} | {lq['seconds']:.2f} | "
                          f"{ms['seconds']:.2f} | {r['seconds'] / lq['seconds']:.3f} | "
                          f"{r['seconds'] / ms['seconds']:.2f}"
                          f" | {100 * (r['accuracy'] - lq['accuracy']):+.2f} |")
@@ -263,10 +292,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--quick", action="store_true", help="smoke test: small data, short training, cheap options")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--variants", default="", help="speed: also time these rows (" + ", ".join(
+        f"{k} = {m} with {o}" for k, (m, o) in VARIANTS.items()) + ")")
+    p.add_argument("--tag", default="", help="speed: re-measure mse/gptq/lapq as new rows with this tag (and the "
+                   "commit), e.g. after a change to GPTQ; the methods run once are not repeated")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.configs = args.configs.split(",")
+    args.variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        p.error(f"unknown --variants {unknown}; known: {list(VARIANTS)}")
     args.trainings = args.trainings.split(",")
     args.methods = args.methods.split(",")
     args.bits = [int(b) for b in args.bits.split(",")]

@@ -20,6 +20,7 @@ and save times above. A missing input file is an error naming the benchmark that
     .venv/bin/python benchmarks/speed.py measure            # ~8 min: the issue-12 ratio table, then save/load
     .venv/bin/python benchmarks/speed.py measure --quick    # 5 repeats, fewer rounds (smoke run, ~3 min)
     .venv/bin/python benchmarks/speed.py measure --only-table   # the issue-12 table (benchmarks/speed_table.py)
+    .venv/bin/python benchmarks/speed.py measure --only-table --parts eval,diffq   # some of its parts (resumes)
     .venv/bin/python benchmarks/speed.py render             # rewrite the Speed section of BENCHMARKS.md
 """
 
@@ -46,9 +47,9 @@ import torch
 from torch import nn
 
 try:
-    from speed_table import measure_table, table_lines
+    from speed_table import PARTS, floor_lines, measure_table, table_lines
 except ImportError:  # imported as benchmarks.speed
-    from benchmarks.speed_table import measure_table, table_lines
+    from benchmarks.speed_table import PARTS, floor_lines, measure_table, table_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -144,7 +145,11 @@ def measure(args: argparse.Namespace) -> None:
     before = machine()
     start = time.perf_counter()
     networks = {}
-    table = measure_table(args.quick) if not args.no_table else None  # issue 12's rows, first: the longer part
+    out = Path(args.out)
+    previous = None
+    if args.parts != ",".join(PARTS) and out.is_file():  # a subset: the other rows come from the earlier run
+        previous = json.loads(out.read_text()).get("table")
+    table = measure_table(args.quick, tuple(args.parts.split(",")), previous) if not args.no_table else None
     with tempfile.TemporaryDirectory() as tmp:
         for name in ([] if args.only_table else args.networks.split(",")):
             if name not in NETWORKS:
@@ -156,7 +161,6 @@ def measure(args: argparse.Namespace) -> None:
                "threads": args.threads, "quantization": "W4A8, per-channel min-max weights, 64 random calib inputs",
                "machine": before, "loadavg_end": list(os.getloadavg()), "seconds": time.perf_counter() - start,
                "networks": networks}
-    out = Path(args.out)
     if args.only_table and out.is_file():  # keep the save/load table of an earlier run
         old = json.loads(out.read_text())
         payload.update({k: old[k] for k in ("networks", "unit", "command", "machine", "loadavg_end") if k in old})
@@ -313,6 +317,9 @@ def section(speed: dict[str, Any], packing: dict[str, Any], qat: dict[str, Any],
              "measured side by side in one process (interleaved rounds) are more reliable than absolute times, "
              "which move by up to 25 % between runs.")
     table = table_lines(speed["table"]) + [""] if "table" in speed else []
+    floors_path = RESULTS / "speed_floors.json"
+    if "table" in speed and floors_path.is_file():
+        table += floor_lines(speed["table"], json.loads(floors_path.read_text())) + [""]
     parts = [intro, "", *table, *files_table(speed), "", *packing_table(packing), "", *qat_tables(qat), "",
              *ptq_table(ptq)]
     wrap = {"width": 118, "break_long_words": False, "break_on_hyphens": False}
@@ -348,6 +355,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     m.add_argument("--device", default="cpu")
     m.add_argument("--only-table", action="store_true", help="only the issue-12 ratio table (keeps the JSON's rest)")
     m.add_argument("--no-table", action="store_true", help="only the save/load times per network")
+    m.add_argument("--parts", default=",".join(PARTS),
+                   help="the parts of the issue-12 table to measure (the others are kept from --out): "
+                        f"comma-separated subset of {','.join(PARTS)}")
     m.add_argument("--out", default=str(RESULTS / "speed.json"), help="JSON output (default results/speed.json)")
     m.set_defaults(func=measure)
     r = sub.add_parser("render", help="rewrite the Speed section of BENCHMARKS.md from the results JSON files")

@@ -38,9 +38,12 @@ from torch import nn
 
 #: row -> (what, goal ratio or None); the goal is the issue's
 GOALS: dict[str, tuple[str, float | None]] = {
-    "save_resnet20": ("`learnq.save` vs `torch.save`, ResNet-20 W4A8", 1.5),
+    "save_resnet20": ("`learnq.save` vs `torch.save`, ResNet-20 W4A8 (saved again, unchanged: export cached)", 1.5),
     "save_mlp10m": ("`learnq.save` vs `torch.save`, 10.2M MLP 4-bit", 1.5),
-    "save_diffq16m": ("`learnq.save` vs `torch.save`, DiffQ mixed widths 16M", 2.0),
+    "save_resnet20_cold": ("`learnq.save` vs `torch.save`, ResNet-20 W4A8, first save after a change (no cached "
+                           "export)", 1.5),
+    "save_diffq16m": ("`learnq.save` vs `torch.save`, DiffQ mixed widths 16M (saved again: export cached)", 2.0),
+    "save_diffq16m_cold": ("`learnq.save` vs `torch.save`, DiffQ 16M, first save after a change", 2.0),
     "load_resnet20": ("`learnq.load(path, model)` vs `torch.load` + `load_state_dict`, ResNet-20", 1.5),
     "load_mlp10m": ("`learnq.load(path, model)` vs `torch.load` + `load_state_dict`, 10.2M MLP", 1.5),
     "eval_ptq_mlp_b64": ("eval PTQ W8A8 vs float, thesis MLP batch 64", 1.3),
@@ -94,6 +97,15 @@ def mlp(params: int, bits: int | None = 4) -> nn.Module:
     return model
 
 
+def _drop_exports(model: nn.Module) -> None:
+    """Forget every quantizer's cached export, as a change of its weight would (the next save exports again)."""
+    from learnq.parametrization import WeightParametrization
+
+    for m in model.modules():
+        if isinstance(m, WeightParametrization):
+            m.__dict__["_export_cache"] = None
+
+
 def file_rows(rounds: int, calls: int, folder: Path, quick: bool) -> dict[str, Any]:
     import learnq
     from learnq.pipeline.models import build_model
@@ -129,6 +141,13 @@ def file_rows(rounds: int, calls: int, folder: Path, quick: bool) -> dict[str, A
         out[f"save_{name}"] = row
         print(f"save_{name}: {row['ratio_median']:.2f}x (min {row['ratio_min']:.2f}x), "
               f"{row['file_mb_per_s']:.0f} MB/s of file", flush=True)
+        if name != "mlp10m":  # the first save after a change: every quantizer's cached export dropped (untimed)
+            row = ratio_row(lambda _, m=model, p=path: learnq.save(m, p), lambda _, s=state, p=pt: torch.save(s, p),
+                            rounds, n, setup=lambda m=model: _drop_exports(m))
+            row["file_mb"] = path.stat().st_size / 2**20
+            row["file_mb_per_s"] = row["file_mb"] / (row["learnq_ms"] / 1e3)
+            out[f"save_{name}_cold"] = row
+            print(f"save_{name}_cold: {row['ratio_median']:.2f}x (min {row['ratio_min']:.2f}x)", flush=True)
         if template is None:
             continue
         fresh = lambda t=template: copy.deepcopy(t)  # noqa: E731
@@ -277,21 +296,43 @@ def diffq_rows(rounds: int, calls: int, folder: Path) -> dict[str, Any]:
     return out
 
 
-def measure_table(quick: bool) -> dict[str, Any]:
-    """Every row of the issue-12 table (``quick``: fewer rounds and calls, no 16M scaling point)."""
+PARTS = ("eval", "diffq", "file", "scaling", "lapq")
+
+
+def measure_table(quick: bool, parts: tuple[str, ...] = PARTS,
+                  previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The rows of the issue-12 table (``quick``: fewer rounds and calls, no 16M scaling point). ``parts``: a subset
+    of :data:`PARTS` (so a run fits a 10-minute hold of the bench lock); the other rows are kept from
+    ``previous`` (the table of an earlier run), each part with its own load average and duration."""
     rounds, calls = (3, 3) if quick else (7, 5)
-    start, load_start = time.perf_counter(), list(os.getloadavg())
-    rows: dict[str, Any] = {}
+    table = dict(previous or {})
+    rows: dict[str, Any] = dict(table.get("rows", {}))
+    scaling = dict(table.get("scaling", {}))
+    part_info: dict[str, Any] = dict(table.get("parts", {}))
+    total = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        rows.update(eval_rows(rounds, calls))
-        rows.update(diffq_rows(rounds, calls, folder))
-        rows.update(file_rows(rounds, calls, folder, quick))
-        scaling = scaling_rows(rounds, calls, folder, quick)
-    rows.update(lapq_row(1 if quick else 3))
+        for part in parts:
+            start, load_start = time.perf_counter(), list(os.getloadavg())
+            if part == "eval":
+                rows.update(eval_rows(rounds, calls))
+            elif part == "diffq":
+                rows.update(diffq_rows(rounds, calls, folder))
+            elif part == "file":
+                rows.update(file_rows(rounds, calls, folder, quick))
+            elif part == "scaling":
+                scaling = scaling_rows(rounds, calls, folder, quick)
+            elif part == "lapq":
+                rows.update(lapq_row(1 if quick else 3))
+            else:
+                raise SystemExit(f"--parts: unknown part {part!r}; known: {', '.join(PARTS)}")
+            part_info[part] = {"seconds": time.perf_counter() - start, "loadavg_start": load_start,
+                               "loadavg_end": list(os.getloadavg()), "quick": quick}
+    loads = [p["loadavg_start"][0] for p in part_info.values()] + [p["loadavg_end"][0] for p in part_info.values()]
     return {"rows": rows, "scaling": scaling, "goals": {k: list(v) for k, v in GOALS.items()},
-            "threads": torch.get_num_threads(), "seconds": time.perf_counter() - start, "quick": quick,
-            "loadavg_start": load_start, "loadavg_end": list(os.getloadavg()),
+            "threads": torch.get_num_threads(), "parts": part_info, "quick": quick,
+            "seconds": sum(p["seconds"] for p in part_info.values()) if part_info else time.perf_counter() - total,
+            "loadavg_start": [min(loads)], "loadavg_end": [max(loads)],
             "method": "interleaved rounds (order alternating), per round the per-call median of each side; "
                       "ratio = learnq / baseline per round; median and minimum over rounds; 1 torch thread"}
 
@@ -299,8 +340,8 @@ def measure_table(quick: bool) -> dict[str, Any]:
 def table_lines(table: dict[str, Any]) -> list[str]:
     """Markdown: goal vs measured per row, then the ns-per-parameter scaling."""
     load = table.get("loadavg_start"), table.get("loadavg_end")
-    loads = "" if None in load else (f"; load average {load[0][0]:.1f} at the start, {load[1][0]:.1f} at the end "
-                                     "(1 min, 2 cores shared)")
+    loads = "" if None in load else (f"; load average (1 min, 2 cores shared) between {load[0][0]:.1f} and "
+                                     f"{load[1][0]:.1f} at the starts and ends of its parts")
     lines = [f"**Issue 12: goal vs measured** (`benchmarks/speed.py measure{' --quick' if table['quick'] else ''}`; "
              f"{table['method']}; {table['seconds']:.0f} s{loads}). Goals are the issue's; a goal not met is "
              "discussed in the issue-12 notes below the table.", "",
@@ -326,4 +367,29 @@ def table_lines(table: dict[str, Any]) -> list[str]:
         lines.append(f"| {s['parameters']:,} | {s['save_ns_per_param']:.2f} ({s['torch_save_ns_per_param']:.2f}) | "
                      f"{s['save']['ratio_median']:.2f}x | {s['load_ns_per_param']:.2f} "
                      f"({s['torch_load_ns_per_param']:.2f}) | {s['load']['ratio_median']:.2f}x |")
+    return lines
+
+
+def floor_lines(table: dict[str, Any], floors: dict[str, Any]) -> list[str]:
+    """Markdown: for each row whose goal is not met, the measured ratio next to the floor's (``speed_floors.py``)."""
+    parts = floors.get("parts", {})
+    loads = [p["loadavg_start"][0] for p in parts.values()] + [p["loadavg_end"][0] for p in parts.values()]
+    load = f"; load average {min(loads):.1f}-{max(loads):.1f} (1 min)" if loads else ""
+    lines = ["**Floors of the goals not met** (`benchmarks/results/speed_floors.json`, `python benchmarks/"
+             f"speed_floors.py`; the same method as the table{load}): the ratio of the part of the path that no "
+             "learnq change removes, against the same baseline. A goal below its floor cannot be met by this "
+             "design on this CPU.", "",
+             "| path | measured | floor | goal | the floor is |", "| --- | ---: | ---: | ---: | --- |"]
+    for key, (what, goal) in table["goals"].items():
+        row, floor = table["rows"].get(key), floors.get("rows", {}).get(key)
+        if row is None or floor is None or (goal is not None and row["ratio_median"] <= goal):
+            continue
+        extra = ""
+        if key == "lapq_vs_mse":
+            extra = (f" (Lp sweep {floor['lp_sweep_s']:.2f} s + evaluations {floor['evaluate_s']:.2f} s; LAPQ "
+                     f"{floor['lapq_s']:.2f} s, MSE {floor['mse_s']:.2f} s)")
+        elif "learnq_ms" in floor:
+            extra = f" ({floor['learnq_ms']:.3g} ms vs {floor['baseline_ms']:.3g} ms)"
+        lines.append(f"| {what} | {row['ratio_median']:.2f}x | {floor['ratio_median']:.2f}x | {goal}x | "
+                     f"{floor['what']}{extra} |")
     return lines

@@ -4,10 +4,12 @@
 blocks) on ``shakespeare-char``, trained **from scratch** with each weight quantizer attached to every linear layer
 and both embeddings (the tied one: one quantizer, one noise sample, stored once): float32, STE QAT at 8 and 4 bits
 with a layer-wise (per tensor) min-max range as in document 003 §5 ("QAT"), LSQ at 4 bits, and DiffQ (group size 16,
-Gaussian noise) at two size penalties λ; each model is frozen, saved, reloaded and evaluated from the file on the
-validation works. Reported: validation perplexity (and bits per character), the true model size (DiffQ: Eq. 12 per
-tensor; the others: codes plus float32 steps; float tensors at 32 bits) and the model file's bytes. DiffQ's learned
-bits per layer group go to a histogram (document 003 Fig. 3), ``text_bits.png``.
+Gaussian noise) at two size penalties λ; every quantized configuration also with 8-bit per-channel activations
+during training (``<name>-a8``, the paper's setting: input quantizers with moving-average ranges, ``text_act.py``).
+Each model is frozen, saved, reloaded and evaluated from the file on the validation works. Reported: validation
+perplexity (and bits per character), the true model size (DiffQ: Eq. 12 per tensor; the others: codes plus float32
+steps; float tensors at 32 bits) and the model file's bytes. DiffQ's learned bits per layer group go to a histogram
+(document 003 Fig. 3), ``text_bits.png``.
 
 ``ptq``: post-training quantization of the float model of seed 0 (learnq.ptq.quantize, 128 calibration windows):
 W8A8, W4A8 per output channel and grouped (groups of 32), W4A16 (weights only; activations float), with min-max and
@@ -15,12 +17,13 @@ MSE clipping (AdaRound for W4A16, 300 iterations per weight instead of 1,000 to 
 per channel as in document 003 Table 2. LayerNorm, softmax and the attention's matrix products stay float.
 
 One thread (``torch.set_num_threads(1)``), results appended per configuration to ``benchmarks/results/text.json``
-(a rerun skips what is there), so each call fits in the machine-wide lock's ~10 minutes:
+(a rerun skips what is there; ``--budget`` seconds: no new training starts after), so each call fits in the
+machine-wide lock's ~10 minutes:
 
-    flock /work/wt/bench.lock nice -n 10 .venv/bin/python benchmarks/text.py train --only float,qat8 --seed 0
-    flock /work/wt/bench.lock nice -n 10 .venv/bin/python benchmarks/text.py ptq
-    flock /work/wt/bench.lock nice -n 10 .venv-bench/bin/python benchmarks/text.py peer   # optimum-quanto W8 / W4
-    .venv/bin/python benchmarks/text.py report      # text.md, text_bits.png, the BENCHMARKS.md section
+    flock /work/wt/train.lock nice -n 10 .venv/bin/python benchmarks/text.py train --only lsq4,qat8-a8 --seed 0
+    flock /work/wt/train.lock nice -n 10 .venv/bin/python benchmarks/text.py ptq
+    flock /work/wt/train.lock nice -n 10 .venv-bench/bin/python benchmarks/text.py peer   # optimum-quanto W8 / W4
+    .venv/bin/python benchmarks/text.py report      # text_report.py: text.md, text_bits.png, BENCHMARKS.md section
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ import argparse
 import json
 import math
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -54,8 +56,10 @@ CONFIGS: dict[str, dict[str, Any] | None] = {
     "diffq5": {"method": "diffq", "group_size": 16, "penalty": 5.0},
     "diffq10": {"method": "diffq", "group_size": 16, "penalty": 10.0},
 }
+CONFIGS.update({f"{k}-a8": v for k, v in CONFIGS.items() if v is not None})  # + 8-bit activations (text_act.py)
 LABELS = {"float": "Uncompressed", "qat8": "QAT 8 bits", "qat4": "QAT 4 bits", "lsq4": "LSQ 4 bits",
           "diffq5": "DiffQ (λ = 5, g = 16)", "diffq10": "DiffQ (λ = 10, g = 16)"}
+LABELS.update({f"{k}-a8": f"{v}, A8" for k, v in LABELS.items() if k != "float"})
 PTQS = [  # (label, PTQ config fields)
     ("W8A8 minmax", {"method": "minmax", "wbits": 8, "abits": 8}),
     ("W8A8 mse", {"method": "mse", "wbits": 8, "abits": 8}),
@@ -67,14 +71,6 @@ PTQS = [  # (label, PTQ config fields)
     ("W4A16 mse group:32", {"method": "mse", "wbits": 4, "abits": 32, "granularity": "group:32"}),
     ("W4A16 adaround", {"method": "adaround", "wbits": 4, "abits": 32, "options": {"iterations": 300}}),
 ]
-# document 003 Table 2 (16-layer transformer, Wikitext-103): (weights, activations, perplexity, model size MB)
-PAPER = [("Uncompressed", "-", 18.1, 942), ("QAT 8bits", "8 bits", 19.7, 236), ("QAT 4bits", "8 bits", 29.9, 118),
-         ("LSQ 4 bits", "8 bits", 18.9, 118), ("DiffQ (λ=5, g=16)", "8 bits", 18.1, 130),
-         ("DiffQ (λ=10, g=16)", "8 bits", 18.6, 113)]
-GROUPS = (("embeddings", ("wte", "wpe", "lm_head")), ("attention q/k/v", (".q.", ".k.", ".v.")),
-          ("attention out", (".out.",)), ("MLP fc", (".fc.",)), ("MLP proj", (".proj.",)))
-
-
 def load_results() -> dict[str, Any]:
     if OUT.exists():
         return json.loads(OUT.read_text())
@@ -129,6 +125,11 @@ def train_one(name: str, seed: int, splits) -> dict[str, Any]:
     decay = [p for p in params if p.ndim >= 2]
     rest = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": TRAIN["weight_decay"]}, {"params": rest, "weight_decay": 0.0}]
+    tracker = None
+    if name.endswith("-a8"):
+        from text_act import RangeTracker
+
+        tracker = RangeTracker(model)
     if handle is not None:
         groups += handle.param_groups(lr=DIFFQ_BITS_LR if qat["method"] == "diffq" else None)
     opt = torch.optim.AdamW(groups, lr=TRAIN["lr"])
@@ -149,9 +150,14 @@ def train_one(name: str, seed: int, splits) -> dict[str, Any]:
             torch.nn.utils.clip_grad_norm_(params, TRAIN["grad_clip"])
             opt.step()
             sched.step()
+            if tracker is not None:
+                tracker.update()
+    if tracker is not None:
+        tracker.close()
     seconds = time.perf_counter() - start
     model.eval()
-    row: dict[str, Any] = {"config": name, "seed": seed, "train_seconds": round(seconds, 1)}
+    row: dict[str, Any] = {"config": name, "seed": seed, "train_seconds": round(seconds, 1),
+                           "abits": 8 if tracker is not None else None}
     if handle is not None:
         row["trained_size_mb"] = float(handle.size_mb())
         row["true_size_mb"] = handle.true_size_mb()
@@ -175,6 +181,7 @@ def train(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     res = load_results()
     names = args.only.split(",") if args.only else list(CONFIGS)
+    start = time.monotonic()
     for seed in args.seeds:
         splits = None
         for name in names:
@@ -182,6 +189,9 @@ def train(args: argparse.Namespace) -> None:
             if key in res["train"]:
                 print(f"{key}: done already", flush=True)
                 continue
+            if time.monotonic() - start > args.budget:
+                print("budget spent; run again to continue", flush=True)
+                return
             splits = splits or data(seed)
             row = train_one(name, seed, splits)
             res["train"][key] = row
@@ -253,133 +263,21 @@ def peer(args: argparse.Namespace) -> None:
         print(f"{label}: ppl {row['perplexity']:.3f}", flush=True)
 
 
-def _group(name: str) -> str:
-    for group, keys in GROUPS:
-        if any(k in f".{name}" for k in keys):
-            return group
-    return "other"
-
-
-def report(args: argparse.Namespace) -> None:
-    res = load_results()
-    rows = []
-    for name in CONFIGS:
-        runs = [r for k, r in res["train"].items() if k.startswith(f"{name}/")]
-        if not runs:
-            continue
-        ppl = [r["perplexity"] for r in runs]
-        rows.append({"name": name, "n": len(runs), "ppl": statistics.mean(ppl),
-                     "ppl_sd": statistics.stdev(ppl) if len(ppl) > 1 else 0.0,
-                     "kb": statistics.mean(r["true_size_mb"] for r in runs) * 1024,
-                     "file_kb": statistics.mean(r["file_bytes"] for r in runs) / 1024,
-                     "bpc": statistics.mean(r["bits_per_char"] for r in runs),
-                     "avg_bits": _avg_bits(runs)})
-    lines = ["| weights | seeds | validation perplexity | bits/char | true size (KB) | file (KB) | mean bits/weight |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
-        sd = f" ± {r['ppl_sd']:.3f}" if r["n"] > 1 else ""
-        bits = f"{r['avg_bits']:.2f}" if r["avg_bits"] is not None else {"float": "32", "qat8": "8"}.get(
-            r["name"], "4")
-        lines.append(f"| {LABELS[r['name']]} | {r['n']} | {r['ppl']:.3f}{sd} | {r['bpc']:.3f} | {r['kb']:.1f} | "
-                     f"{r['file_kb']:.1f} | {bits} |")
-    ptq_lines = ["| PTQ of the float model (seed 0) | validation perplexity | file (KB) | seconds |",
-                 "| --- | --- | --- | --- |"]
-    for label, r in res["ptq"].items():
-        ptq_lines.append(f"| {label} | {r['perplexity']:.3f} | {r['file_bytes'] / 1024:.1f} | {r['seconds']} |")
-    for label, r in res.get("peer", {}).items():
-        ptq_lines.append(f"| {label} (peer) | {r['perplexity']:.3f} | - | {r['seconds']} |")
-    paper = ["| document 003 Table 2 | activations | perplexity | size (MB) |", "| --- | --- | --- | --- |"]
-    paper += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in PAPER]
-    md = "\n".join(["\n".join(paper), "", "\n".join(lines), "", "\n".join(ptq_lines)]) + "\n"
-    (RESULTS / "text.md").write_text(md)
-    print(md)
-    _plot(res)
-    _benchmarks_section(md, res)
-
-
-SECTION = "## Transformers: document 003 Table 2 at small scale (issue 16)"
-
-
-def _benchmarks_section(md: str, res: dict[str, Any]) -> None:
-    """Write (or replace) this benchmark's section of benchmarks/BENCHMARKS.md, the last one of the file or
-    the one up to the next ``## ``."""
-    path = Path(__file__).resolve().parent / "BENCHMARKS.md"
-    meta = res["meta"]
-    intro = (f"{SECTION}\n\n`benchmarks/text.py` (results: `results/text.json`, `results/text.md`, "
-             "`results/text_bits.png`). A character GPT (`gpt`: "
-             f"{meta['model']['n_layer']} pre-LayerNorm blocks of width {meta['model']['n_embd']}, "
-             f"{meta['model']['n_head']} heads, block size {meta['data']['block_size']}, token embedding tied to the "
-             "output layer) trained from scratch on `shakespeare-char` "
-             f"({meta['train']['limit']} windows, {meta['train']['epochs']} epochs, AdamW lr {meta['train']['lr']}, "
-             "cosine), each quantizer on every linear layer and both embeddings (the tied one: one quantizer, stored "
-             "once); frozen, saved, reloaded and evaluated from the file on the validation works. QAT = STE with a "
-             "per-tensor min-max range (document 003's \"QAT\"); DiffQ group size 16, bits-logit lr "
-             f"{meta['diffq_bits_lr']}. True size: DiffQ's Eq. 12 / codes plus float32 steps, float tensors "
-             "(LayerNorm, biases) at 32 bits. One torch thread; the machine was shared (times are upper bounds).\n\n"
-             "Document 003's row is a 16-layer model on Wikitext-103 (942 MB); ours is a 0.2 M-parameter model on "
-             "3.9 M characters trained for minutes, so only the ordering can be compared, not the numbers.\n\n")
-    section = intro + md
-    text = path.read_text()
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + ("" if end < 0 else text[end:])
-    path.write_text(text)
-
-
-def _avg_bits(runs: list[dict[str, Any]]) -> float | None:
-    vals = []
-    for r in runs:
-        if "bits" not in r:
-            return None
-        total = sum(statistics.mean(b) * r["numel"][n] for n, b in r["bits"].items())
-        vals.append(total / sum(r["numel"].values()))
-    return statistics.mean(vals)
-
-
-def _plot(res: dict[str, Any]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    runs = [(k, r) for k, r in res["train"].items() if "bits" in r and k.endswith("/seed0")]
-    if not runs:
-        return
-    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.6), squeeze=False)
-    for ax, (_key, r) in zip(axes[0], runs, strict=True):
-        per_group: dict[str, list[float]] = {}
-        for name, bits in r["bits"].items():
-            per_group.setdefault(_group(name), []).extend(bits)
-        labels = list(per_group)
-        lo = int(min(min(v) for v in per_group.values()))
-        hi = int(max(max(v) for v in per_group.values()))
-        ax.hist([per_group[g] for g in labels], bins=[b - 0.5 for b in range(lo, hi + 2)], label=labels,
-                stacked=True)
-        ax.set_title(f"{LABELS[r['config']]}: bits per group of 16 weights")
-        ax.set_xlabel("bits")
-        ax.set_ylabel("groups")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(RESULTS / "text_bits.png", dpi=110)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train the Table 2 configurations (resumes)")
     t.add_argument("--only", default=None, help=f"comma-separated configurations of {list(CONFIGS)}")
     t.add_argument("--seed", dest="seeds", type=int, action="append", help="seed (repeatable), default 0")
+    t.add_argument("--budget", type=float, default=float("inf"), help="seconds after which no new training starts")
     t.set_defaults(func=train)
     q = sub.add_parser("ptq", help="PTQ of the float model of seed 0 (resumes)")
     q.add_argument("--only", default=None, help="comma-separated label fragments")
     q.set_defaults(func=ptq)
     pe = sub.add_parser("peer", help="optimum-quanto weight-only int8/int4 of the float model (.venv-bench)")
     pe.set_defaults(func=peer)
-    r = sub.add_parser("report", help="write text.md and text_bits.png from text.json")
-    r.set_defaults(func=report)
+    r = sub.add_parser("report", help="write text.md and text_bits.png from text.json (text_report.py)")
+    r.set_defaults(func=lambda _args: __import__("text_report").report())
     args = p.parse_args(argv)
     if getattr(args, "seeds", 0) is None:
         args.seeds = [0]

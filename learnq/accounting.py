@@ -14,6 +14,11 @@ Per tensor of a model (or of a learnq model file; see :mod:`learnq.checkpoint` f
 * ``entropy_bits``: ``H(codes)·numel`` (the empirical Shannon entropy of the codes, what an ideal entropy coder of
   independent symbols reaches; per index of a palettized tensor) plus the other stored bytes' bits as they are
   (steps, offsets, range, widths, palettes, floats).
+* ``packed_bytes``: the bytes of its slices in the packed format (codes bit-packed), whatever codec wrote it.
+* ``bound_bits``: the entropy bound of the file's entropy coder (:mod:`learnq.entropy_codec`): ``Σ_s n_s·H_s`` over
+  its packed code streams (one per code width) plus the coder's model (its histograms, 32 bits a value) plus the
+  other stored bytes' bits. What ``codec="ans"`` reaches up to a few bytes per tensor; ``stored_bytes`` is what it
+  did reach (``codec``: "ans" when the tensor is entropy-coded on disk, else "packed").
 * ``zlib_bytes``: zlib at level :data:`ZLIB_LEVEL` (1) of the packed codes plus the other stored bytes as they are.
   Level 1, not 9: packed codes are nearly random bytes, on which level 9 saves 2-3 % more (4-bit codes of 4M
   Gaussian weights: 1,378,402 bytes at levels 6 and 9, 1,424,130 at level 1) at 2.7x the time (533 ms against
@@ -36,6 +41,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from learnq import entropy_codec
 from learnq.file_layout import Encoded, Entry, dtype_name, encode
 from learnq.grid import QuantizedTensor
 
@@ -61,6 +67,9 @@ class TensorSize:
     kind: str = "quantized"
     dtype: str = "float32"
     palette: str | None = None  # a palettized tensor's LUT: "<groups>x<k>x<d> <dtype>"
+    packed_bytes: int = 0
+    bound_bits: float = 0.0
+    codec: str = "packed"
 
     @property
     def float32_bytes(self) -> int:
@@ -98,6 +107,14 @@ class SizeReport:
         return sum(t.zlib_bytes for t in self.tensors)
 
     @property
+    def packed_bytes(self) -> int:
+        return sum(t.packed_bytes for t in self.tensors)
+
+    @property
+    def bound_bytes(self) -> float:
+        return sum(t.bound_bits for t in self.tensors) / 8
+
+    @property
     def float32_bytes(self) -> int:
         return sum(t.float32_bytes for t in self.tensors)
 
@@ -116,6 +133,7 @@ class SizeReport:
         return {"naive_bytes": self.naive_bytes, "stored_bytes": self.stored_bytes, "file_bytes": self.file_bytes,
                 "header_bytes": self.header_bytes,
                 "entropy_bytes": self.entropy_bytes, "zlib_bytes": self.zlib_bytes,
+                "packed_bytes": self.packed_bytes, "bound_bytes": self.bound_bytes,
                 "float32_bytes": self.float32_bytes, "ratio_vs_float32": self.ratio}
 
     def to_dict(self) -> dict:
@@ -148,32 +166,45 @@ def entropy_bits(codes: torch.Tensor) -> float:
     return float(-(p * torch.log2(p)).sum()) * n
 
 
-def tensor_size(name: str, value: Entry, encoded: Encoded | None = None) -> TensorSize:
-    """Sizes of one entry; ``encoded`` (what :func:`learnq.file_layout.encode` made of it) saves encoding again."""
+def tensor_size(name: str, value: Entry, encoded: Encoded | None = None,
+                on_disk: tuple[int, str] | None = None) -> TensorSize:
+    """Sizes of one entry; ``encoded`` (what :func:`learnq.file_layout.encode` made of it) saves encoding again;
+    ``on_disk`` (the bytes of its slices and its codec, from a file) says how a file stores it."""
     enc = encoded if encoded is not None else encode(name, value)
-    stored = sum(t.numel() * t.element_size() for _, t in enc.parts())
+    packed = sum(t.numel() * t.element_size() for _, t in enc.parts())
+    if enc.coded is not None:
+        packed += enc.codes.numel() - enc.coded.nbytes  # type: ignore[union-attr]
+    stored, codec = on_disk if on_disk is not None else (
+        packed if enc.coded is None else packed - enc.codes.numel() + enc.coded.nbytes,  # type: ignore[union-attr]
+        "packed" if enc.coded is None else "ans")
     if isinstance(value, torch.Tensor):
         return TensorSize(name=name, shape=tuple(value.shape), numel=value.numel(), bits=8 * value.element_size(),
                           granularity=None, method=None, naive_bits=8 * stored, stored_bytes=stored,
-                          entropy_bits=8.0 * stored, zlib_bytes=stored, kind="float", dtype=dtype_name(value.dtype))
+                          entropy_bits=8.0 * stored, zlib_bytes=stored, kind="float", dtype=dtype_name(value.dtype),
+                          packed_bytes=stored, bound_bits=8.0 * stored, codec="packed")
     qt: QuantizedTensor = value
     codes = enc.codes.numpy().tobytes()  # type: ignore[union-attr]
     pal = None if qt.palette is None else f"{'x'.join(map(str, qt.palette.shape))} {dtype_name(qt.palette.dtype)}"
-    side = stored - len(codes)  # packed widths and float32 steps/offsets/range
+    side = packed - len(codes)  # packed widths and float32 steps/offsets/range
+    bound = enc.coded.bound_bits if enc.coded is not None else (
+        entropy_codec.bound_bits(enc.codes, enc.streams) if len(codes) else 0.0)  # type: ignore[arg-type]
     params = enc.params  # float32 steps/offsets/range, or a palette (float32 or float16)
     naive = enc.code_bits + enc.width_bits + 8 * params.numel() * params.element_size()  # type: ignore[union-attr]
     return TensorSize(name=name, shape=qt.shape, numel=qt.codes.numel(), bits=qt.bits, granularity=str(qt.granularity),
                       method=qt.method, naive_bits=naive, stored_bytes=stored,
                       entropy_bits=entropy_bits(qt.index_codes()) + 8.0 * side,
                       zlib_bytes=len(zlib.compress(codes, ZLIB_LEVEL)) + side,
-                      kind="quantized", dtype=dtype_name(qt.dtype), palette=pal)
+                      kind="quantized", dtype=dtype_name(qt.dtype), palette=pal, packed_bytes=packed,
+                      bound_bits=bound + 8.0 * side, codec=codec)
 
 
 def report_for(entries: Mapping[str, Entry], file_bytes: int | None = None,
-               encoded: Mapping[str, Encoded] | None = None) -> SizeReport:
-    """The size report of ``entries`` (name -> QuantizedTensor or tensor)."""
-    encoded = encoded or {}
-    return SizeReport([tensor_size(k, v, encoded.get(k)) for k, v in entries.items()], file_bytes)
+               encoded: Mapping[str, Encoded] | None = None,
+               on_disk: Mapping[str, tuple[int, str]] | None = None) -> SizeReport:
+    """The size report of ``entries`` (name -> QuantizedTensor or tensor); ``on_disk``: bytes and codec of each
+    tensor in a file."""
+    encoded, on_disk = encoded or {}, on_disk or {}
+    return SizeReport([tensor_size(k, v, encoded.get(k), on_disk.get(k)) for k, v in entries.items()], file_bytes)
 
 
 __all__ = ["ZLIB_LEVEL", "SizeReport", "TensorSize", "entropy_bits", "report_for", "tensor_size"]

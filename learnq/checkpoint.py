@@ -24,8 +24,11 @@ tensor stored as is and ``[name, shape, crc32, grid index]`` for a quantized one
 codes when it has per-group widths; ``crc32`` is the CRC-32 of its slices (the ``uint8`` one first). A grid is a
 dict without its defaults: ``bits``, ``method`` ("minmax"), ``scheme`` ("symmetric"), ``qmin`` (0),
 ``granularity`` ("tensor"), ``dtype`` ("float32"), ``offset`` (false; true: offsets stored), ``range`` (false; true:
-the range is stored instead of steps and offsets), ``widths`` (none; ``[smallest, bits]`` of the per-group widths)
-and ``extra`` ({}). Slice offsets are not stored: they follow from the records, which must tile every blob exactly.
+the range is stored instead of steps and offsets), ``widths`` (none; ``[smallest, bits]`` of the per-group widths),
+``extra`` ({}) and ``codec`` (none; ``["ans", 1]``: the codes are entropy-coded, :mod:`learnq.entropy_codec`: the
+``uint8`` slice holds the packed widths then the coded bytes, a second ``uint8`` slice the histograms, and
+the record adds the coded byte count, the histogram length and the CRC-32 of the packed codes). Slice offsets are not
+stored: they follow from the records, which must tile every blob exactly.
 
 Loading parses the header itself (safetensors' reader is not used; every JSON text is bounded in size and, before it
 is parsed, in nesting depth, ``MAX_JSON_DEPTH``), checks the version, the extent of every blob
@@ -54,6 +57,7 @@ from torch.nn.utils import parametrize
 from learnq.accounting import SizeReport, report_for
 from learnq.atomic_file import write_atomic
 from learnq.bounded_json import MAX_JSON_DEPTH, json_too_deep
+from learnq.entropy_codec import check_codec
 from learnq.errors import CheckpointError, ConfigError, LearnqError
 from learnq.fields import field_states, restorers
 from learnq.file_layout import crc32, dtype_name, encode, same_entry
@@ -73,8 +77,12 @@ from learnq.quantized import (
 
 
 def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = None,
-         quantized: Mapping[str, QuantizedTensor] | None = None, report: bool = False) -> SizeReport | None:
+         quantized: Mapping[str, QuantizedTensor] | None = None, report: bool = False,
+         codec: str = "packed") -> SizeReport | None:
     """Write ``model`` to ``path`` (quantized parameters bit-packed, everything else as is).
+
+    ``codec="ans"`` entropy-codes the codes of every quantized tensor whose coded form is smaller than its packed
+    one (:mod:`learnq.entropy_codec`; needs ``pip install 'learnq[entropy]'``); :func:`load` reads either.
 
     ``report=True`` returns the file's :class:`SizeReport` (entropy and zlib sizes of every tensor: a moment on a
     large model, so only when asked; ``learnq.size.size_report(path)`` gives the same later); else None.
@@ -92,7 +100,8 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = N
     tied = {alias: first for alias, first in tied_aliases(model, list(entries)).items()
             if same_entry(entries[alias], entries[first])}  # stored once (quantized= may split a tie: kept apart)
     own = {name: value for name, value in entries.items() if name not in tied}
-    encoded = {name: encode(name, value) for name, value in own.items()}
+    check_codec(codec)
+    encoded = {name: encode(name, value, codec) for name, value in own.items()}
     parts: dict[str, list[torch.Tensor]] = {}
     grids: dict[str, int] = {}  # grid JSON -> index
     records: list[list] = []
@@ -113,8 +122,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = N
                 record.append(dtype_name(enc.data.dtype))  # type: ignore[union-attr]
             else:
                 record.append(grids.setdefault(dumps(enc.grid), len(grids)))
-                if enc.widths is not None:
-                    record.append(enc.codes.numel())  # type: ignore[union-attr]
+                record.extend(enc.record_tail())  # packed code bytes (per-group widths), entropy-coding lengths
             records.append(record)
         text = dumps({"metadata": user, "grids": [json.loads(g) for g in grids], "tensors": records}).encode()
         if json_too_deep(text):
@@ -172,6 +180,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, strict: boo
         raise CheckpointError(f"{mf.path!r} does not fit the model: {'; '.join(wrong)}")
     model.to(device)
     index = holders_index(model)  # once: attach_quantized would walk the model once per tensor
+    modules = dict(model.named_modules(remove_duplicate=False))  # once: no submodule lookup per tensor
     for group in tied_groups(model, names):  # a tied parameter: one value for every holder, set once
         name = group[0]
         split = [other for other in group[1:] if not same_entry(mf.entries[name], mf.entries[other])]
@@ -183,14 +192,14 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, strict: boo
                 "the model again and save it")
         value = mf.entries[name]
         if isinstance(value, QuantizedTensor):
-            attach_quantized(model, name, value, index=index, take=True)  # on every holder; mf is ours
+            attach_quantized(model, name, value, index=index, take=True, modules=modules)  # every holder; mf is ours
             continue
-        for _, hmod, hattr in holders(model, name, index):
+        for _, hmod, hattr in holders(model, name, index, modules):
             if parametrize.is_parametrized(hmod, hattr):
                 parametrize.remove_parametrizations(hmod, hattr, leave_parametrized=False)
         module_name, param = split_name(name)
         with torch.no_grad():
-            getattr(get_module(model, module_name), param).data = value.clone()
+            getattr(get_module(model, module_name, modules), param).data = value.clone()
     return model
 
 

@@ -4,12 +4,15 @@ The layout is described in :mod:`learnq.checkpoint` (which reads and writes the 
 tensor into the contents of its slices (:func:`encode`: bit-packed codes, packed group widths, float32 steps and
 offsets or the value range) and back (:func:`decode`), parses the file's tensor records and places their slices in
 the blobs (:func:`place_records`), and checks the blobs the safetensors header declares against them
-(:func:`locate`). Codes are bit-packed with :mod:`learnq.packing` (DiffQ seeds/003 §3.3: a b-bit weight costs b
+(:func:`locate`). Codes are bit-packed by :mod:`learnq.code_packing` (DiffQ seeds/003 §3.3: a b-bit weight costs b
 bits); a tensor with ``value_range`` (DiffQ's eval grid, Eq. 6 at the rounded widths) stores only its range, its
 steps and offsets being :func:`learnq.grid.range_group_params` of it, here and in DiffQ's own forward. A palettized
 tensor (:mod:`learnq.palette`: DKM, k-means, iPQ) stores its indices, one per ``d``-vector at ``bits`` each, in the
 ``uint8`` slice and its LUT, ``(n_groups, k, d)`` values, in a slice of the blob of the LUT's dtype (``float32`` or
-``float16``); its grid record says ``"palette": [k, d, dtype]``.
+``float16``); its grid record says ``"palette": [k, d, dtype]``. With ``codec="ans"`` (:mod:`learnq.entropy_codec`)
+the packed code streams are entropy-coded when that makes the tensor smaller: the ``uint8`` slice then holds the
+packed widths and the coded bytes, a third slice (``uint8``) the per-stream histograms, and the grid record says
+``"codec": ["ans", 1]``.
 """
 
 from __future__ import annotations
@@ -21,142 +24,25 @@ from typing import Any
 
 import torch
 
+from learnq import entropy_codec
+from learnq.code_packing import code_streams, codes_nbytes, group_widths, offset_stored, pack_codes, unpack_codes
 from learnq.errors import CheckpointError, QuantizationError
 from learnq.granularity import Granularity
 from learnq.grid import MAX_BITS, QuantizedTensor, bits_for_range, check_bits, range_group_params
-from learnq.packing import pack, pack_checked, packed_nbytes, unpack
+from learnq.packing import pack, packed_nbytes, unpack
 from learnq.palette import PALETTE_DTYPES, check_vectors
 
-PACKED, PARAMS = "uint8", "float32"  # the blobs of packed widths and codes, and of steps, offsets and ranges
+# the blobs of packed widths and codes (or coded ones), of steps, offsets and ranges, and of entropy models
+PACKED, PARAMS, MODEL = "uint8", "float32", "uint8"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 BLOBS = {"bool": "BOOL", "uint8": "U8", "int8": "I8", "int16": "I16", "int32": "I32", "int64": "I64",  # safetensors
          "uint16": "U16", "uint32": "U32", "uint64": "U64", "float16": "F16", "bfloat16": "BF16", "float32": "F32",
          "float64": "F64", "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2", "complex64": "C64"}
 GRID_DEFAULTS: dict[str, Any] = {"method": "minmax", "scheme": "symmetric", "qmin": 0, "granularity": "tensor",
                                  "dtype": "float32", "offset": False, "range": False, "widths": None, "extra": {},
-                                 "palette": None}
+                                 "palette": None, "codec": None}
 
 Entry = QuantizedTensor | torch.Tensor
-
-
-# -- codes <-> bytes --------------------------------------------------------------------------------------------
-def offset_stored(qt: QuantizedTensor) -> bool:
-    """False when every offset is +0.0 (bit pattern zero), so leaving it out of the file changes no value."""
-    return bool((qt.offset.detach().float().contiguous().view(torch.int32) != 0).any())
-
-
-def group_widths(qt: QuantizedTensor, name: str) -> torch.Tensor:
-    """``qt.group_bits`` checked (whole numbers in 1..16, one per group), int64 on the CPU."""
-    gb = qt.group_bits.detach().cpu().reshape(-1)
-    n = qt.granularity.num_groups(qt.shape)
-    if gb.numel() != n:
-        raise QuantizationError(f"{name}: group_bits has {gb.numel()} values for {n} groups")
-    if gb.is_floating_point() and not bool((gb == gb.round()).all()):
-        raise QuantizationError(f"{name}: group_bits must be whole numbers, got {gb.tolist()[:8]}...")
-    gb = gb.to(torch.int64)
-    if bool(((gb < 1) | (gb > MAX_BITS)).any()):
-        raise QuantizationError(f"{name}: every group width must be from 1 to {MAX_BITS} bits")
-    return gb
-
-
-def pack_codes(qt: QuantizedTensor, name: str = "tensor") -> torch.Tensor:
-    """The packed codes of ``qt`` (uint8, 1-D); checks that every code fits its width."""
-    if qt.palette is not None:
-        stored = qt.stored_codes().detach().cpu().to(torch.int64)
-        d, k = qt.vector_dim, int(qt.palette.shape[1])
-        vectors = stored.reshape(-1, d)
-        if not bool((vectors == vectors[:, :1]).all()):
-            raise QuantizationError(f"{name}: the codes of a palettized tensor must be equal within each {d}-vector")
-        if vectors.numel() and (int(vectors.min()) < 0 or int(vectors.max()) >= k):
-            raise QuantizationError(f"{name}: palette indices must lie in [0, {k - 1}]")
-        return pack(vectors[:, 0].contiguous(), qt.bits)
-    if qt.group_bits is None:
-        stored = qt.stored_codes().detach().cpu().reshape(-1)
-        if not stored.numel():
-            return torch.zeros(0, dtype=torch.uint8)
-        if stored.dtype in (torch.uint16, torch.uint32, torch.uint64) or stored.is_floating_point():
-            stored = stored.to(torch.int64)  # aminmax and the packer take int8..int64 (and codes given as floats)
-        top = 2**qt.bits - 1
-        low, high = (int(v) for v in torch.aminmax(stored))  # one pass for both ends
-        if low < 0 or high > top:
-            raise QuantizationError(f"{name}: codes - qmin must lie in [0, {top}] for {qt.bits} bits; "
-                                    f"found [{low}, {high}] (check qmin and bits)")
-        return pack_checked(stored, qt.bits)
-    stored = qt.stored_codes().detach().cpu()
-    if stored.dtype in (torch.uint16, torch.uint32, torch.uint64) or stored.is_floating_point():
-        stored = stored.to(torch.int64)
-    widths = group_widths(qt, name)
-    rows = qt.granularity.view(stored)  # (n_groups, group_len)
-    mask = qt.granularity.group_mask(qt.shape)
-    limit = (2**widths - 1).unsqueeze(1)
-    bad = (rows < 0) | (rows > limit)
-    if bool((bad if bool(mask.all()) else bad[mask]).any()):
-        raise QuantizationError(f"{name}: some codes - qmin do not fit the width of their group (group_bits)")
-    parts = []
-    for w, block, keep in _width_blocks(widths, rows, mask):  # one stream per width, widths ascending
-        flat = block.reshape(-1) if keep is None else block[keep]
-        parts.append(pack_checked(flat, w) if flat.numel() else torch.zeros(0, dtype=torch.uint8))
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.uint8)
-
-
-def _width_blocks(widths: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor):
-    """``(width, rows of the groups of that width, their mask or None when full)`` per width, widths ascending and
-    the groups of each in their order (one stable sort instead of a boolean selection per width)."""
-    order = torch.argsort(widths, stable=True)
-    values, counts = torch.unique_consecutive(widths[order], return_counts=True)
-    ordered, full = rows[order], bool(mask.all())
-    omask = None if full else mask[order]
-    start = 0
-    for w, c in zip(values.tolist(), counts.tolist(), strict=True):
-        yield w, ordered[start:start + c], None if omask is None else omask[start:start + c]
-        start += c
-
-
-def codes_nbytes(shape: tuple[int, ...], bits: int, granularity: Granularity, group_bits: torch.Tensor | None) -> int:
-    """Byte count of the packed codes for this grid."""
-    numel = math.prod(shape)
-    if group_bits is None:
-        return packed_nbytes(numel, bits)
-    per_group = granularity.group_mask(shape).sum(dim=1)
-    widths = group_bits.to(torch.int64).reshape(-1)
-    return sum(packed_nbytes(int(per_group[widths == w].sum()), w) for w in widths.unique().tolist())
-
-
-def unpack_codes(packed: torch.Tensor, shape: tuple[int, ...], bits: int, qmin: int, granularity: Granularity,
-                 group_bits: torch.Tensor | None) -> torch.Tensor:
-    """Inverse of :func:`pack_codes`: int32 codes of ``shape``."""
-    numel = math.prod(shape)
-    if group_bits is None:
-        codes = unpack(packed, bits, numel).reshape(shape)  # int32, fresh: shifted in place
-        return codes.add_(qmin) if qmin else codes
-    widths = group_bits.to(torch.int64).reshape(-1)
-    mask = granularity.group_mask(shape)
-    order = torch.argsort(widths, stable=True)  # the groups in file order: widths ascending (see pack_codes)
-    values, counts = torch.unique_consecutive(widths[order], return_counts=True)
-    full = bool(mask.all())
-    omask = None if full else mask[order]
-    ordered = torch.zeros(mask.shape, dtype=torch.int32)
-    start, first = 0, 0
-    for w, c in zip(values.tolist(), counts.tolist(), strict=True):
-        keep = None if omask is None else omask[first:first + c]
-        count = c * mask.shape[1] if keep is None else int(keep.sum())
-        nbytes = packed_nbytes(count, w)
-        codes = unpack(packed[start:start + nbytes], w, count)
-        if keep is None:
-            ordered[first:first + c] = codes.view(c, mask.shape[1])
-        else:
-            ordered[first:first + c][keep] = codes
-        start += nbytes
-        first += c
-    rows = torch.empty_like(ordered)
-    rows[order] = ordered
-    if granularity.kind == "axis":
-        axis = granularity.axis % len(shape)
-        moved = (shape[axis],) + tuple(s for i, s in enumerate(shape) if i != axis)
-        codes = rows.reshape(moved).movedim(0, axis)
-    else:
-        codes = rows.reshape(-1)[:numel].reshape(shape)
-    return (codes + qmin).to(torch.int32).contiguous()
 
 
 # -- encode -----------------------------------------------------------------------------------------------------
@@ -173,13 +59,28 @@ class Encoded:
     code_bits: int = 0  # Σ bits·numel of the codes
     width_bits: int = 0  # bits of the group widths before rounding up to whole bytes
     params_blob: str = PARAMS  # the blob of ``params`` (a palette's own dtype)
+    streams: entropy_codec.Streams | None = None  # (width, count) of each packed code stream
+    coded: entropy_codec.Coded | None = None  # the entropy-coded codes (codec "ans"), stored instead of ``codes``
+    codes_crc: int = 0  # CRC-32 of the packed codes, recorded with coded ones (checks the decoding)
 
     def parts(self) -> list[tuple[str, torch.Tensor]]:
         """(blob, 1-D tensor) of each of its slices, in file order."""
         if self.grid is None:
             return [(dtype_name(self.data.dtype), self.data)]  # type: ignore[union-attr]
-        packed = self.codes if self.widths is None else torch.cat([self.widths, self.codes])  # type: ignore[list-item]
-        return [(PACKED, packed), (self.params_blob, self.params)]  # type: ignore[list-item]
+        body = self.codes if self.coded is None else self.coded.coded
+        packed = body if self.widths is None else torch.cat([self.widths, body])  # type: ignore[list-item]
+        out = [(PACKED, packed), (self.params_blob, self.params)]
+        if self.coded is not None:
+            out.append((MODEL, self.coded.model))
+        return out  # type: ignore[return-value]
+
+    def record_tail(self) -> list[int]:
+        """What its file record holds after the grid index: the byte count of its packed codes (per-group widths
+        only), then, when entropy-coded, the coded byte count, the model length and the packed codes' CRC-32."""
+        tail = [] if self.widths is None else [self.codes.numel()]  # type: ignore[union-attr]
+        if self.coded is not None:
+            tail += [self.coded.coded.numel(), self.coded.model.numel(), self.codes_crc]
+        return tail
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -203,8 +104,24 @@ def _range(qt: QuantizedTensor, widths: torch.Tensor, name: str) -> torch.Tensor
     return vr.contiguous()
 
 
-def encode(name: str, value: Entry) -> Encoded:
-    """What the file stores for one tensor (checks bits, widths, codes, float32 steps and the value range)."""
+def encode(name: str, value: Entry, codec: str = "packed") -> Encoded:
+    """What the file stores for one tensor (checks bits, widths, codes, float32 steps and the value range); with
+    ``codec="ans"`` its codes are entropy-coded when that makes the tensor smaller (:mod:`learnq.entropy_codec`)."""
+    enc = _encode(name, value)
+    if enc.grid is None:
+        return enc
+    qt: QuantizedTensor = value  # type: ignore[assignment]
+    enc.streams = code_streams(qt.shape, qt.bits, qt.granularity, None if qt.group_bits is None else
+                               group_widths(qt, name), qt.vector_dim if qt.palette is not None else 1)
+    if entropy_codec.check_codec(codec) == "ans" and enc.codes.numel():  # type: ignore[union-attr]
+        coded = entropy_codec.encode(enc.codes, enc.streams)  # type: ignore[arg-type]
+        if coded.nbytes < enc.codes.numel():  # type: ignore[union-attr]
+            enc.coded, enc.codes_crc = coded, crc32(enc.codes)  # type: ignore[arg-type]
+            enc.grid = {**enc.grid, "codec": entropy_codec.ANS}  # type: ignore[dict-item]
+    return enc
+
+
+def _encode(name: str, value: Entry) -> Encoded:
     if isinstance(value, torch.Tensor):
         if dtype_name(value.dtype) not in BLOBS:
             raise CheckpointError(f"tensor {name!r} has dtype {value.dtype}, which a model file cannot store; "
@@ -281,6 +198,9 @@ def parse_grid(raw: Any) -> dict:
         low, wbits = g["widths"]
         check_bits(low)
         check_bits(wbits)
+    if g["codec"] is not None and g["codec"] != entropy_codec.ANS:
+        raise ValueError(f"codec {g['codec']!r}, which this learnq does not know (it reads {entropy_codec.ANS}); "
+                         "read the file with the learnq that wrote it")
     if g["palette"] is not None:
         k, d, pdtype = g["palette"]
         if type(k) is not int or type(d) is not int or not 1 <= k <= 2 ** g["bits"] or d < 1 or \
@@ -294,26 +214,46 @@ def params_blob(grid: dict) -> str:
     return PARAMS if grid["palette"] is None else grid["palette"][2]
 
 
-def slice_counts(grid: dict, shape: tuple[int, ...], code_bytes: int | None) -> tuple[int, int]:
+def slice_counts(grid: dict, shape: tuple[int, ...], code_bytes: int | None,
+                 coded_bytes: int | None = None) -> tuple[int, int]:
     """Lengths of a quantized tensor's uint8 slice (bytes) and float32 slice (values); ``code_bytes`` is the byte
-    count of its codes, recorded for per-group widths (None otherwise)."""
+    count of its codes, recorded for per-group widths (None otherwise), ``coded_bytes`` that of its entropy-coded
+    codes (codec "ans"; None otherwise)."""
     n = grid["granularity"].num_groups(shape)
     if grid["palette"] is not None:
         k, d, _ = grid["palette"]
         check_vectors(shape, grid["granularity"], d)
-        return packed_nbytes(math.prod(shape) // d, grid["bits"]), n * k * d
+        codes = packed_nbytes(math.prod(shape) // d, grid["bits"]) if coded_bytes is None else coded_bytes
+        return codes, n * k * d
     params = 2 if grid["range"] else n * (2 if grid["offset"] else 1)
     if grid["widths"] is None:
-        return packed_nbytes(math.prod(shape), grid["bits"]), params
-    return packed_nbytes(n, grid["widths"][1]) + int(code_bytes or 0), params
+        return (packed_nbytes(math.prod(shape), grid["bits"]) if coded_bytes is None else coded_bytes), params
+    codes = int(code_bytes or 0) if coded_bytes is None else coded_bytes
+    return packed_nbytes(n, grid["widths"][1]) + codes, params
+
+
+def _decoded(name: str, packed: torch.Tensor, coded: tuple[torch.Tensor, int] | None,
+             streams: entropy_codec.Streams) -> torch.Tensor:
+    """``packed`` as it is, or, for entropy-coded codes (``coded``: the model and the packed codes' CRC-32), the
+    packed codes decoded from it and checked against their CRC-32."""
+    if coded is None:
+        return packed
+    out = entropy_codec.decode(packed, coded[0], streams, name)
+    if crc32(out) != coded[1]:
+        raise CheckpointError(f"tensor {name!r}: its entropy-coded codes decode to other codes than were written "
+                              "(CRC-32 mismatch; another constriction version?); read it with the learnq and "
+                              "constriction that wrote it")
+    return out
 
 
 def decode(name: str, grid: dict, shape: tuple[int, ...], code_bytes: int | None, packed: torch.Tensor,
-           params: torch.Tensor) -> QuantizedTensor:
-    """The quantized tensor ``name`` from its checked uint8 and float32 slices (inverse of :func:`encode`)."""
+           params: torch.Tensor, coded: tuple[torch.Tensor, int] | None = None) -> QuantizedTensor:
+    """The quantized tensor ``name`` from its checked uint8 and float32 slices (inverse of :func:`encode`);
+    ``coded``: the uint8 model slice and the packed codes' CRC-32 of an entropy-coded tensor."""
     gran, n = grid["granularity"], grid["granularity"].num_groups(shape)
     if grid["palette"] is not None:
         k, d, _ = grid["palette"]
+        packed = _decoded(name, packed, coded, code_streams(shape, grid["bits"], gran, None, d))
         indices = unpack(packed, grid["bits"], math.prod(shape) // d)
         if indices.numel() and int(indices.max()) >= k:
             raise CheckpointError(f"tensor {name!r} has palette indices past its {k} entries")
@@ -333,6 +273,7 @@ def decode(name: str, grid: dict, shape: tuple[int, ...], code_bytes: int | None
         if need != code_bytes:
             raise CheckpointError(f"tensor {name!r} has group widths that need {need} bytes of codes, but its "
                                   f"metadata says {code_bytes}")
+    packed = _decoded(name, packed, coded, code_streams(shape, grid["bits"], gran, group_bits))
     codes = unpack_codes(packed, shape, grid["bits"], grid["qmin"], gran, group_bits)
     value_range = None
     if grid["range"]:

@@ -1,8 +1,10 @@
 """The tensor records of a learnq model file and where their bytes are (the layout: :mod:`learnq.checkpoint`).
 
 A record is ``[name, shape, crc32, dtype]`` for a tensor stored as is and ``[name, shape, crc32, grid index]`` (plus
-the byte count of its packed codes when it has per-group widths) for a quantized one; ``[name, shape, crc32, "tied",
-first]`` names a tied parameter already stored under ``first`` (an earlier record, same shape and crc32; no bytes).
+the byte count of its packed codes when it has per-group widths, then, when its codes are entropy-coded, the coded
+byte count, the byte count of its model and the CRC-32 of its packed codes) for a quantized one;
+``[name, shape, crc32, "tied", first]`` names a tied parameter already stored under ``first`` (an earlier record,
+same shape and crc32; no bytes).
 Slice offsets are not stored: :func:`place_records` follows the records through the per-dtype blobs, :func:`locate`
 checks the blobs the safetensors header declares against them (names, dtypes, shapes, extents, tiling) and
 :func:`decode_record` turns a checked record's slices back into its tensor (:func:`learnq.file_layout.decode`).
@@ -17,7 +19,7 @@ from typing import Any
 import torch
 
 from learnq.errors import CheckpointError, LearnqError
-from learnq.file_layout import BLOBS, PACKED, Entry, decode, params_blob, parse_grid, slice_counts
+from learnq.file_layout import BLOBS, MODEL, PACKED, Entry, decode, params_blob, parse_grid, slice_counts
 
 
 # -- records and slices ----------------------------------------------------------------------------------------
@@ -50,6 +52,7 @@ class Record:
     dtype: str | None = None  # a tensor stored as is
     grid: dict | None = None  # a quantized tensor: its grid, defaults filled in
     code_bytes: int | None = None  # of a tensor with per-group widths
+    coded: tuple[int, int, int] | None = None  # entropy-coded: (coded bytes, model length, CRC-32 of the packed codes)
     tied: str | None = None  # the earlier record holding this tied parameter's bytes
     slices: list[tuple[str, int, int]] = field(default_factory=list)
 
@@ -72,12 +75,14 @@ def parse_record(rec: Any, grids: list) -> Record:
             raise ValueError(f"dtype {kind!r}")
         return Record(name, shape, crc, dtype=kind, slices=[(kind, 0, math.prod(shape))])
     grid = parse_grid(grids[kind])
-    if (grid["widths"] is None) != (not more) or len(more) > 1 or not all(type(c) is int and c >= 0 for c in more):
-        raise ValueError(f"code byte count {more!r}")
-    code_bytes = more[0] if more else None
-    packed, params = slice_counts(grid, shape, code_bytes)
-    return Record(name, shape, crc, grid=grid, code_bytes=code_bytes,
-                  slices=[(PACKED, 0, packed), (params_blob(grid), 0, params)])
+    want = (grid["widths"] is not None) + 3 * (grid["codec"] is not None)
+    if len(more) != want or not all(type(c) is int and c >= 0 for c in more):
+        raise ValueError(f"code byte counts {more!r}")
+    code_bytes = more[0] if grid["widths"] is not None else None
+    coded = tuple(more[-3:]) if grid["codec"] is not None else None
+    packed, params = slice_counts(grid, shape, code_bytes, None if coded is None else coded[0])
+    slices = [(PACKED, 0, packed), (params_blob(grid), 0, params)] + ([] if coded is None else [(MODEL, 0, coded[1])])
+    return Record(name, shape, crc, grid=grid, code_bytes=code_bytes, coded=coded, slices=slices)  # type: ignore
 
 
 def place_records(path: str, info: dict) -> tuple[list[Record], dict[str, int]]:
@@ -154,8 +159,9 @@ def locate(path: str, header: dict, items: list[Record], counts: dict[str, int],
         raise damaged(path, "its safetensors header (blobs overlap or leave gaps)")
     slices = {}
     for it in items:
-        slices[it.name] = [Slice(b, start + first[b] + e * getattr(torch, b).itemsize,
-                                 start + first[b] + (e + c) * getattr(torch, b).itemsize) for b, e, c in it.slices]
+        slices[it.name] = [Slice(b, start + first.get(b, 0) + e * getattr(torch, b).itemsize,  # empty blob: none
+                                 start + first.get(b, 0) + (e + c) * getattr(torch, b).itemsize)
+                           for b, e, c in it.slices]
     return slices
 
 
@@ -165,7 +171,8 @@ def decode_record(item: Record, data: bytes, slices: list[Slice]) -> Entry:
              torch.zeros(0, dtype=getattr(torch, s.blob)) for s in slices]
     if item.grid is None:
         return parts[0].reshape(item.shape)
-    return decode(item.name, item.grid, item.shape, item.code_bytes, *parts)
+    coded = None if item.coded is None else (parts[2], item.coded[2])
+    return decode(item.name, item.grid, item.shape, item.code_bytes, parts[0], parts[1], coded)
 
 
 __all__ = ["Record", "Slice", "damaged", "decode_record", "locate", "parse_record", "place_records"]

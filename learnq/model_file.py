@@ -48,12 +48,16 @@ class ModelFile:
     slices: dict[str, list[Slice]] = field(default_factory=dict)
     tied: dict[str, str] = field(default_factory=dict)
     """``{alias: first name}`` of the tied parameters: ``entries[alias] is entries[first]``, stored once."""
+    codecs: dict[str, str] = field(default_factory=dict)
+    """The codec of each tensor's codes as stored: "ans" (entropy-coded) or "packed"."""
 
     @cached_property
     def size(self) -> SizeReport:
         """The size report of this file (computed on first use: zlib of every tensor takes a moment); a tied
         parameter counts once."""
-        return report_for({k: v for k, v in self.entries.items() if k not in self.tied}, self.file_bytes)
+        own = {k: v for k, v in self.entries.items() if k not in self.tied}
+        on_disk = {k: (sum(s.nbytes for s in self.slices[k]), self.codecs.get(k, "packed")) for k in own}
+        return report_for(own, self.file_bytes, on_disk=on_disk)
 
 
 def loads(path: str, text: bytes, what: str) -> Any:
@@ -145,6 +149,7 @@ def read(path: str | os.PathLike, device: str | torch.device = "cpu") -> ModelFi
     view = memoryview(data)
     entries: dict[str, Entry] = {}
     tied: dict[str, str] = {}
+    codecs: dict[str, str] = {}
     for item in items:
         if item.tied is not None:  # place_records checked that the first one came earlier
             entries[item.name], tied[item.name] = entries[item.tied], item.tied
@@ -157,12 +162,14 @@ def read(path: str | os.PathLike, device: str | torch.device = "cpu") -> ModelFi
                                   "damaged after it was written")
         try:
             entries[item.name] = _to(decode_record(item, data, slices[item.name]), device)
+            if item.coded is not None:
+                codecs[item.name] = "ans"
         except CheckpointError as exc:
             raise CheckpointError(f"{path!r}: {exc}") from exc
         except (LearnqError, KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{path!r}: the metadata of tensor {item.name!r} is malformed ({exc!r})") from exc
     return ModelFile(path=path, metadata=info["metadata"], version=FORMAT_VERSION, entries=entries,
-                     file_bytes=len(data), slices=slices, tied=tied)
+                     file_bytes=len(data), slices=slices, tied=tied, codecs=codecs)
 
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ModelFile", "dumps", "loads", "read"]

@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from learnq.errors import ConfigError
 from learnq.grid import QuantizedTensor
@@ -47,11 +48,15 @@ class WeightParametrization(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.name = ""  # the parameter's name, for messages (set by whoever attaches it)
-        self._sources: list[torch.Tensor] | None = None  # [original, tensors of earlier parametrizations]
-        self._pre: list[nn.Module] = []  # parametrizations registered before this one
-        self._cache: tuple | None = None  # (meta, ((tensor, version, data_ptr), ...), value, value's version)
-        self.computations = 0  # how many times the quantized value was computed (cache misses)
+        # plain attributes (no tensor, no module) straight into __dict__: nn.Module.__setattr__'s checks cost more
+        # than the rest of a small parametrization's construction, which load repeats per quantized tensor
+        self.__dict__.update(
+            name="",  # the parameter's name, for messages (set by whoever attaches it)
+            _sources=None,  # [original, tensors of earlier parametrizations]
+            _pre=[],  # parametrizations registered before this one
+            _cache=None,  # (meta, ((tensor, version, data_ptr), ...), value, value's version)
+            _export_cache=None,  # (meta, ((tensor, version, data_ptr), ...), qt, qt's versions)
+            computations=0)  # how many times the quantized value was computed (cache misses)
 
     # -- to implement -------------------------------------------------------------------------------------------
     def export_quantized(self, x: torch.Tensor | None = None) -> QuantizedTensor:
@@ -88,32 +93,61 @@ class WeightParametrization(nn.Module):
             return None
         return (*sources, *self._parameters.values(), *self._buffers.values())
 
+    @staticmethod
+    def _fresh(cached: tuple | None, tracked: tuple | None, meta: tuple) -> bool:
+        """Whether a cache entry ``(meta, ((tensor, version, data_ptr), ...), ...)`` is still valid."""
+        if tracked is None or cached is None or cached[0] != meta or len(cached[1]) != len(tracked):
+            return False
+        for t, (ref, version, ptr) in zip(tracked, cached[1]):  # noqa: B905 - lengths checked
+            if t is not ref or (t is not None and (t._version != version or t.data_ptr() != ptr)):
+                return False
+        return True
+
+    @staticmethod
+    def _refs(tracked: tuple) -> tuple:
+        return tuple((t, None if t is None else t._version, None if t is None else t.data_ptr()) for t in tracked)
+
     def cached_value(self, x: torch.Tensor) -> torch.Tensor:
         """:meth:`quantized_value` of ``x``, from the cache while nothing it depends on changed."""
         tracked = self._tracked(x)
         meta = self._cache_meta(x)
         cached = self._cache
-        if tracked is not None and cached is not None and cached[0] == meta and cached[2]._version == cached[3] \
-                and len(cached[1]) == len(tracked):
-            for t, (ref, version, ptr) in zip(tracked, cached[1]):  # noqa: B905 - lengths checked
-                if t is not ref or (t is not None and (t._version != version or t.data_ptr() != ptr)):
-                    break
-            else:
-                return cached[2]
-        value = self.quantized_value(x)
+        if cached is not None and cached[2]._version == cached[3] and self._fresh(cached, tracked, meta):
+            return cached[2]
+        if type(self).quantized_value is WeightParametrization.quantized_value:  # value = export, dequantized
+            with torch.no_grad():
+                qt = self.export_quantized(x)
+                value = qt.dequantize()
+            if tracked is not None:
+                self._export_cache = (meta, self._refs(tracked), qt, _versions(qt))
+        else:
+            value = self.quantized_value(x)
         self.computations += 1
-        self._cache = None if tracked is None else (
-            meta, tuple((t, None if t is None else t._version, None if t is None else t.data_ptr()) for t in tracked),
-            value, value._version)
+        self._cache = None if tracked is None else (meta, self._refs(tracked), value, value._version)
         return value
 
+    def cached_export(self, x: torch.Tensor) -> QuantizedTensor:
+        """:meth:`export_quantized` of ``x`` (the tensor this parametrization sees), from a cache while nothing it
+        depends on changed (the tracking of :meth:`cached_value`; a write into the returned tensors is seen too).
+        ``learnq.save`` reads it: saving a model again, or after an eval forward, does not quantize again."""
+        tracked = self._tracked(x)
+        meta = self._cache_meta(x)
+        cached = self._export_cache
+        if cached is not None and cached[3] == _versions(cached[2]) and self._fresh(cached, tracked, meta):
+            return cached[2]
+        qt = self.export_quantized(x)
+        self._export_cache = None if tracked is None else (meta, self._refs(tracked), qt, _versions(qt))
+        return qt
+
     def invalidate(self) -> None:
-        """Drop the cached tensor (recomputed at the next forward)."""
+        """Drop the cached tensor (recomputed at the next forward) and the cached export."""
         self._cache = None
+        self._export_cache = None
 
     def __getstate__(self) -> dict:  # copies (deepcopy, pickle) start without the cache
         state = dict(super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__)
         state["_cache"] = None
+        state["_export_cache"] = None
         return state
 
     # -- forward ------------------------------------------------------------------------------------------------
@@ -140,4 +174,36 @@ class WeightParametrization(nn.Module):
             return self.current_input()
 
 
-__all__ = ["WeightParametrization"]
+class LeanParametrizationList(parametrize.ParametrizationList):
+    """torch's ``ParametrizationList`` with a leaner forward for a single tensor: the same parametrizations called
+    in the same order through their ``__call__`` (hooks included) on ``original``, without the per-access
+    ``ModuleList`` indexing and the ``hasattr`` probe that ends torch's loop by raising and catching an
+    AttributeError. Every access of a parametrized weight (each forward of each layer) runs it."""
+
+    def forward(self) -> torch.Tensor:
+        if not self.is_tensor:
+            return super().forward()
+        x = self._parameters.get("original")
+        if x is None:
+            x = self._buffers["original"]
+        for module in self._modules.values():
+            x = module(x)
+        return x
+
+
+def register(module: nn.Module, name: str, parametrization: nn.Module, *, unsafe: bool = True) -> None:
+    """``torch.nn.utils.parametrize.register_parametrization`` (learnq's one way to attach a parametrization), with
+    the list made a :class:`LeanParametrizationList` (same values, less Python per weight access)."""
+    parametrize.register_parametrization(module, name, parametrization, unsafe=unsafe)
+    plist = module.parametrizations[name]  # type: ignore[index]
+    if type(plist) is parametrize.ParametrizationList:
+        plist.__class__ = LeanParametrizationList
+
+
+def _versions(qt: QuantizedTensor) -> tuple:
+    """The in-place versions of a quantized tensor's tensors (a cached export written into is computed again)."""
+    return tuple(None if t is None else t._version
+                 for t in (qt.codes, qt.scale, qt.offset, qt.group_bits, qt.value_range, qt.palette))
+
+
+__all__ = ["LeanParametrizationList", "WeightParametrization", "register"]

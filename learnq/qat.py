@@ -38,6 +38,7 @@ from torch.nn.utils import parametrize
 from learnq.attach import Selection, bits_for, check_finite, select_parameters
 from learnq.errors import ConfigError
 from learnq.grid import QuantizedTensor
+from learnq.parametrization import register
 from learnq.quantized import Holder, attach_quantized, get_module, holders_index, split_name
 from learnq.quantizers import QATConfig, WeightQuantizer, resolve_config
 from learnq.quantizers.base import ForwardClock
@@ -137,7 +138,7 @@ def prepare(model: nn.Module, method_config: QATConfig | Mapping[str, Any] | str
         q.train(model.training)
         clock.members.append(q)
         for _, hmod, hattr in holders:
-            parametrize.register_parametrization(hmod, hattr, q, unsafe=True)
+            register(hmod, hattr, q)
         attachments.append(Attachment(name, q, holders, original))
     clock.sync()  # the root's hooks, while the model trains
     return QuantHandle(model, config, attachments, aliases, [clock])

@@ -19,7 +19,7 @@ from torch.nn.utils import parametrize
 from learnq.errors import ConfigError
 from learnq.granularity import Granularity
 from learnq.grid import QuantizedTensor
-from learnq.parametrization import WeightParametrization
+from learnq.parametrization import WeightParametrization, register
 
 
 class QuantizedWeight(WeightParametrization):
@@ -29,19 +29,16 @@ class QuantizedWeight(WeightParametrization):
     def __init__(self, qt: QuantizedTensor, copy: bool = True) -> None:
         super().__init__()
         own = (lambda t: t.clone()) if copy else (lambda t: t)  # copy=False: ``qt`` is handed over (load)
-        self.register_buffer("codes", own(qt.codes.to(torch.int32)))
-        self.register_buffer("scale", own(qt.scale.float()))
-        self.register_buffer("offset", own(qt.offset.float()))
-        self.register_buffer("group_bits", None if qt.group_bits is None else own(qt.group_bits))
-        self.register_buffer("value_range", None if qt.value_range is None else own(qt.value_range.float()))
-        self.register_buffer("palette", None if qt.palette is None else own(qt.palette))
-        self.granularity: Granularity = qt.granularity
-        self.bits = qt.bits
-        self.qmin = qt.qmin
-        self.scheme = qt.scheme
-        self.method = qt.method
-        self.out_dtype = qt.dtype
-        self.extra = dict(qt.extra)
+        # the buffers (persistent) straight into _buffers: register_buffer's name checks (a failing hasattr, i.e. an
+        # AttributeError raised and caught, per buffer) cost more than the rest of the constructor
+        self._buffers.update(
+            codes=own(qt.codes.to(torch.int32)), scale=own(qt.scale.float()), offset=own(qt.offset.float()),
+            group_bits=None if qt.group_bits is None else own(qt.group_bits),
+            value_range=None if qt.value_range is None else own(qt.value_range.float()),
+            palette=None if qt.palette is None else own(qt.palette))
+        self.__dict__.update(granularity=qt.granularity, bits=qt.bits, qmin=qt.qmin, scheme=qt.scheme,  # plain
+                             method=qt.method, out_dtype=qt.dtype, extra=dict(qt.extra))  # values (see the base)
+        self.granularity: Granularity
 
     def quantized(self) -> QuantizedTensor:
         return QuantizedTensor(codes=self.codes, scale=self.scale, offset=self.offset, granularity=self.granularity,
@@ -85,7 +82,11 @@ def split_name(name: str) -> tuple[str, str]:
     return module_name, param
 
 
-def get_module(model: nn.Module, module_name: str) -> nn.Module:
+def get_module(model: nn.Module, module_name: str, modules: Mapping[str, nn.Module] | None = None) -> nn.Module:
+    """The submodule ``module_name`` (``modules``: ``dict(model.named_modules(remove_duplicate=False))`` when the
+    caller looks up many names)."""
+    if modules is not None and module_name in modules:
+        return modules[module_name]
     try:
         return model.get_submodule(module_name) if module_name else model
     except AttributeError as exc:
@@ -125,20 +126,24 @@ def full_name(module_name: str, attr: str) -> str:
     return f"{module_name}.{attr}" if module_name else attr
 
 
-def parameter_of(model: nn.Module, name: str) -> torch.Tensor | None:
+def parameter_of(model: nn.Module, name: str, modules: Mapping[str, nn.Module] | None = None) -> torch.Tensor | None:
     """The tensor stored under ``name``: a parametrized tensor's ``original``, else the parameter or buffer."""
     module_name, attr = split_name(name)
-    module = get_module(model, module_name)
+    return _stored(get_module(model, module_name, modules), attr)
+
+
+def _stored(module: nn.Module, attr: str) -> torch.Tensor | None:
     if parametrize.is_parametrized(module, attr):
         return module.parametrizations[attr].original  # type: ignore[index]
     return module._parameters.get(attr, module._buffers.get(attr))
 
 
-def holders(model: nn.Module, name: str, index: dict[int, list[Holder]] | None = None) -> list[Holder]:
+def holders(model: nn.Module, name: str, index: dict[int, list[Holder]] | None = None,
+            modules: Mapping[str, nn.Module] | None = None) -> list[Holder]:
     """Every holder of the Parameter ``name`` (``name``'s own first): more than one for a tied parameter."""
     module_name, attr = split_name(name)
-    module = get_module(model, module_name)
-    tensor = parameter_of(model, name)
+    module = get_module(model, module_name, modules)
+    tensor = _stored(module, attr)
     found = (index if index is not None else holders_index(model)).get(id(tensor), []) if tensor is not None else []
     own = [h for h in found if h[1] is module and h[2] == attr] or [(module_name, module, attr)]
     return own + [h for h in found if not (h[1] is module and h[2] == attr)]
@@ -147,8 +152,11 @@ def holders(model: nn.Module, name: str, index: dict[int, list[Holder]] | None =
 def tied_groups(model: nn.Module, names: list[str]) -> list[list[str]]:
     """``names`` grouped by the tensor they name (a tied parameter's names form one group), in order."""
     groups: dict[int, list[str]] = {}
+    modules = dict(model.named_modules(remove_duplicate=False))  # once, not a submodule lookup per name
     for name in names:
-        tensor = parameter_of(model, name)
+        module_name, attr = split_name(name)
+        module = modules.get(module_name)
+        tensor = parameter_of(model, name) if module is None else _stored(module, attr)
         groups.setdefault(id(tensor) if tensor is not None else id(name), []).append(name)
     return list(groups.values())
 
@@ -160,19 +168,19 @@ def tied_aliases(model: nn.Module, names: list[str]) -> dict[str, str]:
 
 
 def attach_quantized(model: nn.Module, name: str, qt: QuantizedTensor, *, index: dict[int, list[Holder]] | None = None,
-                     take: bool = False) -> None:
+                     take: bool = False, modules: Mapping[str, nn.Module] | None = None) -> None:
     """Make parameter ``name`` (e.g. ``"fc.weight"``) of ``model`` the frozen quantized tensor ``qt``.
 
     Any parametrization already on it is removed first (its current value is discarded: ``qt`` is the truth). A
     tied parameter gets one :class:`QuantizedWeight` registered on every module holding it, so all of them compute
     with the same codes. The dequantized values are written into the parameter's own storage when it is a plain
     float32 tensor of the right shape, and are the parametrization's cached value (no second copy).
-    ``index``: :func:`holders_index` of ``model`` when the caller attaches many tensors (load); ``take``: ``qt``'s
-    tensors are handed over, not copied.
+    ``index``: :func:`holders_index` of ``model`` and ``modules`` its ``named_modules(remove_duplicate=False)``
+    when the caller attaches many tensors (load); ``take``: ``qt``'s tensors are handed over, not copied.
     """
     module_name, param = split_name(name)
-    module = get_module(model, module_name)
-    every = holders(model, name, index)
+    module = get_module(model, module_name, modules)
+    every = holders(model, name, index, modules)
     for _, hmod, hattr in every:
         if parametrize.is_parametrized(hmod, hattr):
             parametrize.remove_parametrizations(hmod, hattr, leave_parametrized=False)
@@ -190,7 +198,7 @@ def attach_quantized(model: nn.Module, name: str, qt: QuantizedTensor, *, index:
             current.data = qt.dequantize().to(device=current.device, dtype=current.dtype)
     qw = QuantizedWeight(qt, copy=not take).to(current.device)
     for _, hmod, hattr in every:
-        parametrize.register_parametrization(hmod, hattr, qw, unsafe=True)
+        register(hmod, hattr, qw)
     qw.seed_cache(current)
 
 
@@ -198,7 +206,8 @@ def quantized_parameters(model: nn.Module) -> Iterator[tuple[str, QuantizedTenso
     """Every parameter of ``model`` whose last parametrization exports a quantized tensor, with that tensor.
 
     Parametrizations before the quantizer (e.g. SatNL's saturation) are applied to the original first, so the
-    exported tensor is what the quantizer saw.
+    exported tensor is what the quantizer saw. The tensors come from the quantizers' export caches
+    (:meth:`WeightParametrization.cached_export`): treat them as read-only.
     """
     for module_name, module in model.named_modules():
         plists = getattr(module, "parametrizations", None)
@@ -212,15 +221,17 @@ def quantized_parameters(model: nn.Module) -> Iterator[tuple[str, QuantizedTenso
                 x = plist.original
                 for p in list(plist)[:-1]:
                     x = p(x)
-                qt = last.export_quantized(x)
+                qt = last.cached_export(x) if isinstance(last, WeightParametrization) else last.export_quantized(x)
             yield (f"{module_name}.{param}" if module_name else param), qt
 
 
-def plain_state(model: nn.Module, known: Mapping[str, object] | None = None) -> dict[str, torch.Tensor]:
+def plain_state(model: nn.Module, known: Mapping[str, object] | None = None,
+                full_state: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The model's state under its plain (unparametrized) names, each parametrized tensor as it is computed now
-    (``known``: parametrized tensors the caller has in another form, e.g. quantized; given as they are there)."""
+    (``known``: parametrized tensors the caller has in another form, e.g. quantized; given as they are there;
+    ``full_state``: ``model.state_dict()`` when the caller has it)."""
     state: dict[str, torch.Tensor] = {}
-    for key, value in model.state_dict().items():
+    for key, value in (model.state_dict() if full_state is None else full_state).items():
         if ".parametrizations." not in f".{key}":
             state[key] = value
     for module_name, module in model.named_modules():
@@ -241,7 +252,8 @@ def model_entries(model: nn.Module,
                   quantized: Mapping[str, QuantizedTensor] | None = None) -> dict[str, QuantizedTensor | torch.Tensor]:
     """What :func:`learnq.save` writes: every tensor of ``plain_state(model)``, quantized ones as QuantizedTensor."""
     qts = dict(quantized_parameters(model))
-    state = plain_state(model, known=qts)  # a quantized tensor's dequantized value is not needed here
+    full_state = model.state_dict()  # once: it walks every module
+    state = plain_state(model, known=qts, full_state=full_state)  # a quantized tensor's value is not needed here
     for name, qt in (quantized or {}).items():
         if name not in state:
             raise ConfigError(f"quantized= names {name!r}, which is not a parameter or buffer of the model")
@@ -253,7 +265,7 @@ def model_entries(model: nn.Module,
         qts[name] = qt
     # model order: a parametrized tensor at the place of its ``<module>.parametrizations.<param>.original`` key
     order: list[str] = []
-    for key in model.state_dict():
+    for key in full_state:
         head, sep, tail = f".{key}".partition(".parametrizations.")
         name = f"{head}.{tail.partition('.')[0]}"[1:] if sep else key
         if name in state and name not in order:

@@ -511,3 +511,25 @@ def test_diffq_trained_on_cuda_loads_bit_identical_on_cpu(tmp_path):
     load(tmp_path / "m.lq", fresh)
     got = plain_state(fresh)
     assert all(torch.equal(got[k].view(torch.int32), v.view(torch.int32)) for k, v in expected.items())
+
+
+def test_per_group_widths_pack_as_one_stream_per_width_ascending():
+    """The full-group packer (NumPy stable sort of the widths) writes what the layout says: for each width,
+    ascending, the codes of its groups in their order, packed at that width; negative codes are refused too."""
+    from learnq.code_packing import pack_codes
+    from learnq.packing import pack
+
+    g = torch.Generator().manual_seed(3)
+    widths = torch.randint(1, 17, (300,), generator=g)
+    codes = torch.cat([torch.randint(0, 2**int(w), (4,), generator=g) for w in widths])
+    qt = QuantizedTensor(codes=codes.to(torch.int32), scale=torch.ones(300), offset=torch.zeros(300),
+                         granularity=Granularity.parse("group:4"), bits=16, group_bits=widths)
+    rows = codes.reshape(300, 4)
+    expected = torch.cat([pack(rows[widths == w].reshape(-1).to(torch.int64), int(w))
+                          for w in sorted(set(widths.tolist()))])
+    assert torch.equal(pack_codes(qt, "w"), expected)
+    bad = QuantizedTensor(codes=torch.tensor([0, -1, 1, 1], dtype=torch.int32), scale=torch.ones(2),
+                          offset=torch.zeros(2), granularity=Granularity.parse("group:2"), bits=3,
+                          group_bits=torch.tensor([2, 3]))
+    with pytest.raises(QuantizationError, match="^w: some codes - qmin do not fit the width of their group"):
+        pack_codes(bad, "w")

@@ -1,5 +1,6 @@
 """DFQ (Nagel et al. 2019): cross-layer equalization, high-bias absorption, data-free bias correction."""
 
+import copy
 import math
 from collections import OrderedDict
 
@@ -108,12 +109,69 @@ def test_high_bias_absorption_hand_computation():
     torch.testing.assert_close(model(x), before)
 
 
-def test_relu6_pairs_are_not_equalized():
+def test_relu6_pair_without_bn_statistics_is_left_alone_and_reported():
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU6(), nn.Linear(4, 2))
     assert [p.act for p in find_pairs(model)] == ["relu6"]
     w = model[0].weight.detach().clone()
-    assert equalize(model)["pairs"] == []
+    info = equalize(model)
+    assert info["pairs"] == [] and list(info["left_alone"]) == ["0->2"]
+    assert "BatchNorm statistics" in info["left_alone"]["0->2"]
     assert torch.equal(model[0].weight, w)
+
+
+def _relu6_mlp() -> tuple[nn.Sequential, dict, torch.Tensor]:
+    """Linear -> ReLU6 -> Linear whose 3 hidden channels see known pre-activations: channel 0 stays in [1, 3]
+    (clip never binds), channel 1 reaches 9 (clip binds), channel 2 stays in [0.5, 1.5] with a tiny W1 range."""
+    model = nn.Sequential(nn.Linear(1, 3), nn.ReLU6(), nn.Linear(3, 2))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0], [4.0], [0.05]]))
+        model[0].bias.copy_(torch.tensor([2.0, 5.0, 1.0]))
+        model[2].weight.copy_(torch.tensor([[0.5, 1.0, 8.0], [-0.25, 2.0, 4.0]]))
+        model[2].bias.zero_()
+    x = torch.linspace(-1, 1, 41).reshape(-1, 1)  # pre-activations: 2 + x, 5 + 4x, 1 + 0.05x
+    # BatchNorm-like statistics whose 3σ bound covers those ranges: u = β + 3γ = (3, 9, 1.05)
+    stats_ = {"0": (torch.tensor([2.0, 5.0, 1.0]), torch.tensor([1 / 3, 4 / 3, 0.05 / 3]))}
+    return model, stats_, x
+
+
+def test_relu6_scales_hand_computation():
+    model, stats_, _ = _relu6_mlp()
+    pair = find_pairs(model)[0]
+    upper = torch.tensor([3.0, 9.0, 1.05])
+    s = equalize_pair(model, pair, upper)
+    # r1 = (1, 4, 0.05), r2 = (0.5, 2, 8): free scales sqrt(r1 r2)/r2. Channel 0: sqrt(0.5)/0.5 = 1.414 >= u/6 =
+    # 0.5, kept; channel 1: u = 9 > 6, held at 1; channel 2: sqrt(0.4)/8 = 0.079 < u/6 = 0.175, raised to 0.175
+    # (its clip moves to 6·0.175 = 1.05, the channel's bound)
+    torch.testing.assert_close(s, torch.tensor([math.sqrt(0.5) / 0.5, 1.0, 1.05 / 6]), rtol=1e-6, atol=0.0)
+
+
+def test_relu6_equalization_keeps_function_where_plain_scaling_breaks_it():
+    model, stats_, x = _relu6_mlp()
+    before = model(x).detach()
+    plain = copy.deepcopy(model)
+    equalize_pair(plain, find_pairs(plain)[0])  # Eq. 10-11 without the ReLU6 bound
+    assert (plain(x) - before).abs().max() > 0.1  # the clip moved: plain scaling changes the network
+    info = equalize(model, stats_, absorb=False)
+    assert info["pairs"] == ["0->2"] and info["relu6_channels_held"] == {"0->2": 1}
+    # float32 products of the rescaled weights: a few ulps of values below 10
+    torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-5)
+    # channel 0 equalized (its free scale is above the bound): r1 == r2 to the sweep tolerance
+    torch.testing.assert_close(output_ranges(model[0])[0], input_ranges(model[2], 3)[0], rtol=1e-4, atol=0.0)
+
+
+def test_relu6_high_bias_absorption_only_where_clip_never_binds():
+    model, stats_, x = _relu6_mlp()
+    with torch.no_grad():
+        model[0].bias.copy_(torch.tensor([4.0, 5.0, 1.0]))  # channel 0: pre-activation 4 + x in [3, 5]
+    stats_["0"] = (torch.tensor([4.0, 5.0, 1.0]), stats_["0"][1])
+    before = model(x).detach()
+    info = equalize(model, stats_, max_iter=1, tol=1e9)  # one sweep (scales then frozen), then absorption
+    # c = max(0, β - 3γ) per channel after the sweep; channel 1 (u = 9 > 6) gives up nothing
+    mean, std = stats_["0"]
+    assert info["absorbed"]["0->2"] > 0
+    torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-5)
+    assert float(model[0].bias.detach()[1]) == pytest.approx(5.0)  # held channel: s = 1 and no absorption
+    assert float(mean[1]) == pytest.approx(5.0) and float(std[1]) == pytest.approx(4 / 3)
 
 
 @pytest.mark.parametrize("mu,sd", [(0.0, 1.0), (1.5, 0.5), (-2.0, 1.0), (4.0, 2.0)])

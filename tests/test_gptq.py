@@ -3,6 +3,8 @@ conv layer is its unfolded input's, and the layer output error is at most round-
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -211,3 +213,37 @@ def test_group_grid_model_saves_and_loads_bit_exact(tmp_path):
     fresh = learnq.load(tmp_path / "g.safetensors", _model()).eval()
     with torch.no_grad():
         assert torch.equal(fresh(x), result.model(x))  # same kernels, same shapes: the file computes the same
+
+
+def test_conv_hessian_sum_equals_unfolded_rows_grouped_and_batched():
+    layer = nn.Conv2d(4, 6, 3, padding=1, stride=2, groups=2)
+    x = torch.randn(7, 4, 6, 6)
+    hessians, n = layer_hessians(layer, x, batch_size=3)  # batches of 3, 3, 1: sums in float64 across batches
+    rows = input_columns(layer, x.double())
+    assert n == 7 * 3 * 3 and len(hessians) == 2
+    for h, r in zip(hessians, rows, strict=True):
+        # each batch's product in float32 (<= 27 terms of values ~N(0,1)): relative error ~1e-6
+        torch.testing.assert_close(h.double(), 2 * r.T @ r / n, rtol=1e-5, atol=1e-5)
+
+
+def test_gptq_streams_the_inputs_its_quantizers_would_see_in_a_calibration_pass():
+    from learnq.act import calibrate
+    from learnq.act.input_quant import input_quantizers
+
+    torch.manual_seed(4)
+    model = _model()
+    x = torch.randn(300, 2, 5, 5)  # two batches of 256 and 44
+    result = quantize(model, x, method="gptq", wbits=3, abits=4, seed=5, progress=False)
+    streamed = input_quantizers(result.model)
+    assert list(streamed) == ["0", "3", "5"]
+    reference = copy.deepcopy(result.model)
+    refs = input_quantizers(reference)
+    for q in refs.values():
+        q.reset_stats()
+        q.enabled = False
+    calibrate(reference, x, batch_size=256)  # the pass the GPTQ method skips: the finished model's inputs
+    for name, q in refs.items():
+        q.finish_calibration("mse")
+        # same kernels on the same batches: the observed samples and the chosen α are bit for bit the same
+        assert torch.equal(q.sample, streamed[name].sample) and q.count == streamed[name].count > 0
+        assert torch.equal(q.alpha, streamed[name].alpha)

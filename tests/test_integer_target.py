@@ -7,9 +7,7 @@ from __future__ import annotations
 import json
 import platform
 
-import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 
@@ -31,6 +29,7 @@ from learnq.export import to_onnx
 from learnq.export.runtime_report import optimized_graph
 from learnq.pipeline.models import build_model
 from learnq.ptq import PTQ, quantize
+from tests.integer_probe import runtime_codes
 
 MODELS = {"resnet20": ((3, 12, 12), {"width_mult": 0.5}), "mobilenetv2-small": ((3, 16, 16), {"width_mult": 0.5}),
           "lenet": ((1, 8, 8), {})}
@@ -155,30 +154,19 @@ def test_integer_codes_equal_onnxruntimes_at_every_quantized_tensor(quantized, n
     x = torch.randn(64, *shape)
     path = tmp_path / "m.onnx"
     to_onnx(result.model, x[:4], path, verify=False)
-    proto = onnx.load(str(path))
-    outs = [n.output[0] for n in proto.graph.node if n.op_type == "QuantizeLinear"]
-    for name_ in outs:  # expose every quantized tensor (onnxruntime still fuses: the uint8 tensors are kept)
-        proto.graph.output.append(onnx.helper.make_tensor_value_info(name_, onnx.TensorProto.UINT8, None))
-    onnx.save(proto, str(tmp_path / "probe.onnx"))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    got = ort.InferenceSession(str(tmp_path / "probe.onnx"), options, providers=["CPUExecutionProvider"]).run(
-        None, {"input": x.numpy()})
+    runtime_logits, runtime = runtime_codes(path, x)
     codes: dict[str, QValue] = {}
     with torch.no_grad():
         logits = simulate(result.model, x, codes)
     # x86 (AVX2/AVX-512): exact; other CPUs' QLinearAdd kernels round differently: within one code
     tolerance = 0 if X86 else 1
-    assert len(outs) > 1
-    for name_, value in zip(outs, got[1:], strict=True):
-        node = name_.rsplit("_quantized", 1)[0]
-        ours = codes["x" if node == "input" else node].codes
-        diff = (torch.from_numpy(value.astype(np.int64)) - ours).abs().max()
-        assert int(diff) <= tolerance, node
+    assert len(runtime) > 1
+    for node, value in runtime.items():
+        assert int((value - codes[node].codes).abs().max()) <= tolerance, node
     if X86:
-        assert torch.equal(torch.from_numpy(got[0]), logits)
+        assert torch.equal(runtime_logits, logits)
     else:  # float32 logits of slightly different codes
-        torch.testing.assert_close(torch.from_numpy(got[0]), logits, rtol=0.05, atol=0.05)
+        torch.testing.assert_close(runtime_logits, logits, rtol=0.05, atol=0.05)
 
 
 def test_before_the_target_learnq_placed_qdq_at_inputs_only(tmp_path) -> None:

@@ -156,6 +156,19 @@ def test_unquantizable_layers_are_reported_and_left_in_float() -> None:
         assert torch.equal(q.lstm(x)[0], model.lstm(x)[0])  # float up to the attention
 
 
+def test_activations_on_a_weight_quantized_model_report_no_skipped_layers() -> None:
+    """Quantizing only the activations of a model whose weights are already quantized (weights first, then
+    ``wbits=32``): the weights' parametrizations are not layers left in float (they were reported as such)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    x = torch.randn(64, 8)
+    weights = quantize(model, x, method="minmax", wbits=4, abits=32, skip_first_last=False).model
+    both = quantize(weights, x, method="minmax", wbits=32, abits=8, skip_first_last=False)
+    assert both.skipped == []
+    assert set(input_quantizers(both.model)) == {"0", "2"}
+    assert parametrize.is_parametrized(both.model[0], "weight")
+
+
 def test_errors(trained) -> None:
     model, splits = trained
     with pytest.raises(DataError, match="empty"):

@@ -67,6 +67,38 @@ def test_cache_and_invalidation() -> None:
     assert torch.equal(q(other), quantize_tensor(other, GridSpec(4), clip=0.25).dequantize())
 
 
+def _same_qt(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in ((a.codes, b.codes), (a.scale, b.scale), (a.offset, b.offset)))
+
+
+def test_export_cache_follows_every_change() -> None:
+    """save reads cached_export: it must equal a fresh export_quantized after each kind of change, and be reused
+    (the same object) while nothing changed, including after an eval forward computed it."""
+    torch.manual_seed(2)
+    w = nn.Parameter(torch.randn(5, 8))
+    q = PTQWeight(GridSpec(4), w.detach().abs().max())
+    q(w)  # the forward computes the export once and keeps it
+    first = q.cached_export(w)
+    assert q.cached_export(w) is first and _same_qt(first, q.export_quantized(w))
+    q.set_alpha(0.5)
+    second = q.cached_export(w)
+    assert second is not first and _same_qt(second, quantize_tensor(w.detach(), GridSpec(4), clip=0.5))
+    with torch.no_grad():
+        w.mul_(2)
+    third = q.cached_export(w)
+    assert third is not second and _same_qt(third, quantize_tensor(w.detach(), GridSpec(4), clip=0.5))
+    with torch.no_grad():
+        q.alpha.fill_(0.25)
+    fourth = q.cached_export(w)
+    assert _same_qt(fourth, quantize_tensor(w.detach(), GridSpec(4), clip=0.25))
+    fourth.codes.add_(1)  # a write into the returned tensors is seen: exported again
+    assert _same_qt(q.cached_export(w), quantize_tensor(w.detach(), GridSpec(4), clip=0.25))
+    w.data = torch.randn(5, 8)  # new storage
+    assert _same_qt(q.cached_export(w), quantize_tensor(w.detach(), GridSpec(4), clip=0.25))
+    q.invalidate()
+    assert q._export_cache is None
+
+
 def test_alpha_validation() -> None:
     q = PTQWeight(GridSpec(4, granularity="channel"), torch.ones(3))
     with pytest.raises(ConfigError, match="3 groups"):

@@ -228,3 +228,30 @@ def test_document_000_methods_round_trip(args, tmp_path, capsys) -> None:
     report = json.loads(text)
     assert report["accuracy"] == report["accuracy_before_save"]
     assert learnq.load(out).metadata["ptq_config"]["equalize"] == ("--equalize" in args)
+
+
+def test_codec_ans_writes_entropy_coded_codes_with_the_same_weights(model_file, tmp_path, capsys) -> None:
+    pytest.importorskip("constriction")
+    path, _, _ = model_file
+    files = {}
+    for codec in ("packed", "ans"):
+        files[codec] = tmp_path / f"{codec}.safetensors"
+        code, text, _ = _run(capsys, "quantize", str(path), "--method", "minmax", "--wbits", "4", "--abits", "8",
+                             "--calib", "32", "--out", str(files[codec]), "--codec", codec, "--json")
+        assert code == 0
+        report = json.loads(text)
+        assert report["codec"] == codec and report["file_bytes"] == files[codec].stat().st_size
+    packed, coded = learnq.load(files["packed"]), learnq.load(files["ans"])
+    assert set(coded.codecs.values()) == {"ans"} and packed.codecs == {}
+    for name, qt in packed.entries.items():
+        other = coded.entries[name]
+        assert torch.equal(qt.codes if hasattr(qt, "codes") else qt, other.codes if hasattr(other, "codes") else other)
+    assert coded.size.stored_bytes < packed.size.stored_bytes == coded.size.packed_bytes
+    code, text, _ = _run(capsys, "inspect", str(files["ans"]))
+    assert code == 0 and "codec" in text and "entropy bound (ans)" in text
+    code, text, _ = _run(capsys, "inspect", str(files["ans"]), "--json")
+    totals = json.loads(text)["totals"]
+    assert totals["stored_bytes"] < totals["packed_bytes"] and totals["bound_bytes"] > 0
+    with pytest.raises(SystemExit) as exc:  # argparse's choices: exit status 2
+        _run(capsys, "quantize", str(path), "--codec", "zip")
+    assert exc.value.code == 2

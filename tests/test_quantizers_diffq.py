@@ -269,3 +269,22 @@ def test_fused_pseudo_quantization_matches_the_plain_autograd_graph(rows):
     assert torch.autograd.gradcheck(lambda w_, l_: _PseudoQuantFn.apply(w_, l_, eps, rows, 2.0, 13.0), (w, logits))
     fixed = _PseudoQuantFn.apply(w, torch.full((1,), 4.0, dtype=torch.float64), eps, (1, 32), 0.0, 0.0)
     assert torch.allclose(fixed, w + (hi - lo) / 15 / 2 * eps, rtol=0, atol=1e-14)
+
+
+def test_grid_of_full_groups_equals_the_per_element_formula():
+    """_grid broadcasts the steps over the (n_groups, g) view for full groups: the codes must be the per-element
+    formula round((w - lo) / scale_s) clamped to [0, 2^b_s - 1], bit for bit."""
+    from learnq.grid import range_group_params
+
+    torch.manual_seed(4)
+    w = torch.randn(12, 16)
+    q = DiffQQuantizer(w, group_size=8)
+    with torch.no_grad():
+        q.logits.copy_(torch.randn(q.logits.shape) * 3)
+    codes, scale, offset, gran = q._grid(w)
+    lo, hi = torch.aminmax(w)
+    b = q.rounded_bits()
+    params = range_group_params(lo, hi, b)
+    expected = torch.round((w - lo) / gran.expand(params.scale, w.shape)).clamp_(min=0)
+    expected = torch.minimum(expected, gran.expand(2**b - 1, w.shape)).to(torch.int32)
+    assert torch.equal(codes, expected) and torch.equal(scale, params.scale) and torch.equal(offset, params.offset)

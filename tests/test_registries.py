@@ -106,11 +106,12 @@ def test_the_pipeline_derives_each_qat_method_from_its_config():
     from learnq.quantizers.nested import REFERENCE_SCALE
 
     assert {m: method_options(m) for m in ("diffq", "nested", "ste", "lsq")} == {
-        "diffq": {"group_size": 8, "b_min": 2, "b_max": 15, "init_bits": 8.0, "noise": "gaussian", "penalty": 1e-3},
+        "diffq": {"group_size": 8, "b_min": 2, "b_max": 15, "init_bits": 8.0, "noise": "gaussian", "penalty": 1e-3,
+                  "size": "naive"},
         "nested": {"threshold": 1e-10, "init_scale": None, "init_bits": 8, "min_scale": REFERENCE_SCALE,
                    "max_bits": 16, "biases": True, "gamma_inverse": 0.0, "gamma_bins": 0.0, "gamma_deviation": 0.0},
-        "ste": {"scheme": "affine"},
-        "lsq": {},
+        "ste": {"scheme": "affine", "entropy_weight": 0.0},
+        "lsq": {"entropy_weight": 0.0},
     }
     for name, cls in QAT_METHODS.items():
         assert VARIANTS[name].learned_bits == cls.learns_bits and name in QAT_SECTIONS

@@ -25,9 +25,10 @@ from dataclasses import replace
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _module_globals  # torch's global hook registries (read per forward)
 
 from learnq.act.base import ActGrid, ActivationQuantizer
-from learnq.act.observer import update_range
+from learnq.act.observer import keep_sample, update_range
 from learnq.attach import Selection, candidate_layers, select_parameters
 from learnq.batches import calibration_batches
 from learnq.errors import ConfigError, DataError, ModelError, QuantizationError
@@ -91,20 +92,7 @@ class ActQuantizer(ActivationQuantizer):
         self.min_val, self.max_val = update_range(self.min_val, self.max_val, lo, hi,  # type: ignore[arg-type]
                                                   first=self.min_val is None)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.batches)
-        keys = torch.rand(rows.shape, generator=g)  # uniform keys: keeping the smallest = uniform sample
-        if self._keys is not None and self._keys.shape[1] >= self.sample_size:
-            threshold = self._keys.max(dim=1, keepdim=True).values
-            take = (keys < threshold).any(dim=0)
-            keys, values = keys[:, take], rows[:, take.to(rows.device)].cpu()
-        else:
-            values = rows.cpu()
-        if self._keys is not None:
-            keys = torch.cat([self._keys, keys], dim=1)
-            values = torch.cat([self.sample, values], dim=1)
-        if keys.shape[1] > self.sample_size:
-            keys, idx = keys.topk(self.sample_size, dim=1, largest=False, sorted=False)
-            values = values.gather(1, idx)
-        self._keys, self.sample = keys, values
+        self._keys, self.sample = keep_sample(self._keys, self.sample, rows, self.sample_size, g)
         self.batches += 1
         self.count += rows.shape[1]
 
@@ -199,9 +187,7 @@ def _input_hook(module: nn.Module, args: tuple) -> tuple:
 
 
 def _global_hooks() -> bool:
-    from torch.nn.modules import module as m
-
-    return bool(m._global_forward_pre_hooks or m._global_forward_hooks)
+    return bool(_module_globals._global_forward_pre_hooks or _module_globals._global_forward_hooks)
 
 
 def _float_input_layers(model: nn.Module) -> list[str]:

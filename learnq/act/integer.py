@@ -1,5 +1,6 @@
 """The integer deployment target's activation quantizer and the integer kernels it simulates (onnxruntime's CPU
-kernels: QuantizeLinear, QLinearConv / QGemm, QLinearAdd, QLinearGlobalAveragePool; ONNX operators
+kernels: QuantizeLinear, QLinearConv / QGemm, QLinearAdd, QLinearConcat, QLinearGlobalAveragePool,
+QLinearAveragePool; ONNX operators
 QuantizeLinear-13 and the com.microsoft QLinear* contrib operators).
 
 :class:`EdgeQuantizer` is a member of the one activation-quantizer family (:mod:`learnq.act.base`): an 8-bit
@@ -23,20 +24,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from learnq.act.base import ActGrid, ActivationQuantizer
-from learnq.act.observer import update_range
+from learnq.act.observer import keep_sample, update_range
 from learnq.errors import DataError, ModelError, QuantizationError
+from learnq.grid import GridSpec
 
 QMIN, QMAX = 0, 255
 
 
 class EdgeQuantizer(ActivationQuantizer):
-    """uint8 asymmetric quantizer of one tensor of the integer graph (an "edge"): observes min/max, then quantizes.
+    """uint8 asymmetric quantizer of one tensor of the integer graph (an "edge"): observes min/max (and a bounded
+    random sample of the values, for the clipping rules), then quantizes.
 
     Buffers ``lo``/``hi`` (the range, zero included) make the grid; ``enabled`` switches quantization on."""
 
     method = "edge"
 
-    def __init__(self) -> None:
+    def __init__(self, sample_size: int = 32768, seed: int = 0) -> None:
         super().__init__()
         self.bits = 8
         self.enabled = False
@@ -44,6 +47,9 @@ class EdgeQuantizer(ActivationQuantizer):
         self.register_buffer("lo", torch.zeros(()))
         self.register_buffer("hi", torch.zeros(()))
         self._seen = False
+        self.sample_size, self.seed, self.batches = sample_size, seed, 0
+        self._keys: torch.Tensor | None = None
+        self.sample: torch.Tensor | None = None
 
     @torch.no_grad()
     def observe(self, x: torch.Tensor) -> None:
@@ -54,10 +60,29 @@ class EdgeQuantizer(ActivationQuantizer):
                                       first=not self._seen)
         self.lo, self.hi = new_lo.to(self.lo.device), new_hi.to(self.hi.device)
         self._seen = True
+        if self.sample_size:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.batches)
+            self._keys, self.sample = keep_sample(self._keys, self.sample, x.detach().float().reshape(1, -1),
+                                                  self.sample_size, g)
+        self.batches += 1
 
-    def finish(self) -> None:
+    def finish(self, clip: str = "minmax", **options: object) -> None:
+        """Stop observing and quantize. ``clip`` other than "minmax" narrows the observed range with a clipping rule
+        of :mod:`learnq.clipping` on the sampled values: α of the 8-bit ``unsigned`` grid when the range starts at 0
+        (after a ReLU), else α of the 256-level grid on [-α, α] (scheme ``lapq``), and the range becomes
+        ``[max(lo, -α), min(hi, α)]`` (zero stays inside)."""
         if not self._seen:
             raise DataError("an edge quantizer of the integer graph observed no data; calibrate it first")
+        if clip != "minmax" or options:
+            from learnq.clipping import choose_clip  # here: ``import learnq`` does not load the clipping rules
+
+            if self.sample is None:
+                raise DataError("this edge quantizer kept no sample of its values (sample_size=0); clip 'minmax' only")
+            scheme = "unsigned" if float(self.lo) >= 0 else "lapq"
+            alpha = choose_clip(self.sample, GridSpec(bits=8, scheme=scheme, granularity="tensor"), clip, **options)
+            a = alpha.float().reshape(()).to(self.lo.device)
+            self.lo, self.hi = torch.maximum(self.lo, -a), torch.minimum(self.hi, a)
+        self._keys = self.sample = None  # only the range is kept (and saved)
         self.observing, self.enabled = False, True
 
     def grid(self) -> ActGrid:
@@ -169,6 +194,49 @@ def qlinear_global_average_pool(x: QValue, scale: torch.Tensor, zp: int) -> torc
     return requantize(acc, mult, zp)
 
 
+def qlinear_concat(values: list[QValue], dim: int, scale: torch.Tensor, zp: int) -> torch.Tensor:
+    """QLinearConcat (onnxruntime's ``qlinear_concat.cc``): an input on the output's grid is copied, any other goes
+    through the lookup table ``QuantizeLinear(float32(q - z_x) · s_x)`` onto the output's grid."""
+    s = scale.float().reshape(())
+    parts = []
+    for v in values:
+        same = float(v.scale) == float(s) and v.zp == zp
+        parts.append(v.codes if same else quantize_linear(v.dequantize(), s, zp).codes)
+    return torch.cat(parts, dim=dim)
+
+
+def qlinear_average_pool(x: QValue, kernel: list[int], stride: list[int], padding: list[int], count_include_pad: bool,
+                         scale: torch.Tensor, zp: int) -> torch.Tensor:
+    """QLinearAveragePool (1-d/2-d, NCHW; onnxruntime's ``qlinear_pool.cc``): the input dequantized to float32
+    ``s_x · (q - z_x)``, summed over each window in float32 row by row (padding adds nothing), divided by the window
+    size (``count_include_pad``) or its in-bounds count, then ``clamp(rne(y / s_y + z_y))`` (the zero point added in
+    float before rounding, unlike QuantizeLinear). A window covering the whole unpadded input is onnxruntime's global
+    pooling kernel (:func:`qlinear_global_average_pool`)."""
+    spatial = list(x.codes.shape[2:])
+    if kernel == spatial and not any(padding):
+        return qlinear_global_average_pool(x, scale, zp)
+    one_d = len(spatial) == 1
+    deq = x.dequantize()
+    ones = torch.ones_like(deq[:1, :1])
+    k, st, pad = ([1] + kernel, [1] + stride, [0] + padding) if one_d else (kernel, stride, padding)
+    if one_d:
+        deq, ones = deq.unsqueeze(2), ones.unsqueeze(2)
+    n, c = deq.shape[:2]
+    cols = F.unfold(deq, k, padding=pad, stride=st).reshape(n, c, k[0] * k[1], -1)
+    total = torch.zeros_like(cols[:, :, 0])
+    for i in range(cols.shape[2]):  # float32, in onnxruntime's order (rows, then columns of the window)
+        total = total + cols[:, :, i]
+    if count_include_pad:
+        count = torch.full_like(total, float(k[0] * k[1]))
+    else:
+        count = F.unfold(ones, k, padding=pad, stride=st).sum(dim=1).reshape(1, 1, -1)
+    y = total / count
+    h_out = (deq.shape[2] + 2 * pad[0] - k[0]) // st[0] + 1
+    out_shape = list(x.codes.shape[:2]) + ([] if one_d else [h_out]) + [-1]
+    codes = torch.round(y / scale.float().to(y.device) + float(zp)).clamp_(QMIN, QMAX).to(torch.int64)
+    return codes.reshape(out_shape)
+
+
 def weight_codes(qts: dict, label: str, m: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """(int8 codes, per-output-channel scale) of a layer's weight on a symmetric grid; ModelError otherwise."""
     qt = qts.get(f"{label}.weight")
@@ -211,4 +279,5 @@ def integer_layer(m: nn.Module, label: str, x: QValue, qts: dict,
 
 
 __all__ = ["EdgeQuantizer", "QMAX", "QMIN", "QValue", "accumulate", "bias_codes", "check_int32", "integer_layer",
-           "qlinear_add", "qlinear_global_average_pool", "quantize_linear", "requantize", "weight_codes"]
+           "qlinear_add", "qlinear_average_pool", "qlinear_concat", "qlinear_global_average_pool", "quantize_linear",
+           "requantize", "weight_codes"]

@@ -3,17 +3,9 @@ integer engine quantizes, and learnq's simulation of what the engine computes on
 "Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only Inference", §2-3; the kernels
 are :mod:`learnq.act.integer`).
 
-The model is traced with ``torch.fx`` (the leaves are conv/linear layers and ``torch.nn`` modules, as for the ONNX
-exporter, whose trace gives the same node names). The *plan* walks the graph once:
-
-* the integer ops are conv/linear layers, residual additions (``a + b`` of two tensors), global average pooling
-  (``AdaptiveAvgPool(1)``); their tensor inputs must be quantized, so the tensor feeding one (the model input, a
-  float op's output) gets an :class:`~learnq.act.integer.EdgeQuantizer`;
-* an integer op's output gets an edge quantizer unless only the graph output reads it (the logits stay float), and
-  a ReLU / ReLU6 that is its only reader is *fused*: the edge sits after the ReLU (its range starts at 0, so the
-  zero point is 0 and the requantization's saturation is the ReLU; onnxruntime removes the Relu/Clip likewise);
-* max pooling, flatten, reshape, identity and dropout keep the integer codes and the grid of their input; any other
-  operation runs in float32 on the dequantized values.
+What is quantized is the *plan* (:mod:`learnq.act.integer_plan`): every tensor an integer kernel reads or writes
+carries an :class:`~learnq.act.integer.EdgeQuantizer`, calibrated here (min/max over the calibration set, or a
+clipping rule of :mod:`learnq.clipping` on its range: the PTQ method's activation rule).
 
 The edge quantizers live in ``model.integer_edges`` (an ``nn.ModuleDict`` keyed by node name: they save, copy and move
 with the model) and a forward hook on the model replaces its output with the simulation's (the float forward still
@@ -22,206 +14,45 @@ runs first; its result is discarded). The model file records the target through 
 
 from __future__ import annotations
 
-import operator
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.fx
-import torch.nn.functional as F
 from torch import nn
 
-from learnq.act.base import ActivationQuantizer
 from learnq.act.integer import (
     EdgeQuantizer,
     QValue,
     integer_layer,
     qlinear_add,
+    qlinear_average_pool,
+    qlinear_concat,
     qlinear_global_average_pool,
     quantize_linear,
 )
+from learnq.act.integer_plan import EDGES, IntegerEdges, Plan, Step, is_leaf, make_plan, pool_window, trace
 from learnq.batches import calibration_batches
 from learnq.errors import ModelError
-from learnq.layers import WEIGHT_LAYER_TYPES
+from learnq.fx_trace import module_label
 from learnq.quantized import quantized_parameters
 
-EDGES = "integer_edges"  # the model attribute holding the edge quantizers
 TARGETS = ("onnxruntime",)
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_RELUS = (nn.ReLU, nn.ReLU6)
-_IDENTITY = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
-_KEEP = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.Flatten)
-_KEEP_METHODS = ("view", "reshape", "flatten", "contiguous")
 
 
-class IntegerEdges(nn.ModuleDict):
-    """The edge quantizers of a model (node name -> EdgeQuantizer). Its forward is the identity, so a model that
-    is an ``nn.Sequential`` (which calls every child) computes the same, and a torch.fx trace inlines it away."""
-
-    def forward(self, x: Any) -> Any:
-        return x
-
-
-class _Tracer(torch.fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, qualified_name: str) -> bool:
-        return isinstance(m, WEIGHT_LAYER_TYPES) or isinstance(m, ActivationQuantizer) or super().is_leaf_module(
-            m, qualified_name)
-
-
-class _Root(nn.Module):
-    """The model as one submodule ``net`` (the exporter traces the same wrapper, so node names agree)."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> Any:
-        return self.net(x)
-
-
-def trace(model: nn.Module, example: torch.Tensor | None = None) -> torch.fx.GraphModule:
-    """The traced model, identity modules (folded BatchNorm, dropout) removed; node names are the exporter's. With
-    ``example`` (one input batch) every node's output shape is recorded (``node.meta["tensor_meta"]``)."""
-    try:
-        root = _Root(model)
-        gm = torch.fx.GraphModule(root, _Tracer().trace(root))
-    except Exception as exc:  # torch.fx raises many kinds
-        raise ModelError(f"the integer target needs a torch.fx trace of {type(model).__name__}, which fails "
-                         f"({type(exc).__name__}: {exc})") from exc
-    for node in list(gm.graph.nodes):
-        if node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), _IDENTITY):
-            node.replace_all_uses_with(node.args[0])
-            gm.graph.erase_node(node)
-    gm.recompile()
-    if example is not None:
-        from torch.fx.passes.shape_prop import ShapeProp
-
-        with torch.no_grad():
-            ShapeProp(gm).propagate(example[:1])
-    return gm
-
-
-@dataclass
-class Step:
-    """What the simulation does at one node: ``kind`` is "input", "conv", "linear", "add", "gap", "relu" (fused or
-    on codes), "keep" (same codes and grid), "float"; ``edge``: the node whose edge quantizer gives its output grid
-    (None: float output or the input's grid); ``why``: for the report."""
-
-    kind: str
-    edge: str | None = None
-    why: str = ""
-
-
-@dataclass
-class Plan:
-    steps: dict[str, Step] = field(default_factory=dict)
-    edges: list[str] = field(default_factory=list)
-
-
-def _module(gm: torch.fx.GraphModule, node: torch.fx.Node) -> nn.Module | None:
-    return gm.get_submodule(str(node.target)) if node.op == "call_module" else None
-
-
-def _kind(gm: torch.fx.GraphModule, node: torch.fx.Node) -> str:
-    m = _module(gm, node)
-    if m is not None:
-        if isinstance(m, _CONV):
-            return "conv"
-        if isinstance(m, nn.Linear):
-            return "linear"
-        if isinstance(m, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)):
-            size = m.output_size if isinstance(m.output_size, (tuple, list)) else [m.output_size]
-            if all(s == 1 for s in size):
-                return "gap"
-            src = node.args[0].meta.get("tensor_meta") if isinstance(node.args[0], torch.fx.Node) else None
-            out = node.meta.get("tensor_meta")
-            same = src is not None and out is not None and tuple(src.shape) == tuple(out.shape)
-            return "keep" if same else "float"  # an adaptive pool to the input's own size is the identity
-        if isinstance(m, _RELUS):
-            return "relu"
-        if isinstance(m, _KEEP):
-            return "keep"
-        return "float"
-    if node.op == "call_function":
-        if node.target in (operator.add, torch.add) and len(node.args) == 2 and all(
-                isinstance(a, torch.fx.Node) for a in node.args) and not node.kwargs:
-            return "add"
-        if node.target in (F.relu, torch.relu):
-            return "relu"
-        if node.target in (torch.flatten, F.dropout):
-            return "keep"
-    if node.op == "call_method" and node.target in _KEEP_METHODS:
-        return "keep"
-    return "float"
-
-
-def make_plan(gm: torch.fx.GraphModule) -> Plan:
-    """The plan of :mod:`this module <learnq.act.integer_graph>`'s docstring."""
-    plan = Plan()
-    state: dict[str, str] = {}  # node -> "q" (codes), "acc" (integer op, grid not decided yet), "float"
-    steps = plan.steps
-
-    def need_q(arg: torch.fx.Node) -> None:
-        if state[arg.name] == "float":
-            steps[arg.name].edge = arg.name
-            steps[arg.name].why += "; quantized for the integer op that reads it"
-            state[arg.name] = "q"
-        elif state[arg.name] == "acc":
-            steps[arg.name].edge = arg.name
-            state[arg.name] = "q"
-
-    for node in gm.graph.nodes:
-        if node.op == "placeholder":
-            steps[node.name] = Step("input", node.name, "the model input, quantized for the integer ops")
-            state[node.name] = "q"
-            continue
-        if node.op == "output":
-            continue
-        kind = _kind(gm, node)
-        args = [a for a in node.args if isinstance(a, torch.fx.Node)]
-        if kind in ("conv", "linear", "add", "gap"):
-            for a in args:
-                need_q(a)
-            steps[node.name] = Step(kind, None, "integer kernel")
-            state[node.name] = "acc"
-        elif kind == "relu" and args and state[args[0].name] == "acc" and len(args[0].users) == 1:
-            steps[node.name] = Step("relu", node.name, f"fused into {args[0].name}: the requantization saturates")
-            steps[args[0].name].edge = node.name
-            state[args[0].name] = state[node.name] = "q"
-        elif kind in ("relu", "keep") and args and state[args[0].name] in ("q", "acc"):
-            need_q(args[0])
-            steps[node.name] = Step(kind, None, "on the integer codes, the input's grid")
-            state[node.name] = "q"
-        else:
-            for a in args:
-                if state.get(a.name) == "acc":
-                    need_q(a)
-            steps[node.name] = Step("float", None, "no integer kernel for this operation: float32")
-            state[node.name] = "float"
-    for node in gm.graph.nodes:  # integer ops nobody quantized yet: quantized unless only the output reads them
-        if state.get(node.name) == "acc":
-            if all(u.op == "output" for u in node.users):
-                steps[node.name].why = "integer kernel, float output (the graph output reads it)"
-                state[node.name] = "float"
-            else:
-                need_q(node)
-    plan.edges = [name for name, s in steps.items() if s.edge == name]
-    return plan
-
-
-def attach_integer_target(model: nn.Module, calibration_data: Any, *, device: str = "cpu",
-                          batch_size: int = 256) -> Plan:
+def attach_integer_target(model: nn.Module, calibration_data: Any, *, device: str = "cpu", batch_size: int = 256,
+                          clip: str = "minmax", seed: int = 0, **clip_options: Any) -> Plan:
     """Plan the integer graph of ``model`` (eval mode, weights already quantized), put an edge quantizer on every
-    planned tensor, calibrate them (min/max over ``calibration_data``, float activations) and switch the model's
-    forward to the integer simulation. Returns the plan."""
+    planned tensor, calibrate them over ``calibration_data`` (float activations; the range min/max, or narrowed by
+    clipping rule ``clip`` with ``clip_options``, see :meth:`EdgeQuantizer.finish`) and switch the model's forward to
+    the integer simulation. Returns the plan."""
     detach_integer_target(model)
     batches = list(calibration_batches(calibration_data, batch_size))
     gm = trace(model, batches[0][0].to(device) if batches else None)
     plan = make_plan(gm)
-    edges = IntegerEdges({name: EdgeQuantizer() for name in plan.edges})
+    sample = 0 if clip == "minmax" and not clip_options else 32768
+    edges = IntegerEdges({name: EdgeQuantizer(sample_size=sample, seed=seed) for name in plan.edges})
     model.add_module(EDGES, edges)
     model.to(device)
-    values: dict[str, torch.Tensor] = {}
 
     class _Observe(torch.fx.Interpreter):
         def run_node(self, n: torch.fx.Node) -> Any:
@@ -233,9 +64,8 @@ def attach_integer_target(model: nn.Module, calibration_data: Any, *, device: st
     with torch.no_grad():
         for x, _ in batches:
             _Observe(gm).run(x.to(device))
-    del values
     for q in edges.values():
-        q.finish()
+        q.finish(clip, **clip_options)
     if batches:  # every layer can run in the integer kernels (ModelError naming the one that cannot)
         with torch.no_grad():
             simulate(model, batches[0][0][:2].to(device))
@@ -320,15 +150,26 @@ def simulate(model: nn.Module, x: torch.Tensor, codes: dict[str, QValue] | None 
             else:
                 s, z = grid(step.edge)
                 env[node.name] = QValue(qlinear_add(a, b, s, z), s, z)
+        elif step.kind in ("gap", "avgpool", "concat") and step.edge is None:  # float output: the graph's
+            fargs = torch.fx.graph.map_arg(node.args, lambda n: deq(env[n.name]))
+            env[node.name] = _run_float(gm, node, fargs, dict(node.kwargs))
         elif step.kind == "gap":
-            if step.edge is None:
-                env[node.name] = _run_float(gm, node, (deq(args[0]),), {})
-            else:
-                s, z = grid(step.edge)
-                env[node.name] = QValue(qlinear_global_average_pool(args[0], s, z), s, z)
-        elif step.kind == "relu" and isinstance(args[0], QValue):
+            s, z = grid(step.edge)
+            env[node.name] = QValue(qlinear_global_average_pool(args[0], s, z), s, z)
+        elif step.kind == "avgpool":
+            s, z = grid(step.edge)
+            window = pool_window(gm.get_submodule(str(node.target)), node)
+            if window is None:
+                raise ModelError(f"the integer simulation lost the pooling window of {node.name!r}; quantize again")
+            env[node.name] = QValue(qlinear_average_pool(args[0], *window, s, z), s, z)
+        elif step.kind == "concat":
+            s, z = grid(step.edge)
+            values = [env[n.name] for n in node.all_input_nodes]
+            dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+            env[node.name] = QValue(qlinear_concat(values, int(dim) % values[0].codes.ndim, s, z), s, z)
+        elif step.kind in ("relu", "actq") and isinstance(args[0], QValue):
             v = args[0]
-            if step.edge != node.name:  # not fused: on the codes
+            if step.edge is None:  # not fused: on the codes
                 v = QValue(v.codes.clamp(min=v.zp), v.scale, v.zp)
             env[node.name] = v
         elif step.kind == "keep" and isinstance(args[0], QValue):
@@ -363,9 +204,8 @@ def _run_float(gm: torch.fx.GraphModule, node: torch.fx.Node, args: tuple, kwarg
 
 def _layer(gm: torch.fx.GraphModule, node: torch.fx.Node, x: QValue, qts: dict, step: Step, grid: Any) -> Any:
     m = gm.get_submodule(str(node.target))
-    label = str(node.target).removeprefix("net.") if str(node.target) != "net" else ""
-    return integer_layer(m, label, x, qts, None if step.edge is None else grid(step.edge))
+    return integer_layer(m, module_label(str(node.target)), x, qts, None if step.edge is None else grid(step.edge))
 
 
-__all__ = ["EDGES", "IntegerEdges", "TARGETS", "Plan", "Step", "attach_integer_target", "detach_integer_target",
-           "enable", "float_forward", "has_integer_target", "make_plan", "simulate", "trace"]
+__all__ = ["EDGES", "TARGETS", "IntegerEdges", "Plan", "Step", "attach_integer_target", "detach_integer_target",
+           "enable", "float_forward", "has_integer_target", "is_leaf", "make_plan", "simulate", "trace"]

@@ -34,6 +34,27 @@ def update_range(lo: torch.Tensor, hi: torch.Tensor, new_lo: torch.Tensor, new_h
             torch.where(first, new_hi, (1 - m) * hi + m * new_hi))  # type: ignore[arg-type]
 
 
+def keep_sample(keys: torch.Tensor | None, sample: torch.Tensor | None, rows: torch.Tensor, size: int,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A bounded uniform random sample of every value observed so far, per row: each value of ``rows`` (rows, n)
+    gets a uniform random key from ``generator`` and the ``size`` smallest keys are kept, so the sample is the same
+    for the same data and seed. Returns the new (keys, sample), both (rows, <= size), on the CPU."""
+    new_keys = torch.rand(rows.shape, generator=generator)
+    if keys is not None and keys.shape[1] >= size:
+        threshold = keys.max(dim=1, keepdim=True).values
+        take = (new_keys < threshold).any(dim=0)
+        new_keys, values = new_keys[:, take], rows[:, take.to(rows.device)].cpu()
+    else:
+        values = rows.cpu()
+    if keys is not None and sample is not None:
+        new_keys = torch.cat([keys, new_keys], dim=1)
+        values = torch.cat([sample, values], dim=1)
+    if new_keys.shape[1] > size:
+        new_keys, idx = new_keys.topk(size, dim=1, largest=False, sorted=False)
+        values = values.gather(1, idx)
+    return new_keys, values
+
+
 class ObserverFakeQuant(ActivationQuantizer):
     """Fake quantization on a running min-max range (EMA with ``momentum``), ``bits``-bit affine grid."""
 

@@ -7,7 +7,8 @@ training split (the same seeded stratified draw as the recipe's, with ``calib_si
 and written to ``--out`` (default ``<file stem>.<method>-w<B>a<B>.safetensors`` beside it), then reloaded from that
 file and evaluated on the test split, so the accuracy printed is that of the file. ``learnq eval OUT`` and
 ``learnq.load(OUT, model)`` read it back (activation quantizers included). ``--json`` prints ``accuracy``,
-``file_bytes``, ``calib_seconds``, ``loss_evals`` and more. The command builds the same :class:`learnq.ptq.PTQ`
+``file_bytes``, ``calib_seconds``, ``loss_evals`` and more. ``--codec ans`` entropy-codes the codes in the file
+(:mod:`learnq.entropy_codec`). The command builds the same :class:`learnq.ptq.PTQ`
 config as Python and recipes (same defaults), and the file records it (metadata ``ptq_config``).
 """
 
@@ -22,6 +23,7 @@ from typing import Any
 from learnq.act.integer_graph import TARGETS
 from learnq.checkpoint import load, save
 from learnq.cli.common import add_common, print_json, show_progress
+from learnq.entropy_codec import CODECS
 from learnq.errors import ConfigError
 from learnq.pipeline.data import dataset_from_preprocessing
 from learnq.pipeline.model_files import EVAL_BATCH, rebuild, resolve_model_file
@@ -66,6 +68,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--fast", action="store_true",
                         help="the method's fast preset (option fast=true; adaround: 1,000 iterations per layer "
                              "instead of the paper's 10,000)")
+    parser.add_argument("--codec", choices=CODECS, default="packed",
+                        help="how the file stores the codes: packed (bit-packed, default) or ans (entropy-coded with "
+                             "constriction's rANS, pip install 'learnq[entropy]'; docs/entropy.md)")
     parser.add_argument("--out", default=None, help="the quantized model file to write")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     add_common(parser)
@@ -131,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     metadata = {k: v for k, v in meta.items() if k not in ("variant", "metrics", "ptq")}
     metadata.update({"variant": {"method": result.method, "bits": result.wbits, "abits": result.abits},
                      "ptq": ptq, "metrics": {"test": before}})
-    size = save(result.model, out, metadata=metadata, report=True)
+    size = save(result.model, out, metadata=metadata, report=True, codec=args.codec)
     reloaded = model_from_spec(meta["model"], device="cpu")
     load(out, reloaded, device=args.device)
     after = evaluate(reloaded, splits.test, device=args.device, batch_size=EVAL_BATCH)
@@ -140,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
               "accuracy": after["accuracy"], "loss": after["loss"],
               "n": after["n"], "accuracy_before_save": before["accuracy"],
               "float_accuracy": (meta.get("metrics") or {}).get("test", {}).get("accuracy"),
-              "file_bytes": int(size.file_bytes), "float32_bytes": int(size.float32_bytes),
+              "file_bytes": int(size.file_bytes), "float32_bytes": int(size.float32_bytes), "codec": args.codec,
+              "packed_bytes": size.packed_bytes, "bound_bytes": size.bound_bytes, "stored_bytes": size.stored_bytes,
               "calib_seconds": result.calib_seconds, "loss_evals": result.loss_evals, "skipped": result.skipped,
               "layers": result.layers}
     if args.json:

@@ -24,13 +24,14 @@ from torch import nn
 
 from learnq.act.input_quant import ATTR, _input_hook
 from learnq.act.integer_graph import float_forward, has_integer_target
+from learnq.act.integer_plan import is_leaf
 from learnq.errors import ModelError
 from learnq.export import ops
 from learnq.export.integer_ops import IntegerExport
-from learnq.export.qdq import ActivationPlan, WeightPlan, is_activation_quantizer, plan_activation, plan_weight
+from learnq.export.qdq import ActivationPlan, WeightPlan, plan_activation, plan_weight
 from learnq.export.report import TensorExport
+from learnq.fx_trace import module_label, trace_model
 from learnq.grid import QuantizedTensor
-from learnq.layers import WEIGHT_LAYER_TYPES
 from learnq.quantized import plain_state, quantized_parameters, tied_aliases
 
 INPUT_TYPES = {torch.float32: 1, torch.int64: 7}
@@ -87,23 +88,6 @@ class Builder:
         return out
 
 
-class _Tracer(torch.fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, WEIGHT_LAYER_TYPES) or is_activation_quantizer(m) or super().is_leaf_module(
-            m, module_qualified_name)
-
-
-class _Root(nn.Module):
-    """Wraps the model so that the model itself is one traced call when it is a single layer."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> Any:
-        return self.net(x)
-
-
 class _Recorder(torch.fx.Interpreter):
     def __init__(self, gm: torch.fx.GraphModule) -> None:
         super().__init__(gm)
@@ -118,14 +102,7 @@ class _Recorder(torch.fx.Interpreter):
 def trace(model: nn.Module, example: torch.Tensor) -> tuple[torch.fx.GraphModule, dict[torch.fx.Node, Any]]:
     """The traced model (wrapped in a root whose submodule ``net`` is the model) and every node's value on
     ``example``. ModelError when torch.fx cannot trace it or the trace computes something else."""
-    root = _Root(model)
-    tracer = _Tracer()
-    try:
-        graph = tracer.trace(root)
-    except Exception as exc:  # torch.fx raises many kinds (TraceError, TypeError, NotImplementedError...)
-        raise ModelError(f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}: {exc}); the ONNX "
-                         "exporter needs a model without data-dependent control flow") from exc
-    gm = torch.fx.GraphModule(root, graph)
+    gm = trace_model(model, is_leaf, "the ONNX exporter")
     rec = _Recorder(gm)
     with torch.no_grad():
         traced = rec.run(example)
@@ -172,7 +149,7 @@ class GraphWriter:
     @staticmethod
     def label(target: str) -> str:
         """The model's own name of a traced module/attribute (the root wraps the model as ``net``)."""
-        return "" if target == "net" else target.removeprefix("net.")
+        return module_label(target)
 
     def shape(self, arg: Any) -> tuple[int, ...]:
         value = self.values.get(arg) if isinstance(arg, torch.fx.Node) else None

@@ -1,7 +1,8 @@
 """ONNX export of a model quantized for the integer target (:mod:`learnq.act.integer_graph`): QuantizeLinear ->
 DequantizeLinear on every planned tensor, int32 biases, so that onnxruntime's QDQ fusion turns every conv, gemm,
-addition and global average pooling into an integer kernel (QLinearConv, QGemm, QLinearAdd,
-QLinearGlobalAveragePool; ONNX QuantizeLinear-13 / DequantizeLinear-13 and the com.microsoft contrib operators).
+addition, concatenation and average pooling into an integer kernel (QLinearConv, QGemm, QLinearAdd, QLinearConcat,
+QLinearGlobalAveragePool, QLinearAveragePool; ONNX QuantizeLinear-13 / DequantizeLinear-13 and the com.microsoft
+contrib operators).
 
 Where onnxruntime fuses, the pattern it looks for is ``DQ(x), DQ(w), DQ(b int32) -> Conv/Gemm [-> Relu/Clip] -> Q``
 with one integer type (uint8) for input and output, a bias whose scale is ``s_x · s_w`` and zero point 0, and, for
@@ -20,7 +21,7 @@ import torch.fx
 from torch import nn
 
 from learnq.act.integer import weight_codes
-from learnq.act.integer_graph import EDGES, IntegerEdges, Plan, make_plan, trace
+from learnq.act.integer_plan import EDGES, INTEGER_OPS, IntegerEdges, Plan, make_plan, trace
 
 if TYPE_CHECKING:
     from learnq.export.graph import GraphWriter
@@ -48,10 +49,11 @@ class IntegerExport:
         return w.b.op("DequantizeLinear", [q, scale, zp], f"{base}_dequantized")
 
     def fused(self, node: torch.fx.Node) -> bool:
-        """A ReLU / ReLU6 fused into the integer op before it: not written (zero point 0 and a range within the
-        ReLU6's make the QuantizeLinear's saturation the same function; onnxruntime drops such a Relu/Clip too)."""
+        """A ReLU / ReLU6 or an activation quantizer fused into the integer op before it: not written (zero point 0
+        and a range within the ReLU6's make the QuantizeLinear's saturation the same function; onnxruntime drops such
+        a Relu/Clip too; a fused activation quantizer's grid is replaced by the edge's)."""
         step = self.plan.steps.get(node.name)
-        return step is not None and step.kind == "relu" and step.edge == node.name
+        return step is not None and step.kind in ("relu", "actq") and step.edge is not None
 
     def after(self, w: GraphWriter, node: torch.fx.Node, out: Any) -> Any:
         """The ONNX output of ``node`` as the integer graph has it (Q/DQ'd on a planned edge, or after an op that
@@ -75,8 +77,8 @@ class IntegerExport:
         return out
 
     def _row(self, w: GraphWriter, node: torch.fx.Node, step: Any) -> None:
-        if step.kind in ("conv", "linear", "add", "gap"):
-            srcs = [a for a in node.args if isinstance(a, torch.fx.Node)]
+        if step.kind in INTEGER_OPS:
+            srcs = node.all_input_nodes
             integer = all(self.input_grid(a) is not None for a in srcs) and (
                 step.edge is not None or step.kind in ("conv", "linear"))
             self.rows.append({"node": node.name, "layer": w.label(str(node.target)) if node.op == "call_module"

@@ -2,7 +2,7 @@
 itself writes after its optimisations (``SessionOptions.optimized_model_filepath``), and why the others stay float.
 
 No paper. onnxruntime names a fused node after the node it replaces (``stem.conv/Conv`` becomes the QLinearConv
-``stem.conv/Conv_token_1``), so every compute node learnq wrote (Conv, Gemm, MatMul, Add, GlobalAveragePool,
+``stem.conv/Conv_token_1``), so every compute node learnq wrote (Conv, Gemm, MatMul, Add, Concat, GlobalAveragePool,
 AveragePool) is found again in the optimised graph and its operator type says integer or float. The reason for a
 float one comes from the integer target's plan when the model has one (:mod:`learnq.act.integer_graph`), else from
 where learnq's Q/DQ sits (at layer inputs only: a layer's output is not quantized, so no integer kernel can produce
@@ -22,7 +22,7 @@ INTEGER_OPS = frozenset({"QLinearConv", "QGemm", "QLinearMatMul", "QLinearAdd", 
                          "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearConcat", "MatMulInteger",
                          "ConvInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulNBits",
                          "QLinearLeakyRelu", "QLinearSigmoid", "QLinearSoftmax"})
-COMPUTE_OPS = ("Conv", "Gemm", "MatMul", "Add", "GlobalAveragePool", "AveragePool")
+COMPUTE_OPS = ("Conv", "Gemm", "MatMul", "Add", "Concat", "GlobalAveragePool", "AveragePool")
 _LEGACY_REASON = ("learnq's Q/DQ sits at layer inputs only: this op's output is not quantized, so onnxruntime keeps "
                   "a float {op} (quantize with target='onnxruntime' for integer kernels)")
 

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from torch import nn
 
 from learnq.checks import check_options
+from learnq.entropy_codec import check_codec
 from learnq.errors import ConfigError, LearnqError
 from learnq.granularity import Granularity
 from learnq.grid import FLOAT_BITS, check_bits
@@ -240,6 +241,8 @@ def _validate_variant(variant: VariantSection, path: str) -> None:
             raise ConfigError(f"{path}.abits: method {variant.method!r} quantizes weights only; remove abits")
         with _at(f"{path}.abits"):
             check_bits(variant.abits)
+    with _at(f"{path}.codec"):
+        check_codec(variant.codec)
     if not _LABEL.match(variant.label):
         raise ConfigError(f"{path}.name: {variant.label!r} is not a valid file stem; use letters, digits, '-', "
                           "'_', '.' and '+'")

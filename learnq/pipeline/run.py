@@ -207,7 +207,8 @@ def run_variant(trained: TrainedRun, variant: VariantSection) -> tuple[dict, dic
         file_metrics: dict[str, Any] = {"test": before}
         if info.learned_bits:
             bits = file_metrics["bits"] = _learned_bits(model, variant.label)
-        size = save(model, trained.out / name, metadata=_metadata(trained, file_metrics, variant), report=True)
+        size = save(model, trained.out / name, metadata=_metadata(trained, file_metrics, variant), report=True,
+                    codec=variant.codec)
     else:
         before = trained.test
         name = MODEL_FILE

@@ -74,6 +74,7 @@ class VariantSection:
     name: the row's label and file stem (default ``<method>-w<bits>``, ``<method>-w<bits>a<abits>`` with abits,
     ``float`` for the baseline).
     options: the method's own keys (see the method's registry entry).
+    codec: how its file stores the codes: ``packed`` (default) or ``ans`` (entropy-coded, docs/entropy.md).
     """
 
     method: str
@@ -87,6 +88,7 @@ class VariantSection:
     bits_overrides: dict[str, int] = field(default_factory=dict)
     select: Selection = field(default_factory=Selection)
     options: dict[str, Any] = field(default_factory=dict)
+    codec: str = "packed"
 
     @property
     def weight_bits(self) -> int:

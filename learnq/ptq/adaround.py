@@ -155,13 +155,16 @@ class _Stop(Exception):
 
 
 @torch.no_grad()
-def capture_inputs(model: nn.Module, module: nn.Module, inputs: torch.Tensor, *, batch_size: int = 256,
-                   device: str | torch.device = "cpu") -> torch.Tensor:
-    """The input ``module`` receives when ``model`` runs on ``inputs`` (all samples, concatenated, on ``device``)."""
-    seen: list[torch.Tensor] = []
+def for_each_input(model: nn.Module, module: nn.Module, inputs: torch.Tensor, fn: Callable[[torch.Tensor], None], *,
+                   batch_size: int = 256, device: str | torch.device = "cpu") -> int:
+    """Run ``model`` on ``inputs`` batch by batch, each forward stopped where ``module`` is called, and hand
+    ``module``'s input of every batch to ``fn`` (in order); returns the number of batches."""
+    batches = 0
 
     def hook(_m: nn.Module, args: tuple) -> None:
-        seen.append(args[0].detach())
+        nonlocal batches
+        fn(args[0].detach())
+        batches += 1
         raise _Stop
 
     handle = module.register_forward_pre_hook(hook)
@@ -173,9 +176,17 @@ def capture_inputs(model: nn.Module, module: nn.Module, inputs: torch.Tensor, *,
                 pass
     finally:
         handle.remove()
-    if len(seen) != math.ceil(inputs.shape[0] / batch_size):
+    if batches != math.ceil(inputs.shape[0] / batch_size):
         raise ModelError(f"{type(module).__name__} layer is not called by the model's forward; its input cannot be "
                          "captured (is it part of the model?)")
+    return batches
+
+
+def capture_inputs(model: nn.Module, module: nn.Module, inputs: torch.Tensor, *, batch_size: int = 256,
+                   device: str | torch.device = "cpu") -> torch.Tensor:
+    """The input ``module`` receives when ``model`` runs on ``inputs`` (all samples, concatenated, on ``device``)."""
+    seen: list[torch.Tensor] = []
+    for_each_input(model, module, inputs, seen.append, batch_size=batch_size, device=device)
     return torch.cat(seen)
 
 
@@ -351,5 +362,6 @@ METHOD = PTQMethod("adaround", "AdaRound (Nagel et al. 2020): learned up/down ro
 
 
 __all__ = ["ZETA", "GAMMA", "DEFAULT_ITERATIONS", "FAST_ITERATIONS", "METHOD", "OPTIONS", "AdaRoundInfo",
-           "adaround_weights", "beta_schedule", "capture_inputs", "inverse_rectified_sigmoid", "layer_function",
-           "learn_rounding", "reconstruction_layer", "rectified_sigmoid", "resolve_iterations", "rounding_regularizer"]
+           "adaround_weights", "beta_schedule", "capture_inputs", "for_each_input", "inverse_rectified_sigmoid",
+           "layer_function", "learn_rounding", "reconstruction_layer", "rectified_sigmoid", "resolve_iterations",
+           "rounding_regularizer"]

@@ -68,6 +68,8 @@ def unquantizable(model: nn.Module) -> list[tuple[str, nn.Module, str, bool]]:
             continue  # inside a module whose children are all left in float
         if isinstance(module, kinds) or not any(True for _ in module.parameters(recurse=False)):
             continue
+        if "parametrizations" in name.split("."):  # a layer's weight parametrization (its original, a quantizer)
+            continue
         builtin = type(module).__module__.startswith("torch.")
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             reason = "BatchNorm not folded (no conv/linear right before it): kept in float"
@@ -193,8 +195,10 @@ def quantize(model: nn.Module, calibration_data: Any, config: PTQ | None = None,
     if equalized is not None:
         extra["equalize"] = equalized
     if integer:
-        plan = attach_integer_target(work, inputs, device=torch_device, batch_size=batch_size)
-        extra["integer_target"] = {"target": config.target, "edges": len(plan.edges),
+        clip, clip_options = ctx.act_clip
+        plan = attach_integer_target(work, inputs, device=torch_device, batch_size=batch_size, clip=clip, seed=seed,
+                                     **clip_options)
+        extra["integer_target"] = {"target": config.target, "edges": len(plan.edges), "act_clip": clip,
                                    "ops": {k: s.kind for k, s in plan.steps.items()}}
     done = {name for name, _ in quantized_parameters(work)}  # e.g. selected embeddings, or tied to a quantized layer
     skipped = [entry for entry in skipped if not all(full_name(entry[0], p) in done for p in _own(entry[1]))]

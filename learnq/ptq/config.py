@@ -22,7 +22,10 @@ Fields (the defaults are the defaults of the CLI and of recipes too):
 * ``target``: None (fake quantization at the layer inputs, the default) or ``"onnxruntime"``: the integer deployment
   target (:mod:`learnq.act.integer_graph`): W8A8 (weights symmetric int8 per channel or per tensor, every tensor an
   integer kernel reads on a uint8 asymmetric grid, min/max calibrated) simulated as onnxruntime's integer kernels
-  compute it; the ONNX export then runs every conv, gemm, addition and global pooling in integer kernels.
+  compute it; the ONNX export then runs every conv, gemm, addition, concatenation and pooling in integer kernels.
+  With ``wbits=32`` the model's own quantized weights are kept (a QAT-trained model: QAT-then-PTQ of the
+  activations; every conv/linear weight must already be on a symmetric int8 grid) and only the activations are
+  calibrated for the target (the model's own activation quantizers after an integer op are fused into its edges).
 """
 
 from __future__ import annotations
@@ -105,8 +108,10 @@ class PTQ:
         problems = []
         if self.abits != 8:
             problems.append(f"abits={self.abits} (the integer kernels read uint8: use abits=8)")
-        if not isinstance(self.wbits, int) or isinstance(self.wbits, bool) or not 2 <= self.wbits <= 8:
-            problems.append(f"wbits={self.wbits} (int8 weight codes: use 2..8)")
+        if not isinstance(self.wbits, int) or isinstance(self.wbits, bool) or not (
+                2 <= self.wbits <= 8 or self.wbits == FLOAT_BITS):
+            problems.append(f"wbits={self.wbits} (int8 weight codes: use 2..8, or {FLOAT_BITS} to keep the weights "
+                            "a QAT-trained model has)")
         if self.scheme != "symmetric":
             problems.append(f"scheme={self.scheme!r} (weight zero points must be 0: use 'symmetric')")
         if self.granularity not in ("channel", "tensor"):

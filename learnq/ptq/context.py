@@ -73,6 +73,9 @@ class PTQContext:
     bn_stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     """``{layer: (mean, std)}`` per output channel of the layer's pre-activation, from the BatchNorm folded into it
     (:func:`learnq.bn_fold.bn_statistics`), kept true by cross-layer equalization (data-free methods read it)."""
+    act_clip: tuple[str, dict[str, Any]] = ("minmax", {})
+    """The clipping rule (and its options) the method asked :meth:`attach_activations` for: the integer target
+    (``PTQ.target``, which quantizes activations itself) applies it to its activation ranges."""
 
     def attach_weights(self, clip: Any = "minmax", **clip_options: Any) -> dict[str, PTQWeight]:
         """PTQWeight on every selected weight, α by clipping rule ``clip`` (nothing when weights stay in float)."""
@@ -92,20 +95,35 @@ class PTQContext:
             module_name, param = split_name(name)
             self.weights[name] = get_module(self.model, module_name).parametrizations[param][-1]
 
-    def attach_activations(self, clip: str = "minmax", *, finish: bool = True,
+    def attach_activations(self, clip: str = "minmax", *, finish: bool = True, observe: bool = True,
                            **clip_options: Any) -> dict[str, ActQuantizer]:
         """ActQuantizer at the input of every selected layer, observed over the calibration set (the model as it
-        is now, e.g. with quantized weights); with ``finish`` α is chosen by ``clip`` and quantization enabled."""
+        is now, e.g. with quantized weights); with ``finish`` α is chosen by ``clip`` and quantization enabled.
+        ``observe=False``: attached only (pass-through until finished), for a method that feeds each quantizer's
+        ``observe`` itself with the inputs a calibration pass would show it, then calls
+        :meth:`finish_activations`."""
+        self.act_clip = (clip, dict(clip_options))
         if self.abits is None:
             return {}
         qs = attach_input_quantizers(self.model, self.abits, selection=self.selection,
                                      per_channel=self.act_per_channel, seed=self.seed)
+        if not observe:
+            return qs
         calibrate(self.model, self.inputs, device=self.device, batch_size=self.batch_size)
         if finish:
-            for q in qs.values():
-                q.finish_calibration(clip, **clip_options)
-        self.activations.update(qs)
+            self.finish_activations(qs, clip, **clip_options)
+        else:
+            self.activations.update(qs)
         return qs
+
+    def finish_activations(self, quantizers: dict[str, ActQuantizer], clip: str = "minmax",
+                           **clip_options: Any) -> None:
+        """Choose α of every quantizer by ``clip`` from what it observed, enable it and record it in
+        ``activations``."""
+        self.act_clip = (clip, dict(clip_options))
+        for q in quantizers.values():
+            q.finish_calibration(clip, **clip_options)
+        self.activations.update(quantizers)
 
 
 __all__ = ["PTQContext", "PTQFn", "PTQMethod"]

@@ -34,6 +34,7 @@ quantized model (α by option ``act_clip``). The bias is not touched.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -47,9 +48,10 @@ from learnq.clipping import choose_clip
 from learnq.errors import ConfigError, ModelError, QuantizationError
 from learnq.granularity import CHANNEL
 from learnq.grid import GridSpec, QuantizedTensor, compute_params
-from learnq.ptq.adaround import INPUT_MODES, capture_inputs
+from learnq.ptq.adaround import INPUT_MODES, for_each_input
 from learnq.ptq.bias_correction import correct_quantized
 from learnq.ptq.context import PTQContext, PTQMethod
+from learnq.ptq.layer_inputs import LayerInputs
 from learnq.quantized import attach_quantized, get_module, split_name
 
 
@@ -72,48 +74,93 @@ def input_columns(module: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     if isinstance(module, nn.Linear):
         return [x.reshape(-1, x.shape[-1])]
     if isinstance(module, (nn.Conv1d, nn.Conv2d)):
-        two = isinstance(module, nn.Conv2d)
-        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
-        x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
-        if not two:
-            x = x.unsqueeze(-2)
-        k = module.kernel_size if two else (1, module.kernel_size[0])
-        stride = module.stride if two else (1, module.stride[0])
-        dilation = module.dilation if two else (1, module.dilation[0])
-        cols = F.unfold(x, k, dilation=dilation, stride=stride)  # (N, C·kh·kw, L), channel-major like the weight
-        per = module.in_channels // module.groups * k[0] * k[1]
+        cols = _unfold(module, x)  # (N, C·kh·kw, L), channel-major like the weight
+        per = cols.shape[1] // module.groups
         return [cols[:, g * per:(g + 1) * per].transpose(1, 2).reshape(-1, per) for g in range(module.groups)]
     raise ModelError(f"GPTQ works on nn.Linear, nn.Conv1d and nn.Conv2d layers, not {type(module).__name__}")
 
 
+class HessianSum:
+    """``Σ X_g X_gᵀ`` per convolution group, accumulated batch by batch: each batch's product in the input's
+    precision (one ``addbmm`` over the unfolded patches, no transposed copy), the running sum in float64, so that
+    many batches add up without float32 rounding; :meth:`result` gives ``H_g = 2 Σ X_g X_gᵀ / n`` (float32)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.sums: list[torch.Tensor] | None = None
+        self.n = 0
+
+    @torch.no_grad()
+    def add(self, x: torch.Tensor) -> None:
+        m = self.module
+        if isinstance(m, nn.Linear):
+            rows = x.reshape(-1, x.shape[-1]).float()
+            parts = [rows.T @ rows]
+            n = rows.shape[0]
+        elif isinstance(m, (nn.Conv1d, nn.Conv2d)):
+            cols = _unfold(m, x.float())  # (N, C·kh·kw, L)
+            per = cols.shape[1] // m.groups
+            parts = []
+            for g in range(m.groups):
+                c = cols[:, g * per:(g + 1) * per]
+                parts.append(torch.zeros(per, per, dtype=c.dtype, device=c.device).addbmm_(c, c.transpose(1, 2)))
+            n = cols.shape[0] * cols.shape[2]
+        else:
+            raise ModelError(f"GPTQ works on nn.Linear, nn.Conv1d and nn.Conv2d layers, not {type(m).__name__}")
+        if self.sums is None:
+            self.sums = [p.double() for p in parts]
+        else:
+            for acc, p in zip(self.sums, parts, strict=True):
+                acc.add_(p.double())
+        self.n += n
+
+    def result(self) -> tuple[list[torch.Tensor], int]:
+        if self.sums is None or self.n == 0:
+            raise ModelError("GPTQ needs calibration inputs for every layer; none reached this one")
+        return [(h * (2.0 / self.n)).float() for h in self.sums], self.n
+
+
+def _unfold(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A convolution's input as (N, in·kh·kw, L) patches, in the column order of its weight matrix."""
+    two = isinstance(module, nn.Conv2d)
+    mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+    x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
+    if not two:
+        x = x.unsqueeze(-2)
+    k = module.kernel_size if two else (1, module.kernel_size[0])
+    stride = module.stride if two else (1, module.stride[0])
+    dilation = module.dilation if two else (1, module.dilation[0])
+    return F.unfold(x, k, dilation=dilation, stride=stride)
+
+
 def layer_hessians(module: nn.Module, x: torch.Tensor, *, batch_size: int = 256) -> tuple[list[torch.Tensor], int]:
-    """``H_g = 2 X_g X_gᵀ / n`` per convolution group (float32, accumulated over batches of ``x``) and ``n``."""
-    hs: list[torch.Tensor] | None = None
-    n = 0
+    """``H_g = 2 X_g X_gᵀ / n`` per convolution group (accumulated over batches of ``x``, :class:`HessianSum`)
+    and ``n``."""
+    acc = HessianSum(module)
     for i in range(0, x.shape[0], batch_size):
-        rows = [r.float() for r in input_columns(module, x[i:i + batch_size])]
-        if hs is None:
-            hs = [torch.zeros(r.shape[1], r.shape[1], device=r.device) for r in rows]
-        for h, r in zip(hs, rows, strict=True):
-            h.addmm_(r.T, r)
-        n += rows[0].shape[0]
-    if hs is None or n == 0:
-        raise ModelError("GPTQ needs calibration inputs for every layer; none reached this one")
-    return [h * (2.0 / n) for h in hs], n
+        acc.add(x[i:i + batch_size])
+    return acc.result()
 
 
 # -- the algorithm -------------------------------------------------------------------------------------------------
 def inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
-    """Upper Cholesky factor ``U`` of ``(H + δI)⁻¹``, ``δ = damp·mean(diag H)``; dead columns get ``H_jj = 1``."""
-    h = h.clone()
+    """Upper Cholesky factor ``U`` of ``(H + δI)⁻¹``, ``δ = damp·mean(diag H)``; dead columns get ``H_jj = 1``.
+
+    One Cholesky factorization, in float64: with ``J`` the order reversal and ``J H J = L Lᵀ``, ``H⁻¹ = UᵀU`` for
+    the upper triangular ``U = J L⁻¹ J`` (the factor is unique), so no explicit inverse is formed. Returned in
+    ``h``'s dtype."""
+    dtype = h.dtype
+    h = h.double().clone()
     dead = torch.diagonal(h) == 0
     h[dead, dead] = 1.0
     h += damp * torch.diagonal(h).mean() * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
-    low, info = torch.linalg.cholesky_ex(h)
+    low, info = torch.linalg.cholesky_ex(h.flip(0, 1))
     if int(info) != 0:
         raise QuantizationError(f"GPTQ: the dampened Hessian is not positive definite (damp={damp}); raise the "
                                 "option damp (e.g. 0.1)")
-    return torch.linalg.cholesky(torch.cholesky_inverse(low), upper=True)
+    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    inv_low = torch.linalg.solve_triangular(low, eye, upper=False)
+    return inv_low.flip(0, 1).to(dtype)
 
 
 def _round(x: torch.Tensor, spec: GridSpec) -> torch.Tensor:
@@ -137,6 +184,8 @@ def gptq_matrix(w: torch.Tensor, u: torch.Tensor, spec: GridSpec, scale: torch.T
     errors = torch.zeros_like(w)
     scale, offset = scale.clone(), offset.clone()
     row_spec = replace(spec, granularity=CHANNEL)
+    qmin, qmax = spec.qrange()
+    rnd = torch.floor if spec.rounding == "floor" else torch.round
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
         block = w[:, i1:i2].clone()
@@ -150,11 +199,11 @@ def gptq_matrix(w: torch.Tensor, u: torch.Tensor, spec: GridSpec, scale: torch.T
                 p = compute_params(now, row_spec, clip=alpha, name="GPTQ group")
                 scale[:, j:j + group_size] = p.scale[:, None]
                 offset[:, j:j + group_size] = p.offset[:, None]
-            col = block[:, i]
-            q = _round((col - offset[:, j]) / scale[:, j], spec)
+            col, sc, off = block[:, i], scale[:, j], offset[:, j]
+            q = rnd((col - off) / sc).clamp_(qmin, qmax)
             codes[:, j] = q
-            e = (col - (q * scale[:, j] + offset[:, j])) / ub[i, i]
-            block[:, i:] -= e[:, None] * ub[i, i:][None, :]
+            e = (col - (q * sc + off)) / ub[i, i]
+            block[:, i:].addr_(e, ub[i, i:], alpha=-1.0)  # the OBS update of the block's remaining columns
             err[:, i] = e
         errors[:, i1:i2] = err
         w[:, i2:] -= err @ u[i1:i2, i2:]  # the lazy batch update of the columns after the block
@@ -224,25 +273,48 @@ def gptq_weight(weight: torch.Tensor, hessians: list[torch.Tensor], spec: GridSp
 def gptq_weights(model: nn.Module, calib_inputs: torch.Tensor, spec: GridSpec, *, selection: Selection = Selection(),
                  clip: str = "minmax", damp: float = 0.01, block_size: int = 128, act_order: bool = False,
                  inputs: str = "quantized", bias_correction: bool = False, variance_correction: bool = False,
-                 device: str | torch.device = "cpu", batch_size: int = 256,
-                 progress: bool = False) -> dict[str, GPTQInfo]:
+                 device: str | torch.device = "cpu", batch_size: int = 256, progress: bool = False,
+                 observers: Mapping[str, Callable[[torch.Tensor], None]] | None = None) -> dict[str, GPTQInfo]:
     """Quantize the selected weights of ``model`` (in place, eval mode) with GPTQ, layer by layer in definition
-    order; returns ``{name: GPTQInfo}``."""
+    order; returns ``{name: GPTQInfo}``.
+
+    Each layer's input is streamed batch by batch (one forward per batch, stopped at the layer) into its Hessian
+    sum, never stored whole; ``observers`` (``{layer name: fn}``) also receive every batch of that layer's input as
+    it is captured, e.g. an activation quantizer's ``observe``: with ``inputs="quantized"`` that is exactly what a
+    calibration pass over the finished model would show it (the layers before it are already quantized, the
+    layer itself and the ones after do not change its input), so the GPTQ method needs no calibration pass."""
     if inputs not in INPUT_MODES:
         raise ConfigError(f"GPTQ inputs={inputs!r} is unknown; use 'quantized' or 'float'")
     model.eval()
     names = select_weights(model, selection)[0]
+    for name in names:
+        if split_name(name)[1] != "weight":
+            raise ConfigError(f"GPTQ rounds layer weights only, not {name!r}; select weights (biases=False)")
     float_model = copy.deepcopy(model) if inputs == "float" else None
+    source = model if float_model is None else float_model
+    # one forward pass paused at each layer (learnq.ptq.layer_inputs), else one partial forward per layer
+    stepper = LayerInputs.build(source, [split_name(n)[0] for n in names], calib_inputs, batch_size=batch_size,
+                                device=device)
+    steps = iter(stepper) if stepper is not None else None
     out: dict[str, GPTQInfo] = {}
     for name in tqdm(names, desc="gptq", unit="layer", disable=not progress):
-        module_name, param = split_name(name)
-        if param != "weight":
-            raise ConfigError(f"GPTQ rounds layer weights only, not {name!r}; select weights (biases=False)")
+        module_name = split_name(name)[0]
         module = get_module(model, module_name)
-        source = model if float_model is None else float_model
-        x = capture_inputs(source, get_module(source, module_name), calib_inputs, batch_size=batch_size,
+        acc = HessianSum(module)
+        observe = (observers or {}).get(module_name)
+
+        def take(x: torch.Tensor, acc: HessianSum = acc, observe: Callable | None = observe) -> None:
+            if observe is not None:
+                observe(x)
+            acc.add(x)
+
+        if steps is not None:
+            for x in next(steps)[1]:
+                take(x)
+        else:
+            for_each_input(source, get_module(source, module_name), calib_inputs, take, batch_size=batch_size,
                            device=device)
-        hessians, _ = layer_hessians(module, x, batch_size=batch_size)
+        hessians, _ = acc.result()
         weight = module.weight.detach()
         qt, info = gptq_weight(weight, hessians, spec, clip=clip, damp=damp, block_size=block_size,
                                act_order=act_order, name=name)
@@ -261,14 +333,24 @@ def _gptq_method(ctx: PTQContext) -> dict[str, Any]:
     """The ``gptq`` PTQ method: weights by :func:`gptq_weights`, then input quantizers (α by ``act_clip``)."""
     opts = ctx.options
     infos: dict[str, GPTQInfo] = {}
-    if ctx.wspec is not None:
-        infos = gptq_weights(ctx.model, ctx.inputs, ctx.wspec, selection=ctx.selection, clip=opts["clip"],
-                             damp=opts["damp"], block_size=opts["block_size"], act_order=opts["act_order"],
-                             inputs=opts["inputs"], bias_correction=ctx.bias_correction,
-                             variance_correction=ctx.variance_correction, device=ctx.device,
-                             batch_size=ctx.batch_size, progress=ctx.progress)
-        ctx.record_weights(infos)
-    ctx.attach_activations(clip=opts["act_clip"])
+    if ctx.wspec is None:
+        ctx.attach_activations(clip=opts["act_clip"])
+        return {"gptq": []}
+    names = {split_name(n)[0] for n in select_weights(ctx.model, ctx.selection)[0]}
+    # the input quantizers observe what GPTQ captures (no calibration pass) when that is the finished model's input
+    quantizers = ctx.attach_activations(observe=False) if opts["inputs"] == "quantized" else {}
+    streamed = bool(quantizers) and set(quantizers) <= names
+    infos = gptq_weights(ctx.model, ctx.inputs, ctx.wspec, selection=ctx.selection, clip=opts["clip"],
+                         damp=opts["damp"], block_size=opts["block_size"], act_order=opts["act_order"],
+                         inputs=opts["inputs"], bias_correction=ctx.bias_correction,
+                         variance_correction=ctx.variance_correction, device=ctx.device,
+                         batch_size=ctx.batch_size, progress=ctx.progress,
+                         observers={k: q.observe for k, q in quantizers.items()} if streamed else None)
+    ctx.record_weights(infos)
+    if streamed:
+        ctx.finish_activations(quantizers, clip=opts["act_clip"])
+    else:
+        ctx.attach_activations(clip=opts["act_clip"])
     return {"gptq": [asdict(info) for info in infos.values()]}
 
 
@@ -276,5 +358,5 @@ METHOD = PTQMethod("gptq", "GPTQ (Frantar et al. 2023): column-by-column roundin
                    _gptq_method, options=OPTIONS)
 
 
-__all__ = ["GPTQInfo", "METHOD", "OPTIONS", "gptq_matrix", "gptq_weight", "gptq_weights", "input_columns",
+__all__ = ["GPTQInfo", "HessianSum", "METHOD", "OPTIONS", "gptq_matrix", "gptq_weight", "gptq_weights", "input_columns",
            "inverse_cholesky", "layer_hessians"]

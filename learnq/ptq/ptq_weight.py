@@ -31,7 +31,7 @@ from learnq.clipping import choose_clip
 from learnq.errors import ConfigError, ModelError, QuantizationError
 from learnq.granularity import CHANNEL
 from learnq.grid import FLOAT_BITS, GridSpec, QuantizedTensor, compute_params, quantize
-from learnq.parametrization import WeightParametrization
+from learnq.parametrization import WeightParametrization, register
 from learnq.ptq.bias_correction import correction_terms
 from learnq.quantized import attach_quantized, get_module, holders, split_name
 
@@ -189,7 +189,7 @@ def attach_weight_quantizers(model: nn.Module, spec_or_bits: GridSpec | int, *, 
                       variance_correction=variance_correction, method=label).to(w.device)
         q.name = name
         for _, hmod, hattr in holders(model, name):
-            parametrize.register_parametrization(hmod, hattr, q, unsafe=True)
+            register(hmod, hattr, q)
         out[name] = q
     return out
 

@@ -42,6 +42,7 @@ from learnq.clipping import choose_clip
 from learnq.errors import ConfigError, DataError, ModelError
 from learnq.grid import GridSpec, QuantizedTensor, compute_params
 from learnq.layers import LAYER_TYPES
+from learnq.parametrization import register
 from learnq.ptq.adaround import (
     _soft_weight,
     beta_schedule,
@@ -209,7 +210,7 @@ def reconstruct_block(model: nn.Module, float_model: nn.Module, names: list[str]
         w = layer.weight.detach().float()
         alpha = None if clip == "minmax" else choose_clip(w, spec, clip)
         softs[name] = _Soft(w, spec, alpha, name).to(w.device)
-        parametrize.register_parametrization(layer, "weight", softs[name], unsafe=True)
+        register(layer, "weight", softs[name])
     gen = torch.Generator(device="cpu").manual_seed(seed)
     quantizers = [(m, m.input_quantizer) for m in block.modules() if isinstance(getattr(m, "input_quantizer", None),
                                                                                  ActQuantizer)]

@@ -21,23 +21,32 @@ preparation (``tau_abs = tau · std(W)``), so one value fits layers of any scale
 Eval and export snap every vector to its nearest centroid (hard assignment; squared Euclidean distance, ties to the
 lowest index) in the palette as stored (``palette_dtype``: float32, or float16 to halve the LUT): the file holds the
 palette plus ``bits`` bits per vector (:class:`learnq.grid.QuantizedTensor` with ``palette``).
+
+``entropy_weight`` (issue 18, default 0: no extra loss): adds ``entropy_weight·Ĥ`` to the loss, ``Ĥ`` the entropy of
+the palette usage ``p̃_k = mean_i A_ik`` of the soft assignments to the current centroids (indices pooled over the
+palette groups, as the file's entropy bound counts them) times the number of vectors, in MB
+(:func:`learnq.quantizers.entropy.usage_entropy_bits`; seeds/003 §5.6); its gradient goes to the weights through
+``A`` (the centroids are a buffer); chunks of rows are recomputed in the backward like the forward's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from learnq.checks import check_choice, check_float, check_int
-from learnq.clustering import chunk_rows, init_centroids, soft_update, soft_weights
+from learnq.clustering import attention, chunk_rows, init_centroids, soft_update, soft_weights
 from learnq.errors import ConfigError, QuantizationError
 from learnq.granularity import Granularity
 from learnq.grid import QuantizedTensor
 from learnq.palette import CHUNK_ELEMENTS, PALETTE_DTYPES, check_vectors, expand_indices, nearest, vector_groups
 from learnq.quantizers.base import WeightQuantizer, per_tensor
 from learnq.quantizers.config import QATConfig, parse_granularity
+from learnq.quantizers.entropy import entropy_of, entropy_penalty
 
 
 class DKMQuantizer(WeightQuantizer):
@@ -74,6 +83,16 @@ class DKMQuantizer(WeightQuantizer):
                 raise self.diverged("has NaN or Inf centroids")
             self.centroids.copy_(c_star)  # the palette of eval/export: the centroids this forward used
         return soft_weights(vectors, c_star, self.groups, self.tau_abs, self.rows).reshape(x.shape).to(x.dtype)
+
+    def soft_entropy_bits(self, x: torch.Tensor) -> torch.Tensor:
+        """``n·H(mean_i A_i)``: the palette usage entropy of the soft assignments of ``x``'s vectors, in bits."""
+        vectors = x.float().reshape(-1, self.dim)
+        usage = torch.zeros(self.k, device=vectors.device)
+        grad = torch.is_grad_enabled() and vectors.requires_grad and vectors.shape[0] > self.rows
+        for s in range(0, vectors.shape[0], self.rows):
+            args = (vectors[s:s + self.rows], self.centroids, self.groups[s:s + self.rows], self.tau_abs)
+            usage = usage + (checkpoint(_usage_chunk, *args, use_reentrant=False) if grad else _usage_chunk(*args))
+        return entropy_of(usage / usage.sum()) * vectors.shape[0]
 
     # -- hard assignment (eval, export) ------------------------------------------------------------------------
     def palette(self) -> torch.Tensor:
@@ -122,11 +141,16 @@ class DKMQuantizer(WeightQuantizer):
                 f"iters={self.iters}")
 
 
+def _usage_chunk(x: torch.Tensor, centroids: torch.Tensor, groups: torch.Tensor, tau: float) -> torch.Tensor:
+    return attention(x, centroids, groups, tau).sum(0)
+
+
 @dataclass(frozen=True)
 class DKM(QATConfig):
     """DKM (Cho et al. 2021): ``2^bits`` centroids of ``dim``-long weight vectors per tensor (``granularity``
     ``"tensor"``) or per group (``"channel"``, ``"group:G"``); ``tau`` relative to the weight's std; ``iters``
-    centroid updates per forward; ``palette_dtype`` of the stored LUT; ``seed`` of the k-means++ seeding."""
+    centroid updates per forward; ``palette_dtype`` of the stored LUT; ``seed`` of the k-means++ seeding;
+    ``entropy_weight``: weight of the palette-usage entropy (MB) in the loss (0: none)."""
 
     method = "dkm"
     description = "DKM: differentiable k-means palettization, soft attention to 2^bits centroids (Cho et al. 2021)"
@@ -138,6 +162,7 @@ class DKM(QATConfig):
     palette_dtype: str = "float32"
     chunk_elements: int = CHUNK_ELEMENTS
     seed: int = 0
+    entropy_weight: float = 0.0
 
     def validate(self) -> None:
         check_int("DKM", "bits", self.bits, 1, 8)
@@ -147,6 +172,7 @@ class DKM(QATConfig):
         check_choice("DKM", "palette_dtype", self.palette_dtype, tuple(PALETTE_DTYPES))
         check_int("DKM", "chunk_elements", self.chunk_elements, 1)
         check_int("DKM", "seed", self.seed, 0)
+        check_float("DKM", "entropy_weight", self.entropy_weight)
         self.palette_granularity()
         for pattern, bits in self.bits_overrides.items():
             check_int("DKM", f"bits_overrides[{pattern!r}]", bits, 1, 8)
@@ -165,6 +191,11 @@ class DKM(QATConfig):
         if gran.kind == "axis" and gran.axis != 0:
             raise ConfigError(f"dkm takes 'tensor', 'channel' or 'group:G' palettes, not {raw!r}")
         return {"granularity": str(gran) if gran.kind != "axis" else "channel"}
+
+    def loss(self, quantizers: Sequence[WeightQuantizer]) -> torch.Tensor | None:
+        """``entropy_weight·Ĥ`` of the palette usage (:func:`learnq.quantizers.entropy.entropy_penalty`); None
+        when the weight is 0."""
+        return entropy_penalty(quantizers, self.entropy_weight)
 
     def build(self, name: str, x: torch.Tensor, bits: int | None) -> DKMQuantizer:
         try:

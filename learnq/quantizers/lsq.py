@@ -10,21 +10,27 @@ Backward: straight-through to ``w`` inside the clipping range, zero outside; to 
 ``∂ŵ/∂s = -w/s + round(w/s)`` inside, ``-Q_n`` / ``Q_p`` outside (Eq. 3), multiplied by the gradient scale
 ``g = 1/sqrt(N·Q_p)`` (Eq. 5; N = the number of weights sharing the step). Init ``s = 2·mean|w|/sqrt(Q_p)``.
 ``s`` is kept positive by projecting it onto ``[1e-12, ∞)`` before every training forward.
+
+``entropy_weight`` (issue 18, default 0: no extra loss): adds ``entropy_weight·Ĥ`` to the loss, ``Ĥ`` the kernel
+density estimate of the entropy-coded size in MB of the codes ``round(clamp(w/s))`` (:mod:`learnq.quantizers.entropy`;
+seeds/003 §5.6), differentiable in ``w`` and ``s``: with the bits fixed, it makes the weights use fewer codes.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from learnq.checks import check_choice, check_int
+from learnq.checks import check_choice, check_float, check_int
 from learnq.granularity import Granularity
 from learnq.quantizers.base import WeightQuantizer, per_tensor
 from learnq.quantizers.config import QATConfig
+from learnq.quantizers.entropy import entropy_penalty, soft_entropy_bits
 from learnq.ste import grad_scale, round_ste
 
 LSQ_GRANULARITIES = ("tensor", "channel")
@@ -54,6 +60,11 @@ class LSQQuantizer(WeightQuantizer):
         q = round_ste(torch.clamp(x.float() / s, -self.qn, self.qp))
         return (q * s).to(x.dtype)
 
+    def soft_entropy_bits(self, x: torch.Tensor) -> torch.Tensor:
+        """Estimated entropy-coded size of the codes of ``x`` in bits, differentiable in ``x`` and the step."""
+        s = self.granularity.expand(grad_scale(self.step.clamp_min(MIN_STEP), self.grad_factor), x.shape)
+        return soft_entropy_bits(torch.clamp(x.float() / s, -self.qn, self.qp))
+
     def _grid(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Granularity]:
         step = self.step.detach().float().clamp_min(MIN_STEP)
         codes = torch.round(x.float() / self.granularity.expand(step, x.shape)).clamp_(-self.qn, self.qp)
@@ -73,18 +84,25 @@ class LSQQuantizer(WeightQuantizer):
 @dataclass(frozen=True)
 class LSQ(QATConfig):
     """LSQ (Esser et al. 2020): learned step per output channel (default) or per tensor (``granularity="tensor"``,
-    the paper's), signed ``bits``-bit grid (bits >= 2)."""
+    the paper's), signed ``bits``-bit grid (bits >= 2); ``entropy_weight``: weight of the estimated entropy-coded size
+    (MB) in the loss (0: none)."""
 
     method = "lsq"
     description = "LSQ: learned step size per tensor or channel, gradient scale 1/sqrt(N·Q_p) (Esser et al. 2020)"
     bits: int = 4
     granularity: str = "channel"
+    entropy_weight: float = 0.0
 
     def validate(self) -> None:
         check_int("LSQ", "bits", self.bits, 2, 16)
+        check_float("LSQ", "entropy_weight", self.entropy_weight)
         check_choice("LSQ", "granularity", self.granularity, LSQ_GRANULARITIES)
         for pattern, bits in self.bits_overrides.items():
             check_int("LSQ", f"bits_overrides[{pattern!r}]", bits, 2, 16)
+
+    def loss(self, quantizers: Sequence[WeightQuantizer]) -> torch.Tensor | None:
+        """``entropy_weight·Ĥ`` (:func:`learnq.quantizers.entropy.entropy_penalty`); None when the weight is 0."""
+        return entropy_penalty(quantizers, self.entropy_weight)
 
     def build(self, name: str, x: torch.Tensor, bits: int | None) -> LSQQuantizer:
         return LSQQuantizer(x, bits or self.bits, Granularity.parse(self.granularity))

@@ -4,19 +4,25 @@ scaling of the weights; Krishnamoorthi 2018; Bengio et al. 2013 for the straight
 Training forward ``Q(w)``: the weight's min-max range (per tensor, or per output channel), ``2^b`` levels (affine,
 Eq. 1 after normalisation by the range) or the signed symmetric grid; backward the identity to ``w``
 (``w + (Q(w) - w).detach()``, here computed so that the value is exactly ``Q(w)``). The range is not trained.
+
+``entropy_weight`` (issue 18, default 0: no extra loss): adds ``entropy_weight·Ĥ`` to the loss, ``Ĥ`` the kernel
+density estimate of the entropy-coded size in MB of the codes ``(w - offset)/scale`` (:mod:`learnq.quantizers.entropy`;
+seeds/003 §5.6), differentiable in ``w`` (not through the min-max range): with the bits fixed, fewer codes used.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from learnq.checks import check_choice, check_int
+from learnq.checks import check_choice, check_float, check_int
 from learnq.granularity import Granularity
 from learnq.quantizers.base import WeightQuantizer, per_tensor
 from learnq.quantizers.config import QATConfig
+from learnq.quantizers.entropy import entropy_penalty, soft_entropy_bits
 from learnq.ste import ste
 
 STE_SCHEMES = ("affine", "symmetric")
@@ -76,6 +82,14 @@ class STEQuantizer(WeightQuantizer):
         codes = torch.round((x.float() - g.expand(offset, x.shape)) / g.expand(scale, x.shape))
         return codes.clamp_(qmin, qmax).to(torch.int32), scale, offset, g
 
+    def soft_entropy_bits(self, x: torch.Tensor) -> torch.Tensor:
+        """Estimated entropy-coded size of the codes of ``x`` in bits, differentiable in ``x`` (not through the
+        min-max range, which STE does not train: a wider range would lower the entropy by pushing the extreme
+        weights outward)."""
+        rows = self.granularity.view(x.float())
+        scale, offset, qmin, qmax = minmax_grid(rows.detach(), self.bits, self.scheme)
+        return soft_entropy_bits(((rows - offset.unsqueeze(1)) / scale.unsqueeze(1)).clamp(qmin, qmax))
+
     def _export_meta(self, x: torch.Tensor, codes: torch.Tensor) -> dict[str, Any]:
         qmin = 0 if (self.scheme == "affine" or self.bits == 1) else -(2 ** (self.bits - 1))
         scheme = "symmetric" if self.scheme == "symmetric" and self.bits > 1 else "affine"
@@ -96,18 +110,25 @@ class STEQuantizer(WeightQuantizer):
 @dataclass(frozen=True)
 class STE(QATConfig):
     """STE fake-quant QAT (DiffQ's QAT baseline): ``bits`` fixed, min-max range per output channel (default) or per
-    tensor (``granularity="tensor"``, DiffQ's layer-wise baseline), ``scheme="affine"`` (Eq. 1) or ``"symmetric"``."""
+    tensor (``granularity="tensor"``, DiffQ's layer-wise baseline), ``scheme="affine"`` (Eq. 1) or ``"symmetric"``;
+    ``entropy_weight``: weight of the estimated entropy-coded size (MB) in the loss (0: none)."""
 
     method = "ste"
     description = "STE fake-quant QAT, fixed bits, min-max range per tensor or channel (DiffQ's QAT baseline)"
     bits: int = 8
     granularity: str = "channel"
     scheme: str = "affine"
+    entropy_weight: float = 0.0
 
     def validate(self) -> None:
         check_int("STE", "bits", self.bits, 1, 16)
+        check_float("STE", "entropy_weight", self.entropy_weight)
         check_choice("STE", "granularity", self.granularity, STE_GRANULARITIES)
         check_choice("STE", "scheme", self.scheme, STE_SCHEMES)
+
+    def loss(self, quantizers: Sequence[WeightQuantizer]) -> torch.Tensor | None:
+        """``entropy_weight·Ĥ`` (:func:`learnq.quantizers.entropy.entropy_penalty`); None when the weight is 0."""
+        return entropy_penalty(quantizers, self.entropy_weight)
 
     def build(self, name: str, x: torch.Tensor, bits: int | None) -> STEQuantizer:
         return STEQuantizer(tuple(x.shape), bits or self.bits, Granularity.parse(self.granularity), self.scheme)

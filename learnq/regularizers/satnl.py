@@ -29,6 +29,7 @@ from torch.nn.utils import parametrize
 
 from learnq.errors import ConfigError, ModelError
 from learnq.layers import raw_weight, require_weight_layers, weight_layers
+from learnq.parametrization import register
 
 
 class TanhSaturation(nn.Module):
@@ -93,7 +94,7 @@ class SatNL:
                     f"layer '{name}' has max|w| = {float(a)}; SatNL sets its saturation level from the initial range, "
                     "so initialise the weights (finite, not all zero) before applying it"
                 )
-            parametrize.register_parametrization(module, "weight", TanhSaturation(a, learnable=learnable))
+            register(module, "weight", TanhSaturation(a, learnable=learnable), unsafe=False)
         return model
 
     @staticmethod
