@@ -16,8 +16,10 @@ Per tensor of a model (or of a learnq model file; see :mod:`learnq.checkpoint` f
   (steps, offsets, range, widths, palettes, floats).
 * ``packed_bytes``: the bytes of its slices in the packed format (codes bit-packed), whatever codec wrote it.
 * ``bound_bits``: the entropy bound of the file's entropy coder (:mod:`learnq.entropy_codec`): ``Σ_s n_s·H_s`` over
-  its packed code streams (one per code width) plus the coder's model (its histograms, 32 bits a value) plus the
-  other stored bytes' bits. What ``codec="ans"`` reaches up to a few bytes per tensor; ``stored_bytes`` is what it
+  its packed code streams (one per code width) plus the coder's model (its histograms, 6 + one byte a value per
+  stream), at most the packed codes' bits (the codec keeps a tensor packed when coding would not make it smaller,
+  e.g. 16-bit codes whose histogram outweighs the gain), plus the other stored bytes' bits. What ``codec="ans"``
+  reaches up to a few bytes per tensor; ``stored_bytes`` is what it
   did reach (``codec``: "ans" when the tensor is entropy-coded on disk, else "packed").
 * ``zlib_bytes``: zlib at level :data:`ZLIB_LEVEL` (1) of the packed codes plus the other stored bytes as they are.
   Level 1, not 9: packed codes are nearly random bytes, on which level 9 saves 2-3 % more (4-bit codes of 4M
@@ -188,6 +190,7 @@ def tensor_size(name: str, value: Entry, encoded: Encoded | None = None,
     side = packed - len(codes)  # packed widths and float32 steps/offsets/range
     bound = enc.coded.bound_bits if enc.coded is not None else (
         entropy_codec.bound_bits(enc.codes, enc.streams) if len(codes) else 0.0)  # type: ignore[arg-type]
+    bound = min(bound, 8.0 * len(codes))  # the codec keeps a tensor packed when coding would not make it smaller
     params = enc.params  # float32 steps/offsets/range, or a palette (float32 or float16)
     naive = enc.code_bits + enc.width_bits + 8 * params.numel() * params.element_size()  # type: ignore[union-attr]
     return TensorSize(name=name, shape=qt.shape, numel=qt.codes.numel(), bits=qt.bits, granularity=str(qt.granularity),

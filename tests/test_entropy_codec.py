@@ -140,6 +140,9 @@ def test_edge_cases_round_trip(case, tmp_path):
     packed, coded, report = _round_trip(_holder(*shape), None, tmp_path, None, quantized={"w": qt})
     t = report.tensors[0]
     assert t.stored_bytes <= t.packed_bytes  # never bigger than packed: packed kept when ans does not pay
+    assert t.bound_bits <= 8 * t.packed_bytes  # nor the bound: the coder's reach includes keeping the codes packed
+    if case == "16-bit":  # 3000 distinct-ish 16-bit codes: a dense 65k-value histogram would put the bound far above
+        assert t.bound_bits == 8 * t.packed_bytes  # the 6000 packed bytes; the bound is the packed codes then
     if case == "one-symbol":  # 1000 codes of one value: no coded words, the model lo, k = 1, one count (7 bytes)
         assert coded.codecs == {"w": "ans"} and coded.slices["w"][0].nbytes == 0
         assert coded.slices["w"][2].nbytes == 7
