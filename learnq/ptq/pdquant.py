@@ -269,9 +269,9 @@ def _pdquant(ctx: PTQContext) -> dict[str, Any]:
                                         reg_weight=opts["reg_weight"], mse_weight=opts["mse_weight"],
                                         beta_range=(opts["beta_start"], opts["beta_end"]), warmup=opts["warmup"],
                                         batch_size=opts["round_batch_size"], seed=ctx.seed + i, names=group)
-            for name, module, (qt, info) in zip(group, modules, results, strict=True):
+            for name, (qt, info) in zip(group, results, strict=True):
                 attach_quantized(model, name, qt)
-                ctx.weights[name] = module.parametrizations["weight"][-1]
+                ctx.record_weights([name])
                 infos.append(info)
     ctx.attach_activations(clip=opts["act_clip"])
     return {"pdquant": infos}

@@ -295,7 +295,7 @@ def _qdrop_method(ctx: PTQContext) -> dict[str, Any]:
                 if ctx.bias_correction or ctx.variance_correction:
                     qt = correct_quantized(qt, module.weight.detach(), variance=ctx.variance_correction)
                 attach_quantized(ctx.model, name, qt)
-                ctx.weights[name] = module.parametrizations["weight"][-1]
+                ctx.record_weights([name])
                 done.add(name)
             infos.append(info)
         missing = [n for n in chosen if n not in done]
