@@ -155,6 +155,21 @@ class _Stop(Exception):
 
 
 @torch.no_grad()
+def run_until_stop(model: nn.Module, inputs: torch.Tensor, handles: list, *, batch_size: int = 256,
+                   device: str | torch.device = "cpu") -> None:
+    """Run ``model`` on ``inputs`` batch by batch, each forward ended early where one of the hooks behind ``handles``
+    raises :class:`_Stop`; the hooks are removed afterwards, also on an error."""
+    try:
+        for i in range(0, inputs.shape[0], batch_size):
+            try:
+                model(inputs[i:i + batch_size].to(device))
+            except _Stop:
+                pass
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def for_each_input(model: nn.Module, module: nn.Module, inputs: torch.Tensor, fn: Callable[[torch.Tensor], None], *,
                    batch_size: int = 256, device: str | torch.device = "cpu") -> int:
     """Run ``model`` on ``inputs`` batch by batch, each forward stopped where ``module`` is called, and hand
@@ -167,15 +182,7 @@ def for_each_input(model: nn.Module, module: nn.Module, inputs: torch.Tensor, fn
         batches += 1
         raise _Stop
 
-    handle = module.register_forward_pre_hook(hook)
-    try:
-        for i in range(0, inputs.shape[0], batch_size):
-            try:
-                model(inputs[i:i + batch_size].to(device))
-            except _Stop:
-                pass
-    finally:
-        handle.remove()
+    run_until_stop(model, inputs, [module.register_forward_pre_hook(hook)], batch_size=batch_size, device=device)
     if batches != math.ceil(inputs.shape[0] / batch_size):
         raise ModelError(f"{type(module).__name__} layer is not called by the model's forward; its input cannot be "
                          "captured (is it part of the model?)")

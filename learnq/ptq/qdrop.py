@@ -45,10 +45,12 @@ from learnq.layers import LAYER_TYPES
 from learnq.parametrization import register
 from learnq.ptq.adaround import (
     _soft_weight,
+    _Stop,
     beta_schedule,
     inverse_rectified_sigmoid,
     rectified_sigmoid,
     rounding_regularizer,
+    run_until_stop,
 )
 from learnq.ptq.bias_correction import correct_quantized
 from learnq.ptq.context import PTQContext, PTQMethod
@@ -126,10 +128,6 @@ def block_of(model: nn.Module) -> list[list[str]]:
     return blocks
 
 
-class _Stop(Exception):
-    pass
-
-
 @torch.no_grad()
 def capture_block(model: nn.Module, first: nn.Module, last: nn.Module, inputs: torch.Tensor, *,
                   batch_size: int = 256, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,15 +143,7 @@ def capture_block(model: nn.Module, first: nn.Module, last: nn.Module, inputs: t
         raise _Stop
 
     handles = [first.register_forward_pre_hook(pre, prepend=True), last.register_forward_hook(post)]
-    try:
-        for i in range(0, inputs.shape[0], batch_size):
-            try:
-                model(inputs[i:i + batch_size].to(device))
-            except _Stop:
-                pass
-    finally:
-        for h in handles:
-            h.remove()
+    run_until_stop(model, inputs, handles, batch_size=batch_size, device=device)
     if not seen_in or len(seen_in) != len(seen_out):
         raise ModelError("a QDrop block is not called by the model's forward (or its first module's output does not "
                          "reach its last one); its input and output cannot be captured")
