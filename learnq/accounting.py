@@ -19,8 +19,9 @@ Per tensor of a model (or of a learnq model file; see :mod:`learnq.checkpoint` f
   its packed code streams (one per code width) plus the coder's model (its histograms, 6 + one byte a value per
   stream), at most the packed codes' bits (the codec keeps a tensor packed when coding would not make it smaller,
   e.g. 16-bit codes whose histogram outweighs the gain), plus the other stored bytes' bits. What ``codec="ans"``
-  reaches up to a few bytes per tensor; ``stored_bytes`` is what it
-  did reach (``codec``: "ans" when the tensor is entropy-coded on disk, else "packed").
+  reaches up to a few bytes per tensor with rANS (pcodec, which it stores where that is within 2 % of it, can be
+  below it: its model is smaller than the histogram); ``stored_bytes`` is what it did reach (``codec``: "ans" or
+  "pco" when the tensor is entropy-coded on disk, else "packed").
 * ``zlib_bytes``: zlib at level :data:`ZLIB_LEVEL` (1) of the packed codes plus the other stored bytes as they are.
   Level 1, not 9: packed codes are nearly random bytes, on which level 9 saves 2-3 % more (4-bit codes of 4M
   Gaussian weights: 1,378,402 bytes at levels 6 and 9, 1,424,130 at level 1) at 2.7x the time (533 ms against
@@ -178,7 +179,7 @@ def tensor_size(name: str, value: Entry, encoded: Encoded | None = None,
         packed += enc.codes.numel() - enc.coded.nbytes  # type: ignore[union-attr]
     stored, codec = on_disk if on_disk is not None else (
         packed if enc.coded is None else packed - enc.codes.numel() + enc.coded.nbytes,  # type: ignore[union-attr]
-        "packed" if enc.coded is None else "ans")
+        "packed" if enc.coded is None else enc.coded.codec[0])
     if isinstance(value, torch.Tensor):
         return TensorSize(name=name, shape=tuple(value.shape), numel=value.numel(), bits=8 * value.element_size(),
                           granularity=None, method=None, naive_bits=8 * stored, stored_bytes=stored,

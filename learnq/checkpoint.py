@@ -25,9 +25,10 @@ codes when it has per-group widths; ``crc32`` is the CRC-32 of its slices (the `
 dict without its defaults: ``bits``, ``method`` ("minmax"), ``scheme`` ("symmetric"), ``qmin`` (0),
 ``granularity`` ("tensor"), ``dtype`` ("float32"), ``offset`` (false; true: offsets stored), ``range`` (false; true:
 the range is stored instead of steps and offsets), ``widths`` (none; ``[smallest, bits]`` of the per-group widths),
-``extra`` ({}) and ``codec`` (none; ``["ans", 1]``: the codes are entropy-coded, :mod:`learnq.entropy_codec`: the
-``uint8`` slice holds the packed widths then the coded bytes, a second ``uint8`` slice the histograms, and
-the record adds the coded byte count, the histogram length and the CRC-32 of the packed codes). Slice offsets are not
+``extra`` ({}) and ``codec`` (none; ``["ans", 1]`` or ``["pco", 1]``: the codes are entropy-coded by rANS or pcodec,
+:mod:`learnq.entropy_codec`: the ``uint8`` slice holds the packed widths then the coded bytes, a second ``uint8`` slice
+the coder's model (histograms, or stream lengths), and the record adds the coded byte count, the model length and the
+CRC-32 of the packed codes). Slice offsets are not
 stored: they follow from the records, which must tile every blob exactly.
 
 Loading parses the header itself (safetensors' reader is not used; every JSON text is bounded in size and, before it

@@ -7,6 +7,14 @@ a Statistician's Perspective"; ``constriction.stream.stack.AnsCoder``: 32-bit wo
 probabilities), never a home-made one; it is the optional extra ``learnq[entropy]`` and imported only when a file
 is written with ``codec="ans"`` or such a file is read.
 
+Two coders, chosen per tensor. constriction decodes ~25 M symbols/s from Python (4M codes: ~180 ms, holding the GIL),
+which made ``learnq.load`` of a 4M-weight layer 2.4-3.6x slower than the packed file's. :mod:`learnq.pco_codec`
+(``pcodec``, also an order-0 ANS coder, with its model in its stream) decodes the same codes in ~25 ms. :func:`encode`
+stores a tensor pcodec-coded (grid ``"codec": ["pco", 1]``) when that is at most :data:`PCO_SLACK` (2 %) above this
+module's rANS bound below, and otherwise the smaller of the two (rANS, ``["ans", 1]``, wherever pcodec's stream
+header outweighs 2 %: small tensors, very low entropy); both are exact, so the choice only trades size for load time.
+Files written before pcodec was added (rANS only) read as before.
+
 What is coded. A quantized tensor's packed codes are one stream per code width (:func:`learnq.code_packing.pack_codes`:
 one for a plain or palettized tensor, one per width for DiffQ's per-group widths, each byte-aligned). Each stream's
 symbols (the stored codes ``q - qmin``, or palette indices) get their own model: the stream's histogram, stored in
@@ -24,7 +32,7 @@ counts) plus the model's bytes; :func:`bound_bits` computes it without constrict
 ANS adds at most a few words per tensor plus the rounding of the counts and of the 24-bit probabilities (tests:
 within 5 % plus 16 bytes on tensors of known entropy).
 
-The file layout around it (grid key ``"codec": ["ans", 1]``, the record's coded byte count and model length, the
+The file layout around it (grid key ``"codec"``, the record's coded byte count and model length, the
 ``uint8`` slice of the model) is :mod:`learnq.file_layout`'s and :mod:`learnq.checkpoint`'s; the CRC-32 of every
 tensor covers the coded bytes and the model, so a damaged file is refused before anything is decoded.
 """
@@ -32,18 +40,26 @@ tensor covers the coded bytes and the model, so a damaged file is refused before
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from learnq import pco_codec
 from learnq.errors import CheckpointError, ConfigError
 from learnq.packing import pack_checked, packed_nbytes, unpack
 
 CODECS = ("packed", "ans")
 """The codecs of :func:`learnq.save`: ``packed`` (bit-packed codes, the default) and ``ans`` (entropy-coded)."""
 ANS = ["ans", 1]
-"""The grid key ``"codec"`` of an entropy-coded tensor: codec name and version of its layout."""
+"""The grid key ``"codec"`` of an rANS-coded tensor: codec name and version of its layout."""
+PCO = pco_codec.PCO
+"""The grid key ``"codec"`` of a pcodec-coded tensor (:mod:`learnq.pco_codec`)."""
+CODERS = (ANS, PCO)
+"""The grid ``"codec"`` values this learnq reads."""
+PCO_SLACK = 1.02
+"""A tensor is pcodec-coded when that is at most this factor above the rANS bound (:func:`bound_bits`), since it
+decodes ~7x faster; otherwise the smaller of the two is stored."""
 EXTRA = "pip install 'learnq[entropy]'"
 
 Streams = list[tuple[int, int]]  # (width in bits, symbol count) of each packed stream, in file order
@@ -136,12 +152,14 @@ def bound_bits(packed: torch.Tensor, streams: Streams) -> float:
 
 @dataclass
 class Coded:
-    """The entropy-coded form of one tensor's packed codes: ``coded`` (uint8, whole 32-bit words), ``model``
-    (uint8: the histograms) and the bound of that model (bits)."""
+    """The entropy-coded form of one tensor's packed codes: ``coded`` (uint8; rANS: whole 32-bit words), ``model``
+    (uint8: the rANS histograms, or the byte length of each pcodec stream), the rANS bound (bits: Σ n·H over the
+    streams + the histograms' bytes) and ``codec``, the coder (:data:`ANS` or :data:`PCO`)."""
 
     coded: torch.Tensor
     model: torch.Tensor
     bound_bits: float
+    codec: list = field(default_factory=lambda: list(ANS))
 
     @property
     def nbytes(self) -> int:
@@ -152,20 +170,33 @@ def _categorical(constriction, q: np.ndarray):
     return constriction.stream.model.Categorical(dequantize_counts(q).astype(np.float64), perfect=False)
 
 
-def encode(packed: torch.Tensor, streams: Streams) -> Coded:
-    """ANS-code the packed code streams of one tensor (see the module docstring)."""
-    cs = _constriction(reading=False)
+def encode(packed: torch.Tensor, streams: Streams, coder: str | None = None) -> Coded:
+    """Entropy-code the packed code streams of one tensor: pcodec when that is at most :data:`PCO_SLACK` times the
+    rANS bound, else the smaller of pcodec and rANS (see the module docstring); ``coder`` ("ans" or "pco") forces
+    one (tests, benchmarks)."""
+    _constriction(reading=False)  # both coders are needed to choose; a missing one fails here, whatever the codes
     symbols = _stream_symbols(packed, streams)
     hists = [_histogram(s) for s in symbols]
+    model = _model(hists)
+    bound = sum(_entropy(c) for _, c in hists) + 8.0 * model.numel()
+    if coder == "ans":
+        return Coded(coded=_ans_encode(symbols, hists), model=model, bound_bits=bound)
+    coded, lengths = pco_codec.encode(symbols, [w for w, _ in streams])
+    fast = Coded(coded=coded, model=lengths, bound_bits=bound, codec=list(PCO))
+    if coder == "pco" or 8.0 * fast.nbytes <= PCO_SLACK * bound:
+        return fast
+    ans = Coded(coded=_ans_encode(symbols, hists), model=model, bound_bits=bound)
+    return ans if ans.nbytes < fast.nbytes else fast
+
+
+def _ans_encode(symbols: list[np.ndarray], hists: list[tuple[int, np.ndarray]]) -> torch.Tensor:
+    cs = _constriction(reading=False)
     coder = cs.stream.stack.AnsCoder()
     for sym, (lo, counts) in reversed(list(zip(symbols, hists, strict=True))):  # a stack: last stream first
         if counts.size > 1:
             coder.encode_reverse((sym - lo).astype(np.int32), _categorical(cs, quantize_counts(counts)))
     words = coder.get_compressed().astype("<u4", copy=False)
-    coded = torch.from_numpy(words.view(np.uint8).copy())
-    model = _model(hists)
-    bound = sum(_entropy(c) for _, c in hists) + 8.0 * model.numel()
-    return Coded(coded=coded, model=model, bound_bits=bound)
+    return torch.from_numpy(words.view(np.uint8).copy())
 
 
 def _parse_model(model: np.ndarray, streams: Streams, name: str) -> list[tuple[int, np.ndarray]]:
@@ -185,8 +216,16 @@ def _parse_model(model: np.ndarray, streams: Streams, name: str) -> list[tuple[i
     return hists
 
 
-def decode(coded: torch.Tensor, model: torch.Tensor, streams: Streams, name: str = "tensor") -> torch.Tensor:
-    """The packed code streams of one tensor from its coded bytes and model (inverse of :func:`encode`)."""
+def decode(coded: torch.Tensor, model: torch.Tensor, streams: Streams, name: str = "tensor",
+           codec: list | None = None) -> torch.Tensor:
+    """The packed code streams of one tensor from its coded bytes and model (inverse of :func:`encode`); ``codec``:
+    the grid's ``"codec"`` (:data:`ANS`, the default, or :data:`PCO`)."""
+    if codec is not None and list(codec) == PCO:
+        symbols = pco_codec.decode(coded, model, streams, name)
+        parts = [pack_checked(torch.from_numpy(s), w) for (w, _), s in zip(streams, symbols, strict=True) if s.size]
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.uint8)
+    if codec is not None and list(codec) != ANS:
+        raise CheckpointError(f"tensor {name!r}: codec {codec!r}, which this learnq does not know")
     cs = _constriction(reading=True)
     hists = _parse_model(model.numpy(), streams, name)
     raw = coded.numpy()
@@ -209,5 +248,5 @@ def decode(coded: torch.Tensor, model: torch.Tensor, streams: Streams, name: str
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.uint8)
 
 
-__all__ = ["ANS", "CODECS", "Coded", "Streams", "bound_bits", "check_codec", "decode", "dequantize_counts", "encode",
-           "model_len", "quantize_counts"]
+__all__ = ["ANS", "CODECS", "CODERS", "Coded", "PCO", "PCO_SLACK", "Streams", "bound_bits", "check_codec", "decode",
+           "dequantize_counts", "encode", "model_len", "quantize_counts"]

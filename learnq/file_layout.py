@@ -11,8 +11,9 @@ tensor (:mod:`learnq.palette`: DKM, k-means, iPQ) stores its indices, one per ``
 ``uint8`` slice and its LUT, ``(n_groups, k, d)`` values, in a slice of the blob of the LUT's dtype (``float32`` or
 ``float16``); its grid record says ``"palette": [k, d, dtype]``. With ``codec="ans"`` (:mod:`learnq.entropy_codec`)
 the packed code streams are entropy-coded when that makes the tensor smaller: the ``uint8`` slice then holds the
-packed widths and the coded bytes, a third slice (``uint8``) the per-stream histograms, and the grid record says
-``"codec": ["ans", 1]``.
+packed widths and the coded bytes, a third slice (``uint8``) the coder's model (rANS: the per-stream histograms;
+pcodec: the byte length of each stream), and the grid record names the coder, ``"codec": ["ans", 1]`` or
+``["pco", 1]``.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def encode(name: str, value: Entry, codec: str = "packed") -> Encoded:
         coded = entropy_codec.encode(enc.codes, enc.streams)  # type: ignore[arg-type]
         if coded.nbytes < enc.codes.numel():  # type: ignore[union-attr]
             enc.coded, enc.codes_crc = coded, crc32(enc.codes)  # type: ignore[arg-type]
-            enc.grid = {**enc.grid, "codec": entropy_codec.ANS}  # type: ignore[dict-item]
+            enc.grid = {**enc.grid, "codec": coded.codec}  # type: ignore[dict-item]
     return enc
 
 
@@ -198,8 +199,9 @@ def parse_grid(raw: Any) -> dict:
         low, wbits = g["widths"]
         check_bits(low)
         check_bits(wbits)
-    if g["codec"] is not None and g["codec"] != entropy_codec.ANS:
-        raise ValueError(f"codec {g['codec']!r}, which this learnq does not know (it reads {entropy_codec.ANS}); "
+    if g["codec"] is not None and g["codec"] not in entropy_codec.CODERS:
+        raise ValueError(f"codec {g['codec']!r}, which this learnq does not know (it reads "
+                         f"{', '.join(map(str, entropy_codec.CODERS))}); "
                          "read the file with the learnq that wrote it")
     if g["palette"] is not None:
         k, d, pdtype = g["palette"]
@@ -233,16 +235,17 @@ def slice_counts(grid: dict, shape: tuple[int, ...], code_bytes: int | None,
 
 
 def _decoded(name: str, packed: torch.Tensor, coded: tuple[torch.Tensor, int] | None,
-             streams: entropy_codec.Streams) -> torch.Tensor:
-    """``packed`` as it is, or, for entropy-coded codes (``coded``: the model and the packed codes' CRC-32), the
-    packed codes decoded from it and checked against their CRC-32."""
+             streams: entropy_codec.Streams, codec: list | None) -> torch.Tensor:
+    """``packed`` as it is, or, for entropy-coded codes (``coded``: the model and the packed codes' CRC-32; ``codec``:
+    the grid's coder), the packed codes decoded from it and checked against their CRC-32."""
     if coded is None:
         return packed
-    out = entropy_codec.decode(packed, coded[0], streams, name)
+    out = entropy_codec.decode(packed, coded[0], streams, name, codec)
     if crc32(out) != coded[1]:
+        lib = "pcodec" if codec == entropy_codec.PCO else "constriction"
         raise CheckpointError(f"tensor {name!r}: its entropy-coded codes decode to other codes than were written "
-                              "(CRC-32 mismatch; another constriction version?); read it with the learnq and "
-                              "constriction that wrote it")
+                              f"(CRC-32 mismatch; another {lib} version?); read it with the learnq and {lib} that "
+                              "wrote it")
     return out
 
 
@@ -253,7 +256,7 @@ def decode(name: str, grid: dict, shape: tuple[int, ...], code_bytes: int | None
     gran, n = grid["granularity"], grid["granularity"].num_groups(shape)
     if grid["palette"] is not None:
         k, d, _ = grid["palette"]
-        packed = _decoded(name, packed, coded, code_streams(shape, grid["bits"], gran, None, d))
+        packed = _decoded(name, packed, coded, code_streams(shape, grid["bits"], gran, None, d), grid["codec"])
         indices = unpack(packed, grid["bits"], math.prod(shape) // d)
         if indices.numel() and int(indices.max()) >= k:
             raise CheckpointError(f"tensor {name!r} has palette indices past its {k} entries")
@@ -273,7 +276,7 @@ def decode(name: str, grid: dict, shape: tuple[int, ...], code_bytes: int | None
         if need != code_bytes:
             raise CheckpointError(f"tensor {name!r} has group widths that need {need} bytes of codes, but its "
                                   f"metadata says {code_bytes}")
-    packed = _decoded(name, packed, coded, code_streams(shape, grid["bits"], gran, group_bits))
+    packed = _decoded(name, packed, coded, code_streams(shape, grid["bits"], gran, group_bits), grid["codec"])
     codes = unpack_codes(packed, shape, grid["bits"], grid["qmin"], gran, group_bits)
     value_range = None
     if grid["range"]:

@@ -49,7 +49,7 @@ class ModelFile:
     tied: dict[str, str] = field(default_factory=dict)
     """``{alias: first name}`` of the tied parameters: ``entries[alias] is entries[first]``, stored once."""
     codecs: dict[str, str] = field(default_factory=dict)
-    """The codec of each tensor's codes as stored: "ans" (entropy-coded) or "packed"."""
+    """The coder of each tensor's codes as stored: "ans" (rANS), "pco" (pcodec) or "packed"."""
 
     @cached_property
     def size(self) -> SizeReport:
@@ -163,7 +163,7 @@ def read(path: str | os.PathLike, device: str | torch.device = "cpu") -> ModelFi
         try:
             entries[item.name] = _to(decode_record(item, data, slices[item.name]), device)
             if item.coded is not None:
-                codecs[item.name] = "ans"
+                codecs[item.name] = item.grid["codec"][0]  # type: ignore[index]
         except CheckpointError as exc:
             raise CheckpointError(f"{path!r}: {exc}") from exc
         except (LearnqError, KeyError, TypeError, ValueError) as exc:

@@ -1,7 +1,8 @@
 """Entropy-coded model files (issue 18, learnq.entropy_codec): ``learnq.save(..., codec="ans")`` round trips bit for
 bit for every quantizer family that writes codes, edge cases (one symbol, empty, tiny, every symbol of 2^b used,
 16-bit codes), the coded size against a hand-computed entropy, damaged coded bytes -> the CRC error, a missing
-constriction -> an error naming the extra, and the size report (naive, packed, bound, coded)."""
+constriction -> an error naming the extra, and the size report (naive, packed, bound, coded). Each tensor is coded
+by pcodec or rANS (tests/test_entropy_pco.py checks the choice); tests of one coder's layout force it."""
 
 from __future__ import annotations
 
@@ -24,6 +25,14 @@ from learnq.ptq import PTQ, quantize
 from learnq.quantizers import QAT_METHODS
 
 pytest.importorskip("constriction")
+pytest.importorskip("pcodec")
+CODERS = ("ans", "pco")
+
+
+def force(monkeypatch, coder: str) -> None:
+    """Every tensor of the next saves is coded by ``coder`` (where coding makes it smaller)."""
+    real = entropy_codec.encode
+    monkeypatch.setattr(entropy_codec, "encode", lambda packed, streams: real(packed, streams, coder=coder))
 
 
 def _net() -> nn.Module:
@@ -92,8 +101,8 @@ def test_ptq_round_trips_bit_exact_with_ans(method, wbits, tmp_path):
     result = quantize(model, x, PTQ(method=method, wbits=wbits, abits=8), progress=False)
     _, coded, report = _round_trip(result.model, _net, tmp_path, x[:8])
     if method != "kmeans":  # Gaussian weights on a uniform grid: the big layer's codes are entropy-coded
-        assert coded.codecs.get("3.weight") == "ans"
-        assert {t.name: t.codec for t in report.tensors}["3.weight"] == "ans"
+        assert coded.codecs.get("3.weight") in CODERS
+        assert {t.name: t.codec for t in report.tensors}["3.weight"] == coded.codecs["3.weight"]
 
 
 def _holder(*shape: int) -> nn.Module:
@@ -107,7 +116,9 @@ def _plain(codes: torch.Tensor, bits: int, qmin: int = 0) -> QuantizedTensor:
                            granularity=Granularity(), bits=bits, qmin=qmin)
 
 
-def test_diffq_mixed_widths_and_range_round_trip(tmp_path):
+@pytest.mark.parametrize("coder", CODERS)
+def test_diffq_mixed_widths_and_range_round_trip(coder, tmp_path, monkeypatch):
+    force(monkeypatch, coder)
     torch.manual_seed(1)
     w = torch.randn(64, 96)
     gran = Granularity.parse("group:96")
@@ -120,12 +131,15 @@ def test_diffq_mixed_widths_and_range_round_trip(tmp_path):
     qt = QuantizedTensor(codes=codes, scale=params.scale, offset=params.offset, granularity=gran, bits=8,
                          scheme="affine", method="diffq", group_bits=widths, value_range=torch.stack([lo, hi]))
     _, coded, report = _round_trip(_holder(64, 96), None, tmp_path, None, quantized={"w": qt})
-    assert coded.codecs == {"w": "ans"} and torch.equal(coded.entries["w"].group_bits, widths)
+    assert coded.codecs == {"w": coder} and torch.equal(coded.entries["w"].group_bits, widths)
     assert len({int(v) for v in widths}) > 2  # several streams, one model each
 
 
 @pytest.mark.parametrize("case", ["one-symbol", "empty", "one-value", "all-256", "16-bit", "two-values"])
-def test_edge_cases_round_trip(case, tmp_path):
+@pytest.mark.parametrize("coder", [*CODERS, None])
+def test_edge_cases_round_trip(case, coder, tmp_path, monkeypatch):
+    if coder is not None:
+        force(monkeypatch, coder)
     g = torch.Generator().manual_seed(2)
     codes, bits, shape = {
         "one-symbol": (torch.full((1000,), 5), 4, (1000,)),
@@ -143,15 +157,20 @@ def test_edge_cases_round_trip(case, tmp_path):
     assert t.bound_bits <= 8 * t.packed_bytes  # nor the bound: the coder's reach includes keeping the codes packed
     if case == "16-bit":  # 3000 distinct-ish 16-bit codes: a dense 65k-value histogram would put the bound far above
         assert t.bound_bits == 8 * t.packed_bytes  # the 6000 packed bytes; the bound is the packed codes then
-    if case == "one-symbol":  # 1000 codes of one value: no coded words, the model lo, k = 1, one count (7 bytes)
-        assert coded.codecs == {"w": "ans"} and coded.slices["w"][0].nbytes == 0
-        assert coded.slices["w"][2].nbytes == 7
+    if case == "one-symbol" and coder != "pco":  # 1000 codes of one value: rANS (also the choice: pcodec's header
+        assert coded.codecs == {"w": "ans"} and coded.slices["w"][0].nbytes == 0  # is more than 7 bytes), no coded
+        assert coded.slices["w"][2].nbytes == 7  # words, the model lo, k = 1, one count (7 bytes)
+    if case == "one-symbol" and coder == "pco":
+        assert coded.codecs == {"w": "pco"} and coded.slices["w"][2].nbytes == 4  # one stream length
     if case in ("empty", "one-value", "two-values", "all-256", "16-bit"):  # nothing to gain: stored packed
         assert coded.codecs == {}
         assert (tmp_path / "a.lq").read_bytes() == (tmp_path / "p.lq").read_bytes()
 
 
-def test_coded_size_within_5_percent_of_a_hand_computed_entropy(tmp_path):
+@pytest.mark.parametrize("coder", [*CODERS, None])
+def test_coded_size_within_5_percent_of_a_hand_computed_entropy(coder, tmp_path, monkeypatch):
+    if coder is not None:
+        force(monkeypatch, coder)
     # symbols 0..3 with probabilities 1/2, 1/4, 1/8, 1/8 exactly: H = 1.75 bits, 40,000 codes -> 70,000 bits
     n = 40_000
     codes = torch.cat([torch.zeros(n // 2), torch.ones(n // 4), torch.full((n // 8,), 2), torch.full((n // 8,), 3)])
@@ -159,16 +178,19 @@ def test_coded_size_within_5_percent_of_a_hand_computed_entropy(tmp_path):
     qt = _plain(codes, 4)  # 4-bit codes: packed 20,000 bytes
     report = save(_holder(n), tmp_path / "a.lq", quantized={"w": qt}, codec="ans", report=True)
     t = report.tensors[0]
-    model_bytes = 6 + 4  # lo (2 bytes), k (4 bytes), one byte per count
+    model_bytes = 6 + 4  # the rANS histogram: lo (2 bytes), k (4 bytes), one byte per count
     assert t.packed_bytes == n // 2 + 4 and t.naive_bits == 4 * n + 32
     assert t.bound_bits == pytest.approx(1.75 * n + 8 * model_bytes + 32, rel=1e-12)
-    coded = t.stored_bytes - 4 - model_bytes  # minus the float32 step and the model
+    mf = read(tmp_path / "a.lq")
+    assert mf.codecs["w"] == (coder or "pco")  # pcodec is within 2 % of the bound here: chosen
+    coded = t.stored_bytes - 4 - mf.slices["w"][2].nbytes  # minus the float32 step and the model (10 or 4 bytes)
     assert coded <= 1.05 * (1.75 * n / 8) + 16
     assert coded >= 1.75 * n / 8  # no coder beats the entropy of i.i.d. symbols with these frequencies
     assert read(tmp_path / "a.lq").size.stored_bytes == t.stored_bytes  # the file's report says the same
 
 
-def test_stream_model_is_the_histogram(tmp_path):
+def test_stream_model_is_the_histogram(tmp_path, monkeypatch):
+    force(monkeypatch, "ans")
     qt = _plain(torch.tensor([1, 1, 1, 3, 3, 2] * 50), 3)
     save(_holder(300), tmp_path / "a.lq", quantized={"w": qt}, codec="ans")
     mf = read(tmp_path / "a.lq")
@@ -192,12 +214,14 @@ def test_count_quantization_by_hand_and_its_error_bound():
     assert entropy_codec.quantize_counts(np.array([2**31 - 1]))[0] == 8 * 29 + 0  # 2^31 = 8·2^28
 
 
-def test_damaged_coded_bytes_fail_the_crc(tmp_path):
+@pytest.mark.parametrize("coder", CODERS)
+def test_damaged_coded_bytes_fail_the_crc(coder, tmp_path, monkeypatch):
+    force(monkeypatch, coder)
     codes = torch.randint(0, 3, (5000,), generator=torch.Generator().manual_seed(4))
     save(_holder(5000), tmp_path / "a.lq", quantized={"w": _plain(codes, 4)}, codec="ans")
     mf = read(tmp_path / "a.lq")
-    assert mf.codecs == {"w": "ans"}
-    for index in (0, 2):  # a coded byte, a histogram byte
+    assert mf.codecs == {"w": coder}
+    for index in (0, 2):  # a coded byte, a model byte (histogram, or stream length)
         s = mf.slices["w"][index]
         data = bytearray((tmp_path / "a.lq").read_bytes())
         data[(s.start + s.stop) // 2] ^= 0x10
@@ -206,32 +230,40 @@ def test_damaged_coded_bytes_fail_the_crc(tmp_path):
             read(tmp_path / "b.lq")
 
 
-def test_decoded_codes_are_checked_against_their_own_crc(tmp_path, monkeypatch):
+@pytest.mark.parametrize("coder", CODERS)
+def test_decoded_codes_are_checked_against_their_own_crc(coder, tmp_path, monkeypatch):
     codes = torch.randint(0, 3, (500,), generator=torch.Generator().manual_seed(4))
-    save(_holder(500), tmp_path / "a.lq", quantized={"w": _plain(codes, 4)}, codec="ans")
+    with monkeypatch.context() as m:
+        force(m, coder)
+        save(_holder(500), tmp_path / "a.lq", quantized={"w": _plain(codes, 4)}, codec="ans")
+    assert read(tmp_path / "a.lq").codecs == {"w": coder}
     real = entropy_codec.decode
     monkeypatch.setattr(entropy_codec, "decode", lambda *a, **k: real(*a, **k).flip(0))  # a coder that decodes wrong
-    with pytest.raises(CheckpointError, match="decode to other codes than were written"):
+    lib = {"ans": "constriction", "pco": "pcodec"}[coder]
+    with pytest.raises(CheckpointError, match=f"decode to other codes than were written .*another {lib} version"):
         read(tmp_path / "a.lq")
 
 
-def test_missing_constriction_names_the_extra(tmp_path, monkeypatch):
+@pytest.mark.parametrize(("package", "coder"), [("constriction", "ans"), ("pcodec", "pco")])
+def test_missing_coder_package_names_the_extra(package, coder, tmp_path, monkeypatch):
     codes = torch.randint(0, 3, (500,), generator=torch.Generator().manual_seed(4))
-    save(_holder(500), tmp_path / "a.lq", quantized={"w": _plain(codes, 4)}, codec="ans")
+    with monkeypatch.context() as m:
+        force(m, coder)
+        save(_holder(500), tmp_path / "a.lq", quantized={"w": _plain(codes, 4)}, codec="ans")
     real_import = builtins.__import__
 
-    def no_constriction(name, *args, **kwargs):
-        if name == "constriction" or name.startswith("constriction."):
-            raise ImportError("No module named 'constriction'")
+    def no_package(name, *args, **kwargs):
+        if name == package or name.startswith(package + "."):
+            raise ImportError(f"No module named {package!r}")
         return real_import(name, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "__import__", no_constriction)
-    with pytest.raises(ConfigError, match=r"codec='ans' needs the 'constriction' package; install it with: pip "
+    monkeypatch.setattr(builtins, "__import__", no_package)
+    with pytest.raises(ConfigError, match=f"codec='ans' needs the '{package}' package; install it with: pip "
                                           r"install 'learnq\[entropy\]'"):
         save(_holder(500), tmp_path / "b.lq", quantized={"w": _plain(codes, 4)}, codec="ans")
     assert not (tmp_path / "b.lq").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["a.lq"]
-    with pytest.raises(CheckpointError, match=r"needs the 'constriction' package; install it with: pip install "
-                                              r"'learnq\[entropy\]'"):
+    with pytest.raises(CheckpointError, match=f"codec '{coder}'.*needs the '{package}' package; install it with: "
+                                              r"pip install 'learnq\[entropy\]'"):
         read(tmp_path / "a.lq")
     save(_holder(500), tmp_path / "c.lq", quantized={"w": _plain(codes, 4)})  # packed needs nothing
     assert read(tmp_path / "c.lq").size.bound_bytes > 0  # and its report's bound neither
@@ -248,7 +280,7 @@ def test_size_report_packed_file_has_the_bound_the_coder_reaches(tmp_path):
     qt = _plain(codes, 4, qmin=-8)
     packed = save(_holder(20_000), tmp_path / "p.lq", quantized={"w": qt}, report=True).tensors[0]
     coded = save(_holder(20_000), tmp_path / "a.lq", quantized={"w": qt}, codec="ans", report=True).tensors[0]
-    assert packed.codec == "packed" and coded.codec == "ans"
+    assert packed.codec == "packed" and coded.codec == "pco"  # within 2 % of the bound: the fast coder
     assert packed.bound_bits == coded.bound_bits and packed.packed_bytes == coded.packed_bytes == 10_004
     counts = torch.bincount(codes + 8).double()
     p = counts[counts > 0] / 20_000
@@ -269,7 +301,7 @@ def test_recipe_variant_codec(tmp_path):
                 '[[variants]]\nmethod = "minmax"\nbits = 3\nname = "a"\ncodec = "ans"\n')
     run_recipe(parse_recipe(tiny_recipe(hidden=(64,), tables=variants)), tmp_path)
     packed, coded = read(tmp_path / "p.safetensors"), read(tmp_path / "a.safetensors")
-    assert packed.codecs == {} and set(coded.codecs.values()) == {"ans"}
+    assert packed.codecs == {} and coded.codecs and set(coded.codecs.values()) <= set(CODERS)
     _same_entries(packed, coded)
     with pytest.raises(ConfigError, match=r"variants\[0\]\.codec.*codec must be one of packed, ans"):
         parse_recipe(tiny_recipe(tables='[[variants]]\nmethod = "minmax"\nbits = 3\ncodec = "zip"\n'))
@@ -283,4 +315,4 @@ def test_the_example_of_docs_entropy_md_runs(tmp_path, monkeypatch):
     assert len(blocks) == 1
     monkeypatch.chdir(tmp_path)
     exec(compile(blocks[0], "docs/entropy.md", "exec"), {"print": lambda *a: None})
-    assert read(tmp_path / "model.ans.safetensors").codecs == {"0.weight": "ans"}
+    assert read(tmp_path / "model.ans.safetensors").codecs == {"0.weight": "pco"}

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
              t.granularity or "-", t.method or "-", t.stored_bytes, round(t.entropy_bits / 8)]
             for t in report.tensors]
     head = ["name", "shape", "bits", "granularity", "method", "bytes", "entropy B"]
-    if any(t.codec == "ans" for t in report.tensors):  # entropy-coded codes (codec "ans"): packed size beside
+    if any(t.codec != "packed" for t in report.tensors):  # entropy-coded codes (codec "ans"): packed size beside
         head += ["codec", "packed B"]
         rows = [[*row, t.codec, t.packed_bytes] for row, t in zip(rows, report.tensors, strict=True)]
     if any(t.palette for t in report.tensors):  # palettized tensors (DKM, k-means): bits per index, the LUT's shape

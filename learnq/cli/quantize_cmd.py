@@ -70,7 +70,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                              "instead of the paper's 10,000)")
     parser.add_argument("--codec", choices=CODECS, default="packed",
                         help="how the file stores the codes: packed (bit-packed, default) or ans (entropy-coded with "
-                             "constriction's rANS, pip install 'learnq[entropy]'; docs/entropy.md)")
+                             "pcodec or constriction's rANS, pip install 'learnq[entropy]'; docs/entropy.md)")
     parser.add_argument("--out", default=None, help="the quantized model file to write")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     add_common(parser)
