@@ -33,6 +33,7 @@ from learnq.quantizers import QuantNoise as QuantNoise  # noqa: E402
 SUBMODULES = ("accounting", "act", "analysis", "atomic_file", "attach", "batches", "bn_fold", "bounded_json",
               "checkpoint", "checks", "cli", "clipping", "clustering", "errors", "evaluation", "export", "fields",
               "entropy_codec", "code_packing",
+              "pco_codec",
               "file_layout", "file_records", "granularity", "grid", "layers", "model_file", "optim", "packing",
               "palette", "parametrization", "pipeline", "ptq", "qat", "quantized", "quantizers", "regularizers", "size",
               "ste", "fx_trace")
