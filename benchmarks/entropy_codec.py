@@ -9,10 +9,12 @@ the test accuracy of the reloaded ``ans`` file (which equals the packed file's: 
 fine-tuned from the float model for ``--qat-epochs`` (short: sizes, not accuracy, are the point).
 
 ``speed`` (timings; run under ``/work/wt/bench.lock``): on the packed codes of some of those models (all quantized
-tensors' packed code streams concatenated) and of a 4M-weight 4-bit Gaussian layer: zlib (level 9), zstd (level 19,
-``zstandard``) and brotli (quality 11) against the ANS coder: bytes and decode MB/s (of packed codes out), and
-``learnq.load`` of the packed file vs the ans file (goal: within 2x). One torch thread, interleaved rounds, medians.
-zstandard and brotli are benchmark-only packages (``pip install zstandard brotli``), not learnq dependencies.
+tensors' packed code streams concatenated) and of 4M-weight Gaussian layers at 4, 2 and 8 bits: zlib (level 9), zstd
+(level 19, ``zstandard``) and brotli (quality 11) against the two entropy coders of ``codec="ans"`` (constriction's
+rANS, pcodec) and their per-tensor choice: bytes and decode MB/s (of packed codes out), and ``learnq.load`` of the
+ans file (and of an rANS-only file, as written before pcodec joined) vs the packed file (goal: within 2x). One torch
+thread, interleaved rounds, medians. zstandard and brotli are benchmark-only packages (``pip install zstandard
+brotli``), not learnq dependencies.
 
     flock /work/wt/train.lock nice -n 10 .venv/bin/python benchmarks/entropy_codec.py sizes
     flock /work/wt/bench.lock nice -n 10 .venv/bin/python benchmarks/entropy_codec.py speed
@@ -24,6 +26,7 @@ Writes ``benchmarks/results/entropy_codec.json`` (resumable: a finished row is k
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -143,9 +146,23 @@ def _quantized_totals(report) -> dict[str, float]:
     return {"q_packed": sum(t.packed_bytes for t in q), "q_bound": sum(t.bound_bits for t in q) / 8,
             "q_stored": sum(t.stored_bytes for t in q), "q_entropy": sum(t.entropy_bits for t in q) / 8,
             "q_zlib": sum(t.zlib_bytes for t in q), "q_tensors": len(q),
-            "q_coded_tensors": sum(t.codec == "ans" for t in q),
-            "c_stored": sum(t.stored_bytes for t in q if t.codec == "ans"),  # the tensors stored coded: coder vs bound
-            "c_bound": sum(t.bound_bits for t in q if t.codec == "ans") / 8}
+            "q_coded_tensors": sum(t.codec != "packed" for t in q),
+            "q_pco_tensors": sum(t.codec == "pco" for t in q),  # of those, pcodec-coded (the others rANS)
+            "c_stored": sum(t.stored_bytes for t in q if t.codec != "packed"),  # the tensors stored coded: vs bound
+            "c_bound": sum(t.bound_bits for t in q if t.codec != "packed") / 8}
+
+
+@contextlib.contextmanager
+def _only_rans():
+    """Saves inside code every tensor with rANS (the coder before pcodec joined): the size the choice gives up."""
+    from learnq import entropy_codec
+
+    real = entropy_codec.encode
+    entropy_codec.encode = lambda packed, streams: real(packed, streams, coder="ans")
+    try:
+        yield
+    finally:
+        entropy_codec.encode = real
 
 
 def _row(model, splits, build, label: str) -> dict[str, Any]:
@@ -155,13 +172,15 @@ def _row(model, splits, build, label: str) -> dict[str, Any]:
     p, a = WORK / f"{label}.packed.safetensors", WORK / f"{label}.ans.safetensors"
     rp = learnq.save(model, p, report=True)
     ra = learnq.save(model, a, report=True, codec="ans")
+    with _only_rans():
+        rr = learnq.save(model, p, report=True, codec="ans")
     fresh = build()
     learnq.load(a, fresh)
     acc = _accuracy(fresh.eval(), splits)
     qa = _quantized_totals(ra)
     row = {"naive_bytes": rp.naive_bytes, "packed_bytes": rp.packed_bytes, "bound_bytes": ra.bound_bytes,
            "coded_bytes": ra.stored_bytes, "entropy_bytes": rp.entropy_bytes, "zlib_bytes": rp.zlib_bytes,
-           "packed_file": rp.file_bytes, "ans_file": ra.file_bytes,
+           "packed_file": rp.file_bytes, "ans_file": ra.file_bytes, "rans_only_bytes": rr.stored_bytes,
            "coded_over_bound": ra.stored_bytes / ra.bound_bytes,
            "file_over_bound": ra.file_bytes / ra.bound_bytes, "accuracy_ans_file": acc, **qa,
            "q_coded_over_bound": qa["q_stored"] / qa["q_bound"] if qa["q_bound"] else None}
@@ -182,11 +201,14 @@ def _text_rows() -> dict[str, dict]:
         own = {k: v for k, v in mf.entries.items() if k not in mf.tied}
         rp = report_for(own)
         ra = report_for(own, encoded={k: encode(k, v, "ans") for k, v in own.items()})
+        with _only_rans():
+            rr = report_for(own, encoded={k: encode(k, v, "ans") for k, v in own.items()})
         qa = _quantized_totals(ra)
         out[f"text-lm/{path.stem}"] = {
             "naive_bytes": rp.naive_bytes, "packed_bytes": rp.packed_bytes, "bound_bytes": ra.bound_bytes,
             "coded_bytes": ra.stored_bytes, "entropy_bytes": rp.entropy_bytes, "zlib_bytes": rp.zlib_bytes,
-            "packed_file": mf.file_bytes, "ans_file": None, "coded_over_bound": ra.stored_bytes / ra.bound_bytes,
+            "packed_file": mf.file_bytes, "ans_file": None, "rans_only_bytes": rr.stored_bytes,
+            "coded_over_bound": ra.stored_bytes / ra.bound_bytes,
             "file_over_bound": None, "accuracy_ans_file": None, **qa,
             "q_coded_over_bound": qa["q_stored"] / qa["q_bound"] if qa["q_bound"] else None}
     return out
@@ -234,24 +256,26 @@ def run_sizes(args: argparse.Namespace) -> None:
 
 
 # -- speed ----------------------------------------------------------------------------------------------------------
-def _codes_of(entries) -> tuple[bytes, list]:
+def _codes_of(entries, coder: str | None = None) -> tuple[bytes, list, int, float]:
     """The packed codes of every quantized entry (concatenated), (Coded, streams) of each entry that codec="ans" stores
-    coded, and the packed bytes of the others (kept packed)."""
+    coded (``coder``: forced to "ans" or "pco"; None: the per-tensor choice), the packed bytes of the others, and the
+    entropy bound of all (bytes; a tensor's at most its packed codes, as in learnq's report)."""
     from learnq import entropy_codec
     from learnq.file_layout import encode
     from learnq.grid import QuantizedTensor
 
-    packed, coded, packed_kept = [], [], []
+    packed, coded, packed_kept, bound = [], [], [], 0.0
     for name, value in entries.items():
         if isinstance(value, QuantizedTensor):
             enc = encode(name, value)
             packed.append(enc.codes.numpy().tobytes())
-            c = entropy_codec.encode(enc.codes, enc.streams)
+            c = entropy_codec.encode(enc.codes, enc.streams, coder=coder)
+            bound += min(c.bound_bits / 8, enc.codes.numel())
             if c.nbytes < enc.codes.numel():  # as the file stores it: coded only where that is smaller
                 coded.append((c, enc.streams))
             else:
                 packed_kept.append(enc.codes.numel())
-    return b"".join(packed), coded, sum(packed_kept)
+    return b"".join(packed), coded, sum(packed_kept), bound
 
 
 def _median_times(fns: dict[str, Any], rounds: int) -> dict[str, float]:
@@ -273,42 +297,58 @@ def _speed_case(label: str, model, build, rounds: int) -> dict[str, Any]:
     from learnq.model_file import read
 
     WORK.mkdir(parents=True, exist_ok=True)
-    p, a = WORK / f"speed-{label}.packed.safetensors", WORK / f"speed-{label}.ans.safetensors"
+    p, a, r = (WORK / f"speed-{label}.{kind}.safetensors" for kind in ("packed", "ans", "rans"))
     learnq.save(model, p)
     learnq.save(model, a, codec="ans")
-    raw, coded, kept = _codes_of(read(p).entries)
+    with _only_rans():
+        learnq.save(model, r, codec="ans")
+    entries = read(p).entries
+    raw, chosen, kept, bound = _codes_of(entries)
+    _, rans, rans_kept, _ = _codes_of(entries, "ans")
+    _, pco, pco_kept, _ = _codes_of(entries, "pco")
     z = zlib.compress(raw, 9)
     zs = zstandard.ZstdCompressor(level=19).compress(raw)
     br = brotli.compress(raw, quality=11)
     dz = zstandard.ZstdDecompressor()
 
-    def ans_decode():
-        for c, streams in coded:
-            entropy_codec.decode(c.coded, c.model, streams)
+    def decoder(coded):
+        def run():
+            for c, streams in coded:
+                entropy_codec.decode(c.coded, c.model, streams, codec=c.codec)
+        return run
 
     fns = {"zlib": lambda: zlib.decompress(z), "zstd": lambda: dz.decompress(zs),
-           "brotli": lambda: brotli.decompress(br), "ans": ans_decode,
+           "brotli": lambda: brotli.decompress(br), "rans": decoder(rans), "pco": decoder(pco),
+           "chosen": decoder(chosen),
            "load_packed": lambda: learnq.load(p, build()), "load_ans": lambda: learnq.load(a, build()),
-           "build_only": build}
+           "load_rans": lambda: learnq.load(r, build()), "build_only": build}
     for fn in fns.values():
         fn()  # warm-up
     t = _median_times(fns, rounds)
     mb = len(raw) / 1e6
-    ans_bytes = sum(c.nbytes for c, _ in coded) + kept  # codes + histograms, packed where ans does not pay
-    row = {"packed_codes_bytes": len(raw), "rounds": rounds,
-           "bytes": {"zlib-9": len(z), "zstd-19": len(zs), "brotli-11": len(br), "ans": ans_bytes},
+    nbytes = {"chosen": sum(c.nbytes for c, _ in chosen) + kept,  # codes + models, packed where coding does not pay
+              "rans": sum(c.nbytes for c, _ in rans) + rans_kept, "pco": sum(c.nbytes for c, _ in pco) + pco_kept}
+    row = {"packed_codes_bytes": len(raw), "rounds": rounds, "bound_bytes": bound,
+           "bytes": {"zlib-9": len(z), "zstd-19": len(zs), "brotli-11": len(br), "ans": nbytes["rans"],
+                     "pco": nbytes["pco"], "chosen": nbytes["chosen"]},
+           "coders": {"pco": sum(c.codec == entropy_codec.PCO for c, _ in chosen),
+                      "ans": sum(c.codec == entropy_codec.ANS for c, _ in chosen)},
            "decode_MBps": {"zlib-9": mb / t["zlib"], "zstd-19": mb / t["zstd"], "brotli-11": mb / t["brotli"],
-                           "ans": mb / t["ans"]},
-           "load_seconds": {"packed": t["load_packed"], "ans": t["load_ans"], "model_build": t["build_only"]},
+                           "ans": mb / t["rans"], "pco": mb / t["pco"], "chosen": mb / t["chosen"]},
+           "load_seconds": {"packed": t["load_packed"], "ans": t["load_ans"], "rans_only": t["load_rans"],
+                            "model_build": t["build_only"]},
            "load_ratio_ans_over_packed": t["load_ans"] / t["load_packed"],
            "load_ratio_without_build": (t["load_ans"] - t["build_only"]) / (t["load_packed"] - t["build_only"]),
-           "file_bytes": {"packed": p.stat().st_size, "ans": a.stat().st_size}}
-    p.unlink()
-    a.unlink()
+           "load_ratio_rans_only": t["load_rans"] / t["load_packed"],
+           "load_ratio_rans_only_without_build": (t["load_rans"] - t["build_only"]) /
+                                                 (t["load_packed"] - t["build_only"]),
+           "file_bytes": {"packed": p.stat().st_size, "ans": a.stat().st_size, "rans_only": r.stat().st_size}}
+    for f in (p, a, r):
+        f.unlink()
     return row
 
 
-def _big_layer():
+def _big_layer(bits: int):
     from torch import nn
 
     import learnq
@@ -317,12 +357,15 @@ def _big_layer():
     model = nn.Sequential(nn.Linear(2048, 2048))
     with torch.no_grad():
         model[0].weight.normal_(0, 0.02)
-    learnq.prepare(model, learnq.STE(bits=4)).freeze()
+    learnq.prepare(model, learnq.STE(bits=bits)).freeze()
 
-    def build():
-        return nn.Sequential(nn.Linear(2048, 2048))
+    return model, _big_build
 
-    return model, build
+
+def _big_build():
+    from torch import nn
+
+    return nn.Sequential(nn.Linear(2048, 2048))
 
 
 def run_speed(args: argparse.Namespace) -> None:
@@ -342,8 +385,9 @@ def run_speed(args: argparse.Namespace) -> None:
         build = lambda spec=spec: model_from_spec(spec, device="cpu")  # noqa: E731
         cases.append((f"{net}/ptq-minmax-w8a8", lambda m=model, s=splits: _ptq(m, s, "minmax", 8, {}), build))
         cases.append((f"{net}/ptq-minmax-w4a8", lambda m=model, s=splits: _ptq(m, s, "minmax", 4, {}), build))
-    big, big_build = _big_layer()
-    cases.append(("linear-2048x2048/ste-w4 (Gaussian weights)", lambda: big, big_build))
+    for bits in (4, 2, 8):  # 4M weights: where the decoder's speed shows
+        cases.append((f"linear-2048x2048/ste-w{bits} (Gaussian weights)", lambda b=bits: _big_layer(b)[0],
+                      _big_build))
     for label, make, build in cases:
         if label in speed and not args.redo:
             continue
@@ -362,45 +406,58 @@ def render() -> str:
     results = _load()
     sizes, speed = results.get("sizes", {}), results.get("speed", {})
     lines = ["Sizes in kB (1000 bytes). *naive*: Σ bits·numel + steps (Eq. 12); *packed*: the model's tensors as "
-             "`codec=\"packed\"` stores them; *bound*: Σ n·H over each tensor's code streams + the coder's histogram "
-             "+ the other stored bytes (what `codec=\"ans\"` can reach); *coded*: the tensors as `codec=\"ans\"` "
-             "stores them (a tensor whose coded form is not smaller stays packed); *files*: on disk, header included. "
+             "`codec=\"packed\"` stores them; *bound*: Σ n·H over each tensor's code streams + the rANS histogram "
+             "+ the other stored bytes; *coded*: the tensors as `codec=\"ans\"` stores them (per tensor pcodec "
+             "where that is within 2 % of the bound, else the smaller of pcodec and rANS; a tensor whose coded form "
+             "is not smaller stays packed); *rANS only*: the same with every tensor rANS-coded (the files before "
+             "pcodec joined); *files*: on disk, header included. "
              "*zlib-1*: zlib level 1 of each tensor's packed codes + its other bytes (learnq's report). "
              "*coded/bound*: all tensors (a tensor that stays packed has its packed codes as its bound); "
-             "*coded tensors: coded/bound*: the tensors stored coded only, what the coder adds to its bound. "
+             "*coded tensors: coded/bound*: the tensors stored coded only, what the coders add to the bound (below 1 "
+             "where pcodec's bin table is smaller than the rANS histogram: 8- and 16-bit codes). *coded tensors*: "
+             "coded / quantized, and (of those, pcodec-coded). "
              "Accuracy: the reloaded ans file on the test split (equal to the packed file's: decoding is exact). "
              "QAT rows: fine-tuned "
              f"{results.get('sizes_setup', {}).get('qat_epochs', '?')} epoch(s) from the float model.", "",
-             "| model / method | naive | packed | zlib-1 | entropy bound | coded | packed file | ans file | "
-             "coded/bound | coded tensors: coded/bound | coded tensors | acc. |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| model / method | naive | packed | zlib-1 | entropy bound | coded | rANS only | packed file | "
+             "ans file | coded/bound | coded tensors: coded/bound | coded tensors (pco) | acc. |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for label, r in sizes.items():
         if "error" in r:
-            lines.append(f"| {label} | error: {r['error'][:80]} | | | | | | | | | | |")
+            lines.append(f"| {label} | error: {r['error'][:80]} | | | | | | | | | | | |")
             continue
         acc = "-" if r.get("accuracy_ans_file") is None else f"{100 * r['accuracy_ans_file']:.2f}"
         qr = f"{r['c_stored'] / r['c_bound']:.3f}" if r.get("c_bound") else "-"
         lines.append(f"| {label} | {_kb(r['naive_bytes'])} | {_kb(r['packed_bytes'])} | {_kb(r['zlib_bytes'])} | "
-                     f"{_kb(r['bound_bytes'])} | "
-                     f"{_kb(r['coded_bytes'])} | {_kb(r['packed_file'])} | {_kb(r['ans_file'])} | "
-                     f"{r['coded_over_bound']:.3f} | {qr} | {r['q_coded_tensors']}/{r['q_tensors']} | {acc} |")
+                     f"{_kb(r['bound_bytes'])} | {_kb(r['coded_bytes'])} | {_kb(r.get('rans_only_bytes'))} | "
+                     f"{_kb(r['packed_file'])} | {_kb(r['ans_file'])} | "
+                     f"{r['coded_over_bound']:.3f} | {qr} | {r['q_coded_tensors']}/{r['q_tensors']} "
+                     f"({r.get('q_pco_tensors', '-')}) | {acc} |")
     if speed:
-        lines += ["", f"Decoders on the packed codes of all quantized tensors (one thread, "
-                  f"{results.get('speed_setup', {}).get('rounds', '?')} interleaved rounds, medians; load average "
-                  f"{', '.join(f'{x:.1f}' for x in results.get('speed_setup', {}).get('load_average', []))}). "
-                  "*ans B*: coded bytes + histograms, tensors where ans does not pay kept packed (as the file stores "
-                  "them). "
-                  "MB/s = packed-code MB out per second. Load: `learnq.load(file, fresh model)`, ans file ÷ packed "
-                  "file (and without the model construction both share).", "",
-                  "| codes of | packed B | zlib-9 B | zstd-19 B | brotli-11 B | ans B | zlib MB/s | zstd MB/s | "
-                  "brotli MB/s | ans MB/s | load ans ÷ packed | (without build) |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        setup = results.get("speed_setup", {})
+        lines += ["", f"Decoders on the packed codes of all quantized tensors (one thread, {setup.get('rounds', '?')} "
+                  f"interleaved rounds, medians; load average "
+                  f"{', '.join(f'{x:.1f}' for x in setup.get('load_average', []))}). *rANS*, *pco*: every tensor "
+                  "coded by that coder; *ans file*: the per-tensor choice as the file stores it (coded tensors "
+                  "pco/rANS); bytes are coded bytes + models, tensors where coding does not pay kept packed. MB/s = "
+                  "packed-code MB out per second. Load: `learnq.load(file, fresh model)` ÷ the packed file's, "
+                  "with and without the model construction both share; *rANS-only file*: the files before pcodec "
+                  "joined.", "",
+                  "| codes of | packed B | bound B | zlib-9 B | zstd-19 B | brotli-11 B | rANS B | pco B | ans file B "
+                  "(pco/rANS) | zlib MB/s | zstd MB/s | brotli MB/s | rANS MB/s | pco MB/s | load ans file ÷ packed "
+                  "(without build) | load rANS-only file ÷ packed (without build) |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | "
+                  "---: | ---: |"]
         for label, r in speed.items():
-            b, s = r["bytes"], r["decode_MBps"]
-            lines.append(f"| {label} | {r['packed_codes_bytes']} | {b['zlib-9']} | {b['zstd-19']} | "
-                         f"{b['brotli-11']} | {b['ans']} | {s['zlib-9']:.0f} | {s['zstd-19']:.0f} | "
-                         f"{s['brotli-11']:.0f} | {s['ans']:.1f} | {r['load_ratio_ans_over_packed']:.2f}x | "
-                         f"{r['load_ratio_without_build']:.2f}x |")
+            b, v = r["bytes"], r["decode_MBps"]
+            if "pco" not in b:  # a row of the rANS-only benchmark (before pcodec)
+                continue
+            lines.append(f"| {label} | {r['packed_codes_bytes']} | {r['bound_bytes']:.0f} | {b['zlib-9']} | "
+                         f"{b['zstd-19']} | {b['brotli-11']} | {b['ans']} | {b['pco']} | {b['chosen']} "
+                         f"({r['coders']['pco']}/{r['coders']['ans']}) | {v['zlib-9']:.0f} | {v['zstd-19']:.0f} | "
+                         f"{v['brotli-11']:.0f} | {v['ans']:.1f} | {v['pco']:.0f} | "
+                         f"{r['load_ratio_ans_over_packed']:.2f}x ({r['load_ratio_without_build']:.2f}x) | "
+                         f"{r['load_ratio_rans_only']:.2f}x ({r['load_ratio_rans_only_without_build']:.2f}x) |")
     lines += ["", f"For comparison, {DOC003}."]
     return "\n".join(lines) + "\n"
 

@@ -28,8 +28,8 @@ the range is stored instead of steps and offsets), ``widths`` (none; ``[smallest
 ``extra`` ({}) and ``codec`` (none; ``["ans", 1]`` or ``["pco", 1]``: the codes are entropy-coded by rANS or pcodec,
 :mod:`learnq.entropy_codec`: the ``uint8`` slice holds the packed widths then the coded bytes, a second ``uint8`` slice
 the coder's model (histograms, or stream lengths), and the record adds the coded byte count, the model length and the
-CRC-32 of the packed codes). Slice offsets are not
-stored: they follow from the records, which must tile every blob exactly.
+CRC-32 the decoded codes are checked against: of the packed codes for rANS, of the stored symbols for pcodec).
+Slice offsets are not stored: they follow from the records, which must tile every blob exactly.
 
 Loading parses the header itself (safetensors' reader is not used; every JSON text is bounded in size and, before it
 is parsed, in nesting depth, ``MAX_JSON_DEPTH``), checks the version, the extent of every blob

@@ -3,8 +3,9 @@
 :func:`pack_codes` bit-packs a :class:`~learnq.grid.QuantizedTensor`'s codes (minus ``qmin``) with
 :mod:`learnq.packing`: one stream at ``bits`` for a plain tensor, one index per ``d``-vector for a palettized one
 (:mod:`learnq.palette`), and for DiffQ's per-group widths one stream per width, widths ascending, the groups of each
-width in their order. :func:`unpack_codes` is its inverse, :func:`codes_nbytes` its byte count and
-:func:`code_streams` the ``(width, symbol count)`` of each stream (what :mod:`learnq.entropy_codec` codes).
+width in their order. :func:`unpack_codes` is its inverse (:func:`split_streams` then :func:`codes_from_streams`, which
+also takes the streams an entropy decoder gives), :func:`codes_nbytes` its byte count and :func:`code_streams` the
+``(width, symbol count)`` of each stream (what :mod:`learnq.entropy_codec` codes).
 :mod:`learnq.file_layout` places these bytes in the model file.
 """
 
@@ -128,28 +129,40 @@ def codes_nbytes(shape: tuple[int, ...], bits: int, granularity: Granularity, gr
 def unpack_codes(packed: torch.Tensor, shape: tuple[int, ...], bits: int, qmin: int, granularity: Granularity,
                  group_bits: torch.Tensor | None) -> torch.Tensor:
     """Inverse of :func:`pack_codes`: int32 codes of ``shape``."""
-    numel = math.prod(shape)
+    streams = split_streams(packed, code_streams(shape, bits, granularity, group_bits))
+    return codes_from_streams(streams, shape, qmin, granularity, group_bits)
+
+
+def split_streams(packed: torch.Tensor, streams: entropy_codec.Streams) -> list[torch.Tensor]:
+    """The symbols of each packed stream (``streams``: ``(width, count)``, :func:`code_streams`), fresh int32."""
+    out, start = [], 0
+    for width, count in streams:
+        nbytes = packed_nbytes(count, width)
+        out.append(unpack(packed[start:start + nbytes], width, count) if count else torch.zeros(0, dtype=torch.int32))
+        start += nbytes
+    return out
+
+
+def codes_from_streams(streams: list[torch.Tensor], shape: tuple[int, ...], qmin: int, granularity: Granularity,
+                       group_bits: torch.Tensor | None) -> torch.Tensor:
+    """int32 codes of ``shape`` from the symbols of each stream (fresh int32 tensors, :func:`split_streams` or an
+    entropy decoder's; the first one is shifted in place for a tensor without per-group widths)."""
     if group_bits is None:
-        codes = unpack(packed, bits, numel).reshape(shape)  # int32, fresh: shifted in place
+        codes = streams[0].reshape(shape)
         return codes.add_(qmin) if qmin else codes
     widths = group_bits.to(torch.int64).reshape(-1)
     mask = granularity.group_mask(shape)
     order = torch.argsort(widths, stable=True)  # the groups in file order: widths ascending (see pack_codes)
-    values, counts = torch.unique_consecutive(widths[order], return_counts=True)
+    _, counts = torch.unique_consecutive(widths[order], return_counts=True)
     full = bool(mask.all())
     omask = None if full else mask[order]
     ordered = torch.zeros(mask.shape, dtype=torch.int32)
-    start, first = 0, 0
-    for w, c in zip(values.tolist(), counts.tolist(), strict=True):
-        keep = None if omask is None else omask[first:first + c]
-        count = c * mask.shape[1] if keep is None else int(keep.sum())
-        nbytes = packed_nbytes(count, w)
-        codes = unpack(packed[start:start + nbytes], w, count)
-        if keep is None:
+    first = 0
+    for c, codes in zip(counts.tolist(), streams, strict=True):
+        if omask is None:
             ordered[first:first + c] = codes.view(c, mask.shape[1])
         else:
-            ordered[first:first + c][keep] = codes
-        start += nbytes
+            ordered[first:first + c][omask[first:first + c]] = codes
         first += c
     rows = torch.empty_like(ordered)
     rows[order] = ordered
@@ -158,7 +171,7 @@ def unpack_codes(packed: torch.Tensor, shape: tuple[int, ...], bits: int, qmin: 
         moved = (shape[axis],) + tuple(s for i, s in enumerate(shape) if i != axis)
         codes = rows.reshape(moved).movedim(0, axis)
     else:
-        codes = rows.reshape(-1)[:numel].reshape(shape)
+        codes = rows.reshape(-1)[:math.prod(shape)].reshape(shape)
     return (codes + qmin).to(torch.int32).contiguous()
 
 

@@ -40,6 +40,7 @@ tensor covers the coded bytes and the model, so a damaged file is refused before
 from __future__ import annotations
 
 import sys
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -160,6 +161,9 @@ class Coded:
     model: torch.Tensor
     bound_bits: float
     codec: list = field(default_factory=lambda: list(ANS))
+    crc: int = 0
+    """CRC-32 of the codes as the coder checks them on decoding: the packed codes (rANS) or the symbols of the
+    streams as pcodec stores them (uint8/uint16 little-endian, streams in order)."""
 
     @property
     def nbytes(self) -> int:
@@ -179,13 +183,16 @@ def encode(packed: torch.Tensor, streams: Streams, coder: str | None = None) -> 
     hists = [_histogram(s) for s in symbols]
     model = _model(hists)
     bound = sum(_entropy(c) for _, c in hists) + 8.0 * model.numel()
+    packed_crc = zlib.crc32(memoryview(packed.numpy()))
     if coder == "ans":
-        return Coded(coded=_ans_encode(symbols, hists), model=model, bound_bits=bound)
-    coded, lengths = pco_codec.encode(symbols, [w for w, _ in streams])
-    fast = Coded(coded=coded, model=lengths, bound_bits=bound, codec=list(PCO))
+        return Coded(coded=_ans_encode(symbols, hists), model=model, bound_bits=bound, crc=packed_crc)
+    widths = [w for w, _ in streams]
+    coded, lengths = pco_codec.encode(symbols, widths)
+    fast = Coded(coded=coded, model=lengths, bound_bits=bound, codec=list(PCO),
+                 crc=pco_codec.symbols_crc(symbols, widths))
     if coder == "pco" or 8.0 * fast.nbytes <= PCO_SLACK * bound:
         return fast
-    ans = Coded(coded=_ans_encode(symbols, hists), model=model, bound_bits=bound)
+    ans = Coded(coded=_ans_encode(symbols, hists), model=model, bound_bits=bound, crc=packed_crc)
     return ans if ans.nbytes < fast.nbytes else fast
 
 
@@ -217,15 +224,33 @@ def _parse_model(model: np.ndarray, streams: Streams, name: str) -> list[tuple[i
 
 
 def decode(coded: torch.Tensor, model: torch.Tensor, streams: Streams, name: str = "tensor",
-           codec: list | None = None) -> torch.Tensor:
-    """The packed code streams of one tensor from its coded bytes and model (inverse of :func:`encode`); ``codec``:
-    the grid's ``"codec"`` (:data:`ANS`, the default, or :data:`PCO`)."""
-    if codec is not None and list(codec) == PCO:
-        symbols = pco_codec.decode(coded, model, streams, name)
-        parts = [pack_checked(torch.from_numpy(s), w) for (w, _), s in zip(streams, symbols, strict=True) if s.size]
-        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.uint8)
-    if codec is not None and list(codec) != ANS:
+           codec: list | None = None, crc: int | None = None) -> list[torch.Tensor]:
+    """The symbols of each code stream of one tensor (fresh int32 tensors, the input of
+    :func:`learnq.code_packing.codes_from_streams`) from its coded bytes and model (inverse of :func:`encode`);
+    ``codec``: the grid's ``"codec"`` (:data:`ANS`, the default, or :data:`PCO`); ``crc``: the recorded CRC-32
+    (:attr:`Coded.crc`) the decoded symbols are checked against."""
+    if codec is not None and list(codec) not in CODERS:
         raise CheckpointError(f"tensor {name!r}: codec {codec!r}, which this learnq does not know")
+    if codec is not None and list(codec) == PCO:
+        raw = pco_codec.decode(coded, model, streams, name)
+        got = pco_codec.symbols_crc(raw, [w for w, _ in streams])
+        symbols = [torch.from_numpy(s).to(torch.int32) for s in raw]
+        lib = "pcodec"
+    else:
+        symbols = _ans_decode(coded, model, streams, name)
+        got = 0
+        for (width, _), sym in zip(streams, symbols, strict=True):  # rANS files record the packed codes' CRC-32
+            if sym.numel():
+                got = zlib.crc32(memoryview(pack_checked(sym, width).numpy()), got)
+        lib = "constriction"
+    if crc is not None and got != crc:
+        raise CheckpointError(f"tensor {name!r}: its entropy-coded codes decode to other codes than were written "
+                              f"(CRC-32 mismatch; another {lib} version?); read it with the learnq and {lib} that "
+                              "wrote it")
+    return symbols
+
+
+def _ans_decode(coded: torch.Tensor, model: torch.Tensor, streams: Streams, name: str) -> list[torch.Tensor]:
     cs = _constriction(reading=True)
     hists = _parse_model(model.numpy(), streams, name)
     raw = coded.numpy()
@@ -233,19 +258,18 @@ def decode(coded: torch.Tensor, model: torch.Tensor, streams: Streams, name: str
         raise CheckpointError(f"tensor {name!r}: its {raw.size} coded bytes are not whole 32-bit words")
     words = raw.view("<u4")
     coder = cs.stream.stack.AnsCoder(words.astype(np.uint32) if sys.byteorder != "little" else words.view(np.uint32))
-    parts = []
-    for (width, count), (lo, q) in zip(streams, hists, strict=True):
+    out = []
+    for (_, count), (lo, q) in zip(streams, hists, strict=True):
         if not count:
-            continue
-        if q.size == 1:
-            sym = torch.full((count,), lo, dtype=torch.int32)
+            out.append(torch.zeros(0, dtype=torch.int32))
+        elif q.size == 1:
+            out.append(torch.full((count,), lo, dtype=torch.int32))
         else:
-            sym = torch.from_numpy(coder.decode(_categorical(cs, q), count)).add_(lo)
-        parts.append(pack_checked(sym, width))
+            out.append(torch.from_numpy(coder.decode(_categorical(cs, q), count)).add_(lo))
     if not coder.is_empty():
         raise CheckpointError(f"tensor {name!r}: its coded bytes hold more than its {sum(c for _, c in streams)} "
                               "symbols")
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.uint8)
+    return out
 
 
 __all__ = ["ANS", "CODECS", "CODERS", "Coded", "PCO", "PCO_SLACK", "Streams", "bound_bits", "check_codec", "decode",

@@ -26,7 +26,15 @@ from typing import Any
 import torch
 
 from learnq import entropy_codec
-from learnq.code_packing import code_streams, codes_nbytes, group_widths, offset_stored, pack_codes, unpack_codes
+from learnq.code_packing import (
+    code_streams,
+    codes_from_streams,
+    codes_nbytes,
+    group_widths,
+    offset_stored,
+    pack_codes,
+    unpack_codes,
+)
 from learnq.errors import CheckpointError, QuantizationError
 from learnq.granularity import Granularity
 from learnq.grid import MAX_BITS, QuantizedTensor, bits_for_range, check_bits, range_group_params
@@ -62,7 +70,7 @@ class Encoded:
     params_blob: str = PARAMS  # the blob of ``params`` (a palette's own dtype)
     streams: entropy_codec.Streams | None = None  # (width, count) of each packed code stream
     coded: entropy_codec.Coded | None = None  # the entropy-coded codes (codec "ans"), stored instead of ``codes``
-    codes_crc: int = 0  # CRC-32 of the packed codes, recorded with coded ones (checks the decoding)
+    codes_crc: int = 0  # CRC-32 the decoding is checked against, recorded with coded codes (Coded.crc)
 
     def parts(self) -> list[tuple[str, torch.Tensor]]:
         """(blob, 1-D tensor) of each of its slices, in file order."""
@@ -117,7 +125,7 @@ def encode(name: str, value: Entry, codec: str = "packed") -> Encoded:
     if entropy_codec.check_codec(codec) == "ans" and enc.codes.numel():  # type: ignore[union-attr]
         coded = entropy_codec.encode(enc.codes, enc.streams)  # type: ignore[arg-type]
         if coded.nbytes < enc.codes.numel():  # type: ignore[union-attr]
-            enc.coded, enc.codes_crc = coded, crc32(enc.codes)  # type: ignore[arg-type]
+            enc.coded, enc.codes_crc = coded, coded.crc
             enc.grid = {**enc.grid, "codec": coded.codec}  # type: ignore[dict-item]
     return enc
 
@@ -234,21 +242,6 @@ def slice_counts(grid: dict, shape: tuple[int, ...], code_bytes: int | None,
     return packed_nbytes(n, grid["widths"][1]) + codes, params
 
 
-def _decoded(name: str, packed: torch.Tensor, coded: tuple[torch.Tensor, int] | None,
-             streams: entropy_codec.Streams, codec: list | None) -> torch.Tensor:
-    """``packed`` as it is, or, for entropy-coded codes (``coded``: the model and the packed codes' CRC-32; ``codec``:
-    the grid's coder), the packed codes decoded from it and checked against their CRC-32."""
-    if coded is None:
-        return packed
-    out = entropy_codec.decode(packed, coded[0], streams, name, codec)
-    if crc32(out) != coded[1]:
-        lib = "pcodec" if codec == entropy_codec.PCO else "constriction"
-        raise CheckpointError(f"tensor {name!r}: its entropy-coded codes decode to other codes than were written "
-                              f"(CRC-32 mismatch; another {lib} version?); read it with the learnq and {lib} that "
-                              "wrote it")
-    return out
-
-
 def decode(name: str, grid: dict, shape: tuple[int, ...], code_bytes: int | None, packed: torch.Tensor,
            params: torch.Tensor, coded: tuple[torch.Tensor, int] | None = None) -> QuantizedTensor:
     """The quantized tensor ``name`` from its checked uint8 and float32 slices (inverse of :func:`encode`);
@@ -256,8 +249,11 @@ def decode(name: str, grid: dict, shape: tuple[int, ...], code_bytes: int | None
     gran, n = grid["granularity"], grid["granularity"].num_groups(shape)
     if grid["palette"] is not None:
         k, d, _ = grid["palette"]
-        packed = _decoded(name, packed, coded, code_streams(shape, grid["bits"], gran, None, d), grid["codec"])
-        indices = unpack(packed, grid["bits"], math.prod(shape) // d)
+        if coded is None:
+            indices = unpack(packed, grid["bits"], math.prod(shape) // d)
+        else:
+            indices = entropy_codec.decode(packed, coded[0], code_streams(shape, grid["bits"], gran, None, d), name,
+                                           grid["codec"], coded[1])[0]
         if indices.numel() and int(indices.max()) >= k:
             raise CheckpointError(f"tensor {name!r} has palette indices past its {k} entries")
         return QuantizedTensor.from_palette(indices, params.reshape(n, k, d), shape, gran, grid["bits"],
@@ -276,8 +272,12 @@ def decode(name: str, grid: dict, shape: tuple[int, ...], code_bytes: int | None
         if need != code_bytes:
             raise CheckpointError(f"tensor {name!r} has group widths that need {need} bytes of codes, but its "
                                   f"metadata says {code_bytes}")
-    packed = _decoded(name, packed, coded, code_streams(shape, grid["bits"], gran, group_bits), grid["codec"])
-    codes = unpack_codes(packed, shape, grid["bits"], grid["qmin"], gran, group_bits)
+    if coded is None:
+        codes = unpack_codes(packed, shape, grid["bits"], grid["qmin"], gran, group_bits)
+    else:  # the decoder's symbols straight into codes, checked against the recorded CRC-32
+        streams = entropy_codec.decode(packed, coded[0], code_streams(shape, grid["bits"], gran, group_bits), name,
+                                       grid["codec"], coded[1])
+        codes = codes_from_streams(streams, shape, grid["qmin"], gran, group_bits)
     value_range = None
     if grid["range"]:
         if not bool(torch.isfinite(params).all()) or float(params[0]) > float(params[1]):

@@ -52,7 +52,7 @@ class Record:
     dtype: str | None = None  # a tensor stored as is
     grid: dict | None = None  # a quantized tensor: its grid, defaults filled in
     code_bytes: int | None = None  # of a tensor with per-group widths
-    coded: tuple[int, int, int] | None = None  # entropy-coded: (coded bytes, model length, CRC-32 of the packed codes)
+    coded: tuple[int, int, int] | None = None  # entropy-coded: (coded bytes, model length, CRC-32 of the decoding)
     tied: str | None = None  # the earlier record holding this tied parameter's bytes
     slices: list[tuple[str, int, int]] = field(default_factory=list)
 

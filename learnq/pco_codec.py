@@ -13,10 +13,14 @@ Layout of one tensor: each non-empty stream of :func:`learnq.code_packing.pack_c
 widths up to 8 bits, ``uint16`` above) is one pcodec *standalone* file; the coded bytes are those files back to back,
 and the model slice holds the byte length of each stream's file (``uint32`` little-endian, one per stream, 0 for an
 empty stream). The grid key is ``"codec": ["pco", 1]``. pcodec guarantees that a release decodes what earlier
-releases of its compatibility line (1.x) wrote; the decoded codes are still checked against the recorded CRC-32.
+releases of its compatibility line (1.x) wrote; the decoded symbols are still checked against the CRC-32 the record
+holds (:func:`symbols_crc`: of the symbols as stored here, so that loading needs no bit packing, unlike rANS tensors
+whose record holds the packed codes' CRC-32).
 """
 
 from __future__ import annotations
+
+import zlib
 
 import numpy as np
 import torch
@@ -45,6 +49,15 @@ def _pcodec(reading: bool):
 def symbol_dtype(width: int) -> type:
     """The NumPy dtype a stream of ``width``-bit symbols is coded as."""
     return np.uint8 if width <= 8 else np.uint16
+
+
+def symbols_crc(symbols: list[np.ndarray], widths: list[int]) -> int:
+    """CRC-32 of the streams' symbols as this coder stores them (uint8, or uint16 little-endian), streams in order:
+    what a pcodec-coded tensor's record holds and its decoded symbols are checked against."""
+    crc = 0
+    for s, w in zip(symbols, widths, strict=True):
+        crc = zlib.crc32(memoryview(np.ascontiguousarray(s, dtype=symbol_dtype(w))).cast("B"), crc)
+    return crc
 
 
 def encode(symbols: list[np.ndarray], widths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,4 +105,4 @@ def decode(coded: torch.Tensor, model: torch.Tensor, streams: list[tuple[int, in
     return out
 
 
-__all__ = ["LEVEL", "PCO", "decode", "encode", "symbol_dtype"]
+__all__ = ["LEVEL", "PCO", "decode", "encode", "symbol_dtype", "symbols_crc"]

@@ -98,7 +98,7 @@ def test_pcodec_size_against_hand_computed_entropy(case, tmp_path, monkeypatch):
         "2-bit-skewed": ([0, 1, 2, 3], [3 / 4, 1 / 8, 1 / 16, 1 / 16], 2),  # H = 1.1863
     }[case]
     h = -sum(p * np.log2(p) for p in probs)
-    codes = torch.cat([torch.full((round(n * p),), v, dtype=torch.float32) for v, p in zip(values, probs)])
+    codes = torch.cat([torch.full((round(n * p),), v, dtype=torch.float32) for v, p in zip(values, probs, strict=True)])
     codes = codes[torch.randperm(n, generator=torch.Generator().manual_seed(0))]
     _force(monkeypatch, "pco")
     report = save(_holder(n), tmp_path / "a.lq", quantized={"w": _plain(codes, bits)}, codec="ans", report=True)

@@ -3,7 +3,8 @@ written ONCE by learnq at commit 2ee0fdc, before pcodec joined the entropy coder
 for "files written with codec='ans' before the per-tensor coder choice still load"; do not regenerate it. Run with
 that commit's package on the path, e.g.
 
-    git archive 2ee0fdc learnq | tar -x -C /tmp/old && PYTHONPATH=/tmp/old .venv/bin/python tests/data/make_ans_fixture.py
+    git archive 2ee0fdc learnq | tar -x -C /tmp/old
+    PYTHONPATH=/tmp/old .venv/bin/python tests/data/make_ans_fixture.py
 
 The tensors are :func:`ans_fixture_entries` (deterministic): ``w``, 4-bit codes of Gaussian values, one stream;
 ``d``, DiffQ-style per-group widths 2..5 with a value range (four streams); ``one``, 600 codes of one value (a
@@ -44,7 +45,8 @@ def ans_fixture_entries() -> dict:
 
 def holder() -> nn.Module:
     m = nn.Module()
-    m.w, m.d, m.one = nn.Parameter(torch.zeros(60, 50)), nn.Parameter(torch.zeros(32, 48)), nn.Parameter(torch.zeros(600))
+    m.w, m.d = nn.Parameter(torch.zeros(60, 50)), nn.Parameter(torch.zeros(32, 48))
+    m.one = nn.Parameter(torch.zeros(600))
     return m
 
 
