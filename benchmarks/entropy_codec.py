@@ -279,11 +279,14 @@ def _codes_of(entries, coder: str | None = None) -> tuple[bytes, list, int, floa
 
 
 def _median_times(fns: dict[str, Any], rounds: int) -> dict[str, float]:
+    """Median seconds of each function over ``rounds`` interleaved rounds; each round starts one function later (the
+    one that runs first after another benchmark's allocations is not always the same)."""
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():  # interleaved
+    keys = list(fns)
+    for r in range(rounds):
+        for k in keys[r % len(keys):] + keys[:r % len(keys)]:  # interleaved, rotated
             t = time.perf_counter()
-            fn()
+            fns[k]()
             times[k].append(time.perf_counter() - t)
     return {k: statistics.median(v) for k, v in times.items()}
 
