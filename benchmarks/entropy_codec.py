@@ -237,7 +237,7 @@ def run_sizes(args: argparse.Namespace) -> None:
         rows += [(f"{net}/qat-{lab}", lambda m=model, s=splits, me=me, o=o: _qat(m, s, me, o, args.qat_epochs))
                  for lab, me, o in QAT_ROWS if me in QAT_METHODS]
         for label, make in rows:
-            if label in sizes and not args.redo:
+            if label in sizes and not args.redo and "rans_only_bytes" in sizes[label]:  # rows before pcodec: redone
                 continue
             start = time.perf_counter()
             try:

@@ -176,8 +176,8 @@ def _categorical(constriction, q: np.ndarray):
 
 def encode(packed: torch.Tensor, streams: Streams, coder: str | None = None) -> Coded:
     """Entropy-code the packed code streams of one tensor: pcodec when that is at most :data:`PCO_SLACK` times the
-    rANS bound, else the smaller of pcodec and rANS (see the module docstring); ``coder`` ("ans" or "pco") forces
-    one (tests, benchmarks)."""
+    rANS bound and smaller than the packed codes, else the smaller of pcodec and rANS (see the module docstring);
+    ``coder`` ("ans" or "pco") forces one (tests, benchmarks)."""
     _constriction(reading=False)  # both coders are needed to choose; a missing one fails here, whatever the codes
     symbols = _stream_symbols(packed, streams)
     hists = [_histogram(s) for s in symbols]
@@ -190,8 +190,8 @@ def encode(packed: torch.Tensor, streams: Streams, coder: str | None = None) -> 
     coded, lengths = pco_codec.encode(symbols, widths)
     fast = Coded(coded=coded, model=lengths, bound_bits=bound, codec=list(PCO),
                  crc=pco_codec.symbols_crc(symbols, widths))
-    if coder == "pco" or 8.0 * fast.nbytes <= PCO_SLACK * bound:
-        return fast
+    if coder == "pco" or (8.0 * fast.nbytes <= PCO_SLACK * bound and fast.nbytes < packed.numel()):
+        return fast  # (a tensor is stored coded only when that is smaller than packed: else rANS may still be)
     ans = Coded(coded=_ans_encode(symbols, hists), model=model, bound_bits=bound, crc=packed_crc)
     return ans if ans.nbytes < fast.nbytes else fast
 

@@ -5,7 +5,7 @@ The coder is ``pcodec``'s (Pco; Loncaric 2025, "Pcodec: Better Compression for N
 package, Rust), never a home-made one. In its "classic" mode without delta encoding it splits the values into bins
 (the compression level bounds their number; at the default 8 a code of up to 8 bits gets a bin of its own on the
 distributions measured) and ANS-codes the bin of each value, the offset inside a bin in plain bits: for i.i.d. codes
-an order-0 entropy coder with its model in its stream. Measured (BENCHMARKS.md "Issue 18"): within 1.6 % of
+an order-0 entropy coder with its model in its stream. Measured (BENCHMARKS.md "Issue 18"): within 1.7 % of
 ``Σ n·H`` + the rANS histogram (:func:`learnq.entropy_codec.bound_bits`) on every code tensor of ≥ 4 kB of packed
 codes in the benchmark's files, and 4M codes decode in ~25 ms where constriction's rANS takes ~180 ms.
 

@@ -45,6 +45,13 @@ def _gaussian_codes(n: int, bits: int, sigma: float, seed: int = 0) -> torch.Ten
     return torch.round(torch.randn(n, generator=g) * sigma).clamp(-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
 
 
+def _near_uniform() -> torch.Tensor:
+    """20,000 4-bit codes, symbol 0 drawn with weight 1.8 and the other 15 with 1: about 3.99 bits each."""
+    p = torch.ones(16)
+    p[0] += 0.8
+    return torch.multinomial(p / p.sum(), 20_000, replacement=True, generator=torch.Generator().manual_seed(0)) - 8
+
+
 def _force(monkeypatch, coder: str) -> None:
     real = entropy_codec.encode
     monkeypatch.setattr(entropy_codec, "encode", lambda packed, streams: real(packed, streams, coder=coder))
@@ -67,6 +74,7 @@ def test_the_choice_follows_the_rule(tmp_path):
         "one-symbol": (torch.full((1000,), 3.0), 4),  # rANS: 0 coded bytes + 7 model bytes; pcodec more
         "tiny": (_gaussian_codes(60, 4, 2.0), 4),  # a few dozen bytes: pcodec's header is > 2 %
         "8bit": (_gaussian_codes(20_000, 8, 20.0), 8),
+        "near-uniform": (_near_uniform(), 4),  # pcodec within 2 % of the bound but above packed, rANS below it
     }
     seen = set()
     for name, (codes, bits) in cases.items():
@@ -77,7 +85,8 @@ def test_the_choice_follows_the_rule(tmp_path):
         pco = entropy_codec.encode(packed, streams, coder="pco")
         chosen = entropy_codec.encode(packed, streams)
         assert ans.bound_bits == pco.bound_bits == chosen.bound_bits
-        want = "pco" if 8 * pco.nbytes <= 1.02 * pco.bound_bits or pco.nbytes <= ans.nbytes else "ans"
+        fast = 8 * pco.nbytes <= 1.02 * pco.bound_bits and pco.nbytes < packed.numel()
+        want = "pco" if fast or pco.nbytes <= ans.nbytes else "ans"
         assert chosen.codec[0] == want, name
         assert chosen.nbytes == (pco if want == "pco" else ans).nbytes
         seen.add(want)
@@ -85,6 +94,8 @@ def test_the_choice_follows_the_rule(tmp_path):
             assert want == "pco"
         if name == "one-symbol":
             assert want == "ans" and ans.nbytes == 7
+        if name == "near-uniform":  # stored rANS-coded, not packed: the file is smaller (seed 0: 9982 < 10000 < 10025)
+            assert want == "ans" and ans.nbytes < packed.numel() < pco.nbytes <= 1.02 * pco.bound_bits / 8
     assert seen == {"ans", "pco"}  # both outcomes happen
 
 
