@@ -106,8 +106,9 @@ def main() -> None:
     rows = scan()
     s = summary(rows)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "entropy_coders.json").write_text(json.dumps({"summary": s, "tensors": rows}, indent=1,
-                                                            ensure_ascii=False) + "\n")
+    lines = ",\n".join(json.dumps(r, ensure_ascii=False) for r in rows)  # one line a tensor
+    (RESULTS / "entropy_coders.json").write_text(
+        f'{{"summary": {json.dumps(s, indent=1, ensure_ascii=False)},\n"tensors": [\n{lines}\n]}}\n')
     text = render(s)
     (RESULTS / "entropy_coders.md").write_text(text)
     print(text)
