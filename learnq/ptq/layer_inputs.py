@@ -4,7 +4,7 @@ layer", each layer quantized on the inputs the partially quantized model gives i
 
 The usual way to give layer ``k`` the inputs of the model whose layers ``1..k-1`` are already quantized is to run
 the model again from its input for every layer, stopping at layer ``k``
-(:func:`learnq.ptq.adaround.for_each_input`): ``K`` partial forwards, the first layers recomputed ``K`` times.
+(:func:`learnq.ptq.reconstruction.for_each_input`): ``K`` partial forwards, the first layers recomputed ``K`` times.
 :class:`LayerInputs` instead runs a ``torch.fx`` trace of the model node by node over all calibration batches and
 pauses where layer ``k`` is called: the values computed so far (the quantized prefix) are kept, layer ``k``'s input
 of every batch is handed out, and after the caller has quantized layer ``k`` the run resumes from that node, which
