@@ -23,6 +23,7 @@ machine-wide lock's ~10 minutes:
     flock /work/wt/train.lock nice -n 10 .venv/bin/python benchmarks/text.py train --only lsq4,qat8-a8 --seed 0
     flock /work/wt/train.lock nice -n 10 .venv/bin/python benchmarks/text.py ptq
     flock /work/wt/train.lock nice -n 10 .venv-bench/bin/python benchmarks/text.py peer   # optimum-quanto W8 / W4
+    flock /work/wt/train.lock nice -n 10 .venv-bench/bin/python benchmarks/text.py peer-torchao   # torchao W8 / W4
     .venv/bin/python benchmarks/text.py report      # text_report.py: text.md, text_bits.png, BENCHMARKS.md section
 """
 
@@ -285,6 +286,43 @@ def peer(args: argparse.Namespace) -> None:
         print(f"{label}: ppl {row['perplexity']:.3f}", flush=True)
 
 
+def peer_torchao(args: argparse.Namespace) -> None:
+    """torchao weight-only int8 / int4 of the same float model (``quantize_``; run with ``.venv-bench/bin/python``):
+    int8 per output channel (``Int8WeightOnlyConfig``), int4 per output channel and in groups of 32
+    (``IntxWeightOnlyConfig``, the CPU path; ``Int4WeightOnlyConfig`` needs a CUDA or bf16 tinygemm layout)."""
+    import copy
+
+    import torchao
+    from torchao.quantization import Int8WeightOnlyConfig, IntxWeightOnlyConfig, quantize_
+    from torchao.quantization.granularity import PerAxis, PerGroup
+
+    import learnq
+
+    torch.set_num_threads(1)
+    res = load_results()
+    splits = data(0)
+    float_model = new_model(splits)
+    learnq.load(CACHE / "float-seed0.safetensors", float_model)
+    float_model.eval()
+    res.setdefault("peer", {})
+    for label, cfg in (("torchao W8 (Int8WeightOnly, per channel)", Int8WeightOnlyConfig()),
+                       ("torchao W4 (IntxWeightOnly int4, per channel)",
+                        IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerAxis(0))),
+                       ("torchao W4 (IntxWeightOnly int4, groups of 32)",
+                        IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(32)))):
+        model = copy.deepcopy(float_model)
+        start = time.perf_counter()
+        quantize_(model, cfg)  # nn.Linear layers (the tied output layer too, on its own; the embeddings stay float)
+        seconds = time.perf_counter() - start
+        with torch.no_grad():
+            row = {"seconds": round(seconds, 1), **perplexity(model, splits.test),
+                   "note": f"torchao {torchao.__version__}: linear layers only (embeddings float; the tied head "
+                           "quantized on its own)"}
+        res["peer"][label] = row
+        save_results(res)
+        print(f"{label}: ppl {row['perplexity']:.3f}", flush=True)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -298,6 +336,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     q.set_defaults(func=ptq)
     pe = sub.add_parser("peer", help="optimum-quanto weight-only int8/int4 of the float model (.venv-bench)")
     pe.set_defaults(func=peer)
+    pt = sub.add_parser("peer-torchao", help="torchao weight-only int8/int4 of the float model (.venv-bench)")
+    pt.set_defaults(func=peer_torchao)
     r = sub.add_parser("report", help="write text.md and text_bits.png from text.json (text_report.py)")
     r.set_defaults(func=lambda _args: __import__("text_report").report())
     args = p.parse_args(argv)
