@@ -105,14 +105,15 @@ def _better(x: dict[int, dict[str, Any]], y: dict[int, dict[str, Any]], claim: s
 
 def _lsq_trace(res: dict[str, Any]) -> list[str]:
     """LSQ 4 bits at each step lr (``text_lsq.py``): perplexity, and from the trace the tensors whose step
-    collapsed (more than half their weights clipped at some point), the largest clipped fraction, and the mean
-    relative move of a step per update over the first 25 updates and over the whole run."""
+    collapsed (more than half their weights clipped at some point), the largest clipped fraction, and each step's
+    mean relative move per update over updates 2 to 26 (median and largest over the tensors)."""
     import json
 
     path = RESULTS / "text_lsq.json"
     traces = json.loads(path.read_text()) if path.exists() else {}
     lines = ["| LSQ 4 bits, steps' AdamW lr | seed | validation perplexity | tensors with > 50 % weights clipped"
-             " | max clipped fraction | mean abs(Δs)/s per update, first 25 / all | step / min-max step at the "
+             " | max clipped fraction | abs(Δs)/s per update over updates 2-26, median / max over tensors "
+             "| step / min-max step at the "
              "end (min-max) |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for key, t in traces.items():
         row = res["train"].get(key)
@@ -121,16 +122,15 @@ def _lsq_trace(res: dict[str, Any]) -> list[str]:
         pts = t["points"]
         dead = {n for p in pts for n, v in p["tensors"].items() if v["clipped"] > 0.5}
         worst = max(v["clipped"] for p in pts for v in p["tensors"].values())
-        first = pts[1]["mean_rel_move"] if len(pts) > 1 else {}
-        every = [v for p in pts[1:] for v in p["mean_rel_move"].values()]
+        first = sorted(pts[1]["mean_rel_move"].values()) if len(pts) > 1 else [0.0]
         last = pts[-1]["tensors"].values()
         ratio = [max(v["step"], 0.0) / v["minmax_step"] for v in last]
         default = " (learnq's default)" if t["quant_lr"] == __import__("learnq").LSQ.default_lr else ""
         model = " (the model's: LSQ's group before)" if t["quant_lr"] == TRAIN["lr"] else ""
         lines.append(f"| {t['quant_lr']:g}{default}{model} | {row['seed']} | {row['perplexity']:.3f} | "
                      f"{len(dead)} of {len(pts[0]['tensors'])} | "
-                     f"{worst:.3f} | {sum(first.values()) / max(len(first), 1) * 100:.2f} % / "
-                     f"{sum(every) / max(len(every), 1) * 100:.2f} % | {min(ratio):.2f} to {max(ratio):.2f} |")
+                     f"{worst:.3f} | {first[len(first) // 2] * 100:.2f} % / {first[-1] * 100:.1f} % | "
+                     f"{min(ratio):.2f} to {max(ratio):.2f} |")
     return lines
 
 
