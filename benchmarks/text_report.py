@@ -198,7 +198,10 @@ def _benchmarks_section(md: str, table6: str, res: dict[str, Any]) -> None:
              "(`--quant-noise-scalar 0.5`: each weight quantized with probability 0.5 at each forward, blocks of "
              "one weight), min-max per tensor recomputed at every step (fairseq: every 1,000 updates), no "
              "layer-drop (the paper's † rows use 0.2). "
-             "A8 files hold the per-channel α of 25 input quantizers (+10 KB, not in the true size).\n\n")
+             "The PTQ peers (optimum-quanto, torchao: `text.py peer`, `text.py peer-torchao`, run in the benchmark "
+             "environment) quantize the linear layers only, the embeddings stay float; learnq's PTQ rows quantize "
+             "the embeddings too. A8 files hold the per-channel α of 25 input quantizers (+10 KB, not in the true "
+             "size).\n\n")
     t6 = ""
     if table6:
         t6 = ("\n### Document 000 Table 6 at small scale: DSMM before DKM on the text classifier\n\n"
