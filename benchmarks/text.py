@@ -23,6 +23,7 @@ machine-wide lock's ~10 minutes:
     flock /work/wt/train.lock nice -n 10 .venv/bin/python benchmarks/text.py train --only lsq4,qat8-a8 --seed 0
     flock /work/wt/train.lock nice -n 10 .venv/bin/python benchmarks/text.py ptq
     flock /work/wt/train.lock nice -n 10 .venv-bench/bin/python benchmarks/text.py peer   # optimum-quanto W8 / W4
+    flock /work/wt/train.lock nice -n 10 .venv-bench/bin/python benchmarks/text.py peer-torchao   # torchao W8 / W4
     .venv/bin/python benchmarks/text.py report      # text_report.py: text.md, text_bits.png, BENCHMARKS.md section
 """
 
@@ -48,6 +49,7 @@ MODEL = {"n_layer": 4, "n_head": 4, "n_embd": 64, "dropout": 0.0}
 DATA = {"block_size": 64, "heldout": "validation"}
 TRAIN = {"limit": 6000, "epochs": 3, "batch_size": 32, "lr": 3e-3, "weight_decay": 0.1, "grad_clip": 1.0}
 DIFFQ_BITS_LR = 1e-2  # bits-logit lr (as benchmarks/qat.py: the default 1e-3 barely moves a logit in a short run)
+QUANT_LR: dict[str, float] = {}  # configuration -> lr of the quantizers' own group (default: the method's default_lr)
 CONFIGS: dict[str, dict[str, Any] | None] = {
     "float": None,
     "qat8": {"method": "ste", "bits": 8, "granularity": "tensor"},
@@ -55,11 +57,21 @@ CONFIGS: dict[str, dict[str, Any] | None] = {
     "lsq4": {"method": "lsq", "bits": 4, "granularity": "tensor"},
     "diffq5": {"method": "diffq", "group_size": 16, "penalty": 5.0},
     "diffq10": {"method": "diffq", "group_size": 16, "penalty": 10.0},
+    # Quant-Noise (Fan et al. 2021; document 003 Table 2 "QN 8 / 4 bits"): fairseq's scalar Quant-Noise, each weight
+    # quantized with probability p = 0.5 (`--quant-noise-scalar 0.5` of its README; blocks of 1), min-max per tensor
+    "qn8": {"method": "quant_noise", "bits": 8, "granularity": "tensor", "rate": 0.5, "block_size": 1},
+    "qn4": {"method": "quant_noise", "bits": 4, "granularity": "tensor", "rate": 0.5, "block_size": 1},
 }
 CONFIGS.update({f"{k}-a8": v for k, v in CONFIGS.items() if v is not None})  # + 8-bit activations (text_act.py)
+# LSQ's step lr (text_lsq.py traces these): the model's AdamW lr (LSQ's default before this benchmark) and lower
+LSQ_STEP_LRS = {"lsq4-slr3e-3": 3e-3, "lsq4-slr3e-4": 3e-4, "lsq4-slr3e-5": 3e-5, "lsq4-slr1e-5": 1e-5}
+CONFIGS.update({k: CONFIGS["lsq4"] for k in LSQ_STEP_LRS})
+QUANT_LR.update(LSQ_STEP_LRS)
 LABELS = {"float": "Uncompressed", "qat8": "QAT 8 bits", "qat4": "QAT 4 bits", "lsq4": "LSQ 4 bits",
-          "diffq5": "DiffQ (λ = 5, g = 16)", "diffq10": "DiffQ (λ = 10, g = 16)"}
+          "diffq5": "DiffQ (λ = 5, g = 16)", "diffq10": "DiffQ (λ = 10, g = 16)",
+          "qn8": "Quant-Noise 8 bits (p = 0.5)", "qn4": "Quant-Noise 4 bits (p = 0.5)"}
 LABELS.update({f"{k}-a8": f"{v}, A8" for k, v in LABELS.items() if k != "float"})
+LABELS.update({k: f"LSQ 4 bits, step lr {lr:g}" for k, lr in LSQ_STEP_LRS.items()})
 PTQS = [  # (label, PTQ config fields)
     ("W8A8 minmax", {"method": "minmax", "wbits": 8, "abits": 8}),
     ("W8A8 mse", {"method": "mse", "wbits": 8, "abits": 8}),
@@ -111,7 +123,9 @@ def selection():
     return Selection(types=("linear", "embedding"))
 
 
-def train_one(name: str, seed: int, splits) -> dict[str, Any]:
+def train_one(name: str, seed: int, splits, on_step=None) -> dict[str, Any]:
+    """Train, freeze, save, reload and evaluate configuration ``name``; ``on_step(i, model, handle)`` (optional) is
+    called after every optimizer step (``text_lsq.py`` traces LSQ's steps with it)."""
     import learnq
     from learnq.quantizers import resolve_config
 
@@ -130,8 +144,11 @@ def train_one(name: str, seed: int, splits) -> dict[str, Any]:
         from text_act import RangeTracker
 
         tracker = RangeTracker(model)
+    quant_groups = []
     if handle is not None:
-        groups += handle.param_groups(lr=DIFFQ_BITS_LR if qat["method"] == "diffq" else None)
+        quant_groups = handle.param_groups(lr=DIFFQ_BITS_LR if qat["method"] == "diffq" else QUANT_LR.get(name))
+        groups += quant_groups
+    quant_lr = quant_groups[0].get("lr", TRAIN["lr"]) if quant_groups else None
     opt = torch.optim.AdamW(groups, lr=TRAIN["lr"])
     gen = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(splits.train, batch_size=TRAIN["batch_size"], shuffle=True, generator=gen)
@@ -139,6 +156,7 @@ def train_one(name: str, seed: int, splits) -> dict[str, Any]:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     start = time.perf_counter()
     model.train()
+    it = 0
     for _ in range(TRAIN["epochs"]):
         for x, y in loader:
             logits = model(x)
@@ -152,12 +170,17 @@ def train_one(name: str, seed: int, splits) -> dict[str, Any]:
             sched.step()
             if tracker is not None:
                 tracker.update()
+            if on_step is not None:
+                on_step(it, model, handle)
+            it += 1
     if tracker is not None:
         tracker.close()
     seconds = time.perf_counter() - start
     model.eval()
     row: dict[str, Any] = {"config": name, "seed": seed, "train_seconds": round(seconds, 1),
                            "abits": 8 if tracker is not None else None}
+    if quant_groups:
+        row["quant_lr"] = quant_lr  # the initial lr of the quantizers' own parameters (cosine schedule as the rest)
     if handle is not None:
         row["trained_size_mb"] = float(handle.size_mb())
         row["true_size_mb"] = handle.true_size_mb()
@@ -263,6 +286,43 @@ def peer(args: argparse.Namespace) -> None:
         print(f"{label}: ppl {row['perplexity']:.3f}", flush=True)
 
 
+def peer_torchao(args: argparse.Namespace) -> None:
+    """torchao weight-only int8 / int4 of the same float model (``quantize_``; run with ``.venv-bench/bin/python``):
+    int8 per output channel (``Int8WeightOnlyConfig``), int4 per output channel and in groups of 32
+    (``IntxWeightOnlyConfig``, the CPU path; ``Int4WeightOnlyConfig`` needs a CUDA or bf16 tinygemm layout)."""
+    import copy
+
+    import torchao
+    from torchao.quantization import Int8WeightOnlyConfig, IntxWeightOnlyConfig, quantize_
+    from torchao.quantization.granularity import PerAxis, PerGroup
+
+    import learnq
+
+    torch.set_num_threads(1)
+    res = load_results()
+    splits = data(0)
+    float_model = new_model(splits)
+    learnq.load(CACHE / "float-seed0.safetensors", float_model)
+    float_model.eval()
+    res.setdefault("peer", {})
+    for label, cfg in (("torchao W8 (Int8WeightOnly, per channel)", Int8WeightOnlyConfig()),
+                       ("torchao W4 (IntxWeightOnly int4, per channel)",
+                        IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerAxis(0))),
+                       ("torchao W4 (IntxWeightOnly int4, groups of 32)",
+                        IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(32)))):
+        model = copy.deepcopy(float_model)
+        start = time.perf_counter()
+        quantize_(model, cfg)  # nn.Linear layers (the tied output layer too, on its own; the embeddings stay float)
+        seconds = time.perf_counter() - start
+        with torch.no_grad():
+            row = {"seconds": round(seconds, 1), **perplexity(model, splits.test),
+                   "note": f"torchao {torchao.__version__}: linear layers only (embeddings float; the tied head "
+                           "quantized on its own)"}
+        res["peer"][label] = row
+        save_results(res)
+        print(f"{label}: ppl {row['perplexity']:.3f}", flush=True)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -276,6 +336,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     q.set_defaults(func=ptq)
     pe = sub.add_parser("peer", help="optimum-quanto weight-only int8/int4 of the float model (.venv-bench)")
     pe.set_defaults(func=peer)
+    pt = sub.add_parser("peer-torchao", help="torchao weight-only int8/int4 of the float model (.venv-bench)")
+    pt.set_defaults(func=peer_torchao)
     r = sub.add_parser("report", help="write text.md and text_bits.png from text.json (text_report.py)")
     r.set_defaults(func=lambda _args: __import__("text_report").report())
     args = p.parse_args(argv)

@@ -231,7 +231,8 @@ class QuantHandle:
 
     def param_groups(self, lr: float | None = None, **options: Any) -> list[dict]:
         """Extra optimizer groups for :meth:`quantizer_parameters`: weight decay 0 and ``lr`` (default: the method's
-        own, DiffQ 1e-3 and nested 1e-4 as in their references; LSQ the model's lr). Empty if there are none."""
+        own, DiffQ 1e-3 and nested 1e-4 as in their references; LSQ 1e-5: Adam cancels LSQ's gradient scale, see
+        :mod:`learnq.quantizers.lsq`). Empty if there are none."""
         self._check_open("param_groups")
         params = self.quantizer_parameters()
         if not params:

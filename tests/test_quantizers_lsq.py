@@ -72,3 +72,43 @@ def test_config_validation():
         LSQ(bits_overrides={"*": 1})
     assert LSQ(bits=3).build("w", torch.ones(2, 2), None).bits == 3
     assert LSQ(bits=3).build("w", torch.ones(2, 2), 8).bits == 8
+
+
+def _adam_steps(step_lr: float | None, updates: int = 20) -> tuple[float, float, float]:
+    """(initial step, step after ``updates`` Adam updates at the model's lr 3e-3, fraction of weights clipped) for a
+    per-tensor LSQ 4-bit linear layer of GPT-init weights (std 0.02) under a loss that shrinks its output (so the
+    step's gradient keeps one sign); the step's group from ``handle.param_groups(lr=step_lr)``."""
+    import learnq
+
+    torch.manual_seed(0)
+    layer = torch.nn.Sequential(torch.nn.Linear(64, 64, bias=False))
+    torch.nn.init.normal_(layer[0].weight, 0.0, 0.02)
+    x = torch.randn(256, 64)
+    handle = learnq.prepare(layer, LSQ(bits=4, granularity="tensor"))
+    q = next(iter(handle.quantizers.values()))
+    s0 = float(q.step.detach())
+    groups = [{"params": handle.split_parameters()[0]}, *handle.param_groups(lr=step_lr)]
+    opt = torch.optim.Adam(groups, lr=3e-3)
+    for _ in range(updates):
+        loss = layer(x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    s = float(q.step.detach())
+    w = layer[0].parametrizations.weight.original.detach()
+    clipped = float((w.abs() > max(s, 1e-12) * (q.qp + 0.5)).float().mean())
+    return s0, s, clipped
+
+
+def test_step_group_default_lr_keeps_adam_from_collapsing_the_step():
+    """Adam cancels LSQ's gradient scale g (it divides by the gradient's RMS): at the model's lr the step (0.012)
+    moves ~3e-3 per update and crosses zero within 20 updates, clipping every weight (the issue-16 failure);
+    the step's default group lr (1e-5) moves it by at most 20·1e-5/0.012 = 1.7 %."""
+    assert LSQ.default_lr == 1e-5
+    import learnq
+
+    assert learnq.prepare(torch.nn.Linear(4, 4), LSQ()).param_groups()[0]["lr"] == LSQ.default_lr
+    s0, s, clipped = _adam_steps(step_lr=None)
+    assert abs(s / s0 - 1) < 0.02 and clipped == 0.0
+    s0, s, clipped = _adam_steps(step_lr=3e-3)  # the model's lr: what LSQ's group got before
+    assert s < 0.1 * s0 and clipped > 0.9
