@@ -32,11 +32,14 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def cell(values: list[float]) -> str:
+def cell(values: list[float], n_seeds: int = 0) -> str:
+    """Mean ± std in %; one value is marked "(1 seed)" unless the whole table has one seed (``n_seeds``)."""
     if not values:
         return ""
     m, s = mean_std([100 * v for v in values])
-    return f"{m:.1f} ± {s:.1f}" if len(values) > 1 else f"{m:.1f} (1 seed)"
+    if len(values) > 1:
+        return f"{m:.1f} ± {s:.1f}"
+    return f"{m:.1f}" if n_seeds == 1 else f"{m:.1f} (1 seed)"
 
 
 def seeds_of(results: dict[str, Any], protocol: str, model: str) -> list[int]:
@@ -126,12 +129,15 @@ def accuracy_tables(results: dict[str, Any], models: list[str], protocols: list[
             head = " | ".join(f"{r} {c}" for c in CONFIGS for r in REGS)
             quantized = [sd for sd in seeds if all(results["ptq"].get(f"{protocol}/{model}/{r}/seed{sd}")
                                                    for r in REGS)]
-            lines += [f"**{protocol}, {model}: test accuracy (%), mean ± std; PTQ over the seeds quantized for every "
+            what = "one seed, no std" if len(seeds) == 1 else "mean ± std"
+            lines += [f"**{protocol}, {model}: test accuracy (%), {what}; PTQ over the seeds quantized for every "
                       f"regularizer so far, {quantized}; float over seeds {seeds}** (float: "
-                      + ", ".join(f"{r} {cell(_floats(results, protocol, model, r, seeds))}" for r in REGS) + ")",
+                      + ", ".join(f"{r} {cell(_floats(results, protocol, model, r, seeds), len(seeds))}"
+                                  for r in REGS) + ")",
                       "", f"| PTQ | {head} |", "| --- |" + " ---: |" * (len(CONFIGS) * len(REGS))]
             for row in ROWS:
-                cells = [cell(_accs(results, protocol, model, r, quantized, row, c)) for c in CONFIGS for r in REGS]
+                cells = [cell(_accs(results, protocol, model, r, quantized, row, c), len(quantized))
+                         for c in CONFIGS for r in REGS]
                 if any(cells):
                     lines.append(f"| {row} | " + " | ".join(cells) + " |")
             lines.append("")

@@ -30,6 +30,8 @@ def test_one_seed_has_no_std():
     assert row == "| x - y | 0: +1.1 | +1.10 (1 seed: no std) | 1 / 0 / 0 |"
     assert verdicts.paired("x - y", {0: 0.9}, {1: 0.9}) == "| x - y | (no common seed) | | |"
     assert dsmm_report.cell([0.965]) == "96.5 (1 seed)"
+    assert dsmm_report.cell([0.965], n_seeds=1) == "96.5"  # a one-seed table says so in its title
+    assert dsmm_report.cell([0.965], n_seeds=3) == "96.5 (1 seed)"
     assert dsmm_report.cell([0.97, 0.98]) == "97.5 ± 0.7"  # std of 97, 98: 0.707
     assert ptq._acc_cell({"mean": 0.943, "std": 0.0, "n": 1}) == "94.30 (1 seed)"
     assert ptq._acc_cell({"mean": 0.9537, "std": 0.0065, "n": 3}) == "95.37 ± 0.65"
