@@ -3,7 +3,7 @@
 Reads the results JSON and the cached models' JSON files (α traces) and writes ``dsmm_repro.md`` (float accuracy,
 α against its equilibrium α*, PTQ accuracy as mean ± std over seeds, paired differences DSMM - L2 and heavy L2 - L2
 per seed with their sign counts, weight statistics) and ``dsmm_repro_alpha.png`` (α/α* per layer against the epoch,
-first seed, one panel per protocol and model). Nothing here trains or quantizes.
+the first seed of each protocol and model, one panel each). Nothing here trains or quantizes.
 
     python benchmarks/dsmm_report.py [--results benchmarks/results/dsmm_repro.json] [--cache DIR]
 """
@@ -32,11 +32,14 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def cell(values: list[float]) -> str:
+def cell(values: list[float], n_seeds: int = 0) -> str:
+    """Mean ± std in %; one value is marked "(1 seed)" unless the whole table has one seed (``n_seeds``)."""
     if not values:
         return ""
     m, s = mean_std([100 * v for v in values])
-    return f"{m:.1f} ± {s:.1f}"
+    if len(values) > 1:
+        return f"{m:.1f} ± {s:.1f}"
+    return f"{m:.1f}" if n_seeds == 1 else f"{m:.1f} (1 seed)"
 
 
 def seeds_of(results: dict[str, Any], protocol: str, model: str) -> list[int]:
@@ -126,12 +129,15 @@ def accuracy_tables(results: dict[str, Any], models: list[str], protocols: list[
             head = " | ".join(f"{r} {c}" for c in CONFIGS for r in REGS)
             quantized = [sd for sd in seeds if all(results["ptq"].get(f"{protocol}/{model}/{r}/seed{sd}")
                                                    for r in REGS)]
-            lines += [f"**{protocol}, {model}: test accuracy (%), mean ± std; PTQ over the seeds quantized for every "
+            what = "one seed, no std" if len(seeds) == 1 else "mean ± std"
+            lines += [f"**{protocol}, {model}: test accuracy (%), {what}; PTQ over the seeds quantized for every "
                       f"regularizer so far, {quantized}; float over seeds {seeds}** (float: "
-                      + ", ".join(f"{r} {cell(_floats(results, protocol, model, r, seeds))}" for r in REGS) + ")",
+                      + ", ".join(f"{r} {cell(_floats(results, protocol, model, r, seeds), len(seeds))}"
+                                  for r in REGS) + ")",
                       "", f"| PTQ | {head} |", "| --- |" + " ---: |" * (len(CONFIGS) * len(REGS))]
             for row in ROWS:
-                cells = [cell(_accs(results, protocol, model, r, quantized, row, c)) for c in CONFIGS for r in REGS]
+                cells = [cell(_accs(results, protocol, model, r, quantized, row, c), len(quantized))
+                         for c in CONFIGS for r in REGS]
                 if any(cells):
                     lines.append(f"| {row} | " + " | ".join(cells) + " |")
             lines.append("")
@@ -174,9 +180,10 @@ def paired_table(results: dict[str, Any], models: list[str], protocols: list[str
                 if not diffs:
                     continue
                 m, sd = mean_std(diffs)
+                spread = f"{m:+.1f} ± {sd:.1f}" if len(diffs) > 1 else f"{m:+.1f} (1 seed)"
                 signs = f"{sum(d > 0 for d in diffs)} / {sum(d == 0 for d in diffs)} / {sum(d < 0 for d in diffs)}"
                 lines.append(f"| {protocol} | {model} | {row} | {cfg or '-'} | "
-                             + ", ".join(f"{d:+.1f}" for d in diffs) + f" | {m:+.1f} ± {sd:.1f} | {signs} |")
+                             + ", ".join(f"{d:+.1f}" for d in diffs) + f" | {spread} | {signs} |")
     return lines
 
 
@@ -207,17 +214,28 @@ def weight_table(cache: Path, models: list[str], protocols: list[str], seeds: li
     return lines
 
 
-def plot_alpha(cache: Path, models: list[str], protocols: list[str], seed: int, path: Path,
-               results: dict[str, Any] | None = None) -> Path | None:
+def first_trace(cache: Path, protocol: str, model: str,
+                results: dict[str, Any]) -> tuple[int, list[dict[str, Any]]] | None:
+    """The α trace of the first seed of (protocol, model) that has one, with that seed."""
+    for seed in seeds_of(results, protocol, model):
+        trace = trace_of(cache, protocol, model, seed, results)
+        if trace:
+            return seed, trace
+    return None
+
+
+def plot_alpha(cache: Path, models: list[str], protocols: list[str], path: Path,
+               results: dict[str, Any]) -> Path | None:
+    """α/α* per layer against the epoch, one panel per protocol and model, for the first seed each has."""
     from learnq.analysis.plots import new_figure, save_png, series_color
 
-    panels = [(p, m, trace_of(cache, p, m, seed, results)) for p in protocols for m in models]
-    panels = [x for x in panels if x[2]]
+    found = [(p, m, first_trace(cache, p, m, results)) for p in protocols for m in models]
+    panels = [(p, m, f[0], f[1]) for p, m, f in found if f]
     if not panels:
         return None
     fig = new_figure(5.0 * len(panels), 3.8)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (protocol, model, trace) in zip(axes, panels, strict=True):
+    for ax, (protocol, model, seed, trace) in zip(axes, panels, strict=True):
         layers = list(trace[0]["alpha"])
         epochs = [h["epoch"] for h in trace]
         for i, layer in enumerate(layers):
@@ -268,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
              *weight_table(args.cache, models, protocols, seeds), ""]
     md = stem.with_name(stem.name + ".md")
     md.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    png = plot_alpha(args.cache, models, protocols, seeds[0], stem.with_name(stem.name + "_alpha.png"), results)
+    png = plot_alpha(args.cache, models, protocols, stem.with_name(stem.name + "_alpha.png"), results)
     if args.into is not None:
         from md_section import replace_section  # benchmarks/md_section.py
 

@@ -203,6 +203,13 @@ def claim_check(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _acc_cell(stat: dict[str, Any]) -> str:
+    """Mean ± std in %; a cell measured on one seed says so (its std is not 0, it is unknown)."""
+    if stat["n"] == 1:
+        return f"{100 * stat['mean']:.2f} (1 seed)"
+    return f"{100 * stat['mean']:.2f} ± {100 * stat['std']:.2f}"
+
+
 def markdown(summary: dict[str, Any], floats: dict[str, list[float]], claims: list[dict[str, Any]], n_seeds: int,
              configs: list[tuple[int, int]]) -> str:
     cfgs = [f"W{w}A{a}" for w, a in configs]
@@ -213,8 +220,7 @@ def markdown(summary: dict[str, Any], floats: dict[str, list[float]], claims: li
                   f"{100 * fl['mean']:.2f} ± {100 * fl['std']:.2f}**", "",
                   "| method | " + " | ".join(cfgs) + " |", "| --- | " + " | ".join("---:" for _ in cfgs) + " |"]
         for row, by_cfg in rows.items():
-            cells = [f"{100 * by_cfg[c]['accuracy']['mean']:.2f} ± {100 * by_cfg[c]['accuracy']['std']:.2f}"
-                     if c in by_cfg else "" for c in cfgs]
+            cells = [_acc_cell(by_cfg[c]["accuracy"]) if c in by_cfg else "" for c in cfgs]
             lines.append(f"| {row} | " + " | ".join(cells) + " |")
         lines += ["", f"**{net}: calibration wall time / CPU time of the process (s, mean over seeds) / loss "
                   "evaluations**", "",

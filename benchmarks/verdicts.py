@@ -29,10 +29,10 @@ def paired(label: str, a: dict[int, float], b: dict[int, float]) -> str:
     if not diffs:
         return f"| {label} | (no common seed) | | |"
     m = statistics.fmean(diffs)
-    sd = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+    spread = f"{m:+.2f} ± {statistics.stdev(diffs):.2f}" if len(diffs) > 1 else f"{m:+.2f} (1 seed: no std)"
     signs = f"{sum(d > 1e-9 for d in diffs)} / {sum(abs(d) <= 1e-9 for d in diffs)} / {sum(d < -1e-9 for d in diffs)}"
     per = ", ".join(f"{s}: {d:+.1f}" for s, d in zip(seeds, diffs, strict=True))
-    return f"| {label} | {per} | {m:+.2f} ± {sd:.2f} | {signs} |"
+    return f"| {label} | {per} | {spread} | {signs} |"
 
 
 HEAD = ["| comparison | per seed (points) | mean ± std | better / equal / worse |", "| --- | --- | ---: | ---: |"]

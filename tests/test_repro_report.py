@@ -1,0 +1,61 @@
+"""The issue-17 report helpers (benchmarks/verdicts.py, dsmm_report.py, ptq.py's tables): paired per-seed
+differences computed by hand, and a cell measured on one seed saying so instead of printing a std of 0.
+Nothing is trained or quantized here."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "benchmarks") not in sys.path:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import dsmm_report  # noqa: E402
+import ptq  # noqa: E402
+import verdicts  # noqa: E402
+
+
+def test_paired_differences_by_hand():
+    # seeds 0, 1, 2: a - b = +0.2, -0.1, +0.0 points (3 test images of 1,000 in all); seed 3 only on one side
+    a = {0: 0.950, 1: 0.940, 2: 0.960, 3: 0.5}
+    b = {0: 0.948, 1: 0.941, 2: 0.960}
+    row = verdicts.paired("x - y", a, b)
+    # mean (0.2 - 0.1 + 0.0) / 3 = 0.0333; sample std sqrt(((0.1667)^2 + (0.1333)^2 + (0.0333)^2) / 2) = 0.1528
+    assert row == "| x - y | 0: +0.2, 1: -0.1, 2: +0.0 | +0.03 ± 0.15 | 1 / 1 / 1 |"
+
+
+def test_one_seed_has_no_std():
+    row = verdicts.paired("x - y", {0: 0.943}, {0: 0.932})
+    assert row == "| x - y | 0: +1.1 | +1.10 (1 seed: no std) | 1 / 0 / 0 |"
+    assert verdicts.paired("x - y", {0: 0.9}, {1: 0.9}) == "| x - y | (no common seed) | | |"
+    assert dsmm_report.cell([0.965]) == "96.5 (1 seed)"
+    assert dsmm_report.cell([0.965], n_seeds=1) == "96.5"  # a one-seed table says so in its title
+    assert dsmm_report.cell([0.965], n_seeds=3) == "96.5 (1 seed)"
+    assert dsmm_report.cell([0.97, 0.98]) == "97.5 ± 0.7"  # std of 97, 98: 0.707
+    assert ptq._acc_cell({"mean": 0.943, "std": 0.0, "n": 1}) == "94.30 (1 seed)"
+    assert ptq._acc_cell({"mean": 0.9537, "std": 0.0065, "n": 3}) == "95.37 ± 0.65"
+
+
+def _results(seeds_by_model):
+    train = {}
+    for model, seeds in seeds_by_model.items():
+        for s in seeds:
+            for reg in ("l2", "dsmm"):
+                train[f"scratch/{model}/{reg}/seed{s}"] = {"float": 0.97}
+    return {"train": train, "ptq": {}}
+
+
+def test_paired_table_one_seed_and_first_trace(tmp_path):
+    results = _results({"lenet": [1, 2], "mobilenetv2-small": [0]})
+    results["ptq"] = {"scratch/mobilenetv2-small/l2/seed0": {"naive": {"W4A8": {"accuracy": 0.965}}},
+                      "scratch/mobilenetv2-small/dsmm/seed0": {"naive": {"W4A8": {"accuracy": 0.968}}}}
+    lines = dsmm_report.paired_table(results, ["mobilenetv2-small"], ["scratch"], "dsmm")
+    assert "| scratch | mobilenetv2-small | naive | W4A8 | +0.3 | +0.3 (1 seed) | 1 / 0 / 0 |" in lines
+    # the α plot takes each (protocol, model)'s first seed that has a trace, not one seed for all panels
+    trace = [{"epoch": 0, "alpha": {"a": 1.0}, "alpha_star": {"a": 2.0}, "grad": {"a": 0.1}}]
+    results["train"]["scratch/lenet/dsmm/seed2"]["alpha_trace"] = trace
+    results["train"]["scratch/mobilenetv2-small/dsmm/seed0"]["alpha_trace"] = trace
+    assert dsmm_report.first_trace(tmp_path, "scratch", "lenet", results) == (2, trace)
+    assert dsmm_report.first_trace(tmp_path, "scratch", "mobilenetv2-small", results) == (0, trace)
+    assert dsmm_report.first_trace(tmp_path, "finetune", "lenet", results) is None
