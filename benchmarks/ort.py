@@ -91,19 +91,22 @@ def float_model(name: str, cache: Path, seed: int = 0) -> tuple[torch.nn.Module,
     return model.eval(), splits, {"train_seconds": float((folder / "train_seconds.txt").read_text())}
 
 
-def ort_quantize(float_path: Path, out: Path, calib: torch.Tensor, fmt: str) -> None:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+def ort_quantize(float_path: Path, out: Path, calib: torch.Tensor, fmt: str, calibrate: str = "MinMax") -> None:
+    """``quantize_static`` of ``float_path`` (per-channel QInt8 weights, QUInt8 activations), calibrated on
+    ``calib`` with onnxruntime's ``CalibrationMethod.<calibrate>`` (MinMax, Entropy or Percentile)."""
+    import onnxruntime.quantization as oq
 
-    class Reader(CalibrationDataReader):
+    class Reader(oq.CalibrationDataReader):
         def __init__(self) -> None:
             self.batches = iter([{"input": calib[i:i + 64].numpy()} for i in range(0, len(calib), 64)])
 
         def get_next(self) -> dict | None:
             return next(self.batches, None)
 
-    quantize_static(str(float_path), str(out), Reader(),
-                    quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    oq.quantize_static(str(float_path), str(out), Reader(),
+                       quant_format=oq.QuantFormat.QDQ if fmt == "qdq" else oq.QuantFormat.QOperator,
+                       per_channel=True, activation_type=oq.QuantType.QUInt8, weight_type=oq.QuantType.QInt8,
+                       calibrate_method=oq.CalibrationMethod[calibrate])
 
 
 def make_files(model: torch.nn.Module, calib: torch.Tensor, folder: Path, name: str,
@@ -326,6 +329,9 @@ def report(args: argparse.Namespace) -> None:
                     "shown in brackets). `learnq-int-<rule>`: `quantize(method=<rule>, target=\"onnxruntime\")`, the "
                     "rule clipping the weights and the target's activation ranges.", ""]
             out += _accuracy_table(name, done) + [""]
+    from ort_calib import report_lines  # the mnist5k calibration comparison (benchmarks/ort_calib.py)
+
+    out += report_lines()
     nbits = RESULTS / "ort_nbits.json"
     if nbits.is_file():
         nb = json.loads(nbits.read_text())
