@@ -110,6 +110,7 @@ def run(args: argparse.Namespace) -> None:
     files = args.files
     files.mkdir(parents=True, exist_ok=True)
     rows = args.rows or list(ROWS)
+    began = time.perf_counter()
     for seed in args.seeds:
         model, splits, train_s = float_model(seed, args.cache, args.epochs)
         calib = splits.calib.tensors[0].float()
@@ -123,6 +124,9 @@ def run(args: argparse.Namespace) -> None:
         for row in rows:
             if row in entry["rows"]:
                 continue
+            if time.perf_counter() - began > args.budget:
+                print(f"budget of {args.budget:.0f} s spent: stopping before seed {seed} {row}", flush=True)
+                return
             start = time.perf_counter()
             out: dict[str, Any] = {}
             if row == "float":
@@ -163,7 +167,7 @@ def report_lines() -> list[str]:
              if "ort-minmax" in e["rows"]}
     if not seeds:
         return []
-    epochs = sorted({e["epochs"] for e in seeds.values()})
+    epochs = "/".join(str(e) for e in sorted({e["epochs"] for e in seeds.values()}))
     out = [f"### Calibration on a larger test set: MobileNetV2-small on mnist5k, {len(seeds)} seeds "
            "(`benchmarks/ort_calib.py`)", "",
            f"Each seed its own training (mnist5k 1x28x28, stem stride 2, {epochs} epochs, Adam) and its own 1,000 test "
@@ -204,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1, 2])
     parser.add_argument("--rows", type=lambda s: s.split(","), help="comma-separated subset of the rows")
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--budget", type=float, default=480.0, help="seconds: no new row starts after them")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "learnq-bench" / "ort")
     parser.add_argument("--files", type=Path,
                         default=Path(os.environ.get("TMPDIR", "/tmp")) / "learnq-bench-ort" / "calib")
