@@ -27,6 +27,8 @@ medians, speed-up = float latency / latency). Stages, each well under 10 minutes
     flock /work/wt/bench.lock nice -n 10 .venv/bin/python benchmarks/ort.py time --model resnet20
     flock /work/wt/bench.lock nice -n 10 .venv/bin/python benchmarks/ort.py time --model mobilenetv2-small
     .venv/bin/python benchmarks/ort.py report     # benchmarks/results/ort.md and the BENCHMARKS.md section
+
+The report also carries ``benchmarks/ort_calib.py``'s mnist5k comparison of calibration rules (its own JSON).
 """
 
 from __future__ import annotations
