@@ -27,6 +27,8 @@ medians, speed-up = float latency / latency). Stages, each well under 10 minutes
     flock /work/wt/bench.lock nice -n 10 .venv/bin/python benchmarks/ort.py time --model resnet20
     flock /work/wt/bench.lock nice -n 10 .venv/bin/python benchmarks/ort.py time --model mobilenetv2-small
     .venv/bin/python benchmarks/ort.py report     # benchmarks/results/ort.md and the BENCHMARKS.md section
+
+The report also carries ``benchmarks/ort_calib.py``'s mnist5k comparison of calibration rules (its own JSON).
 """
 
 from __future__ import annotations
@@ -91,19 +93,22 @@ def float_model(name: str, cache: Path, seed: int = 0) -> tuple[torch.nn.Module,
     return model.eval(), splits, {"train_seconds": float((folder / "train_seconds.txt").read_text())}
 
 
-def ort_quantize(float_path: Path, out: Path, calib: torch.Tensor, fmt: str) -> None:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+def ort_quantize(float_path: Path, out: Path, calib: torch.Tensor, fmt: str, calibrate: str = "MinMax") -> None:
+    """``quantize_static`` of ``float_path`` (per-channel QInt8 weights, QUInt8 activations), calibrated on
+    ``calib`` with onnxruntime's ``CalibrationMethod.<calibrate>`` (MinMax, Entropy or Percentile)."""
+    import onnxruntime.quantization as oq
 
-    class Reader(CalibrationDataReader):
+    class Reader(oq.CalibrationDataReader):
         def __init__(self) -> None:
             self.batches = iter([{"input": calib[i:i + 64].numpy()} for i in range(0, len(calib), 64)])
 
         def get_next(self) -> dict | None:
             return next(self.batches, None)
 
-    quantize_static(str(float_path), str(out), Reader(),
-                    quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    oq.quantize_static(str(float_path), str(out), Reader(),
+                       quant_format=oq.QuantFormat.QDQ if fmt == "qdq" else oq.QuantFormat.QOperator,
+                       per_channel=True, activation_type=oq.QuantType.QUInt8, weight_type=oq.QuantType.QInt8,
+                       calibrate_method=oq.CalibrationMethod[calibrate])
 
 
 def make_files(model: torch.nn.Module, calib: torch.Tensor, folder: Path, name: str,
@@ -150,8 +155,8 @@ def build(args: argparse.Namespace) -> None:
         save_results(res)
 
 
-ACC_ROWS = ("float", "ort-qdq", "learnq-int-minmax", "learnq-int-mse", "learnq-int-aciq")  # kl: > 20 min per
-# model here (its per-channel weight search), left out
+ACC_ROWS = ("float", "ort-qdq", "learnq-int-minmax", "learnq-int-mse", "learnq-int-aciq")  # kl (now ~1-3 min
+# per model) is a row of benchmarks/ort_calib.py, on mnist5k
 
 
 def accuracy(args: argparse.Namespace) -> None:
@@ -326,6 +331,9 @@ def report(args: argparse.Namespace) -> None:
                     "shown in brackets). `learnq-int-<rule>`: `quantize(method=<rule>, target=\"onnxruntime\")`, the "
                     "rule clipping the weights and the target's activation ranges.", ""]
             out += _accuracy_table(name, done) + [""]
+    from ort_calib import report_lines  # the mnist5k calibration comparison (benchmarks/ort_calib.py)
+
+    out += report_lines()
     nbits = RESULTS / "ort_nbits.json"
     if nbits.is_file():
         nb = json.loads(nbits.read_text())

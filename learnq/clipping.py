@@ -21,7 +21,8 @@ clipping beyond the largest value only coarsens the grid.
               its last bin) is compared with its quantization Q onto the grid's levels per sign (2^(b-1) for signed
               grids, 2^b for ``unsigned``) by KL(P‖Q) after the reference code's ε-smoothing, for i from
               max(levels, bins/16) (TensorRT's 128 of 2048 bins) to ``bins``; α = (i* + 0.5)·width, capped at
-              max|x|.
+              max|x|. All groups are searched at once on their histograms' nonzero bins (the zero bins add
+              exact 0 terms after the smoothing), the same α as the per-group dense loop.
 
 ``choose_clip(x, spec, method, **options)`` dispatches by name (``CLIP_METHODS``); unknown names or options raise
 ConfigError. The affine scheme has two ends and no single α: only ``minmax`` (α = max x) accepts it.
@@ -221,13 +222,75 @@ def clip_aciq(x: torch.Tensor, spec: GridSpec, distribution: str = "laplace") ->
     return torch.minimum(k * spread, _top(rows, spec)).contiguous()
 
 
-def _smooth(p: torch.Tensor, inside: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
-    """The reference code's smoothing of each row's first i entries (``inside``): zero entries get ε and the nonzero
-    ones give that mass back evenly."""
-    zero = (p == 0) & inside
-    n_zero = zero.sum(dim=1, keepdim=True).to(p.dtype)
-    n_nonzero = ((p != 0) & inside).sum(dim=1, keepdim=True).to(p.dtype).clamp(min=1)
-    return torch.where(zero, eps, torch.where(inside, p - eps * n_zero / n_nonzero, 0.0))
+_KL_BLOCK = 1 << 20  # elements (groups x candidates x kept columns) per block of the KL search
+
+
+def _kl_block(pos: torch.Tensor, vals: torch.Tensor, hist: torch.Tensor, tail: torch.Tensor, i: torch.Tensor,
+              levels: int, eps: float = 1e-4) -> torch.Tensor:
+    """KL(P_i‖Q_i) of groups (G) x candidates ``i`` (K), computed on the nonzero bins of each histogram only.
+
+    ``pos``/``vals`` (G, M): positions and counts of the nonzero bins (padding: position = number of bins, count 0);
+    ``hist`` (G, bins), ``tail`` (G, bins + 1) = sum of ``hist[i:]``. The dense procedure's smoothing gives a bin
+    where P_i is zero ε in P and ε in Q (Q is zero wherever P is), a term ε·log(ε/ε) = 0: only P's nonzero bins (the
+    nonzero bins before i - 1, and the last kept bin i - 1 holding the folded tail) contribute, with the dense
+    procedure's counts of zero entries (i - nonzero ones) in the smoothing.
+    """
+    g, k = pos.shape[0], i.numel()
+    last = (i - 1).expand(g, k)
+    before = pos.unsqueeze(1) < last.unsqueeze(2)  # (G, K, M): kept bins before the last one
+    sliced = torch.cat([vals.unsqueeze(1) * before, hist.gather(1, last).unsqueeze(2)], dim=2)  # (G, K, M + 1)
+    p = sliced.clone()
+    p[:, :, -1] += tail.gather(1, i.expand(g, k))
+    cols = torch.cat([pos.unsqueeze(1).expand(g, k, -1), last.unsqueeze(2)], dim=2)
+    kept = torch.cat([before, torch.ones_like(before[:, :, :1])], dim=2)
+    nz = p != 0
+    merged = (i // levels).clamp(min=1).reshape(1, k, 1)
+    run = torch.minimum(cols // merged, torch.tensor(levels - 1))
+    run = torch.where(kept, run, run[:, :, -1:])  # nondecreasing along the columns (positions are sorted)
+    seg = torch.cat([torch.zeros_like(run[:, :, :1]), (run[:, :, 1:] != run[:, :, :-1]).cumsum(2)], dim=2)
+    mass = torch.zeros(p.shape, dtype=torch.float64).scatter_add_(2, seg, sliced)  # per run, numbered densely
+    count = torch.zeros(p.shape, dtype=torch.float64).scatter_add_(2, seg, nz.double())
+    q = (mass / count.clamp(min=1)).gather(2, seg) * nz
+    width = i.reshape(1, k).double()
+
+    def smooth(x: torch.Tensor) -> torch.Tensor:  # the dense _smooth on x's nonzero entries, the rest stays 0
+        nonzero = (x != 0) & kept
+        n_nonzero = nonzero.sum(dim=2).double()
+        shift = eps * (width - n_nonzero) / n_nonzero.clamp(min=1)
+        return torch.where(nonzero, x - shift.unsqueeze(2), 0.0)
+
+    p = smooth(p / p.sum(dim=2, keepdim=True))
+    q_sum = q.sum(dim=2, keepdim=True)
+    q_zero = (q == 0) & nz  # P nonzero, Q zero (the last bin holding only the tail): Q smoothed to ε there
+    q = torch.where(q_zero, eps, smooth(q / torch.where(q_sum > 0, q_sum, 1.0)))
+    terms = torch.where(nz & (p > 0), p * torch.log(p / q), 0.0)
+    kl = terms.sum(dim=2)
+    return torch.where((q_sum.squeeze(2) > 0) & ~kl.isnan(), kl, math.inf)
+
+
+def kl_divergences_rows(hists: torch.Tensor, levels: int, start: int | None = None) -> tuple[torch.Tensor,
+                                                                                             torch.Tensor]:
+    """:func:`kl_divergences` of every row of ``hists`` (G, bins): ``(candidates i, divergences (G, K))``, blocks of
+    groups and candidates sized by the groups' numbers of nonzero bins."""
+    hists = hists.double().cpu()
+    n_groups, nbins = hists.shape
+    first = levels if start is None else start
+    cands = torch.arange(max(first, 1), nbins + 1, dtype=torch.int64)
+    tail = torch.cat([hists.flip(1).cumsum(1).flip(1), hists.new_zeros(n_groups, 1)], dim=1)
+    nonzero = hists != 0
+    width = max(1, int(nonzero.sum(dim=1).max()))
+    order = torch.sort((~nonzero).to(torch.uint8), dim=1, stable=True).indices[:, :width]  # nonzero bins first
+    vals = hists.gather(1, order)
+    pos = torch.where(vals != 0, order, nbins)
+    out = torch.empty(n_groups, len(cands), dtype=torch.float64)
+    g_step = max(1, min(n_groups, _KL_BLOCK // ((width + 1) * len(cands))))
+    k_step = max(1, _KL_BLOCK // (g_step * (width + 1)))
+    for g0 in range(0, n_groups, g_step):
+        rows = slice(g0, g0 + g_step)
+        for k0 in range(0, len(cands), k_step):
+            block = cands[k0:k0 + k_step]
+            out[rows, k0:k0 + len(block)] = _kl_block(pos[rows], vals[rows], hists[rows], tail[rows], block, levels)
+    return cands, out
 
 
 def kl_divergences(hist: torch.Tensor, levels: int, start: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -236,38 +299,13 @@ def kl_divergences(hist: torch.Tensor, levels: int, start: int | None = None) ->
     Returns ``(candidates i, divergences)`` (float64). P_i is ``hist[:i]`` with the mass of ``hist[i:]`` added to its
     last bin; Q_i splits ``hist[:i]`` (without that mass) into ``levels`` runs of ``i // levels`` bins (the last run
     takes the rest), spreads each run's mass evenly over the bins where P_i is nonzero and is zero where P_i is.
-    Both are normalised and ε-smoothed over their i bins; a divergence that is not a number (smoothing made an entry
-    negative) counts as +inf.
+    Both are normalised and ε-smoothed over their i bins (zero entries get ε = 1e-4, the nonzero ones give that mass
+    back evenly: the reference code); a divergence that is not a number (smoothing made an entry negative) counts
+    as +inf. Computed on the nonzero bins only (:func:`_kl_block`), the same sums as the dense procedure up to their
+    order.
     """
-    hist = hist.double().reshape(-1).cpu()
-    nbins = hist.numel()
-    first = levels if start is None else start
-    cands = torch.arange(max(first, 1), nbins + 1, dtype=torch.int64)
-    j = torch.arange(nbins, dtype=torch.int64)
-    tail = torch.cat([hist.flip(0).cumsum(0).flip(0), hist.new_zeros(1)])  # tail[i] = sum(hist[i:])
-    out = []
-    for block in cands.split(256):
-        rows = torch.arange(len(block))
-        width = int(block.max())  # columns past the largest candidate are zero in every row
-        i = block.unsqueeze(1)  # (k, 1)
-        inside = j[:width].unsqueeze(0) < i  # (k, width)
-        sliced = hist[:width].unsqueeze(0) * inside
-        p = sliced.clone()
-        p[rows, block - 1] += tail[block]
-        merged = (i // levels).clamp(min=1)
-        run = torch.minimum(j[:width].unsqueeze(0) // merged, torch.tensor(levels - 1))
-        run = torch.where(inside, run, levels)  # bins past i go to a dump run
-        nz = (p != 0).double()
-        mass = torch.zeros(len(block), levels + 1, dtype=torch.float64).scatter_add_(1, run, sliced)
-        count = torch.zeros(len(block), levels + 1, dtype=torch.float64).scatter_add_(1, run, nz)
-        q = (mass / count.clamp(min=1)).gather(1, run) * nz
-        p = _smooth(p / p.sum(dim=1, keepdim=True), inside)
-        q_sum = q.sum(dim=1, keepdim=True)
-        q = _smooth(q / torch.where(q_sum > 0, q_sum, 1.0), inside)
-        terms = torch.where(inside & (p > 0), p * torch.log(p / q), 0.0)
-        kl = terms.sum(dim=1)
-        out.append(torch.where((q_sum.squeeze(1) > 0) & ~kl.isnan(), kl, math.inf))
-    return cands, torch.cat(out)
+    cands, kl = kl_divergences_rows(hist.reshape(1, -1), levels, start)
+    return cands, kl[0]
 
 
 def clip_kl(x: torch.Tensor, spec: GridSpec, bins: int = 2048) -> torch.Tensor:
@@ -276,6 +314,7 @@ def clip_kl(x: torch.Tensor, spec: GridSpec, bins: int = 2048) -> torch.Tensor:
     Candidates keep i >= max(levels, bins/16) bins (TensorRT's 128 of 2048): below that, a kept histogram whose only
     nonzero bin is its last one (every value folded in as an outlier) is matched exactly by Q (KL = 0), which would
     clip a tensor whose smallest magnitude is far from zero (sparse weights, normalised images) to nearly nothing.
+    All groups are searched together (:func:`kl_divergences_rows`).
     """
     _check_scheme(spec, "kl")
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
@@ -285,18 +324,17 @@ def clip_kl(x: torch.Tensor, spec: GridSpec, bins: int = 2048) -> torch.Tensor:
     levels = 2**spec.bits if spec.scheme == "unsigned" else 2 ** (spec.bits - 1)
     start = max(levels, bins // 16)
     alpha = top.clone()
-    if start >= bins:
+    live = [g for g in range(rows.shape[0]) if float(top[g]) > 0]
+    if start >= bins or not live:
         return alpha.contiguous()
     mags = rows.clamp(min=0) if spec.scheme == "unsigned" else rows.abs()
-    for g in range(rows.shape[0]):
-        if float(top[g]) <= 0:
-            continue
-        values = mags[g][mask[g]].double().cpu()
-        hist = torch.histc(values, bins=bins, min=0.0, max=float(top[g]))
-        cands, kl = kl_divergences(hist, levels, start)
-        best = int(cands[int(torch.argmin(kl))])
-        width = float(top[g]) / bins
-        alpha[g] = min((best + 0.5) * width, float(top[g]))
+    hists = torch.stack([torch.histc(mags[g][mask[g]].double().cpu(), bins=bins, min=0.0, max=float(top[g]))
+                         for g in live])
+    cands, kl = kl_divergences_rows(hists, levels, start)
+    best = cands[kl.argmin(dim=1)].double()
+    tops = top[live].double().cpu()
+    chosen = torch.minimum((best + 0.5) * (tops / bins), tops)
+    alpha[torch.tensor(live, device=alpha.device)] = chosen.to(alpha)
     return alpha.contiguous()
 
 
@@ -338,4 +376,4 @@ def choose_clip(x: torch.Tensor, spec: GridSpec, method: str, **options: object)
 
 __all__ = ["ACIQ_GAUSS", "ACIQ_LAPLACE", "CLIP_METHODS", "DISTRIBUTIONS", "aciq_factor", "aciq_k", "choose_clip",
            "clip_aciq", "clip_kl", "clip_lp", "clip_lp_many", "clip_minmax", "clip_mse", "clip_options",
-           "fake_quant_alpha", "get_clip", "kl_divergences", "lp_error", "scale_offset"]
+           "fake_quant_alpha", "get_clip", "kl_divergences", "kl_divergences_rows", "lp_error", "scale_offset"]

@@ -205,6 +205,37 @@ def test_kl_divergences_match_plain_reference_loop(levels: int) -> None:
     assert np.allclose(got[finite], expected[finite], rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("scheme", ["symmetric", "unsigned"])
+def test_kl_per_channel_equals_the_plain_per_channel_loop(scheme: str) -> None:
+    # clip_kl searches all channels at once on their nonzero histogram bins only; the plain loop of before: per
+    # channel its histogram, every candidate's divergence written out densely (_reference_kl), the first minimum.
+    # The chosen alpha must be the same float32 value on every channel: alpha is a choice of bin (the divergences
+    # agree to ~1e-15, the seeded data has no near tie) turned into a value by the same double-precision formula.
+    torch.manual_seed(11)
+    x = torch.randn(7, 50) * torch.linspace(0.1, 2.0, 7).unsqueeze(1)
+    x[1, 3] = 9.0  # an outlier
+    x[2] = torch.tensor([0.5, -0.25, 1.0] * 16 + [0.0, 0.0])  # three magnitudes: a sparse histogram
+    x[5] = 0.0  # nothing to clip: alpha 0
+    x[6, :45] = 0.0  # few values (a depthwise-like channel)
+    bits, bins = 4, 256
+    spec = GridSpec(bits, scheme=scheme, granularity="channel")
+    levels = 2**bits if scheme == "unsigned" else 2 ** (bits - 1)
+    start = max(levels, bins // 16)
+    expected = []
+    for row in x:
+        mags = row.clamp(min=0) if scheme == "unsigned" else row.abs()
+        top = float(mags.max())
+        if top <= 0:
+            expected.append(top)
+            continue
+        hist = torch.histc(mags.double(), bins=bins, min=0.0, max=top).numpy()
+        ref = _reference_kl(hist, levels)
+        cands = list(range(start, bins + 1))
+        best = cands[int(np.argmin([ref[i] for i in cands]))]
+        expected.append(min((best + 0.5) * (top / bins), top))
+    assert torch.equal(clip_kl(x, spec, bins=bins), torch.tensor(expected, dtype=torch.float32))
+
+
 def test_kl_on_a_constructed_histogram() -> None:
     # |x| histogram [50, 30, 10, 5, 0, 0, 0, 1] on [0, 8] (width 1), 2 bits: 2 levels per sign.
     # i = 2: P = [50, 46]/96, Q = [50, 30]/80 -> KL = .5208 ln(.5208/.625) + .4792 ln(.4792/.375) = 0.022495
