@@ -201,6 +201,16 @@ def _paired(rows: list[dict], a: tuple[str, str], b: tuple[str, str]) -> list[fl
     return [acc[(*b, s)] - acc[(*a, s)] for s in seeds if (*a, s) in acc and (*b, s) in acc]
 
 
+def _paired_text(d: list[float]) -> str:
+    """``mean ± std`` of per-seed differences (points), the seeds where it is > 0 and each seed's value."""
+    if not d:
+        return "-"
+    if len(d) == 1:
+        return f"{100 * d[0]:+.2f}"
+    return (f"{100 * statistics.mean(d):+.2f} ± {100 * statistics.stdev(d):.2f} ({sum(x > 0 for x in d)}/{len(d)} "
+            f"seeds > 0: {' / '.join(f'{100 * x:+.1f}' for x in d)})")
+
+
 def pareto(rows: list[dict]) -> list[tuple[str, int, float, int, bool]]:
     """L2 rows per method: (name, mean file bytes, mean accuracy, seeds, on the accuracy/size front)."""
     names = sorted({r["name"] for r in rows if r["base"] == "l2"})
@@ -233,7 +243,8 @@ def report(data: str = "mnist5k") -> str:
     lines = [f"`benchmarks/clustering.py --data {data}` (results: `{results_path(data).relative_to(ROOT)}`): {setup}, "
              "then DKM fine-tuned 3 epochs (Adam 1e-3, τ = 0.05·std, 3 iterations per forward, one palette per "
              f"tensor) or post-training k-means. Seeds: {seeds} (n = seeds per cell where they differ); test accuracy "
-             "(%) of the reloaded file, mean ± std over seeds; Δ DSMM = mean of the per-seed differences; 1 thread.",
+             "(%) of the reloaded file, mean ± std over seeds; Δ DSMM = mean ± std of the per-seed differences "
+             "DSMM − L2 (points; each seed's value after the colon); 1 thread.",
              "", "| palette | DKM, L2 | DKM, DSMM | Δ DSMM (DKM) | k-means, L2 | k-means, DSMM | Δ DSMM (k-means) "
              "| file bytes (DKM, L2) | document 000, DKM → DKM + DSMM |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -245,10 +256,7 @@ def report(data: str = "mnist5k") -> str:
 
     def delta(method: str, pal: str, dbase: str) -> str:
         d = _paired(rows, ("l2", f"{method}-{pal}"), (dbase, f"{method}-{pal}"))
-        if not d:
-            return "-"
-        return f"{100 * statistics.mean(d):+.2f}" + (f" ({sum(x > 0 for x in d)}/{len(d)} seeds > 0)"
-                                                     if len(d) > 1 else "")
+        return _paired_text(d)
 
     varied = len({len(acc(b, n)) for b in {"l2", *dsmm_base.values()} for n in {r["name"] for r in rows}} - {0}) > 1
     for pal, dbase in dsmm_base.items():
@@ -265,13 +273,19 @@ def report(data: str = "mnist5k") -> str:
         per_seed = {r["seed"]: r["float_accuracy"] for r in rows if r["base"] == label}
         if per_seed:
             floats[label] = list(per_seed.values())
+    l2_names = {r["name"] for r in rows if r["base"] == "l2"}
+    full = [s for s in seeds if {r["name"] for r in rows if r["base"] == "l2" and r["seed"] == s} == l2_names]
+    float_rows = [{"base": r["base"], "name": "float", "seed": r["seed"], "accuracy": r["float_accuracy"]}
+                  for r in rows]
+    float_delta = ", ".join(f"{b} − l2 {_paired_text(_paired(float_rows, ('l2', 'float'), (b, 'float')))}"
+                            for b in floats if b != "l2")
     lines += ["", "Float accuracy of the base models: " + ", ".join(
-        f"{b} {_mean(v, varied)}" for b, v in floats.items()) + " (document 000 Table 6, pre-trained MobileBERT: "
-        "90.41 → 90.83 with DSMM).", "",
-        f"Accuracy against file size on the L2 model, seed {seeds[0]} (the seed every row has), every method "
-        "quantizing the same tensors (front = no smaller-or-equal file is more accurate):", "",
+        f"{b} {_mean(v, varied)}" for b, v in floats.items()) + f"; paired by seed: {float_delta} (document 000 "
+        "Table 6, pre-trained MobileBERT: 90.41 → 90.83 with DSMM).", "",
+        f"Accuracy against file size on the L2 model, mean over seeds {full} (the seeds that have every row), every "
+        "method quantizing the same tensors (front = no smaller-or-equal file is more accurate):", "",
         "| row | file bytes | accuracy % | seeds | on the front |", "| --- | --- | --- | --- | --- |"]
-    for name, size, accuracy, n, front in pareto([r for r in rows if r["seed"] == seeds[0]]):
+    for name, size, accuracy, n, front in pareto([r for r in rows if r["seed"] in full]):
         lines.append(f"| {name} | {size} | {100 * accuracy:.2f} | {n} | {'yes' if front else ''} |")
     return "\n".join(lines) + "\n"
 
