@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "regularizers-mnist5k.toml"
 DIGITS = ROOT / "recipes" / "digits.toml"  # --data digits: the demo's MLP (a pilot that fits outside the lock)
+THESIS = ROOT / "recipes" / "thesis-mnist5k.toml"  # --data thesis: the thesis MLP (784-112-10) on mnist5k
+SOURCES = {"mnist5k": RECIPE, "digits": DIGITS, "thesis": THESIS}
+PREFIX = {"mnist5k": "", "digits": "digits-", "thesis": "thesis-"}  # of the cached float models and results files
 RESULTS = Path(__file__).resolve().parent / "results" / "clustering.json"
 REPORT = Path(__file__).resolve().parent / "results" / "clustering.md"
 CACHE = Path(os.environ.get("LEARNQ_BENCH_CACHE", Path.home() / ".cache" / "learnq-bench")) / "clustering"
@@ -60,7 +62,7 @@ BASES: dict[str, dict[str, Any]] = {
     "dsmm-d2": {"regularizers": [("dsmm", 2)],
                 "rows": ["dkm-2b2d", "kmeans-2b2d", "dkm-4b4d", "kmeans-4b4d"]},
 }  # no dims = 4 DSMM on LeNet: learnq's DSMM needs every layer's count divisible by dims, conv1 has 150 weights
-DIGITS_BASES: dict[str, dict[str, Any]] = {  # the MLP's 64x64 and 10x64 weights take dims = 4
+DIGITS_BASES: dict[str, dict[str, Any]] = {  # the MLPs' weights (64x64, 10x64; 112x784, 10x112) take dims = 4
     **BASES, "dsmm-d2": {**BASES["dsmm-d2"], "rows": ["dkm-2b2d", "kmeans-2b2d"]},
     "dsmm-d4": {"regularizers": [("dsmm", 4)],
                 "rows": ["dkm-4b4d", "kmeans-4b4d"]},
@@ -72,7 +74,7 @@ def bases(data: str) -> dict[str, dict[str, Any]]:
 
 
 def results_path(data: str) -> Path:
-    return RESULTS if data == "mnist5k" else RESULTS.with_name("clustering_digits.json")
+    return RESULTS if data == "mnist5k" else RESULTS.with_name(f"clustering_{data}.json")
 
 
 def variant_toml(label: str) -> str:
@@ -101,11 +103,12 @@ def base_label(base: str) -> str:
 def recipe_for(base: str, seed: int, epochs: int | None, data: str = "mnist5k") -> Any:
     from learnq.pipeline.recipe import parse_recipe
 
-    text = (RECIPE if data == "mnist5k" else DIGITS).read_text(encoding="utf-8")
+    text = SOURCES[data].read_text(encoding="utf-8")
     head = text.split("[[variants]]")[0]
-    if data == "digits":  # the demo's recipe has no regularizer: the baseline gets the same L2 as the LeNet one
+    if data != "mnist5k":  # the MLP recipes have no regularizer: the baseline gets the same L2 as the LeNet one
         head += '\n[[regularizers]]\nname = "l2"\nstrength = 5e-4\n'
-        head = head.replace('name = "digits"\ndescription', 'name = "regularizers-mnist5k"\ndescription', 1)
+        head = head.replace(f'name = "{SOURCES[data].stem}"\ndescription', 'name = "regularizers-mnist5k"\ndescription',
+                            1)
         head = head.replace("epochs = 15", "epochs = 20")
     for name, dims in bases(data)[base]["regularizers"]:
         extra = "" if dims is None else f", dims = {dims}"
@@ -135,44 +138,38 @@ def save_results(results: dict[str, Any], data: str = "mnist5k") -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from learnq.pipeline.run import run_variant, train_recipe
+    from recipe_rows import run_bases
 
     torch.set_num_threads(1)
-    start = time.monotonic()
     results = load_results(args.data)
-    recipe_file = RECIPE if args.data == "mnist5k" else DIGITS
+    recipe_file = SOURCES[args.data]
     results["meta"] = {"torch": torch.__version__, "threads": 1, "machine": platform.machine(), "data": args.data,
                        "epochs": args.epochs or 20, "recipe": str(recipe_file.relative_to(ROOT))}
     done = {(r["base"], r["seed"], r["name"]) for r in results["rows"]}
-    for seed in args.seeds:
-        for base in args.bases:
-            recipe = recipe_for(base, seed, args.epochs, args.data)
-            label = base_label(base)
-            todo = [v for v in recipe.variants if (label, seed, v.label) not in done
-                    and (args.rows is None or v.label in args.rows or v.method == "float")]
-            if not todo:
-                continue
-            if time.monotonic() - start > args.budget:
-                print("budget spent; run again to continue", flush=True)
-                return
-            t0 = time.monotonic()
-            out = CACHE / f"{'' if args.data == 'mnist5k' else 'digits-'}{label}-e{args.epochs or 20}-seed{seed}"
-            trained = train_recipe(recipe, out, resume=(out / "checkpoints" / "last.pt").exists())
-            print(f"{label} seed {seed}: float {trained.test['accuracy']:.4f} ({time.monotonic() - t0:.0f} s)",
-                  flush=True)
-            for variant in todo:
-                if time.monotonic() - start > args.budget:
-                    print("budget spent; run again to continue", flush=True)
-                    return
-                t0 = time.monotonic()
-                row, _ = run_variant(trained, variant)
-                record = {"base": label, "seed": seed, "name": variant.label, "method": row["method"],
-                          "bits": row["bits"], "accuracy": row["accuracy"], "file_bytes": row["file_bytes"],
-                          "float_accuracy": trained.test["accuracy"], "seconds": time.monotonic() - t0}
-                results["rows"].append(record)
-                save_results(results, args.data)
-                print(f"  {variant.label:12s} acc {row['accuracy']:.4f}  {row['file_bytes']} B  "
-                      f"({record['seconds']:.0f} s)", flush=True)
+
+    def plan():
+        for seed in args.seeds:
+            for base in args.bases:
+                recipe = recipe_for(base, seed, args.epochs, args.data)
+                label = base_label(base)
+                todo = [v for v in recipe.variants if (label, seed, v.label) not in done
+                        and (args.rows is None or v.label in args.rows or v.method == "float")]
+                out = CACHE / f"{PREFIX[args.data]}{label}-e{args.epochs or 20}-seed{seed}"
+                yield (label, seed), recipe, out, todo
+
+    def on_trained(key, trained, seconds):
+        print(f"{key[0]} seed {key[1]}: float {trained.test['accuracy']:.4f} ({seconds:.0f} s)", flush=True)
+
+    def on_row(key, trained, variant, row, seconds):
+        record = {"base": key[0], "seed": key[1], "name": variant.label, "method": row["method"],
+                  "bits": row["bits"], "accuracy": row["accuracy"], "file_bytes": row["file_bytes"],
+                  "float_accuracy": trained.test["accuracy"], "seconds": seconds}
+        results["rows"].append(record)
+        save_results(results, args.data)
+        print(f"  {variant.label:12s} acc {row['accuracy']:.4f}  {row['file_bytes']} B  ({seconds:.0f} s)",
+              flush=True)
+
+    run_bases(plan(), args.budget, on_trained, on_row)
 
 
 def _mean(values: list[float], n: bool = False) -> str:
@@ -204,6 +201,16 @@ def _paired(rows: list[dict], a: tuple[str, str], b: tuple[str, str]) -> list[fl
     return [acc[(*b, s)] - acc[(*a, s)] for s in seeds if (*a, s) in acc and (*b, s) in acc]
 
 
+def _paired_text(d: list[float]) -> str:
+    """``mean ± std`` of per-seed differences (points), the seeds where it is > 0 and each seed's value."""
+    if not d:
+        return "-"
+    if len(d) == 1:
+        return f"{100 * d[0]:+.2f}"
+    return (f"{100 * statistics.mean(d):+.2f} ± {100 * statistics.stdev(d):.2f} ({sum(x > 0 for x in d)}/{len(d)} "
+            f"seeds > 0: {' / '.join(f'{100 * x:+.1f}' for x in d)})")
+
+
 def pareto(rows: list[dict]) -> list[tuple[str, int, float, int, bool]]:
     """L2 rows per method: (name, mean file bytes, mean accuracy, seeds, on the accuracy/size front)."""
     names = sorted({r["name"] for r in rows if r["base"] == "l2"})
@@ -225,6 +232,10 @@ def report(data: str = "mnist5k") -> str:
                  f"α₀ = {alpha:g}; multi-dim DSMM with dims = 2 for the 2-dim and 4-dim rows: dims = 4 does not "
                  "divide conv1's 150 weights); `features.conv1.weight` stays float in every quantized row; 1,000 "
                  "test images (one image = 0.1 point)")
+    elif data == "thesis":
+        setup = (f"the thesis MLP (784-112-10, seeds/004 Sec. 4.1) on mnist5k ({results['meta'].get('epochs')} epochs "
+                 f"Adam 1e-3 + L2 5e-4, or + DSMM λ = {lam:g}, α₀ = {alpha:g}; multi-dim DSMM with dims = d for the "
+                 "d-dim rows); both weights palettized; 1,000 test images (one image = 0.1 point)")
     else:
         setup = (f"the demo's MLP on digits ({results['meta'].get('epochs')} epochs Adam + L2 5e-4, or + DSMM "
                  f"λ = {lam:g}, α₀ = {alpha:g}; multi-dim DSMM with dims = d for the d-dim rows); 359 test images, "
@@ -232,7 +243,8 @@ def report(data: str = "mnist5k") -> str:
     lines = [f"`benchmarks/clustering.py --data {data}` (results: `{results_path(data).relative_to(ROOT)}`): {setup}, "
              "then DKM fine-tuned 3 epochs (Adam 1e-3, τ = 0.05·std, 3 iterations per forward, one palette per "
              f"tensor) or post-training k-means. Seeds: {seeds} (n = seeds per cell where they differ); test accuracy "
-             "(%) of the reloaded file, mean ± std over seeds; Δ DSMM = mean of the per-seed differences; 1 thread.",
+             "(%) of the reloaded file, mean ± std over seeds; Δ DSMM = mean ± std of the per-seed differences "
+             "DSMM − L2 (points; each seed's value after the colon); 1 thread.",
              "", "| palette | DKM, L2 | DKM, DSMM | Δ DSMM (DKM) | k-means, L2 | k-means, DSMM | Δ DSMM (k-means) "
              "| file bytes (DKM, L2) | document 000, DKM → DKM + DSMM |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -244,10 +256,7 @@ def report(data: str = "mnist5k") -> str:
 
     def delta(method: str, pal: str, dbase: str) -> str:
         d = _paired(rows, ("l2", f"{method}-{pal}"), (dbase, f"{method}-{pal}"))
-        if not d:
-            return "-"
-        return f"{100 * statistics.mean(d):+.2f}" + (f" ({sum(x > 0 for x in d)}/{len(d)} seeds > 0)"
-                                                     if len(d) > 1 else "")
+        return _paired_text(d)
 
     varied = len({len(acc(b, n)) for b in {"l2", *dsmm_base.values()} for n in {r["name"] for r in rows}} - {0}) > 1
     for pal, dbase in dsmm_base.items():
@@ -264,32 +273,42 @@ def report(data: str = "mnist5k") -> str:
         per_seed = {r["seed"]: r["float_accuracy"] for r in rows if r["base"] == label}
         if per_seed:
             floats[label] = list(per_seed.values())
+    l2_names = {r["name"] for r in rows if r["base"] == "l2"}
+    full = [s for s in seeds if {r["name"] for r in rows if r["base"] == "l2" and r["seed"] == s} == l2_names]
+    float_rows = [{"base": r["base"], "name": "float", "seed": r["seed"], "accuracy": r["float_accuracy"]}
+                  for r in rows]
+    float_delta = ", ".join(f"{b} − l2 {_paired_text(_paired(float_rows, ('l2', 'float'), (b, 'float')))}"
+                            for b in floats if b != "l2")
     lines += ["", "Float accuracy of the base models: " + ", ".join(
-        f"{b} {_mean(v, varied)}" for b, v in floats.items()) + " (document 000 Table 6, pre-trained MobileBERT: "
-        "90.41 → 90.83 with DSMM).", "",
-        f"Accuracy against file size on the L2 model, seed {seeds[0]} (the seed every row has), every method "
-        "quantizing the same tensors (front = no smaller-or-equal file is more accurate):", "",
+        f"{b} {_mean(v, varied)}" for b, v in floats.items()) + f"; paired by seed: {float_delta} (document 000 "
+        "Table 6, pre-trained MobileBERT: 90.41 → 90.83 with DSMM).", "",
+        f"Accuracy against file size on the L2 model, mean over seeds {full} (the seeds that have every row), every "
+        "method quantizing the same tensors (front = no smaller-or-equal file is more accurate):", "",
         "| row | file bytes | accuracy % | seeds | on the front |", "| --- | --- | --- | --- | --- |"]
-    for name, size, accuracy, n, front in pareto([r for r in rows if r["seed"] == seeds[0]]):
+    for name, size, accuracy, n, front in pareto([r for r in rows if r["seed"] in full]):
         lines.append(f"| {name} | {size} | {100 * accuracy:.2f} | {n} | {'yes' if front else ''} |")
     return "\n".join(lines) + "\n"
 
 
-def write_benchmarks(text: str) -> None:
-    """Replace the block between BEGIN and END in BENCHMARKS.md (the issue-14 section holds the markers)."""
+def write_benchmarks(text: str, data: str = "mnist5k") -> None:
+    """Replace the block between BEGIN and END in BENCHMARKS.md (the issue-14 section holds the markers; the thesis
+    MLP's block is marked ``clustering.py thesis``)."""
     md = BENCHMARKS_MD.read_text(encoding="utf-8")
-    if BEGIN not in md or END not in md:
-        raise SystemExit(f"BENCHMARKS.md has no {BEGIN} ... {END} block in the issue-14 section")
-    block = f"{BEGIN}\n<!-- generated by benchmarks/clustering.py --report -->\n{text}{END}"
-    md = md[:md.index(BEGIN)] + block + md[md.index(END) + len(END):]
+    begin, end = (BEGIN, END) if data == "mnist5k" else (BEGIN.replace(".py", f".py {data}"),
+                                                         END.replace(".py", f".py {data}"))
+    if begin not in md or end not in md:
+        raise SystemExit(f"BENCHMARKS.md has no {begin} ... {end} block in the issue-14 section")
+    block = f"{begin}\n<!-- generated by benchmarks/clustering.py --data {data} --report -->\n{text}{end}"
+    md = md[:md.index(begin)] + block + md[md.index(end) + len(end):]
     BENCHMARKS_MD.write_text(md, encoding="utf-8")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--data", default="mnist5k", choices=["mnist5k", "digits"],
-                        help="mnist5k (LeNet-5, the benchmark) or digits (the demo's MLP, a pilot)")
+    parser.add_argument("--data", default="mnist5k", choices=list(SOURCES),
+                        help="mnist5k (LeNet-5, the benchmark), thesis (the thesis MLP on mnist5k) or digits (the "
+                        "demo's MLP, a pilot)")
     parser.add_argument("--bases", nargs="+", default=None, choices=list(DIGITS_BASES))
     parser.add_argument("--dsmm", nargs=2, type=float, metavar=("LAMBDA", "ALPHA0"), default=None,
                         help="DSMM strength and initial temperature (default: the paper's 0.01 and 0.1)")
@@ -308,8 +327,8 @@ def main() -> None:
         tag = "" if base_label("dsmm") == "dsmm" else f"_dsmm{DSMM['strength']:g}_{DSMM['alpha_init']:g}"
         path = results_path(args.data)
         path.with_name(f"{path.stem}{tag}.md").write_text(text, encoding="utf-8")
-        if args.data == "mnist5k" and not tag:
-            write_benchmarks(text)
+        if args.data != "digits" and not tag:
+            write_benchmarks(text, args.data)
         print(text)
         return
     run(args)

@@ -101,7 +101,7 @@ def report(path: Path) -> str:
              "coremltools) |"]
     variants = list(dict.fromkeys(r["variant"] for r in runs if r["lib"] == "learnq"))
     lines.append("| --- " * (7 + len(variants)) + "|")
-    diffs: dict[str, list[float]] = {v: [] for v in variants}
+    diffs: dict[tuple[str, str], list[float]] = {}
     for bits, dim in dict.fromkeys((r["bits"], r["dim"]) for r in runs):
         for seed in sorted({r["seed"] for r in runs if (r["bits"], r["dim"]) == (bits, dim)}):
             sel = {(r["lib"], r["variant"]): r for r in runs if (r["bits"], r["dim"], r["seed"]) == (bits, dim, seed)}
@@ -110,7 +110,8 @@ def report(path: Path) -> str:
             default = sel.get(("learnq", variants[0]))
             for v in variants:
                 if ct and ("learnq", v) in sel:
-                    diffs[v].append(sel[("learnq", v)]["accuracy"] - ct["accuracy"])
+                    palette = f"{bits} bit{'' if dim == 1 else f' / {dim}-dim'}"
+                    diffs.setdefault((v, palette), []).append(sel[("learnq", v)]["accuracy"] - ct["accuracy"])
             base = Path(next(iter(sel.values()))["base"])
             lines.append(
                 f"| {bits} bit{'' if dim == 1 else f' / {dim}-dim'} | {seed} ({base.parent.name}/{base.name}) | "
@@ -119,8 +120,12 @@ def report(path: Path) -> str:
                 + (f"{100 * (default['accuracy'] - ct['accuracy']):+.2f}" if ct and default else "-") + " | "
                 + (f"{default['file_bytes']:,} / {ct.get('file_bytes', 0):,}" if ct and default else "-") + " | "
                 + (f"{default['step_vs_float']:.1f} / {ct['step_vs_float']:.1f}" if ct and default else "-") + " |")
-    lines += ["", "Mean learnq − coremltools over the rows above: " + "; ".join(
-        f"{v} {100 * statistics.mean(d):+.2f} points (n={len(d)})" for v, d in diffs.items() if d) + "."]
+    def spread(d: list[float]) -> str:
+        return f" ± {100 * statistics.stdev(d):.2f}" if len(d) > 1 else ""
+
+    lines += ["", "learnq − coremltools per palette and learnq variant, mean over seeds: " + "; ".join(
+        f"{p} {v} {100 * statistics.mean(d):+.2f}{spread(d)} points (n={len(d)})" for (v, p), d in diffs.items())
+        + "."]
     return "\n".join(lines) + "\n"
 
 

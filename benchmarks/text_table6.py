@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -89,46 +88,40 @@ def _alpha_ratio(trained: Any) -> dict[str, float] | None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from learnq.pipeline.run import run_variant, train_recipe
+    from recipe_rows import run_bases
 
     torch.set_num_threads(1)
-    start = time.monotonic()
     results = load_results()
     results["meta"] = {"torch": torch.__version__, "python": platform.python_version(), "threads": 1,
                        "limit": LIMIT, "epochs": EPOCHS, "dkm_epochs": DKM_EPOCHS, "l2": L2, "dsmm": DSMM,
                        "alpha_lr": ALPHA_LR, "recipe": str(RECIPE.relative_to(ROOT)), "heldout": "test"}
     done = {(r["base"], r["seed"], r["name"]) for r in results["rows"]}
-    for seed in args.seeds:
-        for base in args.bases:
-            recipe = recipe_for(base, seed)
-            todo = [v for v in recipe.variants if v.method != "float" and (base, seed, v.label) not in done]
-            if not todo:
-                continue
-            if time.monotonic() - start > args.budget:
-                print("budget spent; run again to continue", flush=True)
-                return
-            t0 = time.monotonic()
-            out = CACHE / f"{base}-seed{seed}"
-            trained = train_recipe(recipe, out, resume=(out / "checkpoints" / "last.pt").exists())
-            ratio = _alpha_ratio(trained)
-            if not any(b["base"] == base and b["seed"] == seed for b in results["bases"]):
-                results["bases"].append({"base": base, "seed": seed, "accuracy": trained.test["accuracy"],
-                                         "seconds": round(time.monotonic() - t0, 1), "alpha_over_star": ratio})
-                save_results(results)
-            print(f"{base} seed {seed}: float {trained.test['accuracy']:.4f} ({time.monotonic() - t0:.0f} s)"
-                  + (f", α/α* {min(ratio.values()):.2f}..{max(ratio.values()):.2f}" if ratio else ""), flush=True)
-            for variant in todo:
-                if time.monotonic() - start > args.budget:
-                    print("budget spent; run again to continue", flush=True)
-                    return
-                t0 = time.monotonic()
-                row, _ = run_variant(trained, variant)
-                results["rows"].append({"base": base, "seed": seed, "name": variant.label, "bits": row["bits"],
-                                        "accuracy": row["accuracy"], "file_bytes": row["file_bytes"],
-                                        "seconds": round(time.monotonic() - t0, 1)})
-                save_results(results)
-                print(f"  {variant.label}: acc {row['accuracy']:.4f}, {row['file_bytes']} B "
-                      f"({time.monotonic() - t0:.0f} s)", flush=True)
+
+    def plan():
+        for seed in args.seeds:
+            for base in args.bases:
+                recipe = recipe_for(base, seed)
+                todo = [v for v in recipe.variants if v.method != "float" and (base, seed, v.label) not in done]
+                yield (base, seed), recipe, CACHE / f"{base}-seed{seed}", todo
+
+    def on_trained(key, trained, seconds):
+        base, seed = key
+        ratio = _alpha_ratio(trained)
+        if not any(b["base"] == base and b["seed"] == seed for b in results["bases"]):
+            results["bases"].append({"base": base, "seed": seed, "accuracy": trained.test["accuracy"],
+                                     "seconds": round(seconds, 1), "alpha_over_star": ratio})
+            save_results(results)
+        print(f"{base} seed {seed}: float {trained.test['accuracy']:.4f} ({seconds:.0f} s)"
+              + (f", α/α* {min(ratio.values()):.2f}..{max(ratio.values()):.2f}" if ratio else ""), flush=True)
+
+    def on_row(key, trained, variant, row, seconds):
+        results["rows"].append({"base": key[0], "seed": key[1], "name": variant.label, "bits": row["bits"],
+                                "accuracy": row["accuracy"], "file_bytes": row["file_bytes"],
+                                "seconds": round(seconds, 1)})
+        save_results(results)
+        print(f"  {variant.label}: acc {row['accuracy']:.4f}, {row['file_bytes']} B ({seconds:.0f} s)", flush=True)
+
+    run_bases(plan(), args.budget, on_trained, on_row)
 
 
 def _mean(values: list[float]) -> str:

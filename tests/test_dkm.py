@@ -182,3 +182,19 @@ def test_kmeans_ptq_palettizes_every_selected_weight():
         assert row["objective"] <= row["objective_init"]
     with pytest.raises(ConfigError, match="at most 8 bits"):
         quantize(_mlp().eval(), x, PTQ(method="kmeans", wbits=9, abits=32), progress=False)
+
+
+def test_dkm_true_size_is_the_indices_and_the_palette_the_file_stores(tmp_path):
+    # per-channel palettes of 2-vectors in float16 (learnq/quantizers/palettized.py, shared with iPQ): 8 rows x 12
+    # inputs = 48 vectors of 2 values at 3 bits, plus 8 palettes of 2^3 x 2 float16 values
+    model = nn.Sequential(nn.Linear(12, 8))
+    handle = learnq.prepare(model, learnq.DKM(bits=3, dim=2, granularity="channel", palette_dtype="float16"))
+    q = handle.quantizers["0.weight"]
+    assert q.true_size_bits() == 48 * 3 + 8 * 8 * 2 * 16
+    model.eval()
+    learnq.save(model, tmp_path / "m.safetensors")
+    loaded = learnq.load(tmp_path / "m.safetensors", nn.Sequential(nn.Linear(12, 8)))
+    qt = dict(quantized_parameters(loaded))["0.weight"]
+    assert qt.palette.shape == (8, 8, 2) and qt.palette.dtype == torch.float16
+    assert qt.code_bits() + qt.palette.numel() * 16 == q.true_size_bits()
+    assert torch.equal(qt.palette, q.palette())  # the stored LUT is the quantizer's palette as stored

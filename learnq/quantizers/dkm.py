@@ -20,7 +20,8 @@ preparation (``tau_abs = tau · std(W)``), so one value fits layers of any scale
 
 Eval and export snap every vector to its nearest centroid (hard assignment; squared Euclidean distance, ties to the
 lowest index) in the palette as stored (``palette_dtype``: float32, or float16 to halve the LUT): the file holds the
-palette plus ``bits`` bits per vector (:class:`learnq.grid.QuantizedTensor` with ``palette``).
+palette plus ``bits`` bits per vector (:class:`learnq.grid.QuantizedTensor` with ``palette``; the file side is
+:class:`learnq.quantizers.palettized.PaletteQuantizer`, shared with iPQ).
 
 ``entropy_weight`` (issue 18, default 0: no extra loss): adds ``entropy_weight·Ĥ`` to the loss, ``Ĥ`` the entropy of
 the palette usage ``p̃_k = mean_i A_ik`` of the soft assignments to the current centroids (indices pooled over the
@@ -42,14 +43,14 @@ from learnq.checks import check_choice, check_float, check_int
 from learnq.clustering import attention, chunk_rows, init_centroids, soft_update, soft_weights
 from learnq.errors import ConfigError, QuantizationError
 from learnq.granularity import Granularity
-from learnq.grid import QuantizedTensor
-from learnq.palette import CHUNK_ELEMENTS, PALETTE_DTYPES, check_vectors, expand_indices, nearest, vector_groups
+from learnq.palette import CHUNK_ELEMENTS, PALETTE_DTYPES, check_vectors, nearest, vector_groups
 from learnq.quantizers.base import WeightQuantizer, per_tensor
 from learnq.quantizers.config import QATConfig, parse_granularity
 from learnq.quantizers.entropy import entropy_of, entropy_penalty
+from learnq.quantizers.palettized import PaletteQuantizer
 
 
-class DKMQuantizer(WeightQuantizer):
+class DKMQuantizer(PaletteQuantizer):
     """One tensor's DKM clustering: centroids ``(n_groups, 2^bits, dim)`` (a buffer, updated by every training
     forward), the attention temperature ``tau_abs`` (fixed at preparation)."""
 
@@ -94,44 +95,13 @@ class DKMQuantizer(WeightQuantizer):
             usage = usage + (checkpoint(_usage_chunk, *args, use_reentrant=False) if grad else _usage_chunk(*args))
         return entropy_of(usage / usage.sum()) * vectors.shape[0]
 
-    # -- hard assignment (eval, export) ------------------------------------------------------------------------
-    def palette(self) -> torch.Tensor:
-        """The palette as stored: the centroids in ``palette_dtype``."""
-        return self.centroids.detach().to(self.palette_dtype)
+    # -- hard assignment (eval, export: the file side is PaletteQuantizer's) ------------------------------------
+    def codebook_value(self) -> torch.Tensor:
+        return self.centroids
 
-    def _indices(self, x: torch.Tensor, palette: torch.Tensor) -> torch.Tensor:
+    def indices(self, x: torch.Tensor, palette: torch.Tensor) -> torch.Tensor:
+        """Each vector's nearest centroid of the stored palette (squared Euclidean, ties to the lowest index)."""
         return nearest(x.detach().float().reshape(-1, self.dim), palette, self.groups)
-
-    def quantized_value(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            pal = self.palette()
-            idx = self._indices(x, pal)
-            return pal.float()[self.groups, idx].reshape(x.shape).to(x.dtype)
-
-    def export_quantized(self, x: torch.Tensor | None = None) -> QuantizedTensor:
-        x = self._input(x)
-        with torch.no_grad():
-            if not bool(torch.isfinite(x).all()):
-                raise self.diverged(f"has {int((~torch.isfinite(x)).sum())} NaN or Inf value(s)")
-            pal = self.palette()
-            idx = self._indices(x, pal)
-        return QuantizedTensor.from_palette(idx, pal.clone(), self.shape, self.granularity, self.bits,
-                                            method=self.method, dtype=x.dtype)
-
-    def _grid(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Granularity]:
-        n = self.granularity.num_groups(self.shape)
-        ones = torch.ones(n, device=x.device)
-        return expand_indices(self._indices(x, self.palette()), self.dim, self.shape), ones, ones * 0, self.granularity
-
-    def _export_meta(self, x: torch.Tensor, codes: torch.Tensor) -> dict[str, Any]:
-        return {"bits": self.bits, "qmin": 0, "scheme": "palette", "palette": self.palette().clone()}
-
-    def _cache_meta(self, x: torch.Tensor) -> tuple:
-        return (x.dtype, self.palette_dtype)
-
-    def true_size_bits(self, x: torch.Tensor | None = None) -> int:
-        """``bits`` per vector plus the palette at its dtype's width."""
-        return self.numel // self.dim * self.bits + self.centroids.numel() * 8 * self.palette_dtype.itemsize
 
     def summary(self) -> dict[str, Any]:
         return {**super().summary(), "dim": self.dim, "tau_abs": self.tau_abs}

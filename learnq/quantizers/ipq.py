@@ -37,10 +37,9 @@ from learnq.checks import check_choice, check_int
 from learnq.clustering import init_centroids, lloyd
 from learnq.errors import ConfigError, QuantizationError
 from learnq.granularity import Granularity
-from learnq.grid import QuantizedTensor
-from learnq.palette import PALETTE_DTYPES, check_vectors, expand_indices, nearest
-from learnq.quantizers.base import WeightQuantizer
+from learnq.palette import PALETTE_DTYPES, check_vectors, nearest
 from learnq.quantizers.config import QATConfig
+from learnq.quantizers.palettized import PaletteQuantizer
 
 MAX_CODEBOOK_BITS = 12  # at most 4096 centroids (Stock et al. use 256); k-means++ seeds them one by one
 KMEANS_ITERS = 25  # Lloyd steps of the k-means at learnq.prepare (IPQ.iters' default; Quant-Noise's seeding)
@@ -77,9 +76,10 @@ def mean_grad(codebook: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     return _MeanGrad.apply(codebook, counts)
 
 
-class CodebookQuantizer(WeightQuantizer):
-    """Base of the product quantizers: one codebook ``(1, 2^bits, d)`` per tensor, one code per ``d``-block; export
-    as a palettized tensor. Subclasses give :meth:`codebook_value` and :meth:`indices`."""
+class CodebookQuantizer(PaletteQuantizer):
+    """Base of the product quantizers: one codebook ``(1, 2^bits, d)`` per tensor, one code per ``d``-block (``dim``);
+    export as a palettized tensor (:class:`PaletteQuantizer`). Subclasses give :meth:`codebook_value` and
+    :meth:`indices`."""
 
     def __init__(self, x: torch.Tensor, bits: int, block_size: int, palette_dtype: str = "float32",
                  name: str = "") -> None:
@@ -91,58 +91,17 @@ class CodebookQuantizer(WeightQuantizer):
             raise ConfigError(f"{self.method} cannot split {name or 'a weight'} of shape {list(shape)} into blocks "
                               f"of {block_size}: {exc}") from exc
         self.name = name
-        self.bits, self.d, self.k = bits, block_size, 2**bits
+        self.bits, self.dim, self.k = bits, block_size, 2**bits
         self.palette_dtype = PALETTE_DTYPES[palette_dtype]
         self.register_buffer("groups", torch.zeros(self.numel // block_size, dtype=torch.int64, device=x.device),
                              persistent=False)
 
     def blocks(self, x: torch.Tensor) -> torch.Tensor:
         """``(n, d)`` float32 blocks of ``x``."""
-        return x.float().reshape(-1, self.d)
-
-    def codebook_value(self) -> torch.Tensor:
-        raise NotImplementedError
-
-    def indices(self, x: torch.Tensor, palette: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def palette(self) -> torch.Tensor:
-        """The codebook as stored (``palette_dtype``), ``(1, k, d)``."""
-        return self.codebook_value().detach().to(self.palette_dtype)
-
-    def quantized_value(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            pal = self.palette()
-            return pal.float()[0][self.indices(x, pal)].reshape(x.shape).to(x.dtype)
-
-    def export_quantized(self, x: torch.Tensor | None = None) -> QuantizedTensor:
-        x = self._input(x)
-        with torch.no_grad():
-            if not bool(torch.isfinite(x).all()):
-                raise self.diverged(f"has {int((~torch.isfinite(x)).sum())} NaN or Inf value(s)")
-            pal = self.palette()
-            if not bool(torch.isfinite(pal).all()):
-                raise self.diverged("has NaN or Inf centroids")
-            idx = self.indices(x, pal)
-        return QuantizedTensor.from_palette(idx, pal.clone(), self.shape, self.granularity, self.bits,
-                                            method=self.method, dtype=x.dtype)
-
-    def _grid(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Granularity]:
-        ones = torch.ones(1, device=x.device)
-        return expand_indices(self.indices(x, self.palette()), self.d, self.shape), ones, ones * 0, self.granularity
-
-    def _export_meta(self, x: torch.Tensor, codes: torch.Tensor) -> dict[str, Any]:
-        return {"bits": self.bits, "qmin": 0, "scheme": "palette", "palette": self.palette().clone()}
-
-    def _cache_meta(self, x: torch.Tensor) -> tuple:
-        return (x.dtype, self.palette_dtype)
-
-    def true_size_bits(self, x: torch.Tensor | None = None) -> int:
-        """``bits`` per block plus the codebook at its dtype's width."""
-        return self.numel // self.d * self.bits + self.k * self.d * 8 * self.palette_dtype.itemsize
+        return x.float().reshape(-1, self.dim)
 
     def summary(self) -> dict[str, Any]:
-        return {**super().summary(), "block_size": self.d}
+        return {**super().summary(), "block_size": self.dim}
 
 
 class IPQQuantizer(CodebookQuantizer):
@@ -184,7 +143,7 @@ class IPQQuantizer(CodebookQuantizer):
         return _Replace.apply(x, y) if x.requires_grad else y
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, block_size={self.d}, kmeans_objective={self.kmeans_objective:.4g}"
+        return f"bits={self.bits}, block_size={self.dim}, kmeans_objective={self.kmeans_objective:.4g}"
 
 
 @dataclass(frozen=True)

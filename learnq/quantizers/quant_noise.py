@@ -105,11 +105,11 @@ class PQNoiseQuantizer(CodebookQuantizer):
         if self.iters:
             with torch.no_grad():
                 self.centroids.copy_(lloyd(self.blocks(x.detach()), self.centroids, self.groups, self.iters)[0])
-        mask = block_mask(tuple(x.shape), self.d, self.rate, x.device)
+        mask = block_mask(tuple(x.shape), self.dim, self.rate, x.device)
         return apply_noise(x, self.quantized_value(x), mask)
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, block_size={self.d}, rate={self.rate}, iters={self.iters}"
+        return f"bits={self.bits}, block_size={self.dim}, rate={self.rate}, iters={self.iters}"
 
 
 @dataclass(frozen=True)
