@@ -9,8 +9,10 @@ every caller (weights of ``method="mse"``, activation ranges of every method) us
 ``time``: the activation samples the input quantizers of a GPTQ W4A8 run keep (3 quantizers, 32,768 values each,
 unsigned 8-bit grid), searched by ``clip_mse`` (new) and ``old``, ``--rounds`` interleaved rounds in this process
 (one torch thread); median seconds per search and the ratio; also α and the error of both.
-``accuracy``: ``mse`` and ``gptq`` (defaults, ``act_clip="mse"``) at ``--configs`` on ``--seeds``, each with the
-new and the old search, same model, calibration set and seed: test accuracy (1000 images) and the paired difference.
+``accuracy``: ``mse`` and ``gptq`` (defaults, ``act_clip="mse"``) at ``--configs`` and ``lapq`` (defaults; its Lp
+sweep over p in 2..4 includes p = 2, where the search changed) at ``--lapq-configs`` on ``--seeds``, each with the new
+and the old search (also patched into LAPQ's module), same model, calibration set and seed: test accuracy (1000
+images) and the paired difference.
 
     flock /work/wt/bench.lock nice -n 10 .venv/bin/python benchmarks/mse_search_check.py time
     flock /work/wt/train2.lock nice -n 10 .venv/bin/python benchmarks/mse_search_check.py accuracy --seeds 0,1,2
@@ -71,17 +73,27 @@ def old_clip_mse(x: torch.Tensor, spec: GridSpec) -> torch.Tensor:
     return old_clip_lp(x, spec, 2.0)
 
 
+def old_clip_lp_many(x: torch.Tensor, spec: GridSpec, ps: list[float], *, grid: int = 100,
+                     refine: int = 30) -> list[torch.Tensor]:
+    """The previous ``clip_lp_many``: ``old_clip_lp`` at each norm (the same α's: it shared the grid errors only)."""
+    return [old_clip_lp(x, spec, p, grid=grid, refine=refine) for p in ps]
+
+
 @contextmanager
 def search(which: str):
     """``new``: learnq as it is; ``old``: the previous search registered for "mse" and "lp"."""
-    saved = dict(clipping.CLIP_METHODS)
+    from learnq.ptq import lapq  # LAPQ imports clip_lp and clip_lp_many by name
+
+    saved, saved_lapq = dict(clipping.CLIP_METHODS), (lapq.clip_lp, lapq.clip_lp_many)
     if which == "old":
         clipping.CLIP_METHODS.update({"mse": old_clip_mse, "lp": old_clip_lp})
+        lapq.clip_lp, lapq.clip_lp_many = old_clip_lp, old_clip_lp_many
     try:
         yield
     finally:
         clipping.CLIP_METHODS.clear()
         clipping.CLIP_METHODS.update(saved)
+        lapq.clip_lp, lapq.clip_lp_many = saved_lapq
 
 
 def _config(text: str) -> tuple[int, int, str]:
@@ -133,7 +145,7 @@ def run_accuracy(args: argparse.Namespace, data: dict[str, Any]) -> None:
         model, splits, _ = ptq_bench.float_model("mnist5k", seed, CACHE, None, None)
         for cfg in args.configs:
             w, a, granularity = _config(cfg)
-            for method in args.methods:
+            for method in args.methods + (args.lapq if cfg in args.lapq_configs else []):
                 if any(r["seed"] == seed and r["config"] == cfg and r["method"] == method for r in data["accuracy"]):
                     continue
                 row: dict[str, Any] = {"seed": seed, "config": cfg, "method": method}
@@ -200,11 +212,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1,2", help="accuracy: seeds")
     p.add_argument("--configs", default="W4A8,W4A4,W2A8,W4A4/channel", help="accuracy: configurations")
     p.add_argument("--methods", default="mse,gptq", help="accuracy: PTQ methods")
+    p.add_argument("--lapq-configs", default="W4A8", help="accuracy: the configurations LAPQ also runs at (its "
+                   "Lp sweep starts from the p = 2 search among others)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.configs = args.configs.split(",")
     args.methods = args.methods.split(",")
+    args.lapq_configs = [c for c in args.lapq_configs.split(",") if c]
+    args.lapq = ["lapq"]
     data = load()
     if args.part == "time":
         run_time(args, data)
