@@ -20,10 +20,7 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -32,31 +29,16 @@ import torch
 from learnq.packing import pack, unpack
 
 try:
+    from bench_timing import cpu_name, median_ms
+except ImportError:  # imported as benchmarks.packing
+    from benchmarks.bench_timing import cpu_name, median_ms
+
+try:
     from diffq import bitpack as diffq_bitpack
 except ImportError:  # diffq is an optional comparison, not a dependency
     diffq_bitpack = None
 
 RESULTS = Path(__file__).resolve().parent / "results" / "packing.json"
-
-
-def _median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up: first-touch page faults, lazy initialisation
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def run(sizes: list[int], bit_widths: list[int], repeats: int, dtype: torch.dtype, seed: int) -> dict:
@@ -72,16 +54,16 @@ def run(sizes: list[int], bit_widths: list[int], repeats: int, dtype: torch.dtyp
             row = {
                 "numel": n,
                 "bits": b,
-                "learnq_pack_ms": _median_ms(partial(pack, codes, b), repeats),
-                "learnq_unpack_ms": _median_ms(partial(unpack, packed, b, n), repeats),
+                "learnq_pack_ms": median_ms(partial(pack, codes, b), repeats),
+                "learnq_unpack_ms": median_ms(partial(unpack, packed, b, n), repeats),
                 "learnq_bytes": packed.numel(),
             }
             if diffq_bitpack is not None and b < 16:  # diffq casts codes to int16: 16-bit codes do not fit
                 dq = diffq_bitpack.pack(codes, b)
                 if not torch.equal(diffq_bitpack.unpack(dq, n).to(torch.int32), codes.to(torch.int32)):
                     raise RuntimeError(f"diffq round trip failed at bits={b}, n={n}")
-                row["diffq_pack_ms"] = _median_ms(partial(diffq_bitpack.pack, codes, b), repeats)
-                row["diffq_unpack_ms"] = _median_ms(partial(diffq_bitpack.unpack, dq, n), repeats)
+                row["diffq_pack_ms"] = median_ms(partial(diffq_bitpack.pack, codes, b), repeats)
+                row["diffq_unpack_ms"] = median_ms(partial(diffq_bitpack.unpack, dq, n), repeats)
                 row["diffq_bytes"] = dq.numel() * dq.element_size()
             rows.append(row)
             _print_row(row)
@@ -93,7 +75,7 @@ def run(sizes: list[int], bit_widths: list[int], repeats: int, dtype: torch.dtyp
         "threads": torch.get_num_threads(),
         "diffq_available": diffq_bitpack is not None,
         "machine": {
-            "cpu": _cpu_name(),
+            "cpu": cpu_name(),
             "cpu_count": os.cpu_count(),
             "platform": platform.platform(),
             "python": sys.version.split()[0],

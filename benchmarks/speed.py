@@ -28,17 +28,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import json
 import os
-import platform
-import statistics
-import subprocess
 import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +42,10 @@ import torch
 from torch import nn
 
 try:
+    from bench_timing import machine, median_ms
     from speed_table import PARTS, floor_lines, measure_table, table_lines
 except ImportError:  # imported as benchmarks.speed
+    from benchmarks.bench_timing import machine, median_ms
     from benchmarks.speed_table import PARTS, floor_lines, measure_table, table_lines
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,38 +53,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 BENCHMARKS_MD = Path(__file__).resolve().parent / "BENCHMARKS.md"
 BEGIN, END = "<!-- speed.py render: begin -->", "<!-- speed.py render: end -->"
 NETWORKS = {"thesis-mnist": ((1, 28, 28), 10), "resnet20": ((3, 32, 32), 10)}
-
-
-def machine() -> dict[str, Any]:
-    """CPU, cores, versions and the load average: the machine is shared, so every timing carries its load."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "platform": platform.platform(), "commit": commit, "loadavg": list(os.getloadavg()),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-
-
-def _median_ms(fn: Callable[[], Any], repeats: int, setup: Callable[[], Any] | None = None) -> float:
-    """Median wall time of ``fn`` (ms) over ``repeats`` calls after one warm-up; ``setup`` (untimed) makes the
-    argument of each call."""
-    arg = setup() if setup else None
-    fn(arg)  # warm-up: page cache, lazy initialisation
-    times = []
-    for _ in range(repeats):
-        arg = setup() if setup else None
-        start = time.perf_counter()
-        fn(arg)
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
 
 
 def quantized_copy(model: nn.Module, input_shape: tuple[int, ...], device: str = "cpu") -> nn.Module:
@@ -112,22 +77,22 @@ def measure_network(name: str, repeats: int, folder: Path, device: str = "cpu") 
     quant = quantized_copy(copy.deepcopy(template), shape, device)
     paths = {"learnq": folder / f"{name}-w4a8.safetensors", "torch": folder / f"{name}.pt",
              "safetensors": folder / f"{name}.safetensors"}
-    save = {"learnq": lambda _: learnq.save(quant, paths["learnq"]),
-            "torch": lambda _: torch.save(state, paths["torch"]),
-            "safetensors": lambda _: safetensors.torch.save_file(state, paths["safetensors"])}
+    save = {"learnq": lambda: learnq.save(quant, paths["learnq"]),
+            "torch": lambda: torch.save(state, paths["torch"]),
+            "safetensors": lambda: safetensors.torch.save_file(state, paths["safetensors"])}
     fresh = lambda: copy.deepcopy(template)  # noqa: E731  (untimed: a new model for every "into model" call)
-    read = {"learnq": lambda _: learnq.load(paths["learnq"]),
-            "torch": lambda _: torch.load(paths["torch"], weights_only=True),
-            "safetensors": lambda _: safetensors.torch.load_file(paths["safetensors"])}
+    read = {"learnq": lambda: learnq.load(paths["learnq"]),
+            "torch": lambda: torch.load(paths["torch"], weights_only=True),
+            "safetensors": lambda: safetensors.torch.load_file(paths["safetensors"])}
     into = {"learnq": lambda m: learnq.load(paths["learnq"], m),
             "torch": lambda m: m.load_state_dict(torch.load(paths["torch"], weights_only=True)),
             "safetensors": lambda m: m.load_state_dict(safetensors.torch.load_file(paths["safetensors"]))}
     out: dict[str, Any] = {"parameters": sum(p.numel() for p in template.parameters()), "files": {}}
     for kind in paths:
-        row = {"save_ms": _median_ms(save[kind], repeats)}
+        row = {"save_ms": median_ms(save[kind], repeats)}
         row["bytes"] = paths[kind].stat().st_size
-        row["read_ms"] = _median_ms(read[kind], repeats)
-        row["into_model_ms"] = _median_ms(into[kind], repeats, setup=fresh)
+        row["read_ms"] = median_ms(read[kind], repeats)
+        row["into_model_ms"] = median_ms(into[kind], repeats, setup=fresh)
         out["files"][kind] = row
         print(f"{name:13s} {kind:12s} {row['bytes'] / 1e3:9.1f} kB  save {row['save_ms']:7.3f} ms  "
               f"read {row['read_ms']:7.3f} ms  into model {row['into_model_ms']:7.3f} ms", flush=True)

@@ -43,7 +43,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed_table import _digits, mlp, ratio_row  # noqa: E402
+from bench_timing import ratio_row, timed_part  # noqa: E402
+from speed_table import diffq_mlp, digits_lenet, resnet20_w4a8  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -67,24 +68,11 @@ def file_floors(rounds: int, calls: int, folder: Path) -> dict[str, Any]:
     import learnq
     from learnq.atomic_file import write_atomic
     from learnq.code_packing import pack_codes
-    from learnq.pipeline.models import build_model
-    from learnq.ptq import quantize
     from learnq.quantized import plain_state, quantized_parameters
 
     out: dict[str, Any] = {}
-    torch.manual_seed(0)
-    resnet = build_model("resnet20", (3, 32, 32), 10).eval()
-    q = quantize(copy.deepcopy(resnet), torch.rand(64, 3, 32, 32), method="minmax", wbits=4, abits=8,
-                 granularity="channel", progress=False).model
-    torch.manual_seed(0)
-    d16 = mlp(16_000_000, bits=None)
-    handle = learnq.prepare(d16, learnq.DiffQ(group_size=8))
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for qz in handle.quantizers.values():
-            if qz.logits is not None:
-                qz.logits.copy_(torch.randn(qz.logits.shape, generator=g) * 3)
-    d16.eval()
+    q, resnet = resnet20_w4a8()
+    d16, handle = diffq_mlp(16_000_000)
     for name, model in (("resnet20", q), ("diffq16m", d16)):
         path, pt, tmp = folder / f"{name}.safetensors", folder / f"{name}.pt", folder / f"{name}.floor"
         learnq.save(model, path)
@@ -250,21 +238,9 @@ def lapq_floor() -> dict[str, Any]:
 
     import learnq.ptq.calib_loss as calib_loss
     import learnq.ptq.lapq as lapq
-    from learnq.pipeline.models import build_model
     from learnq.ptq import quantize
 
-    x, y = _digits()
-    torch.manual_seed(0)
-    model = build_model("lenet", (1, 8, 8), 10)
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    for _ in range(15):
-        perm = torch.randperm(1400)
-        for i in range(0, 1400, 64):
-            idx = perm[i:i + 64]
-            opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    model.eval()
+    model, x, y = digits_lenet()
     calib = TensorDataset(x[:512], y[:512])
     spent = {"lp_sweep": 0.0, "evaluate": 0.0}
     sweep, evaluate = lapq.lp_sweep, calib_loss.CalibrationLoss.evaluate
@@ -313,20 +289,18 @@ def main() -> None:
     result = json.loads(out.read_text()) if out.is_file() else {"rows": {}, "parts": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for part in args.parts.split(","):
-            start, load = time.perf_counter(), list(os.getloadavg())
-            if part == "file":
-                rows = file_floors(args.rounds, args.calls, Path(tmp))
-            elif part == "eval":
-                rows = eval_floors(args.rounds, args.calls)
-            elif part == "diffq":
-                rows = diffq_floors(args.rounds, args.calls)
-            elif part == "lapq":
-                rows = lapq_floor()
-            else:
-                raise SystemExit(f"--parts: unknown part {part!r}")
-            result["rows"].update(rows)
-            result["parts"][part] = {"seconds": time.perf_counter() - start, "loadavg_start": load,
-                                     "loadavg_end": list(os.getloadavg()), "rounds": args.rounds}
+            with timed_part(result["parts"], part, rounds=args.rounds):
+                if part == "file":
+                    rows = file_floors(args.rounds, args.calls, Path(tmp))
+                elif part == "eval":
+                    rows = eval_floors(args.rounds, args.calls)
+                elif part == "diffq":
+                    rows = diffq_floors(args.rounds, args.calls)
+                elif part == "lapq":
+                    rows = lapq_floor()
+                else:
+                    raise SystemExit(f"--parts: unknown part {part!r}")
+                result["rows"].update(rows)
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out}")

@@ -24,17 +24,19 @@ Used by ``benchmarks/speed.py measure`` (key ``"table"`` of ``speed.json``) and 
 from __future__ import annotations
 
 import copy
-import os
-import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+try:
+    from bench_timing import load_range, ratio_row, timed_part
+except ImportError:  # imported as benchmarks.speed_table
+    from benchmarks.bench_timing import load_range, ratio_row, timed_part
 
 #: row -> (what, goal ratio or None); the goal is the issue's
 GOALS: dict[str, tuple[str, float | None]] = {
@@ -58,32 +60,6 @@ GOALS: dict[str, tuple[str, float | None]] = {
 }
 
 
-def _per_call(fn: Callable[[], Any], calls: int, setup: Callable[[], Any] | None = None) -> float:
-    times = []
-    for _ in range(calls):
-        arg = setup() if setup else None
-        start = time.perf_counter()
-        fn(arg) if setup else fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def ratio_row(learnq_fn: Callable, base_fn: Callable, rounds: int, calls: int, setup: Callable | None = None,
-              warmup: int = 2) -> dict[str, Any]:
-    """Interleaved rounds: per round the per-call median of each side; the ratios' median and minimum."""
-    for _ in range(warmup):
-        _per_call(learnq_fn, 1, setup)
-        _per_call(base_fn, 1, setup)
-    lq, base, ratios = [], [], []
-    for r in range(rounds):
-        order = ((learnq_fn, lq), (base_fn, base)) if r % 2 == 0 else ((base_fn, base), (learnq_fn, lq))
-        for fn, out in order:
-            out.append(_per_call(fn, calls, setup))
-        ratios.append(lq[-1] / base[-1])
-    return {"learnq_ms": 1e3 * statistics.median(lq), "baseline_ms": 1e3 * statistics.median(base),
-            "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "rounds": rounds, "calls": calls}
-
-
 def mlp(params: int, bits: int | None = 4) -> nn.Module:
     """A 3-layer ReLU MLP of about ``params`` parameters (width w: 1024·w + w·w + w·1024), weights quantized at
     ``bits`` per channel (min-max) when ``bits`` is given."""
@@ -97,6 +73,53 @@ def mlp(params: int, bits: int | None = 4) -> nn.Module:
     return model
 
 
+def resnet20_w4a8() -> tuple[nn.Module, nn.Module]:
+    """``(quantized, float)``: ResNet-20 (seeded initial weights) and its PTQ W4A8 copy (min-max, per channel)."""
+    from learnq.pipeline.models import build_model
+    from learnq.ptq import quantize
+
+    torch.manual_seed(0)
+    resnet = build_model("resnet20", (3, 32, 32), 10).eval()
+    q_resnet = quantize(copy.deepcopy(resnet), torch.rand(64, 3, 32, 32), method="minmax", wbits=4, abits=8,
+                        granularity="channel", progress=False).model
+    return q_resnet, resnet
+
+
+def diffq_mlp(params: int = 16_000_000) -> tuple[nn.Module, Any]:
+    """``(model, handle)``: an MLP of ``params`` parameters prepared with DiffQ g8, its bits logits drawn so that
+    the widths spread over 2..15 bits (per-group widths), in eval mode."""
+    import learnq
+
+    torch.manual_seed(0)
+    model = mlp(params, bits=None)
+    handle = learnq.prepare(model, learnq.DiffQ(group_size=8))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for qz in handle.quantizers.values():
+            if qz.logits is not None:
+                qz.logits.copy_(torch.randn(qz.logits.shape, generator=g) * 3)
+    return model.eval(), handle
+
+
+def digits_lenet() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """``(model, x, y)``: a LeNet trained for a few seconds (15 epochs, 1,400 images) on sklearn digits, in eval
+    mode, and the digits (the last 397 images are its test split)."""
+    from learnq.pipeline.models import build_model
+
+    x, y = _digits()
+    torch.manual_seed(0)
+    model = build_model("lenet", (1, 8, 8), 10)
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    for _ in range(15):
+        perm = torch.randperm(1400)
+        for i in range(0, 1400, 64):
+            idx = perm[i:i + 64]
+            opt.zero_grad()
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    return model.eval(), x, y
+
+
 def _drop_exports(model: nn.Module) -> None:
     """Forget every quantizer's cached export, as a change of its weight would (the next save exports again)."""
     from learnq.parametrization import WeightParametrization
@@ -108,27 +131,14 @@ def _drop_exports(model: nn.Module) -> None:
 
 def file_rows(rounds: int, calls: int, folder: Path, quick: bool) -> dict[str, Any]:
     import learnq
-    from learnq.pipeline.models import build_model
-    from learnq.ptq import quantize
     from learnq.quantized import plain_state
 
     out: dict[str, Any] = {}
-    torch.manual_seed(0)
-    resnet = build_model("resnet20", (3, 32, 32), 10).eval()
-    q_resnet = quantize(copy.deepcopy(resnet), torch.rand(64, 3, 32, 32), method="minmax", wbits=4, abits=8,
-                        granularity="channel", progress=False).model
+    q_resnet, resnet = resnet20_w4a8()
     torch.manual_seed(0)
     big = mlp(10_200_000)
     template_big = mlp(10_200_000, bits=None)
-    torch.manual_seed(0)
-    d16 = mlp(16_000_000, bits=None)
-    handle = learnq.prepare(d16, learnq.DiffQ(group_size=8))
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for qz in handle.quantizers.values():
-            if qz.logits is not None:
-                qz.logits.copy_(torch.randn(qz.logits.shape, generator=g) * 3)
-    d16.eval()
+    d16, _ = diffq_mlp(16_000_000)
     cases = {"resnet20": (q_resnet, resnet), "mlp10m": (big, template_big), "diffq16m": (d16, None)}
     for name, (model, template) in cases.items():
         path, pt = folder / f"{name}.safetensors", folder / f"{name}.pt"
@@ -216,21 +226,9 @@ def eval_rows(rounds: int, calls: int) -> dict[str, Any]:
 def lapq_row(rounds: int) -> dict[str, Any]:
     from torch.utils.data import TensorDataset
 
-    from learnq.pipeline.models import build_model
     from learnq.ptq import quantize
 
-    x, y = _digits()
-    torch.manual_seed(0)
-    model = build_model("lenet", (1, 8, 8), 10)
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    for _ in range(15):
-        perm = torch.randperm(1400)
-        for i in range(0, 1400, 64):
-            idx = perm[i:i + 64]
-            opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    model.eval()
+    model, x, y = digits_lenet()
     calib = TensorDataset(x[:512], y[:512])
 
     def acc(m: nn.Module) -> float:
@@ -313,26 +311,24 @@ def measure_table(quick: bool, parts: tuple[str, ...] = PARTS,
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for part in parts:
-            start, load_start = time.perf_counter(), list(os.getloadavg())
-            if part == "eval":
-                rows.update(eval_rows(rounds, calls))
-            elif part == "diffq":
-                rows.update(diffq_rows(rounds, calls, folder))
-            elif part == "file":
-                rows.update(file_rows(rounds, calls, folder, quick))
-            elif part == "scaling":
-                scaling = scaling_rows(rounds, calls, folder, quick)
-            elif part == "lapq":
-                rows.update(lapq_row(1 if quick else 3))
-            else:
-                raise SystemExit(f"--parts: unknown part {part!r}; known: {', '.join(PARTS)}")
-            part_info[part] = {"seconds": time.perf_counter() - start, "loadavg_start": load_start,
-                               "loadavg_end": list(os.getloadavg()), "quick": quick}
-    loads = [p["loadavg_start"][0] for p in part_info.values()] + [p["loadavg_end"][0] for p in part_info.values()]
+            with timed_part(part_info, part, quick=quick):
+                if part == "eval":
+                    rows.update(eval_rows(rounds, calls))
+                elif part == "diffq":
+                    rows.update(diffq_rows(rounds, calls, folder))
+                elif part == "file":
+                    rows.update(file_rows(rounds, calls, folder, quick))
+                elif part == "scaling":
+                    scaling = scaling_rows(rounds, calls, folder, quick)
+                elif part == "lapq":
+                    rows.update(lapq_row(1 if quick else 3))
+                else:
+                    raise SystemExit(f"--parts: unknown part {part!r}; known: {', '.join(PARTS)}")
+    loads = load_range(part_info) or (float("nan"), float("nan"))
     return {"rows": rows, "scaling": scaling, "goals": {k: list(v) for k, v in GOALS.items()},
             "threads": torch.get_num_threads(), "parts": part_info, "quick": quick,
             "seconds": sum(p["seconds"] for p in part_info.values()) if part_info else time.perf_counter() - total,
-            "loadavg_start": [min(loads)], "loadavg_end": [max(loads)],
+            "loadavg_start": [loads[0]], "loadavg_end": [loads[1]],
             "method": "interleaved rounds (order alternating), per round the per-call median of each side; "
                       "ratio = learnq / baseline per round; median and minimum over rounds; 1 torch thread"}
 
@@ -372,9 +368,8 @@ def table_lines(table: dict[str, Any]) -> list[str]:
 
 def floor_lines(table: dict[str, Any], floors: dict[str, Any]) -> list[str]:
     """Markdown: for each row whose goal is not met, the measured ratio next to the floor's (``speed_floors.py``)."""
-    parts = floors.get("parts", {})
-    loads = [p["loadavg_start"][0] for p in parts.values()] + [p["loadavg_end"][0] for p in parts.values()]
-    load = f"; load average {min(loads):.1f}-{max(loads):.1f} (1 min)" if loads else ""
+    loads = load_range(floors.get("parts", {}))
+    load = f"; load average {loads[0]:.1f}-{loads[1]:.1f} (1 min)" if loads else ""
     lines = ["**Floors of the goals not met** (`benchmarks/results/speed_floors.json`, `python benchmarks/"
              f"speed_floors.py`; the same method as the table{load}): the ratio of the part of the path that no "
              "learnq change removes, against the same baseline. A goal below its floor cannot be met by this "

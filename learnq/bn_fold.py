@@ -34,6 +34,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrize
 
 from learnq.errors import ModelError
+from learnq.fx_trace import LeafTracer
 
 FOLDED_BN_ATTR = "learnq_folded_batchnorm"
 """The attribute of a model whose BatchNorm layers were folded: the folded (layer, BatchNorm) pairs (recorded in its
@@ -59,11 +60,9 @@ def foldable(layer: nn.Module | None, bn: nn.Module | None) -> bool:
     return False
 
 
-class _Tracer(torch.fx.Tracer):
-    """Keeps layers and BatchNorms as single ``call_module`` nodes, even when parametrized."""
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, (*_LAYERS, _BatchNorm)) or super().is_leaf_module(m, module_qualified_name)
+def _leaf(m: nn.Module) -> bool:
+    """The trace keeps layers and BatchNorms (subclasses too, parametrized or not) as single ``call_module`` nodes."""
+    return isinstance(m, (*_LAYERS, _BatchNorm))
 
 
 def _pairs_from_graph(model: nn.Module, graph: torch.fx.Graph) -> list[tuple[str, str]]:
@@ -109,7 +108,7 @@ def find_conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     if not any(isinstance(m, _BatchNorm) for m in model.modules()):
         return []
     try:
-        graph = _Tracer().trace(model)
+        graph = LeafTracer(_leaf).trace(model)
     except Exception as exc:  # any tracing failure (TraceError, TypeError from Proxy, ...): fall back, loudly
         warnings.warn(
             f"fold_batchnorm: torch.fx could not trace {type(model).__name__} ({type(exc).__name__}: {exc}); "

@@ -5,6 +5,10 @@ integer target's Q/DQ by node name).
 The model is wrapped in a root module whose one submodule is ``net`` (a model that is a single layer is then one
 traced call, and every node's target starts with ``net.``); which modules stay single calls is the caller's ``leaf``
 predicate, on top of torch.fx's own (the ``torch.nn`` modules).
+
+:class:`LeafTracer` alone (the model traced as it is, no root) is also the tracer of BatchNorm folding
+(:mod:`learnq.bn_fold`), cross-layer equalization (:mod:`learnq.ptq.equalize`), the calibration loss's float prefix
+(:mod:`learnq.ptq.calib_loss`) and GPTQ's paused forward (:mod:`learnq.ptq.layer_inputs`), each with its own leaf rule.
 """
 
 from __future__ import annotations

@@ -27,22 +27,19 @@ observed on the quantized model (α by ``act_clip``). The bias is not optimised 
 
 from __future__ import annotations
 
-import copy
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from learnq.attach import Selection, select_weights
+from learnq.attach import Selection
 from learnq.clipping import choose_clip
 from learnq.errors import ConfigError, DataError
 from learnq.grid import GridSpec, QuantizedTensor, compute_params
-from learnq.ptq.adaround import INPUT_MODES, _recon_error, capture_inputs, layer_function
-from learnq.ptq.bias_correction import correct_quantized
+from learnq.ptq.adaround import _recon_error, layer_function
 from learnq.ptq.context import PTQContext, PTQMethod
-from learnq.quantized import attach_quantized, get_module, split_name
+from learnq.ptq.reconstruction import LayerByLayer, Observers, run_reconstruction
 
 
 @dataclass
@@ -136,34 +133,16 @@ def adaquant_weights(model: nn.Module, calib_inputs: torch.Tensor, spec: GridSpe
                      device: str | torch.device = "cpu", seed: int = 0,
                      progress: bool = False) -> dict[str, AdaQuantInfo]:
     """Quantize the selected weights of ``model`` (in place, eval mode) with AdaQuant, layer by layer."""
-    if inputs not in INPUT_MODES:
-        raise ConfigError(f"AdaQuant inputs={inputs!r} is unknown; use 'quantized' or 'float'")
-    if not isinstance(calib_inputs, torch.Tensor) or calib_inputs.shape[0] == 0:
-        raise DataError("AdaQuant needs a non-empty tensor of calibration inputs")
-    model.eval()
-    names = select_weights(model, selection)[0]
-    float_model = copy.deepcopy(model)
-    torch.manual_seed(seed)
-    out: dict[str, AdaQuantInfo] = {}
-    for i, name in enumerate(tqdm(names, desc="adaquant", unit="layer", disable=not progress)):
-        module_name, param = split_name(name)
-        if param != "weight":
-            raise ConfigError(f"AdaQuant optimises layer weights only, not {name!r}; select weights (biases=False)")
-        module = get_module(model, module_name)
-        fn = layer_function(module)
-        weight = module.weight.detach()
-        x_float = capture_inputs(float_model, get_module(float_model, module_name), calib_inputs, device=device)
-        x_q = x_float if inputs == "float" else capture_inputs(model, module, calib_inputs, device=device)
-        with torch.no_grad():
-            target = torch.cat([fn(x_float[j:j + 256], weight) for j in range(0, x_float.shape[0], 256)])
-        qt, info = optimize_layer(weight, spec, fn, x_q, target, clip=clip, iterations=iterations, lr=lr,
-                                  lr_step=lr_step, batch_size=batch_size, checks=checks, seed=seed + i,
-                                  name=name)
-        if bias_correction or variance_correction:
-            qt = correct_quantized(qt, weight, variance=variance_correction)
-        attach_quantized(model, name, qt)
-        out[name] = info
-    return out
+    run = LayerByLayer(model, calib_inputs, "AdaQuant", selection=selection, inputs=inputs,
+                       bias_correction=bias_correction, variance_correction=variance_correction, device=device,
+                       seed=seed, progress=progress)
+    for layer in run:
+        fn = layer_function(layer.module)
+        x_q, target = run.layer_data(layer.module_name, fn, layer.weight)
+        run.attach(layer, *optimize_layer(layer.weight, spec, fn, x_q, target, clip=clip, iterations=iterations,
+                                          lr=lr, lr_step=lr_step, batch_size=batch_size, checks=checks,
+                                          seed=seed + layer.index, name=layer.name))
+    return run.infos
 
 
 OPTIONS: dict[str, Any] = {"iterations": 500, "lr": 5e-3, "lr_step": 1e-2, "round_batch_size": 64, "checks": 20,
@@ -172,17 +151,16 @@ OPTIONS: dict[str, Any] = {"iterations": 500, "lr": 5e-3, "lr_step": 1e-2, "roun
 
 def _adaquant_method(ctx: PTQContext) -> dict[str, Any]:
     """The ``adaquant`` PTQ method: weights by :func:`adaquant_weights`, then input quantizers (α by ``act_clip``)."""
+    return run_reconstruction(ctx, "adaquant", _weights)
+
+
+def _weights(ctx: PTQContext, _observers: Observers | None) -> dict[str, AdaQuantInfo]:
     opts = ctx.options
-    infos: dict[str, AdaQuantInfo] = {}
-    if ctx.wspec is not None:
-        infos = adaquant_weights(ctx.model, ctx.inputs, ctx.wspec, selection=ctx.selection, clip=opts["clip"],
-                                 inputs=opts["inputs"], iterations=opts["iterations"], lr=opts["lr"],
-                                 lr_step=opts["lr_step"], batch_size=opts["round_batch_size"], checks=opts["checks"],
-                                 bias_correction=ctx.bias_correction, variance_correction=ctx.variance_correction,
-                                 device=ctx.device, seed=ctx.seed, progress=ctx.progress)
-        ctx.record_weights(infos)
-    ctx.attach_activations(clip=opts["act_clip"])
-    return {"adaquant": [asdict(info) for info in infos.values()]}
+    return adaquant_weights(ctx.model, ctx.inputs, ctx.wspec, selection=ctx.selection, clip=opts["clip"],
+                            inputs=opts["inputs"], iterations=opts["iterations"], lr=opts["lr"],
+                            lr_step=opts["lr_step"], batch_size=opts["round_batch_size"], checks=opts["checks"],
+                            bias_correction=ctx.bias_correction, variance_correction=ctx.variance_correction,
+                            device=ctx.device, seed=ctx.seed, progress=ctx.progress)
 
 
 METHOD = PTQMethod("adaquant", "AdaQuant (Hubara et al. 2021): layer-wise optimisation of weights and steps",

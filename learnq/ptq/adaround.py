@@ -39,28 +39,32 @@ accuracy is what ``benchmarks/ptq.py``'s ``adaround`` / ``adaround-fast`` rows m
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from learnq.attach import BitsRule, Selection, select_weights
+from learnq.attach import BitsRule, Selection
 from learnq.errors import ConfigError, DataError, ModelError
 from learnq.grid import GridSpec, QuantizedTensor, check_tensor, compute_params
 from learnq.ptq.context import PTQContext, PTQMethod
-from learnq.quantized import attach_quantized, get_module, holders, split_name
+from learnq.ptq.reconstruction import (  # capture_inputs, for_each_input: public here too (moved there)
+    LayerByLayer,
+    Observers,
+    capture_inputs,
+    for_each_input,
+    run_reconstruction,
+)
+from learnq.quantized import get_module, holders
 
 ZETA = 1.1
 GAMMA = -0.1
 DEFAULT_ITERATIONS = 10_000  # Nagel et al. 2020, Sec. 5; AIMET's default
 FAST_ITERATIONS = 1_000  # the ``fast`` preset
-INPUT_MODES = ("quantized", "float")
 
 
 def rectified_sigmoid(v: torch.Tensor) -> torch.Tensor:
@@ -148,53 +152,6 @@ def layer_function(module: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], 
     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         return lambda x, w: module._conv_forward(x, w, None)  # stride, padding, dilation, groups of the layer
     raise ModelError(f"AdaRound works on nn.Linear and nn.Conv1d/2d/3d layers, not {type(module).__name__}")
-
-
-class _Stop(Exception):
-    """Raised by the capture hook once the layer's input is recorded: the rest of the forward is not needed."""
-
-
-@torch.no_grad()
-def run_until_stop(model: nn.Module, inputs: torch.Tensor, handles: list, *, batch_size: int = 256,
-                   device: str | torch.device = "cpu") -> None:
-    """Run ``model`` on ``inputs`` batch by batch, each forward ended early where one of the hooks behind ``handles``
-    raises :class:`_Stop`; the hooks are removed afterwards, also on an error."""
-    try:
-        for i in range(0, inputs.shape[0], batch_size):
-            try:
-                model(inputs[i:i + batch_size].to(device))
-            except _Stop:
-                pass
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def for_each_input(model: nn.Module, module: nn.Module, inputs: torch.Tensor, fn: Callable[[torch.Tensor], None], *,
-                   batch_size: int = 256, device: str | torch.device = "cpu") -> int:
-    """Run ``model`` on ``inputs`` batch by batch, each forward stopped where ``module`` is called, and hand
-    ``module``'s input of every batch to ``fn`` (in order); returns the number of batches."""
-    batches = 0
-
-    def hook(_m: nn.Module, args: tuple) -> None:
-        nonlocal batches
-        fn(args[0].detach())
-        batches += 1
-        raise _Stop
-
-    run_until_stop(model, inputs, [module.register_forward_pre_hook(hook)], batch_size=batch_size, device=device)
-    if batches != math.ceil(inputs.shape[0] / batch_size):
-        raise ModelError(f"{type(module).__name__} layer is not called by the model's forward; its input cannot be "
-                         "captured (is it part of the model?)")
-    return batches
-
-
-def capture_inputs(model: nn.Module, module: nn.Module, inputs: torch.Tensor, *, batch_size: int = 256,
-                   device: str | torch.device = "cpu") -> torch.Tensor:
-    """The input ``module`` receives when ``model`` runs on ``inputs`` (all samples, concatenated, on ``device``)."""
-    seen: list[torch.Tensor] = []
-    for_each_input(model, module, inputs, seen.append, batch_size=batch_size, device=device)
-    return torch.cat(seen)
 
 
 def _soft_weight(floor: torch.Tensor, h: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor,
@@ -285,22 +242,11 @@ def adaround_weights(model: nn.Module, calib_inputs: torch.Tensor, spec: GridSpe
     ``"quantized"`` (each layer sees the output of the layers already rounded) or ``"float"``. Returns
     ``{name: AdaRoundInfo}`` in processing order.
     """
-    if inputs not in INPUT_MODES:
-        raise ConfigError(f"AdaRound inputs={inputs!r} is unknown; use 'quantized' or 'float'")
-    if not isinstance(calib_inputs, torch.Tensor) or calib_inputs.shape[0] == 0:
-        raise DataError("AdaRound needs a non-empty tensor of calibration inputs")
-    model.eval()
-    names = select_weights(model, selection)[0]  # a tied weight once, rounded for its first selected layer
-    float_model = copy.deepcopy(model)  # the float reference; ``model`` is quantized layer by layer
-    torch.manual_seed(seed)
-    out: dict[str, AdaRoundInfo] = {}
-    for i, name in enumerate(tqdm(names, desc="adaround", unit="layer", disable=not progress)):
-        module_name, param = split_name(name)
-        if param not in ("weight", "in_proj_weight"):
-            raise ConfigError(f"AdaRound rounds layer weights only, not {name!r}; select weights (biases=False)")
-        weight = getattr(get_module(model, module_name), param).detach()
+    run = LayerByLayer(model, calib_inputs, "AdaRound", selection=selection, inputs=inputs,
+                       params=("weight", "in_proj_weight"), device=device, seed=seed, progress=progress)
+    for layer in run:
+        name, weight = layer.name, layer.weight
         layer_name, fn = reconstruction_layer(model, name)
-        module = get_module(model, layer_name)
         layer_spec = spec if bits_rule is None else GridSpec(
             bits=bits_rule(name), scheme=spec.scheme, granularity=spec.granularity, rounding=spec.rounding,
             restricted=spec.restricted)
@@ -310,21 +256,15 @@ def adaround_weights(model: nn.Module, calib_inputs: torch.Tensor, spec: GridSpe
 
             alpha = choose_clip(weight, layer_spec, clip, **clip_options)
         if fn is None:
-            attach_quantized(model, name, _nearest(weight, layer_spec, alpha, name))
-            out[name] = AdaRoundInfo(name=name, nearest_error=math.nan, adaround_error=math.nan, flipped=0,
-                                     numel=weight.numel(), note="attention out_proj: input not reachable, nearest")
+            run.attach(layer, _nearest(weight, layer_spec, alpha, name),
+                       AdaRoundInfo(name=name, nearest_error=math.nan, adaround_error=math.nan, flipped=0,
+                                    numel=weight.numel(), note="attention out_proj: input not reachable, nearest"))
             continue
-        x_float = capture_inputs(float_model, get_module(float_model, layer_name), calib_inputs,
-                                 device=device)
-        x_q = x_float if inputs == "float" else capture_inputs(model, module, calib_inputs, device=device)
-        with torch.no_grad():
-            target = torch.cat([fn(x_float[j:j + 256], weight) for j in range(0, x_float.shape[0], 256)])
-        qt, info = learn_rounding(weight, layer_spec, fn, x_q, target, clip=alpha, iterations=iterations, lr=lr,
-                                  reg_weight=reg_weight, beta_range=beta_range, warmup=warmup,
-                                  batch_size=batch_size, seed=seed + i, name=name)
-        attach_quantized(model, name, qt)
-        out[name] = info
-    return out
+        x_q, target = run.layer_data(layer_name, fn, weight)
+        run.attach(layer, *learn_rounding(weight, layer_spec, fn, x_q, target, clip=alpha, iterations=iterations,
+                                          lr=lr, reg_weight=reg_weight, beta_range=beta_range, warmup=warmup,
+                                          batch_size=batch_size, seed=seed + layer.index, name=name))
+    return run.infos
 
 
 OPTIONS: dict[str, Any] = {"iterations": DEFAULT_ITERATIONS, "fast": False, "lr": 1e-2, "reg_weight": 0.01,
@@ -352,16 +292,15 @@ def _adaround_method(ctx: PTQContext) -> dict[str, Any]:
                           "apply to it: drop bias_correction / variance_correction")
     opts = ctx.options
     iterations = resolve_iterations(opts)
-    infos: dict[str, AdaRoundInfo] = {}
-    if ctx.wspec is not None:
-        infos = adaround_weights(ctx.model, ctx.inputs, ctx.wspec, selection=ctx.selection, clip=opts["clip"],
-                                 inputs=opts["inputs"], iterations=iterations, lr=opts["lr"],
-                                 reg_weight=opts["reg_weight"], beta_range=(opts["beta_start"], opts["beta_end"]),
-                                 warmup=opts["warmup"], batch_size=opts["round_batch_size"], device=ctx.device,
-                                 seed=ctx.seed, progress=ctx.progress)
-        ctx.record_weights(infos)
-    ctx.attach_activations(clip=opts["act_clip"])
-    return {"adaround": [asdict(info) for info in infos.values()]}
+
+    def weights(ctx: PTQContext, _observers: Observers | None) -> dict[str, AdaRoundInfo]:
+        return adaround_weights(ctx.model, ctx.inputs, ctx.wspec, selection=ctx.selection, clip=opts["clip"],
+                                inputs=opts["inputs"], iterations=iterations, lr=opts["lr"],
+                                reg_weight=opts["reg_weight"], beta_range=(opts["beta_start"], opts["beta_end"]),
+                                warmup=opts["warmup"], batch_size=opts["round_batch_size"], device=ctx.device,
+                                seed=ctx.seed, progress=ctx.progress)
+
+    return run_reconstruction(ctx, "adaround", weights)
 
 
 METHOD = PTQMethod("adaround", "AdaRound (Nagel et al. 2020): learned up/down rounding per layer, layer by layer",

@@ -43,6 +43,7 @@ from learnq.batches import calibration_batches
 from learnq.clipping import scale_offset
 from learnq.errors import ConfigError, DataError, ModelError
 from learnq.evaluation import task_loss
+from learnq.fx_trace import Leaf, LeafTracer
 from learnq.grid import GridSpec
 from learnq.layers import WEIGHT_LAYER_TYPES, parameter_names
 from learnq.ptq.ptq_weight import PTQWeight, ptq_weight_of
@@ -110,23 +111,19 @@ def step_coordinates(model: nn.Module) -> list[StepCoordinate]:
     return coords
 
 
-class _Tracer(torch.fx.Tracer):
-    """Keeps every module that holds a quantizer (and every conv/linear) as one ``call_module`` node."""
-
-    def __init__(self, stop: set[str]) -> None:
-        super().__init__()
-        self.stop = stop
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return module_qualified_name in self.stop or isinstance(m, WEIGHT_LAYER_TYPES) \
-            or super().is_leaf_module(m, module_qualified_name)
+def _leaf_rule(model: nn.Module, variable: set[str]) -> Leaf:
+    """The trace keeps every module named in ``variable`` (those that hold a quantizer) and every weight layer as one
+    ``call_module`` node. By identity: torch.fx names a module by its first name in ``named_modules()``, the name a
+    coordinate's layer has."""
+    stop = {id(m) for name, m in model.named_modules() if name in variable}
+    return lambda m: id(m) in stop or isinstance(m, WEIGHT_LAYER_TYPES)
 
 
 def split_float_prefix(model: nn.Module, variable: set[str]) -> tuple[torch.fx.GraphModule, torch.fx.GraphModule]:
     """``(prefix, suffix)`` GraphModules of ``model``: ``prefix(x)`` returns the tuple of constant values that the
     variable part consumes; ``suffix(*those)`` returns the model's output. ``variable`` names the modules whose
     calls depend on α. Raises whatever ``torch.fx`` raises for a model it cannot trace."""
-    graph = _Tracer(variable).trace(model)
+    graph = LeafTracer(_leaf_rule(model, variable)).trace(model)
     depends: set[torch.fx.Node] = set()
     for node in graph.nodes:
         if node.op == "call_module" and node.target in variable:

@@ -53,6 +53,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+from learnq.fx_trace import LeafTracer
+
 _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
           nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
@@ -74,9 +76,9 @@ class Pair:
     flatten: bool
 
 
-class _Tracer(torch.fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, qualified_name: str) -> bool:
-        return isinstance(m, _LAYERS) or super().is_leaf_module(m, qualified_name)
+def _leaf(m: nn.Module) -> bool:
+    """The trace keeps every conv/linear layer (subclasses too) as one ``call_module`` node."""
+    return isinstance(m, _LAYERS)
 
 
 def _link(node: torch.fx.Node, modules: dict[str, nn.Module]) -> str | None:
@@ -118,7 +120,7 @@ def find_pairs(model: nn.Module) -> list[Pair]:
     """Every equalizable pair of ``model`` (module docstring), in graph order; a ``UserWarning`` and no pairs when
     ``torch.fx`` cannot trace the model."""
     try:
-        graph = _Tracer().trace(model)
+        graph = LeafTracer(_leaf).trace(model)
     except Exception as exc:  # any tracing failure: say so, equalize nothing
         warnings.warn(f"cross-layer equalization: torch.fx could not trace {type(model).__name__} "
                       f"({type(exc).__name__}: {exc}); no layer pair is equalized", UserWarning, stacklevel=3)

@@ -33,26 +33,23 @@ quantized model (α by option ``act_clip``). The bias is not touched.
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from learnq.attach import Selection, select_weights
+from learnq.attach import Selection
 from learnq.clipping import choose_clip
 from learnq.errors import ConfigError, ModelError, QuantizationError
 from learnq.granularity import CHANNEL
 from learnq.grid import GridSpec, QuantizedTensor, compute_params
-from learnq.ptq.adaround import INPUT_MODES, for_each_input
-from learnq.ptq.bias_correction import correct_quantized
 from learnq.ptq.context import PTQContext, PTQMethod
 from learnq.ptq.layer_inputs import LayerInputs
-from learnq.quantized import attach_quantized, get_module, split_name
+from learnq.ptq.reconstruction import LayerByLayer, Observers, for_each_input, run_reconstruction
+from learnq.quantized import get_module, split_name
 
 
 @dataclass
@@ -274,7 +271,7 @@ def gptq_weights(model: nn.Module, calib_inputs: torch.Tensor, spec: GridSpec, *
                  clip: str = "minmax", damp: float = 0.01, block_size: int = 128, act_order: bool = False,
                  inputs: str = "quantized", bias_correction: bool = False, variance_correction: bool = False,
                  device: str | torch.device = "cpu", batch_size: int = 256, progress: bool = False,
-                 observers: Mapping[str, Callable[[torch.Tensor], None]] | None = None) -> dict[str, GPTQInfo]:
+                 observers: Observers | None = None) -> dict[str, GPTQInfo]:
     """Quantize the selected weights of ``model`` (in place, eval mode) with GPTQ, layer by layer in definition
     order; returns ``{name: GPTQInfo}``.
 
@@ -283,24 +280,17 @@ def gptq_weights(model: nn.Module, calib_inputs: torch.Tensor, spec: GridSpec, *
     it is captured, e.g. an activation quantizer's ``observe``: with ``inputs="quantized"`` that is exactly what a
     calibration pass over the finished model would show it (the layers before it are already quantized, the
     layer itself and the ones after do not change its input), so the GPTQ method needs no calibration pass."""
-    if inputs not in INPUT_MODES:
-        raise ConfigError(f"GPTQ inputs={inputs!r} is unknown; use 'quantized' or 'float'")
-    model.eval()
-    names = select_weights(model, selection)[0]
-    for name in names:
-        if split_name(name)[1] != "weight":
-            raise ConfigError(f"GPTQ rounds layer weights only, not {name!r}; select weights (biases=False)")
-    float_model = copy.deepcopy(model) if inputs == "float" else None
-    source = model if float_model is None else float_model
+    run = LayerByLayer(model, calib_inputs, "GPTQ", selection=selection, inputs=inputs, float_reference=False,
+                       bias_correction=bias_correction, variance_correction=variance_correction, device=device,
+                       progress=progress)
+    source = run.source
     # one forward pass paused at each layer (learnq.ptq.layer_inputs), else one partial forward per layer
-    stepper = LayerInputs.build(source, [split_name(n)[0] for n in names], calib_inputs, batch_size=batch_size,
-                                device=device)
+    stepper = LayerInputs.build(source, [split_name(n)[0] for n in run.names], calib_inputs,
+                                batch_size=batch_size, device=device)
     steps = iter(stepper) if stepper is not None else None
-    out: dict[str, GPTQInfo] = {}
-    for name in tqdm(names, desc="gptq", unit="layer", disable=not progress):
-        module_name = split_name(name)[0]
-        module = get_module(model, module_name)
-        acc = HessianSum(module)
+    for layer in run:
+        module_name = layer.module_name
+        acc = HessianSum(layer.module)
         observe = (observers or {}).get(module_name)
 
         def take(x: torch.Tensor, acc: HessianSum = acc, observe: Callable | None = observe) -> None:
@@ -315,14 +305,9 @@ def gptq_weights(model: nn.Module, calib_inputs: torch.Tensor, spec: GridSpec, *
             for_each_input(source, get_module(source, module_name), calib_inputs, take, batch_size=batch_size,
                            device=device)
         hessians, _ = acc.result()
-        weight = module.weight.detach()
-        qt, info = gptq_weight(weight, hessians, spec, clip=clip, damp=damp, block_size=block_size,
-                               act_order=act_order, name=name)
-        if bias_correction or variance_correction:
-            qt = correct_quantized(qt, weight, variance=variance_correction)
-        attach_quantized(model, name, qt)
-        out[name] = info
-    return out
+        run.attach(layer, *gptq_weight(layer.weight, hessians, spec, clip=clip, damp=damp, block_size=block_size,
+                                       act_order=act_order, name=layer.name))
+    return run.infos
 
 
 OPTIONS: dict[str, Any] = {"damp": 0.01, "block_size": 128, "act_order": False, "clip": "minmax",
@@ -331,27 +316,17 @@ OPTIONS: dict[str, Any] = {"damp": 0.01, "block_size": 128, "act_order": False, 
 
 def _gptq_method(ctx: PTQContext) -> dict[str, Any]:
     """The ``gptq`` PTQ method: weights by :func:`gptq_weights`, then input quantizers (α by ``act_clip``)."""
+    # stream: the input quantizers observe what GPTQ captures (no calibration pass)
+    return run_reconstruction(ctx, "gptq", _weights, stream=True)
+
+
+def _weights(ctx: PTQContext, observers: Observers | None) -> dict[str, GPTQInfo]:
     opts = ctx.options
-    infos: dict[str, GPTQInfo] = {}
-    if ctx.wspec is None:
-        ctx.attach_activations(clip=opts["act_clip"])
-        return {"gptq": []}
-    names = {split_name(n)[0] for n in select_weights(ctx.model, ctx.selection)[0]}
-    # the input quantizers observe what GPTQ captures (no calibration pass) when that is the finished model's input
-    quantizers = ctx.attach_activations(observe=False) if opts["inputs"] == "quantized" else {}
-    streamed = bool(quantizers) and set(quantizers) <= names
-    infos = gptq_weights(ctx.model, ctx.inputs, ctx.wspec, selection=ctx.selection, clip=opts["clip"],
-                         damp=opts["damp"], block_size=opts["block_size"], act_order=opts["act_order"],
-                         inputs=opts["inputs"], bias_correction=ctx.bias_correction,
-                         variance_correction=ctx.variance_correction, device=ctx.device,
-                         batch_size=ctx.batch_size, progress=ctx.progress,
-                         observers={k: q.observe for k, q in quantizers.items()} if streamed else None)
-    ctx.record_weights(infos)
-    if streamed:
-        ctx.finish_activations(quantizers, clip=opts["act_clip"])
-    else:
-        ctx.attach_activations(clip=opts["act_clip"])
-    return {"gptq": [asdict(info) for info in infos.values()]}
+    return gptq_weights(ctx.model, ctx.inputs, ctx.wspec, selection=ctx.selection, clip=opts["clip"],
+                        damp=opts["damp"], block_size=opts["block_size"], act_order=opts["act_order"],
+                        inputs=opts["inputs"], bias_correction=ctx.bias_correction,
+                        variance_correction=ctx.variance_correction, device=ctx.device, batch_size=ctx.batch_size,
+                        progress=ctx.progress, observers=observers)
 
 
 METHOD = PTQMethod("gptq", "GPTQ (Frantar et al. 2023): column-by-column rounding with inverse-Hessian updates",

@@ -4,7 +4,7 @@ layer", each layer quantized on the inputs the partially quantized model gives i
 
 The usual way to give layer ``k`` the inputs of the model whose layers ``1..k-1`` are already quantized is to run
 the model again from its input for every layer, stopping at layer ``k``
-(:func:`learnq.ptq.adaround.for_each_input`): ``K`` partial forwards, the first layers recomputed ``K`` times.
+(:func:`learnq.ptq.reconstruction.for_each_input`): ``K`` partial forwards, the first layers recomputed ``K`` times.
 :class:`LayerInputs` instead runs a ``torch.fx`` trace of the model node by node over all calibration batches and
 pauses where layer ``k`` is called: the values computed so far (the quantized prefix) are kept, layer ``k``'s input
 of every batch is handed out, and after the caller has quantized layer ``k`` the run resumes from that node, which
@@ -26,12 +26,13 @@ import torch
 import torch.fx
 from torch import nn
 
+from learnq.fx_trace import LeafTracer
 from learnq.layers import WEIGHT_LAYER_TYPES
 
 
-class _Tracer(torch.fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, WEIGHT_LAYER_TYPES) or super().is_leaf_module(m, module_qualified_name)
+def _leaf(m: nn.Module) -> bool:
+    """The trace keeps every weight layer (subclasses too) as one ``call_module`` node."""
+    return isinstance(m, WEIGHT_LAYER_TYPES)
 
 
 class LayerInputs:
@@ -59,7 +60,7 @@ class LayerInputs:
         """A stepper over ``inputs`` (batches of ``batch_size``), or None when the model cannot be stepped
         through exactly (untraceable forward, more than one input, a layer called twice, never, or out of order)."""
         try:
-            graph = _Tracer().trace(model)
+            graph = LeafTracer(_leaf).trace(model)
         except Exception:  # any tracing failure: the caller runs partial forwards instead (same values)
             return None
         if sum(node.op == "placeholder" for node in graph.nodes) != 1:

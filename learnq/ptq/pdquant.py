@@ -50,7 +50,6 @@ from learnq.errors import ConfigError, ModelError
 from learnq.grid import GridSpec, QuantizedTensor, compute_params
 from learnq.ptq.adaround import (
     beta_schedule,
-    capture_inputs,
     inverse_rectified_sigmoid,
     layer_function,
     rectified_sigmoid,
@@ -58,6 +57,7 @@ from learnq.ptq.adaround import (
 )
 from learnq.ptq.context import PTQContext, PTQMethod
 from learnq.ptq.equalize import Pair, find_pairs
+from learnq.ptq.reconstruction import capture_inputs
 from learnq.quantized import attach_quantized, get_module, split_name
 
 

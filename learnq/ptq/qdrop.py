@@ -45,15 +45,14 @@ from learnq.layers import LAYER_TYPES
 from learnq.parametrization import register
 from learnq.ptq.adaround import (
     _soft_weight,
-    _Stop,
     beta_schedule,
     inverse_rectified_sigmoid,
     rectified_sigmoid,
     rounding_regularizer,
-    run_until_stop,
 )
 from learnq.ptq.bias_correction import correct_quantized
 from learnq.ptq.context import PTQContext, PTQMethod
+from learnq.ptq.reconstruction import _Stop, run_until_stop
 from learnq.quantized import attach_quantized, get_module, split_name
 
 _LAYERS = LAYER_TYPES["conv"] + LAYER_TYPES["linear"]
