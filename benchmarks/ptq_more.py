@@ -195,6 +195,11 @@ def _ms(values: list[float]) -> str:
     return f"{100 * statistics.fmean(values):.2f} ± {100 * sd:.2f}"
 
 
+def _cpu_ratio(row: dict[str, Any], base: dict[str, Any]) -> str:
+    return f"{row['cpu_seconds'] / base['cpu_seconds']:.3f}" if row.get("cpu_seconds") and base.get("cpu_seconds") \
+        else "-"
+
+
 def markdown(data: dict[str, Any]) -> str:
     lines: list[str] = []
     every = data["speed"]
@@ -215,10 +220,13 @@ def markdown(data: dict[str, Any]) -> str:
                   "interleaved rounds in one process, one torch thread); accuracy difference GPTQ − LAPQ (points). "
                   "code: `first` = the first GPTQ (each layer's input captured whole, then its Hessian, then a "
                   "calibration pass for the activations); `streamed` = each batch's input streamed into a float64 "
-                  "Hessian sum and into the activation observers (no calibration pass), one Cholesky per layer**",
-                  "", "| code | seed | config | rounds | gptq s | lapq s | mse s | gptq/lapq | gptq/mse "
-                  "| gptq − lapq |",
-                  "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  "Hessian sum and into the activation observers (no calibration pass), one Cholesky per layer; "
+                  "`sorted-mse` = that, with the MSE range search from sorted values (learnq/sorted_mse.py). "
+                  "`cpu gptq/lapq`: the same ratio of the medians of process CPU time (less sensitive to the "
+                  "machine's load than wall time)**",
+                  "", "| code | seed | config | rounds | gptq s | lapq s | mse s | gptq/lapq | cpu gptq/lapq "
+                  "| gptq/mse | gptq − lapq |",
+                  "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         index = {(r["seed"], r["config"], r["method"], r.get("tag", "")): r for r in every}
         for (seed, cfg, m, tag), r in index.items():
             if m != "gptq" or (seed, cfg, "lapq", tag) not in index or (seed, cfg, "mse", tag) not in index:
@@ -230,10 +238,11 @@ def markdown(data: dict[str, Any]) -> str:
                     rv = index[(seed, cfg, v, tag)]
                     lines.append(f"| {code}, {v} | {seed} | {cfg} | {rv['rounds']} | {rv['seconds']:.2f} | "
                                  f"{lq['seconds']:.2f} | {ms['seconds']:.2f} | "
-                                 f"{rv['seconds'] / lq['seconds']:.3f} | {rv['seconds'] / ms['seconds']:.2f} | "
+                                 f"{rv['seconds'] / lq['seconds']:.3f} | {_cpu_ratio(rv, lq)} | "
+                                 f"{rv['seconds'] / ms['seconds']:.2f} | "
                                  f"{100 * (rv['accuracy'] - lq['accuracy']):+.2f} |")
             lines.append(f"| {code} | {seed} | {cfg} | {r['rounds']} | {r['seconds']:.2f} | {lq['seconds']:.2f} | "
-                         f"{ms['seconds']:.2f} | {r['seconds'] / lq['seconds']:.3f} | "
+                         f"{ms['seconds']:.2f} | {r['seconds'] / lq['seconds']:.3f} | {_cpu_ratio(r, lq)} | "
                          f"{r['seconds'] / ms['seconds']:.2f}"
                          f" | {100 * (r['accuracy'] - lq['accuracy']):+.2f} |")
         lines.append("")

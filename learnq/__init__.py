@@ -36,7 +36,8 @@ SUBMODULES = ("accounting", "act", "analysis", "atomic_file", "attach", "batches
               "pco_codec",
               "file_layout", "file_records", "granularity", "grid", "layers", "model_file", "optim", "packing",
               "palette", "parametrization", "pipeline", "ptq", "qat", "quantized", "quantizers", "regularizers", "size",
-              "ste", "fx_trace")
+              "ste", "fx_trace",
+              "sorted_mse")
 """The public subpackages and modules, each reachable as ``learnq.<name>`` after ``import learnq``."""
 
 LAZY_NAMES = {"PTQ": "learnq.ptq.config"}
