@@ -159,6 +159,10 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=["2x1", "4x4", "2x2"], help="BITSxDIM")
     parser.add_argument("--learnq", nargs="+", default=["default:"],
                         help="learnq DKM variants NAME:key=value,... (e.g. tau02:tau=0.02)")
+    parser.add_argument("--learnq-exclude", nargs="*", default=[],
+                        help="weights learnq's DKM also leaves float (beside features.conv1.weight), e.g. the "
+                        "layers coremltools leaves float at cluster_dim 4, for a step-time comparison on the same "
+                        "layers")
     parser.add_argument("--no-coremltools", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--report", action="store_true", help="only print the table of --out (BENCHMARKS.md block)")
@@ -216,12 +220,13 @@ def main() -> None:
                     continue
                 model = base()
                 learnq.prepare(model, learnq.DKM(bits=bits, dim=dim, **opts),
-                               selection=Selection(exclude=("features.conv1.weight",)))
+                               selection=Selection(exclude=("features.conv1.weight", *args.learnq_exclude)))
                 step = _finetune(model, x, y, args.epochs, seed=seed)
                 model.eval()
                 learnq.save(model, tmp / f"learnq_{cfg}.safetensors")
                 loaded = learnq.load(tmp / f"learnq_{cfg}.safetensors", base())
                 record({**common, "lib": "learnq", "variant": name, "options": opts, "bits": bits, "dim": dim,
+                        "excluded": ["features.conv1.weight", *args.learnq_exclude],
                         "accuracy": _accuracy(loaded, xt, yt),
                         "file_bytes": _size(tmp / f"learnq_{cfg}.safetensors"), "step_ms": 1e3 * step,
                         "step_vs_float": step / float_step})

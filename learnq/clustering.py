@@ -108,6 +108,12 @@ def lloyd(vectors: torch.Tensor, centroids: torch.Tensor, groups: torch.Tensor, 
 def attention(x: torch.Tensor, centroids: torch.Tensor, groups: torch.Tensor, tau: float) -> torch.Tensor:
     """DKM's ``A = softmax(-d(W, C)/τ)`` of one chunk: ``(rows, k)`` (Euclidean ``d``, per-row palette group)."""
     # computed as (k, rows) with the softmax over dim 0: a softmax over a short last dim is ~6x slower on CPU
+    if x.shape[1] > 1 and centroids.shape[0] == 1:
+        # one palette of vectors: ‖c‖² - 2·c·w + ‖w‖² as one matrix product (k, rows), ~3x faster than the
+        # (k, rows, d) difference; float32 cancellation is ~1e-7·‖w‖², far below τ² at DKM's temperatures
+        c = centroids[0]
+        sq = torch.addmm(c.pow(2).sum(1, keepdim=True) + x.pow(2).sum(1).unsqueeze(0), c, x.t(), alpha=-2.0)
+        return torch.softmax(-sq.clamp_min(DIST_FLOOR).sqrt() / tau, dim=0).t()
     c = centroids[0].unsqueeze(1) if centroids.shape[0] == 1 else centroids[groups].transpose(0, 1)
     diff = c - x.unsqueeze(0)  # (k, rows, d)
     if x.shape[1] == 1:  # scalar palettes: |w - c| (abs has the gradient sign(w - c), 0 where w = c)

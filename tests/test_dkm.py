@@ -73,6 +73,31 @@ def test_the_gradient_matches_finite_differences():
     assert torch.autograd.gradcheck(f, (w,), eps=1e-6, atol=1e-7)
 
 
+def test_one_vector_palette_uses_the_expanded_distance_with_the_same_values_and_gradient():
+    """One palette of d > 1 vectors takes the matrix-product distance ‖c‖² - 2·c·w + ‖w‖²: equal to the
+    difference form on hand values and in general (float64), and its gradient passes finite differences."""
+    x = torch.tensor([[0.0, 0.0], [3.0, 4.0]], dtype=torch.float64)
+    c = torch.tensor([[[0.0, 0.0], [3.0, 4.0]]], dtype=torch.float64)
+    far = math.exp(-5.0) / (1 + math.exp(-5.0))  # ‖(3, 4)‖ = 5
+    torch.testing.assert_close(attention(x, c, torch.tensor([0, 0]), tau=1.0),
+                               torch.tensor([[1 - far, far], [far, 1 - far]], dtype=torch.float64),
+                               rtol=1e-10, atol=1e-12)  # float64; exact zero distances go through the 1e-24 floor
+    gen = torch.Generator().manual_seed(3)
+    w = torch.randn(50, 4, dtype=torch.float64, generator=gen)
+    cs = torch.randn(1, 16, 4, dtype=torch.float64, generator=gen)
+    dist = (cs[0].unsqueeze(1) - w.unsqueeze(0)).pow(2).sum(-1).sqrt()  # (k, rows), the difference form
+    ref = torch.softmax(-dist / 0.3, dim=0).t()
+    # float64 cancellation in ‖c‖² + ‖w‖² - 2c·w of values ~1-10: ~1e-15 absolute, far below 1e-10
+    torch.testing.assert_close(attention(w, cs, torch.zeros(50, dtype=torch.long), 0.3), ref, rtol=1e-10, atol=1e-12)
+    wg = w[:7].clone().requires_grad_(True)
+    g7 = torch.zeros(7, dtype=torch.long)
+
+    def f(v):
+        return soft_weights(v, soft_update(v, cs, g7, 0.5, rows=2), g7, 0.5, rows=2)
+
+    assert torch.autograd.gradcheck(f, (wg,), eps=1e-6, atol=1e-7)
+
+
 def test_chunking_changes_nothing_but_the_summation_order():
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(1000, 1, generator=gen)
