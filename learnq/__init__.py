@@ -37,7 +37,7 @@ SUBMODULES = ("accounting", "act", "analysis", "atomic_file", "attach", "batches
               "file_layout", "file_records", "granularity", "grid", "layers", "model_file", "optim", "packing",
               "palette", "parametrization", "pipeline", "ptq", "qat", "quantized", "quantizers", "regularizers", "size",
               "ste", "fx_trace",
-              "sorted_mse")
+              "sorted_mse", "kl_histogram")
 """The public subpackages and modules, each reachable as ``learnq.<name>`` after ``import learnq``."""
 
 LAZY_NAMES = {"PTQ": "learnq.ptq.config"}
