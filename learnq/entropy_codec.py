@@ -61,7 +61,7 @@ CODERS = (ANS, PCO)
 PCO_SLACK = 1.02
 """A tensor is pcodec-coded when that is at most this factor above the rANS bound (:func:`bound_bits`), since it
 decodes ~7x faster; otherwise the smaller of the two is stored."""
-EXTRA = "pip install 'learnq[entropy]'"
+EXTRA = pco_codec.EXTRA
 
 Streams = list[tuple[int, int]]  # (width in bits, symbol count) of each packed stream, in file order
 
@@ -74,15 +74,7 @@ def check_codec(codec: object) -> str:
 
 
 def _constriction(reading: bool):
-    try:
-        import constriction
-    except ImportError as exc:
-        if reading:
-            raise CheckpointError(f"this file's codes are entropy-coded (codec 'ans'), which needs the 'constriction' "
-                                  f"package; install it with: {EXTRA}") from exc
-        raise ConfigError(f"codec='ans' needs the 'constriction' package; install it with: {EXTRA} "
-                          "(or save with codec='packed')") from exc
-    return constriction
+    return pco_codec.import_coder("constriction", "ans", reading)
 
 
 def _stream_symbols(packed: torch.Tensor, streams: Streams) -> list[np.ndarray]:

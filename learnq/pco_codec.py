@@ -34,16 +34,21 @@ LEVEL = 8
 EXTRA = "pip install 'learnq[entropy]'"
 
 
-def _pcodec(reading: bool):
+def import_coder(package: str, codec: str, reading: bool):
+    """Import a coder's package (``pcodec``, ``constriction``) or name the extra that provides it: CheckpointError
+    when reading a file whose codes are coded by ``codec``, ConfigError when saving with ``codec='ans'``."""
     try:
-        import pcodec
+        return __import__(package)  # the import statement's hook, as `import pcodec` would call it
     except ImportError as exc:
         if reading:
-            raise CheckpointError(f"this file's codes are entropy-coded (codec 'pco'), which needs the 'pcodec' "
-                                  f"package; install it with: {EXTRA}") from exc
-        raise ConfigError(f"codec='ans' needs the 'pcodec' package; install it with: {EXTRA} "
+            raise CheckpointError(f"this file's codes are entropy-coded (codec '{codec}'), which needs the "
+                                  f"'{package}' package; install it with: {EXTRA}") from exc
+        raise ConfigError(f"codec='ans' needs the '{package}' package; install it with: {EXTRA} "
                           "(or save with codec='packed')") from exc
-    return pcodec
+
+
+def _pcodec(reading: bool):
+    return import_coder("pcodec", "pco", reading)
 
 
 def symbol_dtype(width: int) -> type:
