@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import sys
@@ -44,7 +45,7 @@ from torch.nn.utils import parametrize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_timing import ratio_row, timed_part  # noqa: E402
-from speed_table import diffq_mlp, digits_lenet, resnet20_w4a8  # noqa: E402
+from speed_table import diffq_mlp, digits_lenet, resnet20_w4a8, train_step  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -201,10 +202,7 @@ def diffq_floors(rounds: int, calls: int) -> dict[str, Any]:
         for batch in batches:
             x, y = torch.rand(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
 
-            def step_f(x=x, y=y, fl=fl, opt_f=opt_f) -> None:
-                opt_f.zero_grad(set_to_none=True)
-                F.cross_entropy(fl(x), y).backward()
-                opt_f.step()
+            step_f = functools.partial(train_step, fl, opt_f, x, y)
 
             def floor(step_f=step_f, sizes=sizes, opt_l=opt_l) -> None:
                 step_f()

@@ -24,8 +24,10 @@ Used by ``benchmarks/speed.py measure`` (key ``"table"`` of ``speed.json``) and 
 from __future__ import annotations
 
 import copy
+import functools
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,15 @@ def mlp(params: int, bits: int | None = 4) -> nn.Module:
     if bits:
         quantize_weights(model, GridSpec(bits=bits, scheme="symmetric", granularity="channel"))
     return model
+
+
+def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               extra_loss: Callable[[], torch.Tensor] | None = None) -> None:
+    """One training step: cross-entropy (plus ``extra_loss()``, e.g. a QAT handle's loss), backward, ``opt.step()``."""
+    opt.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(net(x), y)
+    (loss + extra_loss() if extra_loss is not None else loss).backward()
+    opt.step()
 
 
 def resnet20_w4a8() -> tuple[nn.Module, nn.Module]:
@@ -266,15 +277,8 @@ def diffq_rows(rounds: int, calls: int, folder: Path) -> dict[str, Any]:
         for batch in batches:
             x, y = torch.rand(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
 
-            def step_f(x=x, y=y, net=fl, opt=opt_f) -> None:
-                opt.zero_grad(set_to_none=True)
-                F.cross_entropy(net(x), y).backward()
-                opt.step()
-
-            def step_d(x=x, y=y, net=dq, opt=opt_d, h=handle) -> None:
-                opt.zero_grad(set_to_none=True)
-                (F.cross_entropy(net(x), y) + h.loss()).backward()
-                opt.step()
+            step_f = functools.partial(train_step, fl, opt_f, x, y)
+            step_d = functools.partial(train_step, dq, opt_d, x, y, handle.loss)
 
             fl.train(), dq.train()
             row = ratio_row(step_d, step_f, rounds, calls * 5)
