@@ -71,16 +71,34 @@ def input_columns(module: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     if isinstance(module, nn.Linear):
         return [x.reshape(-1, x.shape[-1])]
     if isinstance(module, (nn.Conv1d, nn.Conv2d)):
-        cols = _unfold(module, x)  # (N, C·kh·kw, L), channel-major like the weight
-        per = cols.shape[1] // module.groups
-        return [cols[:, g * per:(g + 1) * per].transpose(1, 2).reshape(-1, per) for g in range(module.groups)]
+        rows = patch_rows(module, x)  # (C·kh·kw, N·L), channel-major like the weight
+        per = rows.shape[0] // module.groups
+        return [rows[g * per:(g + 1) * per].T for g in range(module.groups)]
     raise ModelError(f"GPTQ works on nn.Linear, nn.Conv1d and nn.Conv2d layers, not {type(module).__name__}")
+
+
+def patch_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A convolution's input patches as the rows of a ``(in·kh·kw, N·L)`` matrix: row order = the weight matrix's
+    column order (channel-major, then kernel row and column), column order = sample, then output position (that of
+    ``F.unfold``'s patches). The patches are a strided view of the padded input (``Tensor.unfold``, dilation by
+    slicing), copied once into this layout, so that ``X Xᵀ`` is one matrix product."""
+    two = isinstance(module, nn.Conv2d)
+    mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+    x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
+    if not two:
+        x = x.unsqueeze(-2)
+    kh, kw = module.kernel_size if two else (1, module.kernel_size[0])
+    sh, sw = module.stride if two else (1, module.stride[0])
+    dh, dw = module.dilation if two else (1, module.dilation[0])
+    v = x.unfold(2, (kh - 1) * dh + 1, sh).unfold(3, (kw - 1) * dw + 1, sw)[..., ::dh, ::dw]  # N, C, H', W', kh, kw
+    return v.permute(1, 4, 5, 0, 2, 3).reshape(x.shape[1] * kh * kw, -1)
 
 
 class HessianSum:
     """``Σ X_g X_gᵀ`` per convolution group, accumulated batch by batch: each batch's product in the input's
-    precision (one ``addbmm`` over the unfolded patches, no transposed copy), the running sum in float64, so that
-    many batches add up without float32 rounding; :meth:`result` gives ``H_g = 2 Σ X_g X_gᵀ / n`` (float32)."""
+    precision (one matrix product of the patches laid out as rows, :func:`patch_rows`), the running sum in float64,
+    so that many batches add up without float32 rounding; :meth:`result` gives ``H_g = 2 Σ X_g X_gᵀ / n``
+    (float32)."""
 
     def __init__(self, module: nn.Module) -> None:
         self.module = module
@@ -95,13 +113,10 @@ class HessianSum:
             parts = [rows.T @ rows]
             n = rows.shape[0]
         elif isinstance(m, (nn.Conv1d, nn.Conv2d)):
-            cols = _unfold(m, x.float())  # (N, C·kh·kw, L)
-            per = cols.shape[1] // m.groups
-            parts = []
-            for g in range(m.groups):
-                c = cols[:, g * per:(g + 1) * per]
-                parts.append(torch.zeros(per, per, dtype=c.dtype, device=c.device).addbmm_(c, c.transpose(1, 2)))
-            n = cols.shape[0] * cols.shape[2]
+            rows = patch_rows(m, x.float())  # (C·kh·kw, N·L)
+            per = rows.shape[0] // m.groups
+            parts = [r @ r.T for r in (rows[g * per:(g + 1) * per] for g in range(m.groups))]
+            n = rows.shape[1]
         else:
             raise ModelError(f"GPTQ works on nn.Linear, nn.Conv1d and nn.Conv2d layers, not {type(m).__name__}")
         if self.sums is None:
@@ -115,19 +130,6 @@ class HessianSum:
         if self.sums is None or self.n == 0:
             raise ModelError("GPTQ needs calibration inputs for every layer; none reached this one")
         return [(h * (2.0 / self.n)).float() for h in self.sums], self.n
-
-
-def _unfold(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A convolution's input as (N, in·kh·kw, L) patches, in the column order of its weight matrix."""
-    two = isinstance(module, nn.Conv2d)
-    mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
-    x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
-    if not two:
-        x = x.unsqueeze(-2)
-    k = module.kernel_size if two else (1, module.kernel_size[0])
-    stride = module.stride if two else (1, module.stride[0])
-    dilation = module.dilation if two else (1, module.dilation[0])
-    return F.unfold(x, k, dilation=dilation, stride=stride)
 
 
 def layer_hessians(module: nn.Module, x: torch.Tensor, *, batch_size: int = 256) -> tuple[list[torch.Tensor], int]:
@@ -334,4 +336,4 @@ METHOD = PTQMethod("gptq", "GPTQ (Frantar et al. 2023): column-by-column roundin
 
 
 __all__ = ["GPTQInfo", "HessianSum", "METHOD", "OPTIONS", "gptq_matrix", "gptq_weight", "gptq_weights", "input_columns",
-           "inverse_cholesky", "layer_hessians"]
+           "inverse_cholesky", "layer_hessians", "patch_rows"]
