@@ -103,6 +103,45 @@ def test_input_columns_rebuild_the_conv_output():
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+def _torch_gptq_matrix(w, u, spec, scale, offset, block_size):
+    """The column loop as it was written in torch before it ran on numpy views (per-tensor/channel grids)."""
+    w, codes, errors = w.clone(), torch.zeros_like(w), torch.zeros_like(w)
+    qmin, qmax = spec.qrange()
+    rnd = torch.floor if spec.rounding == "floor" else torch.round
+    for i1 in range(0, w.shape[1], block_size):
+        i2 = min(i1 + block_size, w.shape[1])
+        block, err, ub = w[:, i1:i2].clone(), torch.zeros(w.shape[0], i2 - i1, dtype=w.dtype), u[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col, sc, off = block[:, i], scale[:, i1 + i], offset[:, i1 + i]
+            q = rnd((col - off) / sc).clamp_(qmin, qmax)
+            codes[:, i1 + i] = q
+            e = (col - (q * sc + off)) / ub[i, i]
+            block[:, i:].addr_(e, ub[i, i:], alpha=-1.0)
+            err[:, i] = e
+        errors[:, i1:i2] = err
+        w[:, i2:] -= err @ u[i1:i2, i2:]
+    return codes, errors
+
+
+@pytest.mark.parametrize("spec", [GridSpec(bits=4), GridSpec(bits=3, scheme="affine", granularity="channel"),
+                                  GridSpec(bits=2, scheme="unsigned", rounding="floor")], ids=str)
+@pytest.mark.parametrize(("out", "cols", "block_size"), [(16, 150, 128), (120, 400, 128), (7, 61, 8)])
+def test_numpy_column_loop_equals_the_torch_loop_bit_for_bit(spec, out, cols, block_size):
+    # the loop runs on numpy views of CPU tensors: float32 subtraction, division, multiplication, addition and
+    # round-half-even are correctly rounded (IEEE 754) in numpy and torch alike, the outer product minus the block
+    # is addr_'s (no fused multiply-add), and the lazy block update is the same torch product: equal bit for bit
+    g = torch.Generator().manual_seed(out + cols)
+    x = torch.randn(2 * cols, cols, generator=g) + torch.randn(2 * cols, 1, generator=g)
+    u = inverse_cholesky(2 * x.T @ x / x.shape[0], 0.01)
+    w = torch.randn(out, cols, generator=g)
+    scale = (0.1 + torch.rand(out, 1, generator=g)).expand(out, cols).contiguous()
+    offset = (0.05 * torch.randn(out, 1, generator=g)).expand(out, cols).contiguous()
+    codes, errors, _, _ = gptq_matrix(w, u, spec, scale, offset, block_size=block_size)
+    ref_codes, ref_errors = _torch_gptq_matrix(w, u, spec, scale, offset, block_size)
+    assert torch.equal(codes, ref_codes) and torch.equal(errors, ref_errors)
+    assert (codes != torch.clamp(torch.round((w - offset) / scale), *spec.qrange())).any()  # the updates mattered
+
+
 def test_patch_rows_are_f_unfold_patches_rearranged():
     # patch_rows builds the patches from a strided view; F.unfold (im2col) is the independent reference. Pure data
     # movement, no arithmetic: equal bit for bit. Strides, dilation, reflect padding, groups and Conv1d.
