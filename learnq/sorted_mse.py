@@ -69,7 +69,7 @@ class SortedRows:
         if k > step:
             return torch.cat([self.mse(alpha[:, i:i + step], spec, unit) for i in range(0, k, step)], dim=1)
         al = alpha.float()
-        below = torch.searchsorted(self.sorted, (al.unsqueeze(2) * ratio).view(n, -1), side="left")  # C(e_j)
+        below = _count_below(self.sorted, (al.unsqueeze(2) * ratio).view(n, -1))  # C(e_j)
         sum_p = self.s1.gather(1, below).view(n, k, -1).sum(dim=2)  # Σ_j P(e_j)
         sum_wc = below.view(n, k, -1).double() @ weight  # Σ_j (m_j² - m_(j-1)²)·C(e_j)
         # the error formula divided by n: mean x² - 2α·(m_max·mean x - a·ΣP/n) + α²·(m_max² - ΣwC/n)
@@ -77,6 +77,16 @@ class SortedRows:
         lin = sum_p * (2 * a) / self.count - 2 * m_top * self.mean1
         quad = m_top * m_top - sum_wc / self.count
         return (self.mean2 + ad * (lin + ad * quad)).clamp(min=0)
+
+
+def _count_below(sorted_rows: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """``#{x < e}`` per row for every edge: ``torch.searchsorted(..., side="left")``, on the CPU numpy's (the same
+    integers; ~2x faster on one thread here, as its binary search starts from the previous edge's answer and each
+    candidate's edges are increasing)."""
+    if sorted_rows.device.type != "cpu":
+        return torch.searchsorted(sorted_rows, edges, side="left")
+    s, e = sorted_rows.numpy(), edges.contiguous().numpy()
+    return torch.from_numpy(np.stack([np.searchsorted(s[i], e[i], side="left") for i in range(s.shape[0])])).long()
 
 
 __all__ = ["SortedRows", "levels"]

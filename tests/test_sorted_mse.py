@@ -156,3 +156,20 @@ def test_zero_rows_and_all_negative_unsigned_rows() -> None:
     x = torch.stack([torch.zeros(300), -torch.rand(300), torch.rand(300)])
     alpha = clip_mse(x, GridSpec(4, scheme="unsigned", granularity="channel"))
     assert alpha[0] == 0 and alpha[1] == 0 and 0 < alpha[2] <= x[2].max()
+
+
+def test_count_below_is_torch_searchsorted() -> None:
+    # numpy's searchsorted on the CPU: integer counts, so equal to torch's exactly; ties with an edge (left side:
+    # not counted), +inf padding of short groups, several rows and edges in any order
+    from learnq.sorted_mse import _count_below
+
+    g = torch.Generator().manual_seed(3)
+    rows = torch.round(torch.randn(3, 500, generator=g) * 8) / 8  # many values exactly on the edges below
+    rows[1, 450:] = torch.inf
+    rows = rows.sort(dim=1).values
+    edges = torch.cat([torch.arange(-40, 41).float() / 16, torch.randn(200, generator=g)]).repeat(3, 1)
+    edges[2] = edges[2].flip(0)
+    got = _count_below(rows, edges)
+    assert got.dtype == torch.int64
+    assert torch.equal(got, torch.searchsorted(rows, edges, side="left"))
+    assert not torch.equal(got, torch.searchsorted(rows, edges, side="right"))  # the ties are there
