@@ -86,7 +86,7 @@ class ActQuantizer(ActivationQuantizer):
     def observe(self, x: torch.Tensor) -> None:
         """Add ``x`` to the statistics."""
         rows = self._rows(x.detach().float())
-        lo, hi = rows.min(dim=1).values, rows.max(dim=1).values
+        lo, hi = torch.aminmax(rows, dim=1)  # one pass: the same values as min and max
         if self.min_val is not None and self.min_val.shape != lo.shape:
             raise ModelError(f"the input of this quantizer had {self.min_val.numel()} channels, now {lo.numel()}")
         self.min_val, self.max_val = update_range(self.min_val, self.max_val, lo, hi,  # type: ignore[arg-type]

@@ -168,6 +168,11 @@ def _round(x: torch.Tensor, spec: GridSpec) -> torch.Tensor:
     return (torch.floor(x) if spec.rounding == "floor" else torch.round(x)).clamp_(qmin, qmax)
 
 
+def _clamp_numpy(x: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """``x`` clamped to [lo, hi] in place by two ufuncs (``np.clip``'s Python wrapper costs more than both)."""
+    return np.minimum(np.maximum(x, lo, out=x), hi, out=x)
+
+
 def gptq_matrix(w: torch.Tensor, u: torch.Tensor, spec: GridSpec, scale: torch.Tensor, offset: torch.Tensor, *,
                 block_size: int = 128, group_size: int = 0, clip: str = "minmax", group_params: bool = False,
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -191,7 +196,7 @@ def gptq_matrix(w: torch.Tensor, u: torch.Tensor, spec: GridSpec, scale: torch.T
     host = w.device.type == "cpu"
     rnd: Callable = ((np.floor if host else torch.floor) if spec.rounding == "floor" else
                      (np.rint if host else torch.round))
-    clamp: Callable = np.clip if host else torch.clamp
+    clamp: Callable = _clamp_numpy if host else torch.Tensor.clamp_
     outer: Callable = np.multiply.outer if host else torch.outer
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
@@ -209,7 +214,7 @@ def gptq_matrix(w: torch.Tensor, u: torch.Tensor, spec: GridSpec, scale: torch.T
                 scale[:, j:j + group_size] = p.scale[:, None]
                 offset[:, j:j + group_size] = p.offset[:, None]
             col = b[:, i]
-            q = clamp(rnd((col - off[:, i]) / sc[:, i]), qmin, qmax)
+            q = clamp(rnd((col - off[:, i]) / sc[:, i]), qmin, qmax)  # in place
             cd[:, i] = q
             e = (col - (q * sc[:, i] + off[:, i])) / uu[i, i]
             b[:, i:] -= outer(e, uu[i, i:])  # the OBS update of the block's remaining columns
