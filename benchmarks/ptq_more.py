@@ -221,7 +221,9 @@ def markdown(data: dict[str, Any]) -> str:
                   "code: `first` = the first GPTQ (each layer's input captured whole, then its Hessian, then a "
                   "calibration pass for the activations); `streamed` = each batch's input streamed into a float64 "
                   "Hessian sum and into the activation observers (no calibration pass), one Cholesky per layer; "
-                  "`sorted-mse` = that, with the MSE range search from sorted values (learnq/sorted_mse.py). "
+                  "`sorted-mse` = that, with the MSE range search from sorted values (learnq/sorted_mse.py); "
+                  "`s5-fast`, `s5-fast2` = that, with a conv layer's Hessian as one matrix product of its patch rows, "
+                  "the column loop on numpy views and numpy's searchsorted in the range search (same files). "
                   "`cpu gptq/lapq`: the same ratio of the medians of process CPU time (less sensitive to the "
                   "machine's load than wall time)**",
                   "", "| code | seed | config | rounds | gptq s | lapq s | mse s | gptq/lapq | cpu gptq/lapq "
