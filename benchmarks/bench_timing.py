@@ -6,8 +6,8 @@ rounds, median)"): :func:`interleaved` is the one loop of rounds (every function
 measurement: :func:`per_call`'s median, :func:`mean_call`'s wall and thread CPU time per call, or what the function
 returns; the order rotating by one each round, or fixed); :func:`ratio_row` times two sides in it, per round the
 per-call median of each side, and reports the median and the minimum of the rounds' ratios; :func:`median_ms` is one
-side alone (median after a warm-up). ``entropy_codec.py``, ``ptq_more.py`` and ``qat_speed_worker.py`` run their
-rounds on :func:`interleaved` too. The machine is shared (2 cores, several people), so
+side alone (median after a warm-up). ``entropy_codec.py``, ``ptq_more.py``, ``qat_speed_worker.py`` and
+``mse_search_check.py`` run their rounds on :func:`interleaved` too. The machine is shared (2 cores, several people), so
 every part of a run records its duration and the load average at its start and end (:func:`timed_part`,
 :func:`load_range`) and every result file the CPU, versions and load (:func:`machine`). The scripts fix the torch
 threads themselves (``torch.set_num_threads(1)`` unless an option says otherwise) and run under the machine's bench
