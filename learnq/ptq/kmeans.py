@@ -49,6 +49,10 @@ def palettize(w: torch.Tensor, bits: int, dim: int, granularity: Any, *, iters: 
 
 
 def _kmeans(ctx: PTQContext) -> dict[str, Any]:
+    if ctx.bias_correction or ctx.variance_correction:
+        raise ConfigError("kmeans replaces each weight by its nearest centroid of a palette; bias correction "
+                          "rescales a grid's steps and does not apply to a palette: drop bias_correction / "
+                          "variance_correction")
     opts = ctx.options
     if isinstance(opts["dim"], bool) or opts["dim"] < 1:
         raise ConfigError(f"options.dim must be an integer >= 1, got {opts['dim']!r}")
@@ -71,8 +75,7 @@ def _weights(ctx: PTQContext, _observers: Observers | None) -> dict[str, dict[st
                                     iters=opts["iters"], tol=opts["tol"], palette_dtype=opts["palette_dtype"],
                                     seed=ctx.seed + layer.index, name=layer.name)
         except QuantizationError as exc:
-            raise ConfigError(f"kmeans cannot palettize {layer.name!r}: {exc}; leave it out or choose another "
-                              "dim") from exc
+            raise ConfigError(f"kmeans cannot palettize {layer.name!r}: {exc}") from exc
         run.attach(layer, qt, {"name": layer.name, "objective_init": history[0], "objective": history[-1],
                                "iterations": len(history) - 1, "numel": layer.weight.numel()})
     return run.infos
