@@ -126,16 +126,21 @@ def _torch_gptq_matrix(w, u, spec, scale, offset, block_size):
 @pytest.mark.parametrize("spec", [GridSpec(bits=4), GridSpec(bits=3, scheme="affine", granularity="channel"),
                                   GridSpec(bits=2, scheme="unsigned", rounding="floor")], ids=str)
 @pytest.mark.parametrize(("out", "cols", "block_size"), [(16, 150, 128), (120, 400, 128), (7, 61, 8)])
-def test_numpy_column_loop_equals_the_torch_loop_bit_for_bit(spec, out, cols, block_size):
+@pytest.mark.parametrize("numpy_loop", [True, False], ids=["numpy", "torch"])
+def test_numpy_column_loop_equals_the_torch_loop_bit_for_bit(spec, out, cols, block_size, numpy_loop, monkeypatch):
     # the loop runs on numpy views of CPU tensors: float32 subtraction, division, multiplication, addition and
     # round-half-even are correctly rounded (IEEE 754) in numpy and torch alike, the outer product minus the block
-    # is addr_'s (no fused multiply-add), and the lazy block update is the same torch product: equal bit for bit
+    # is addr_'s (no fused multiply-add), and the lazy block update is the same torch product: equal bit for bit;
+    # the torch path (other devices) likewise
     g = torch.Generator().manual_seed(out + cols)
     x = torch.randn(2 * cols, cols, generator=g) + torch.randn(2 * cols, 1, generator=g)
     u = inverse_cholesky(2 * x.T @ x / x.shape[0], 0.01)
     w = torch.randn(out, cols, generator=g)
     scale = (0.1 + torch.rand(out, 1, generator=g)).expand(out, cols).contiguous()
     offset = (0.05 * torch.randn(out, 1, generator=g)).expand(out, cols).contiguous()
+    import learnq.ptq.gptq as gptq_module
+
+    monkeypatch.setattr(gptq_module, "_numpy_loop", lambda t: numpy_loop)  # False: the path of other devices
     codes, errors, _, _ = gptq_matrix(w, u, spec, scale, offset, block_size=block_size)
     ref_codes, ref_errors = _torch_gptq_matrix(w, u, spec, scale, offset, block_size)
     assert torch.equal(codes, ref_codes) and torch.equal(errors, ref_errors)

@@ -168,6 +168,11 @@ def _round(x: torch.Tensor, spec: GridSpec) -> torch.Tensor:
     return (torch.floor(x) if spec.rounding == "floor" else torch.round(x)).clamp_(qmin, qmax)
 
 
+def _numpy_loop(w: torch.Tensor) -> bool:
+    """Whether :func:`gptq_matrix` runs its column loop on numpy views of ``w`` (a float32/float64 CPU tensor)."""
+    return w.device.type == "cpu" and w.dtype in (torch.float32, torch.float64)
+
+
 def _clamp_numpy(x: np.ndarray, lo: int, hi: int) -> np.ndarray:
     """``x`` clamped to [lo, hi] in place by two ufuncs (``np.clip``'s Python wrapper costs more than both)."""
     return np.minimum(np.maximum(x, lo, out=x), hi, out=x)
@@ -183,17 +188,17 @@ def gptq_matrix(w: torch.Tensor, u: torch.Tensor, spec: GridSpec, scale: torch.T
     Returns ``(codes, errors, scale, offset)``: codes (out, cols) as floats, the scaled errors ``e_j`` of every
     column (out, cols), and the steps and offsets used.
     """
-    w = w.clone()
-    u = u.to(w.dtype)
+    w = w.detach().clone()  # detached: the loop works on numpy views of CPU tensors
+    u = u.detach().to(w.dtype)
     cols = w.shape[1]
     codes = torch.zeros_like(w)
     errors = torch.zeros_like(w)
-    scale, offset = scale.clone(), offset.clone()
+    scale, offset = scale.detach().clone(), offset.detach().clone()
     row_spec = replace(spec, granularity=CHANNEL)
     qmin, qmax = spec.qrange()
     # the column loop on numpy views of CPU tensors (same memory): ~1 µs per operation against torch's ~5 µs, and
     # numpy's float32 elementwise operations round as torch's (the same values bit for bit, tested); torch elsewhere
-    host = w.device.type == "cpu"
+    host = _numpy_loop(w)
     rnd: Callable = ((np.floor if host else torch.floor) if spec.rounding == "floor" else
                      (np.rint if host else torch.round))
     clamp: Callable = _clamp_numpy if host else torch.Tensor.clamp_
