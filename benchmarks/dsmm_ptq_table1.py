@@ -5,10 +5,11 @@ Networks on ``mnist5k``: the LeNet-5 (40 epochs SGD lr 0.05 cosine, L2 5e-4) and
 30 epochs, L2 4e-5), the recipes of the DSMM reproduction (issue 17, ``benchmarks/dsmm_repro.py`` on its branch);
 DSMM: strength 0.01, α₀ = 0.1, α learning rate 5 (its pilot). Float models of the reproduction's pilot under
 ``~/.cache/learnq-bench/dsmm-pilot/alr5/scratch`` are reused read-only where they exist (seed 0 of L2 and DSMM);
-then those of ``~/.cache/learnq-bench/i15``, then the issue-17 reproduction's scratch LeNets
-(``~/.cache/learnq-bench/dsmm/scratch``, seeds 1-3: the same recipe, DSMM with α learning rate 50, which reaches
-the same equilibrium α* as 5 in its pilot); the others are trained here into ``~/.cache/learnq-bench/i15`` with the
-same recipe (heavy L2: 10x the L2 strength). Each float entry of the JSON records its file.
+then those of ``~/.cache/learnq-bench/i15``, then the issue-17 reproduction's scratch models, LeNet and
+MobileNetV2-small alike (``~/.cache/learnq-bench/dsmm/scratch``: the same recipe, heavy L2 as ``l2-heavy`` at the
+1x strength, which multiplies it by 10, DSMM with α learning rate 50, which reaches the same equilibrium α* as 5 in
+its pilot); the others are trained here into ``~/.cache/learnq-bench/i15`` with the same recipe (heavy L2: 10x the
+L2 strength). Each float entry of the JSON records its file.
 
 Protocol: weights on a symmetric grid with one step per tensor (document 000's "naive" collapse at W4 is a
 per-tensor effect; DFQ equalizes ranges for it), activations (inputs of the quantized layers) 8-bit, the first and
@@ -47,8 +48,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 OUT = RESULTS / "dsmm_ptq_table1.json"
 PILOT = Path.home() / ".cache/learnq-bench/dsmm-pilot/alr5/scratch"
 CACHE = Path.home() / ".cache/learnq-bench/i15"
-#: the issue-17 reproduction's scratch models (``benchmarks/dsmm_repro.py``): the same LeNet recipe (40 epochs SGD
-#: lr 0.05 cosine, L2 5e-4; heavy L2 5e-3 replacing it) except DSMM's α learning rate 50 (pilot: 5; both reach α*)
+#: the issue-17 reproduction's scratch models (``benchmarks/dsmm_repro.py``): the same recipes, LeNet (40 epochs SGD
+#: lr 0.05 cosine, L2 5e-4; heavy L2 5e-3 replacing it) and MobileNetV2-small (30 epochs, L2 4e-5; heavy 4e-4), except
+#: DSMM's α learning rate 50 (pilot: 5; both reach α*); ``tests/test_dsmm_table1_models.py`` compares the recipes
 REPRO = Path.home() / ".cache/learnq-bench/dsmm/scratch"
 REGS = ("l2", "heavy-l2", "dsmm")
 METHODS: dict[str, dict[str, Any]] = {
@@ -87,7 +89,18 @@ def _regularizers(model: str, reg: str) -> list[dict[str, Any]]:
     return out
 
 
+def recipe_dict(model: str, reg: str, seed: int) -> dict[str, Any]:
+    """The recipe this benchmark trains a missing float model with (the reproduction's, but DSMM's α lr 5)."""
+    spec = TRAIN[model]
+    return {"name": f"i15-{model}-{reg}-seed{seed}", "seed": seed,
+            "data": {"name": "mnist5k", "calib_size": 512, "test_fraction": 0.2},
+            "model": spec["model"], "train": dict(spec["train"]), "regularizers": _regularizers(model, reg),
+            "report": {"plots": False}}
+
+
 def model_file(model: str, reg: str, seed: int) -> Path:
+    """The float model of (model, reg, seed): the pilot's, else this benchmark's own (``CACHE``), else the issue-17
+    reproduction's scratch model (``REPRO``, LeNet and MobileNetV2-small alike), else trained here into ``CACHE``."""
     pilot = PILOT / model / reg / f"seed{seed}.safetensors"
     if pilot.is_file():
         return pilot
@@ -96,13 +109,8 @@ def model_file(model: str, reg: str, seed: int) -> Path:
     if not (folder / MODEL_FILE).is_file() and repro.is_file():
         return repro
     if not (folder / MODEL_FILE).is_file():
-        spec = TRAIN[model]
-        recipe = {"name": f"i15-{model}-{reg}-seed{seed}", "seed": seed,
-                  "data": {"name": "mnist5k", "calib_size": 512, "test_fraction": 0.2},
-                  "model": spec["model"], "train": dict(spec["train"]), "regularizers": _regularizers(model, reg),
-                  "report": {"plots": False}}
         start = time.perf_counter()
-        train_recipe(Recipe.from_dict(recipe), folder)
+        train_recipe(Recipe.from_dict(recipe_dict(model, reg, seed)), folder)
         print(f"trained {model}/{reg}/seed{seed} in {time.perf_counter() - start:.0f} s", flush=True)
     return folder / MODEL_FILE
 
