@@ -2,9 +2,12 @@
 ``packing.py``): how a path is timed against its baseline, and what each timing records about the machine.
 
 The project's rule (BRIEF, "speed goes to benchmarks/ as ratios against a baseline in the same process (interleaved
-rounds, median)"): :func:`ratio_row` times both sides in interleaved rounds (the order alternating), per round the
-per-call median of each side (:func:`per_call`), and reports the median and the minimum of the rounds' ratios;
-:func:`median_ms` is one side alone (median after a warm-up). The machine is shared (2 cores, several people), so
+rounds, median)"): :func:`interleaved` is the one loop of rounds (every function once per round, through a
+measurement: :func:`per_call`'s median, :func:`mean_call`'s wall and thread CPU time per call, or what the function
+returns; the order rotating by one each round, or fixed); :func:`ratio_row` times two sides in it, per round the
+per-call median of each side, and reports the median and the minimum of the rounds' ratios; :func:`median_ms` is one
+side alone (median after a warm-up). ``entropy_codec.py``, ``ptq_more.py``, ``qat_speed_worker.py`` and
+``mse_search_check.py`` run their rounds on :func:`interleaved` too. The machine is shared (2 cores, several people), so
 every part of a run records its duration and the load average at its start and end (:func:`timed_part`,
 :func:`load_range`) and every result file the CPU, versions and load (:func:`machine`). The scripts fix the torch
 threads themselves (``torch.set_num_threads(1)`` unless an option says otherwise) and run under the machine's bench
@@ -22,11 +25,12 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
 
 
 def per_call(fn: Callable[..., Any], calls: int, setup: Callable[[], Any] | None = None) -> float:
@@ -40,6 +44,31 @@ def per_call(fn: Callable[..., Any], calls: int, setup: Callable[[], Any] | None
     return statistics.median(times)
 
 
+def mean_call(fn: Callable[[], Any], calls: int) -> tuple[float, float]:
+    """Wall and thread CPU seconds per call of ``calls`` back-to-back calls of ``fn`` (the mean: for calls too short
+    to time one by one, e.g. a training step of a small network)."""
+    wall, cpu = time.perf_counter(), time.thread_time()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - wall) / calls, (time.thread_time() - cpu) / calls
+
+
+def interleaved(fns: Mapping[str, Callable[[], Any]], rounds: int,
+                measure: Callable[[Callable[[], Any]], T] | None = None, *, rotate: bool = True) -> dict[str, list[T]]:
+    """``rounds`` interleaved rounds: in each, every function of ``fns`` once through ``measure`` (None: one call's
+    wall seconds). Round r starts with the r-th function (``rotate``: none always runs first, right after another's
+    allocations; with two functions the order alternates) or always in the given order. Returns each function's
+    measurements in round order."""
+    measure = measure or (lambda fn: per_call(fn, 1))
+    keys = list(fns)
+    out: dict[str, list[T]] = {k: [] for k in keys}
+    for r in range(rounds):
+        shift = r % len(keys) if rotate and keys else 0
+        for k in keys[shift:] + keys[:shift]:
+            out[k].append(measure(fns[k]))
+    return out
+
+
 def median_ms(fn: Callable[..., Any], repeats: int, setup: Callable[[], Any] | None = None, warmup: int = 1) -> float:
     """Median wall time (ms) of ``fn`` over ``repeats`` calls after ``warmup`` untimed calls (page cache, lazy
     initialisation); ``setup`` as in :func:`per_call`."""
@@ -50,16 +79,14 @@ def median_ms(fn: Callable[..., Any], repeats: int, setup: Callable[[], Any] | N
 
 def ratio_row(learnq_fn: Callable, base_fn: Callable, rounds: int, calls: int, setup: Callable | None = None,
               warmup: int = 2) -> dict[str, Any]:
-    """Interleaved rounds: per round the per-call median of each side; the ratios' median and minimum."""
+    """Interleaved rounds (:func:`interleaved`, learnq first in even rounds): per round the per-call median of each
+    side; the ratios' median and minimum."""
     for _ in range(warmup):
         per_call(learnq_fn, 1, setup)
         per_call(base_fn, 1, setup)
-    lq, base, ratios = [], [], []
-    for r in range(rounds):
-        order = ((learnq_fn, lq), (base_fn, base)) if r % 2 == 0 else ((base_fn, base), (learnq_fn, lq))
-        for fn, out in order:
-            out.append(per_call(fn, calls, setup))
-        ratios.append(lq[-1] / base[-1])
+    t = interleaved({"learnq": learnq_fn, "baseline": base_fn}, rounds, lambda fn: per_call(fn, calls, setup))
+    lq, base = t["learnq"], t["baseline"]
+    ratios = [a / b for a, b in zip(lq, base, strict=True)]
     return {"learnq_ms": 1e3 * statistics.median(lq), "baseline_ms": 1e3 * statistics.median(base),
             "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "rounds": rounds, "calls": calls}
 
@@ -103,4 +130,5 @@ def machine() -> dict[str, Any]:
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
-__all__ = ["cpu_name", "load_range", "machine", "median_ms", "per_call", "ratio_row", "timed_part"]
+__all__ = ["cpu_name", "interleaved", "load_range", "machine", "mean_call", "median_ms", "per_call", "ratio_row",
+           "timed_part"]

@@ -279,16 +279,11 @@ def _codes_of(entries, coder: str | None = None) -> tuple[bytes, list, int, floa
 
 
 def _median_times(fns: dict[str, Any], rounds: int) -> dict[str, float]:
-    """Median seconds of each function over ``rounds`` interleaved rounds; each round starts one function later (the
-    one that runs first after another benchmark's allocations is not always the same)."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    keys = list(fns)
-    for r in range(rounds):
-        for k in keys[r % len(keys):] + keys[:r % len(keys)]:  # interleaved, rotated
-            t = time.perf_counter()
-            fns[k]()
-            times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
+    """Median seconds of each function (one call) over ``rounds`` interleaved rounds, each round starting one
+    function later (bench_timing.interleaved)."""
+    from bench_timing import interleaved
+
+    return {k: statistics.median(v) for k, v in interleaved(fns, rounds).items()}
 
 
 def _speed_case(label: str, model, build, rounds: int) -> dict[str, Any]:

@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [p for p in (str(HERE.parent), str(HERE)) if p not in sys.path]
 
 import ptq as ptq_bench  # noqa: E402  (benchmarks/ptq.py: the float models)
+from bench_timing import interleaved  # noqa: E402
 
 from learnq import clipping  # noqa: E402
 from learnq.grid import GridSpec  # noqa: E402
@@ -113,6 +115,10 @@ def save(data: dict[str, Any]) -> None:
     os.replace(tmp, OUT)
 
 
+def _search(fn: Any, sample: torch.Tensor, spec: GridSpec, alphas: dict[str, float], key: str) -> None:
+    alphas[key] = float(fn(sample, spec))
+
+
 def run_time(args: argparse.Namespace, data: dict[str, Any]) -> None:
     model, splits, _ = ptq_bench.float_model("mnist5k", args.seed, CACHE, None, None)
     result = quantize(model, splits.calib, method="gptq", wbits=4, abits=8, seed=args.seed, progress=False,
@@ -121,13 +127,10 @@ def run_time(args: argparse.Namespace, data: dict[str, Any]) -> None:
                for name, m in result.model.named_modules() if getattr(m, "input_quantizer", None) is not None]
     fns = {"new": clipping.clip_mse, "old": old_clip_mse}
     for name, sample, spec in samples:
-        times: dict[str, list[float]] = {k: [] for k in fns}
-        alphas = {}
-        for _ in range(args.rounds):
-            for k, fn in fns.items():
-                start = time.perf_counter()
-                alphas[k] = float(fn(sample, spec))
-                times[k].append(time.perf_counter() - start)
+        alphas: dict[str, float] = {}
+        # interleaved rounds, always new then old (as the stored rows): one search's seconds, its α kept
+        times = interleaved({k: partial(_search, fn, sample, spec, alphas, k) for k, fn in fns.items()}, args.rounds,
+                            rotate=False)
         row = {"seed": args.seed, "layer": name, "values": sample.numel(), "spec": spec.to_dict(),
                "rounds": args.rounds, "load_average": os.getloadavg(),
                **{f"{k}_seconds": statistics.median(v) for k, v in times.items()},

@@ -31,6 +31,7 @@ per layer; the aggregates) and ``benchmarks/results/ptq.md`` (the tables).
     .venv/bin/python benchmarks/ptq.py --rows adaround,adaround-fast --merge   # re-measure rows, keep the others
     .venv/bin/python benchmarks/ptq.py --rows adaround --networks mnist5k --seed-list 0 --configs W4A8,W2A8 --merge
                                                    # one seed's cells at a time (each run under ~10 min)
+    .venv/bin/python benchmarks/ptq.py --render --into benchmarks/BENCHMARKS.md   # tables -> ptq.md, issue-6 section
 """
 
 from __future__ import annotations
@@ -276,8 +277,9 @@ def merge_previous(path: Path, runs: list[dict[str, Any]], trainings: list[dict[
     return merged, sorted(floats, key=lambda t: (nets.index(t["network"]), t["seed"]))
 
 
-def render(path: Path) -> int:
-    """``--render``: the tables of ``path`` (ptq.json) into the .md beside it, from its runs."""
+def render(path: Path, into: Path | None = None) -> int:
+    """``--render``: the tables of ``path`` (ptq.json) into the .md beside it, from its runs; with ``into``
+    (BENCHMARKS.md) also between its ``<!-- ptq.py: begin -->`` / ``end`` lines (the issue-6 section)."""
     data = json.loads(path.read_text())
     runs = data["runs"]
     floats: dict[str, list[float]] = {}
@@ -286,6 +288,10 @@ def render(path: Path) -> int:
     configs = [c for c in CONFIGS if any((r["wbits"], r["abits"]) == c for r in runs)]
     text = markdown(aggregate(runs), floats, claim_check(runs), len({t["seed"] for t in data["floats"]}), configs)
     path.with_suffix(".md").write_text(text + "\n")
+    if into is not None:
+        from md_section import replace_section  # benchmarks/md_section.py
+
+        replace_section(into, "<!-- ptq.py: begin -->", "<!-- ptq.py: end -->", text)
     print(text)
     return 0
 
@@ -310,9 +316,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--render", action="store_true",
                         help="only rewrite ptq.md from the existing ptq.json (nothing trained or quantized)")
+    parser.add_argument("--into", type=Path, default=None,
+                        help="with --render: also write the tables between the ptq.py markers of this file")
     args = parser.parse_args(argv)
     if args.render:
-        return render(Path(args.out) / "ptq.json")
+        return render(Path(args.out) / "ptq.json", args.into)
     torch.set_num_threads(args.threads)
     seeds = [0] if args.quick else list(range(args.seeds))
     configs = [(4, 4)] if args.quick else list(CONFIGS)

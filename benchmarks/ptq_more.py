@@ -33,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ sys.path[:0] = [p for p in (str(HERE.parent), str(HERE)) if p not in sys.path]
 
 import ptq as ptq_bench  # noqa: E402  (benchmarks/ptq.py: the float models of the speed part)
 import regularizers as reg_bench  # noqa: E402  (benchmarks/regularizers.py: the trainings of Table 2A)
+from bench_timing import interleaved  # noqa: E402
 
 from learnq.pipeline.model_files import rebuild  # noqa: E402
 from learnq.pipeline.recipe import load_recipe  # noqa: E402
@@ -118,11 +120,10 @@ def run_speed(args: argparse.Namespace, data: dict[str, Any], out: Path) -> None
             if not todo:
                 continue
             common = {"granularity": granularity, "skip_first_last": True}
-            runs: dict[str, list[dict[str, Any]]] = {m: [] for m in todo}
-            for _ in range(args.rounds):  # interleaved rounds: the machine's load hits every method alike
-                for m in todo:
-                    if m in timed:
-                        runs[m].append(timed_quantize(model, splits, m, w, a, seed, args.quick, **common))
+            # interleaved rounds, always in the same order (as every row so far): the load hits every method alike
+            runs: dict[str, list[dict[str, Any]]] = {m: [] for m in todo} | interleaved(
+                {m: partial(timed_quantize, model, splits, m, w, a, seed, args.quick, **common) for m in todo
+                 if m in timed}, args.rounds, lambda fn: fn(), rotate=False)
             for m in todo:
                 if m in ONCE:
                     runs[m].append(timed_quantize(model, splits, m, w, a, seed, args.quick, **common))

@@ -18,24 +18,19 @@ from typing import Any
 
 import torch
 
-
-def _timed(fn: Any, steps: int = 10) -> tuple[float, float]:
-    """One interleaved round's share: ``steps`` calls of ``fn``; returns (wall, thread CPU) seconds per call."""
-    wall, cpu = time.perf_counter(), time.thread_time()
-    for _ in range(steps):
-        fn()
-    return (time.perf_counter() - wall) / steps, (time.thread_time() - cpu) / steps
+try:
+    from bench_timing import interleaved, mean_call
+except ImportError:  # imported as benchmarks.qat_speed_worker
+    from benchmarks.bench_timing import interleaved, mean_call
 
 
 def _interleaved(fns: dict[str, Any], rounds: int, warmup: int = 5, steps: int = 10) -> dict[str, dict[str, float]]:
-    """Median over ``rounds`` interleaved rounds of the per-call wall and CPU time of each function (ms)."""
+    """Median over ``rounds`` interleaved rounds (bench_timing.interleaved, always in the given order, as every result
+    so far) of the per-call wall and thread CPU time of each function (ms), each round's share ``steps`` calls."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    samples: dict[str, list[tuple[float, float]]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            samples[k].append(_timed(fn, steps))
+    samples = interleaved(fns, rounds, lambda fn: mean_call(fn, steps), rotate=False)
     return {k: {"wall_ms": 1e3 * statistics.median(w for w, _ in v), "cpu_ms": 1e3 * statistics.median(c for _, c in v)}
             for k, v in samples.items()}
 

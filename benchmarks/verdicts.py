@@ -4,9 +4,11 @@ Nothing is trained or quantized: this reads ``benchmarks/results/{ptq,regularize
 (and ``dsmm_repro.json`` has its own report, ``dsmm_report.py``) and writes ``benchmarks/results/verdicts.md``: for
 every comparison a verdict rests on, the per-seed differences (the same seed's float model, split and calibration
 set on both sides), their mean ± sample std and the count of seeds where the first method is better / equal /
-worse. One test image is 0.1 point on mnist5k's 1,000 test images.
+worse. One test image is 0.1 point on mnist5k's 1,000 test images. With ``--into BENCHMARKS.md`` the tables go
+between its ``verdicts.py`` markers, the AdaRound 10,000 vs 1,000 iterations tables between the ``verdicts.py
+adaround`` markers (issue 17's AdaRound paragraph).
 
-    python benchmarks/verdicts.py
+    python benchmarks/verdicts.py --into benchmarks/BENCHMARKS.md
 """
 
 from __future__ import annotations
@@ -96,12 +98,51 @@ def ptq_section(path: Path) -> list[str]:
         acc.setdefault((r["network"], r["row"], f"W{r['wbits']}A{r['abits']}"), {})[r["seed"]] = r["accuracy"]
     lines = [f"**LAPQ's Table 1 orders, paired by seed** (`{path.name}`)", "", *HEAD]
     pairs = [("lapq", "mse"), ("lapq", "mse+bc"), ("lapq", "aciq"), ("lapq", "kl"), ("mse", "aciq"),
-             ("kl", "mse"), ("kl", "aciq"), ("adaround", "adaround-fast"), ("adaround", "mse"), ("lapq", "adaround")]
+             ("kl", "mse"), ("kl", "aciq")]
     for net in ("mnist5k", "digits"):
         for cfg in ("W4A4", "W4A8", "W2A8", "W32A4"):
             for x, y in pairs:
                 if (net, x, cfg) in acc and (net, y, cfg) in acc:
                     lines.append(paired(f"{net} {cfg}: {x} - {y}", acc[(net, x, cfg)], acc[(net, y, cfg)]))
+    return lines + [""]
+
+
+ADAROUND_BEGIN, ADAROUND_END = "<!-- verdicts.py adaround: begin -->", "<!-- verdicts.py adaround: end -->"
+
+
+def adaround_section(path: Path, network: str = "mnist5k") -> list[str]:
+    """AdaRound at its 10,000-iteration default against the fast preset (1,000) and LAPQ / MSE on the same float
+    model: means over seeds, then the per-seed differences (issue 17, point 3)."""
+    runs = [r for r in json.loads(path.read_text())["runs"] if r["network"] == network]
+    acc: dict[tuple[str, str], dict[int, float]] = {}
+    cpu: dict[tuple[str, str], list[float]] = {}
+    for r in runs:
+        key = (r["row"], f"W{r['wbits']}A{r['abits']}")
+        acc.setdefault(key, {})[r["seed"]] = r["accuracy"]
+        cpu.setdefault(key, []).append(r["cpu_seconds"])
+    cfgs = [c for c in ("W8A8", "W4A8", "W4A4", "W2A8", "W32A4") if ("adaround", c) in acc]
+    rows = ("adaround", "adaround-fast", "lapq", "mse")
+
+    def cell(vals: dict[int, float]) -> str:
+        v = [100 * x for x in vals.values()]
+        return f"{statistics.fmean(v):.2f} ± {statistics.stdev(v):.2f}" if len(v) > 1 else f"{v[0]:.2f} (1 seed)"
+
+    lines = [f"**AdaRound, 10,000 iterations (`adaround`) against the fast preset (1,000, `adaround-fast`), {network} "
+             f"LeNet: test accuracy (%), mean ± std over seeds; CPU s per quantization** (`{path.name}`)", "",
+             "| row | seeds | " + " | ".join(cfgs) + " |", "| --- | --- | " + " | ".join("---:" for _ in cfgs) + " |"]
+    for row in rows:
+        seeds = sorted({s for c in cfgs for s in acc.get((row, c), {})})
+        lines.append(f"| {row} | {','.join(map(str, seeds))} | "
+                     + " | ".join(cell(acc[(row, c)]) if (row, c) in acc else "" for c in cfgs) + " |")
+    for row in rows[:2]:
+        lines.append(f"| {row}: CPU s | | " + " | ".join(f"{statistics.fmean(cpu[(row, c)]):.1f}" for c in cfgs) + " |")
+    lines += ["", f"**The same, paired by seed ({network}; the same float model, split and calibration set on both "
+              "sides)**", "", *HEAD]
+    for cfg in cfgs:
+        for x, y in (("adaround", "adaround-fast"), ("lapq", "adaround"), ("lapq", "adaround-fast"),
+                     ("adaround", "mse")):
+            if (x, cfg) in acc and (y, cfg) in acc:
+                lines.append(paired(f"{cfg}: {x} - {y}", acc[(x, cfg)], acc[(y, cfg)]))
     return lines + [""]
 
 
@@ -158,13 +199,15 @@ def main(argv: list[str] | None = None) -> int:
     lines += ptq_section(r / "ptq.json")
     lines += regularizers_section(r / "regularizers.json", r / "regularizers_asam.json")
     lines += qat_section(r / "qat.json")
+    adaround = adaround_section(r / "ptq.json")
     out = r / "verdicts.md"
-    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out.write_text("\n".join(lines + adaround) + "\n", encoding="utf-8")
     if args.into is not None:
         from md_section import replace_section  # benchmarks/md_section.py
 
         replace_section(args.into, BEGIN, END, "\n".join(lines))
-    print("\n".join(lines))
+        replace_section(args.into, ADAROUND_BEGIN, ADAROUND_END, "\n".join(adaround))
+    print("\n".join(lines + adaround))
     print(f"wrote {out}")
     return 0
 

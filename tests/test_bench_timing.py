@@ -67,6 +67,37 @@ def test_ratio_row_interleaves_rounds_and_reports_median_and_min(clock):
                    "calls": 1}
 
 
+def test_interleaved_rotates_the_order_and_passes_each_measurement_through(clock):
+    order = []
+
+    def make(name, cost):
+        def fn():
+            order.append(name)
+            clock.now += cost
+        return fn
+
+    fns = {"a": make("a", 1.0), "b": make("b", 2.0), "c": make("c", 3.0)}
+    assert bench_timing.interleaved(fns, 4) == {"a": [1.0] * 4, "b": [2.0] * 4, "c": [3.0] * 4}  # one call's seconds
+    assert order == ["a", "b", "c", "b", "c", "a", "c", "a", "b", "a", "b", "c"]  # each round starts one later
+    order.clear()
+    calls = bench_timing.interleaved(fns, 2, lambda fn: (fn(), len(order))[1], rotate=False)
+    assert order == ["a", "b", "c", "a", "b", "c"] and calls == {"a": [1, 4], "b": [2, 5], "c": [3, 6]}
+    assert bench_timing.interleaved({}, 3) == {}
+
+
+def test_mean_call_is_wall_and_thread_cpu_per_call(clock, monkeypatch):
+    cpu = _Clock()
+    monkeypatch.setattr(bench_timing.time, "thread_time", cpu)
+    costs = iter([1.0, 2.0, 6.0])
+
+    def fn():
+        cost = next(costs)
+        clock.now += cost
+        cpu.now += cost / 2
+
+    assert bench_timing.mean_call(fn, 3) == (3.0, 1.5)
+
+
 def test_median_ms_warms_up_first(clock):
     costs = iter([50.0, 0.001, 0.003, 0.002])
 

@@ -207,6 +207,9 @@ def test_kmeans_ptq_palettizes_every_selected_weight():
         assert row["objective"] <= row["objective_init"]
     with pytest.raises(ConfigError, match="at most 8 bits"):
         quantize(_mlp().eval(), x, PTQ(method="kmeans", wbits=9, abits=32), progress=False)
+    for flag in ("bias_correction", "variance_correction"):  # a palette has no steps to correct: refused, not ignored
+        with pytest.raises(ConfigError, match="does not apply to a palette"):
+            quantize(_mlp().eval(), x, PTQ(method="kmeans", wbits=2, abits=32, **{flag: True}), progress=False)
 
 
 def test_dkm_true_size_is_the_indices_and_the_palette_the_file_stores(tmp_path):

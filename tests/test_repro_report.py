@@ -59,3 +59,42 @@ def test_paired_table_one_seed_and_first_trace(tmp_path):
     assert dsmm_report.first_trace(tmp_path, "scratch", "lenet", results) == (2, trace)
     assert dsmm_report.first_trace(tmp_path, "scratch", "mobilenetv2-small", results) == (0, trace)
     assert dsmm_report.first_trace(tmp_path, "finetune", "lenet", results) is None
+
+
+def _ptq_json(tmp_path):
+    """A ptq.json with two seeds of the AdaRound rows at W2A8 and one seed of adaround-fast at W4A8."""
+    import json
+
+    acc = {("adaround", 0): 0.943, ("adaround", 1): 0.950, ("adaround-fast", 0): 0.932, ("adaround-fast", 1): 0.951,
+           ("lapq", 0): 0.944, ("lapq", 1): 0.955, ("mse", 0): 0.911, ("mse", 1): 0.940}
+    runs = [{"network": "mnist5k", "row": row, "wbits": 2, "abits": 8, "seed": s, "accuracy": a,
+             "cpu_seconds": 70.0 if row == "adaround" else 6.0, "calib_seconds": 1.0, "loss_evals": 0}
+            for (row, s), a in acc.items()]
+    runs.append({"network": "digits", "row": "adaround", "wbits": 2, "abits": 8, "seed": 0, "accuracy": 0.5,
+                 "cpu_seconds": 1.0, "calib_seconds": 1.0, "loss_evals": 0})  # another network: not in the table
+    path = tmp_path / "ptq.json"
+    floats = [{"network": "mnist5k", "seed": s, "float": 0.95} for s in (0, 1)]
+    path.write_text(json.dumps({"runs": runs, "floats": [*floats, {"network": "digits", "seed": 0, "float": 0.9}]}))
+    return path
+
+
+def test_adaround_section_by_hand(tmp_path):
+    lines = verdicts.adaround_section(_ptq_json(tmp_path))
+    # 10,000 iterations: 94.3, 95.0 -> mean 94.65, std |95.0 - 94.3| / sqrt(2) = 0.49
+    assert "| adaround | 0,1 | 94.65 ± 0.49 |" in lines
+    assert "| adaround: CPU s | | 70.0 |" in lines
+    # paired 10,000 - 1,000: +1.1 and -0.1 points -> mean +0.50, std 1.2 / sqrt(2) = 0.85
+    assert "| W2A8: adaround - adaround-fast | 0: +1.1, 1: -0.1 | +0.50 ± 0.85 | 1 / 0 / 1 |" in lines
+    assert "| W2A8: lapq - adaround | 0: +0.1, 1: +0.5 | +0.30 ± 0.28 | 2 / 0 / 0 |" in lines
+    assert not any("50.00" in line for line in lines)  # the digits run stays out of the mnist5k table
+
+
+def test_ptq_render_into_markers(tmp_path):
+    doc = tmp_path / "B.md"
+    doc.write_text("hand text\n<!-- ptq.py: begin -->\nold table\n<!-- ptq.py: end -->\nmore hand text\n")
+    ptq.render(_ptq_json(tmp_path), doc)
+    text = doc.read_text()
+    assert text.startswith("hand text\n<!-- ptq.py: begin -->\n**mnist5k LeNet: test accuracy (%)")
+    assert text.endswith("<!-- ptq.py: end -->\nmore hand text\n") and "old table" not in text
+    assert "| adaround | | | | 94.65 ± 0.49 | |" not in text  # only W2A8 was measured: one column
+    assert "| adaround | 94.65 ± 0.49 |" in text

@@ -17,13 +17,12 @@ from typing import Any
 
 import torch
 
-from learnq.attach import select_weights
 from learnq.clustering import init_centroids, lloyd
 from learnq.errors import ConfigError, QuantizationError
 from learnq.grid import QuantizedTensor
 from learnq.palette import PALETTE_DTYPES, check_vectors, nearest, vector_groups
 from learnq.ptq.context import PTQContext, PTQMethod
-from learnq.quantized import attach_quantized, get_module, split_name
+from learnq.ptq.reconstruction import LayerByLayer, Observers, run_reconstruction
 
 MAX_BITS = 8
 OPTIONS: dict[str, Any] = {"dim": 1, "iters": 50, "tol": 0.0, "palette_dtype": "float32", "act_clip": "mse"}
@@ -50,6 +49,10 @@ def palettize(w: torch.Tensor, bits: int, dim: int, granularity: Any, *, iters: 
 
 
 def _kmeans(ctx: PTQContext) -> dict[str, Any]:
+    if ctx.bias_correction or ctx.variance_correction:
+        raise ConfigError("kmeans replaces each weight by its nearest centroid of a palette; bias correction "
+                          "rescales a grid's steps and does not apply to a palette: drop bias_correction / "
+                          "variance_correction")
     opts = ctx.options
     if isinstance(opts["dim"], bool) or opts["dim"] < 1:
         raise ConfigError(f"options.dim must be an integer >= 1, got {opts['dim']!r}")
@@ -58,25 +61,24 @@ def _kmeans(ctx: PTQContext) -> dict[str, Any]:
     if ctx.wspec is not None and ctx.wspec.bits > MAX_BITS:
         raise ConfigError(f"kmeans palettizes at most {MAX_BITS} bits per index (2^{MAX_BITS} centroids); "
                           f"wbits is {ctx.wspec.bits}")
-    rows = []
-    if ctx.wspec is not None:
-        names = select_weights(ctx.model, ctx.selection)[0]
-        for i, name in enumerate(names):
-            with torch.no_grad():
-                current = getattr(get_module(ctx.model, split_name(name)[0]), split_name(name)[1])
-            try:
-                qt, history = palettize(current, ctx.wspec.bits, opts["dim"], ctx.wspec.granularity,
-                                        iters=opts["iters"], tol=opts["tol"], palette_dtype=opts["palette_dtype"],
-                                        seed=ctx.seed + i, name=name)
-            except QuantizationError as exc:
-                raise ConfigError(f"kmeans cannot palettize {name!r}: {exc}; leave it out or choose another dim") \
-                    from exc
-            attach_quantized(ctx.model, name, qt)
-            ctx.record_weights([name])
-            rows.append({"name": name, "objective_init": history[0], "objective": history[-1],
-                         "iterations": len(history) - 1, "numel": current.numel()})
-    ctx.attach_activations(clip=opts["act_clip"])
-    return {"kmeans": rows}
+    return run_reconstruction(ctx, "kmeans", _weights)
+
+
+def _weights(ctx: PTQContext, _observers: Observers | None) -> dict[str, dict[str, Any]]:
+    """Every selected tensor (any parameter: k-means needs no layer function) palettized in turn, seed + index."""
+    opts = ctx.options
+    run = LayerByLayer(ctx.model, ctx.inputs, "k-means", selection=ctx.selection, params=None,
+                       float_reference=False, device=ctx.device, progress=ctx.progress)
+    for layer in run:
+        try:
+            qt, history = palettize(layer.weight, ctx.wspec.bits, opts["dim"], ctx.wspec.granularity,
+                                    iters=opts["iters"], tol=opts["tol"], palette_dtype=opts["palette_dtype"],
+                                    seed=ctx.seed + layer.index, name=layer.name)
+        except QuantizationError as exc:
+            raise ConfigError(f"kmeans cannot palettize {layer.name!r}: {exc}") from exc
+        run.attach(layer, qt, {"name": layer.name, "objective_init": history[0], "objective": history[-1],
+                               "iterations": len(history) - 1, "numel": layer.weight.numel()})
+    return run.infos
 
 
 METHOD = PTQMethod("kmeans", "k-means palettization: 2^wbits centroids of dim-long weight vectors, k-means++ then "

@@ -36,15 +36,12 @@ are 20,000 per block.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from learnq.attach import select_weights
 from learnq.clipping import choose_clip
 from learnq.errors import ConfigError, ModelError
 from learnq.grid import GridSpec, QuantizedTensor, compute_params
@@ -57,8 +54,8 @@ from learnq.ptq.adaround import (
 )
 from learnq.ptq.context import PTQContext, PTQMethod
 from learnq.ptq.equalize import Pair, find_pairs
-from learnq.ptq.reconstruction import capture_inputs
-from learnq.quantized import attach_quantized, get_module, split_name
+from learnq.ptq.reconstruction import LayerByLayer, Observers, run_reconstruction
+from learnq.quantized import get_module, split_name
 
 
 def _log_probs(logits: Any) -> torch.Tensor:
@@ -227,54 +224,43 @@ def _pdquant(ctx: PTQContext) -> dict[str, Any]:
     if ctx.bias_correction or ctx.variance_correction:
         raise ConfigError("PD-Quant learns the rounding against the network's predictions; bias correction does not "
                           "apply to it: drop bias_correction / variance_correction")
+    if not 0.0 <= ctx.options["dc_strength"] <= 1.0:
+        raise ConfigError(f"PD-Quant dc_strength must be in [0, 1], got {ctx.options['dc_strength']!r}")
+    return run_reconstruction(ctx, "pdquant", _weights)
+
+
+def _weights(ctx: PTQContext, _observers: Observers | None) -> dict[str, dict[str, Any]]:
+    """The selected weights block by block (option ``block_depth``), each block's rounding learned jointly against
+    the float model's predictions, the first layer's input distribution-corrected where the option asks."""
     opts = ctx.options
-    if not 0.0 <= opts["dc_strength"] <= 1.0:
-        raise ConfigError(f"PD-Quant dc_strength must be in [0, 1], got {opts['dc_strength']!r}")
-    infos: list[dict[str, Any]] = []
-    if ctx.wspec is not None:
-        model = ctx.model.eval()
-        inputs = ctx.inputs.to(ctx.device)
-        float_model = copy.deepcopy(model)
-        logits = _batched(float_model, inputs)
-        log_p = _log_probs(logits).reshape(*logits.shape)  # one row of log-probabilities per sample (and position)
-        pairs = {p.second: p for p in find_pairs(model)}
-        names = select_weights(model, ctx.selection)[0]
-        bad = [n for n in names if split_name(n)[1] != "weight"]
-        if bad:
-            raise ConfigError(f"PD-Quant rounds layer weights only, not {bad}; select weights (biases=False)")
-        groups = blocks(names, opts["block_depth"])
-        for i, group in enumerate(tqdm(groups, desc="pdquant", unit="block", disable=not ctx.progress)):
-            modules, targets, corrected, clips = [], [], [], []
-            for name in group:
-                module_name = split_name(name)[0]
-                module = get_module(model, module_name)
-                weight = module.weight.detach()
-                clips.append(None if opts["clip"] == "minmax" else choose_clip(weight, ctx.wspec, opts["clip"]))
-                x_float = capture_inputs(float_model, get_module(float_model, module_name), inputs,
-                                         device=ctx.device)
-                fn = layer_function(module)
-                with torch.no_grad():
-                    targets.append(torch.cat([fn(x_float[j:j + 256], weight)
-                                              for j in range(0, x_float.shape[0], 256)]))
-                pair = pairs.get(module_name)
-                x_dc = None
-                if opts["dc"] and opts["dc_strength"] > 0 and _dc_pair(pair, ctx) and name == group[0]:
-                    z = capture_outputs(model, get_module(model, pair.first), inputs)
-                    mean, std = ctx.bn_stats[pair.first]
-                    x_dc = _act(pair.act, distribution_correction(z, mean, std, opts["dc_strength"]))
-                modules.append(module)
-                corrected.append(x_dc)
-            results = learn_rounding_pd(model, modules, ctx.wspec, inputs, log_p, targets, layer_inputs=corrected,
-                                        clips=clips, iterations=opts["iterations"], lr=opts["lr"],
-                                        reg_weight=opts["reg_weight"], mse_weight=opts["mse_weight"],
-                                        beta_range=(opts["beta_start"], opts["beta_end"]), warmup=opts["warmup"],
-                                        batch_size=opts["round_batch_size"], seed=ctx.seed + i, names=group)
-            for name, (qt, info) in zip(group, results, strict=True):
-                attach_quantized(model, name, qt)
-                ctx.record_weights([name])
-                infos.append(info)
-    ctx.attach_activations(clip=opts["act_clip"])
-    return {"pdquant": infos}
+    run = LayerByLayer(ctx.model, ctx.inputs, "PD-Quant", selection=ctx.selection, device=ctx.device,
+                       progress=ctx.progress)
+    model, inputs = ctx.model, ctx.inputs.to(ctx.device)
+    logits = _batched(run.float_model, inputs)
+    log_p = _log_probs(logits).reshape(*logits.shape)  # one row of log-probabilities per sample (and position)
+    pairs = {p.second: p for p in find_pairs(model)}
+    groups = [[split_name(name)[0] for name in group] for group in blocks(run.names, opts["block_depth"])]
+    for block in run.blocks(groups):
+        targets, corrected, clips = [], [], []
+        for layer in block.layers:
+            clips.append(None if opts["clip"] == "minmax" else choose_clip(layer.weight, ctx.wspec, opts["clip"]))
+            targets.append(run.float_target(layer.module_name, layer_function(layer.module), layer.weight))
+            pair = pairs.get(layer.module_name)
+            x_dc = None
+            if opts["dc"] and opts["dc_strength"] > 0 and _dc_pair(pair, ctx) and layer is block.layers[0]:
+                z = capture_outputs(model, get_module(model, pair.first), inputs)
+                mean, std = ctx.bn_stats[pair.first]
+                x_dc = _act(pair.act, distribution_correction(z, mean, std, opts["dc_strength"]))
+            corrected.append(x_dc)
+        results = learn_rounding_pd(model, [layer.module for layer in block.layers], ctx.wspec, inputs, log_p,
+                                    targets, layer_inputs=corrected, clips=clips, iterations=opts["iterations"],
+                                    lr=opts["lr"], reg_weight=opts["reg_weight"], mse_weight=opts["mse_weight"],
+                                    beta_range=(opts["beta_start"], opts["beta_end"]), warmup=opts["warmup"],
+                                    batch_size=opts["round_batch_size"], seed=ctx.seed + block.index,
+                                    names=[layer.name for layer in block.layers])
+        for layer, (qt, info) in zip(block.layers, results, strict=True):
+            run.attach(layer, qt, info)
+    return run.infos
 
 
 METHOD = PTQMethod("pdquant", "PD-Quant (Liu et al. 2023): AdaRound rounding learned against the prediction "

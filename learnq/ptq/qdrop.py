@@ -27,19 +27,16 @@ reconstruction), then blocks are reconstructed in definition order; each rounded
 
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
-from tqdm.auto import tqdm
 
 from learnq.act import ActQuantizer
-from learnq.attach import select_weights
 from learnq.clipping import choose_clip
-from learnq.errors import ConfigError, DataError, ModelError
+from learnq.errors import ConfigError, ModelError
 from learnq.grid import GridSpec, QuantizedTensor, compute_params
 from learnq.layers import LAYER_TYPES
 from learnq.parametrization import register
@@ -50,10 +47,9 @@ from learnq.ptq.adaround import (
     rectified_sigmoid,
     rounding_regularizer,
 )
-from learnq.ptq.bias_correction import correct_quantized
 from learnq.ptq.context import PTQContext, PTQMethod
-from learnq.ptq.reconstruction import _Stop, run_until_stop
-from learnq.quantized import attach_quantized, get_module, split_name
+from learnq.ptq.reconstruction import LayerByLayer, _Stop, run_until_stop
+from learnq.quantized import get_module, split_name
 
 _LAYERS = LAYER_TYPES["conv"] + LAYER_TYPES["linear"]
 
@@ -256,42 +252,23 @@ def _qdrop_method(ctx: PTQContext) -> dict[str, Any]:
     opts = ctx.options
     if not 0.0 <= opts["drop_prob"] <= 1.0:
         raise ConfigError(f"QDrop drop_prob must be a probability in [0, 1], got {opts['drop_prob']!r}")
-    if ctx.inputs.shape[0] == 0:
-        raise DataError("QDrop needs a non-empty calibration set")
-    ctx.model.eval()
-    float_model = copy.deepcopy(ctx.model)
+    if ctx.wspec is None:
+        ctx.attach_activations(clip=opts["act_clip"])
+        return {"qdrop": []}
+    # the float copy is taken before the input quantizers go on: the targets are the float model's
+    run = LayerByLayer(ctx.model, ctx.inputs, "QDrop", selection=ctx.selection,
+                       bias_correction=ctx.bias_correction, variance_correction=ctx.variance_correction,
+                       device=ctx.device, progress=ctx.progress)
     ctx.attach_activations(clip=opts["act_clip"])
-    infos: list[QDropInfo] = []
-    if ctx.wspec is not None:
-        chosen = select_weights(ctx.model, ctx.selection)[0]
-        for name in chosen:
-            if split_name(name)[1] != "weight":
-                raise ConfigError(f"QDrop rounds layer weights only, not {name!r}; select weights (biases=False)")
-        blocks = block_of(ctx.model)
-        done: set[str] = set()
-        for i, names in enumerate(tqdm(blocks, desc="qdrop", unit="block", disable=not ctx.progress)):
-            inside = [w for w in chosen if any(w == f"{n}.weight" or w.startswith(f"{n}.") for n in names)]
-            if not inside:
-                continue
-            qts, info = reconstruct_block(ctx.model, float_model, names, inside, ctx.wspec, ctx.inputs,
-                                          clip=opts["clip"], drop_prob=opts["drop_prob"],
-                                          iterations=opts["iterations"], lr=opts["lr"],
-                                          reg_weight=opts["reg_weight"],
-                                          beta_range=(opts["beta_start"], opts["beta_end"]), warmup=opts["warmup"],
-                                          batch_size=opts["round_batch_size"], seed=ctx.seed + i, device=ctx.device)
-            for name, qt in qts.items():
-                module = get_module(ctx.model, split_name(name)[0])
-                if ctx.bias_correction or ctx.variance_correction:
-                    qt = correct_quantized(qt, module.weight.detach(), variance=ctx.variance_correction)
-                attach_quantized(ctx.model, name, qt)
-                ctx.record_weights([name])
-                done.add(name)
-            infos.append(info)
-        missing = [n for n in chosen if n not in done]
-        if missing:
-            raise ModelError(f"QDrop found no block holding {missing}: put these layers in an nn.Sequential or a "
-                             "child module of the model, or leave them out with the selection")
-    return {"qdrop": [asdict(info) for info in infos]}
+    for block in run.blocks(block_of(ctx.model), hint="put these layers in an nn.Sequential or a child module of "
+                            "the model"):
+        run.attach_block(block, *reconstruct_block(
+            ctx.model, run.float_model, block.modules, [layer.name for layer in block.layers], ctx.wspec,
+            ctx.inputs, clip=opts["clip"], drop_prob=opts["drop_prob"], iterations=opts["iterations"], lr=opts["lr"],
+            reg_weight=opts["reg_weight"], beta_range=(opts["beta_start"], opts["beta_end"]), warmup=opts["warmup"],
+            batch_size=opts["round_batch_size"], seed=ctx.seed + block.index, device=ctx.device))
+    ctx.record_weights(run.attached)
+    return {"qdrop": [asdict(info) for info in run.infos.values()]}
 
 
 METHOD = PTQMethod("qdrop", "QDrop (Wei et al. 2022): block reconstruction with randomly dropped activation "

@@ -8,9 +8,13 @@ the layer's optimisation; the rest is here:
 
 * :class:`LayerByLayer`: the run over the model. Checks the options, puts the model in eval mode, selects the
   weights (a tied one once), keeps a float copy when the method needs the float model, seeds torch, and hands out
-  the selected weights in order (a tqdm bar); :meth:`LayerByLayer.layer_data` captures a layer's inputs and float
-  target, :meth:`LayerByLayer.attach` folds in bias correction when asked, freezes the layer into a
-  :class:`learnq.quantized.QuantizedWeight` and records the layer's info;
+  the selected weights in order (a tqdm bar), one at a time or, for a block-wise method (QDrop, PD-Quant), grouped
+  into blocks (:meth:`LayerByLayer.blocks`: every selected weight in exactly one block, checked before anything
+  changes); :meth:`LayerByLayer.layer_data` captures a layer's inputs and float target (:meth:`~LayerByLayer.
+  float_target` the target alone), :meth:`LayerByLayer.attach` folds in bias correction when asked, freezes the
+  layer into a :class:`learnq.quantized.QuantizedWeight` and records the layer's info (:meth:`~LayerByLayer.
+  attach_block`: a block's layers, one info for the block). Data-free and per-weight methods (SQuant, k-means) use
+  it too, without the float copy;
 * :func:`run_reconstruction`: the PTQ method around it. Quantizes the weights (when they are quantized at all),
   records them in the context, then attaches input quantizers observed on the quantized model, α by option
   ``act_clip``; with ``stream=True`` those quantizers observe the inputs the run captures instead (the method hands
@@ -18,17 +22,17 @@ the layer's optimisation; the rest is here:
 * the capture of a layer's input: one forward per batch, stopped at the layer by a hook (:func:`capture_inputs`,
   :func:`for_each_input`, :func:`run_until_stop`).
 
-A new reconstruction method is one module: a per-layer function, a ``weights(ctx, observers)`` that loops over a
-:class:`LayerByLayer`, and ``METHOD = PTQMethod(name, ..., lambda ctx: run_reconstruction(ctx, name, weights))``;
-plus its line in :mod:`learnq.ptq.registry`.
+A new reconstruction method is one module: a per-layer (or per-block) function, a ``weights(ctx, observers)`` that
+loops over a :class:`LayerByLayer` (or its :meth:`~LayerByLayer.blocks`), and ``METHOD = PTQMethod(name, ...,
+lambda ctx: run_reconstruction(ctx, name, weights))``; plus its line in :mod:`learnq.ptq.registry`.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any
 
 import torch
@@ -109,14 +113,27 @@ class Layer:
 
 
 @dataclass
+class Block:
+    """A group of modules reconstructed together, handed out by :meth:`LayerByLayer.blocks`: its position among the
+    groups given (a per-block seed is ``seed + index``; a group without a selected weight is skipped but counted),
+    the module names it runs and the selected weights inside it (in selection order)."""
+
+    index: int
+    modules: list[str]
+    layers: list[Layer]
+
+
+@dataclass
 class LayerByLayer:
     """A layer-by-layer run of method ``title`` (errors name it, the bar shows it in lower case) over the selected
     weights of ``model`` (quantized in place).
 
     ``params``: the parameter names the method can quantize (a selected bias or other is refused before anything
-    changes). ``float_reference``: the method needs the float model (float targets) whatever ``inputs`` says; without
-    it a float copy is kept only for ``inputs="float"``. ``seed``: ``torch.manual_seed(seed)`` at the start (None:
-    not seeded). Iterate to get each :class:`Layer`; :meth:`attach` each result; :attr:`infos` collects them.
+    changes; None: any parameter). ``float_reference``: the method needs the float model (float targets) whatever
+    ``inputs`` says; without it a float copy is kept only for ``inputs="float"``. ``seed``: ``torch.manual_seed(seed)``
+    at the start (None: not seeded). Iterate to get each :class:`Layer` (or :meth:`blocks` to get each
+    :class:`Block`); :meth:`attach` each result; :attr:`infos` collects the infos, :attr:`attached` the weights
+    frozen so far, in order.
     """
 
     model: nn.Module
@@ -124,7 +141,7 @@ class LayerByLayer:
     title: str
     selection: Selection = field(default_factory=Selection)
     inputs: str = "quantized"
-    params: tuple[str, ...] = ("weight",)
+    params: tuple[str, ...] | None = ("weight",)
     float_reference: bool = True
     bias_correction: bool = False
     variance_correction: bool = False
@@ -134,6 +151,7 @@ class LayerByLayer:
     names: list[str] = field(init=False)
     float_model: nn.Module | None = field(init=False)
     infos: dict[str, Any] = field(init=False, default_factory=dict)
+    attached: list[str] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         if self.inputs not in INPUT_MODES:
@@ -142,10 +160,10 @@ class LayerByLayer:
             raise DataError(f"{self.title} needs a non-empty tensor of calibration inputs")
         self.model.eval()
         self.names = select_weights(self.model, self.selection)[0]  # a tied weight once, for its first layer
-        for name in self.names:
-            if split_name(name)[1] not in self.params:
-                raise ConfigError(f"{self.title} quantizes layer weights only, not {name!r}; select weights "
-                                  "(biases=False)")
+        refused = [n for n in self.names if self.params is not None and split_name(n)[1] not in self.params]
+        if refused:
+            raise ConfigError(f"{self.title} quantizes layer weights only, not {', '.join(map(repr, refused))}; "
+                              "select weights (biases=False)")
         needs_float = self.float_reference or self.inputs == "float"
         self.float_model = copy.deepcopy(self.model) if needs_float else None  # the model is quantized layer by layer
         if self.seed is not None:
@@ -156,43 +174,91 @@ class LayerByLayer:
         """The model each layer's inputs come from: the float copy for ``inputs="float"``, else the model itself."""
         return self.float_model if self.inputs == "float" and self.float_model is not None else self.model
 
+    def _layer(self, index: int, name: str) -> Layer:
+        module_name, param = split_name(name)
+        module = get_module(self.model, module_name)
+        return Layer(index, name, module_name, param, module, getattr(module, param).detach())
+
     def __iter__(self) -> Iterator[Layer]:
         bar = tqdm(self.names, desc=self.title.lower(), unit="layer", disable=not self.progress)
         for i, name in enumerate(bar):
-            module_name, param = split_name(name)
-            module = get_module(self.model, module_name)
-            yield Layer(i, name, module_name, param, module, getattr(module, param).detach())
+            yield self._layer(i, name)
+
+    def blocks(self, groups: Sequence[Sequence[str]], *, hint: str = "") -> Iterator[Block]:
+        """The selected weights grouped into ``groups`` (each a list of module names run one after the other): a
+        weight belongs to the first group holding its module or a module above it. A group without a selected weight
+        is skipped; a selected weight in no group is a ModelError (``hint`` says how to fix it) before any block is
+        handed out."""
+        owner: dict[str, int] = {}
+        for name in self.names:
+            for g, modules in enumerate(groups):
+                if any(name.startswith(f"{m}.") for m in modules):
+                    owner[name] = g
+                    break
+        missing = [n for n in self.names if n not in owner]
+        if missing:
+            raise ModelError(f"{self.title} found no block holding {missing}: {hint + ', or ' if hint else ''}leave "
+                             "them out with the selection")
+        bar = tqdm(groups, desc=self.title.lower(), unit="block", disable=not self.progress)
+        for g, modules in enumerate(bar):
+            layers = [self._layer(i, n) for i, n in enumerate(self.names) if owner[n] == g]
+            if layers:
+                yield Block(g, list(modules), layers)
+
+    def _float_inputs(self, layer_name: str) -> torch.Tensor:
+        if self.float_model is None:
+            raise ModelError(f"{self.title}: the float targets need the float model; build the run with "
+                             "float_reference=True")
+        return capture_inputs(self.float_model, get_module(self.float_model, layer_name), self.calib_inputs,
+                              device=self.device)
+
+    @staticmethod
+    def _target(fn: LayerFn, x_float: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([fn(x_float[j:j + 256], weight) for j in range(0, x_float.shape[0], 256)])
+
+    def float_target(self, layer_name: str, fn: LayerFn, weight: torch.Tensor) -> torch.Tensor:
+        """``fn(x_float, weight)``: the float output of layer ``layer_name`` on the float model's inputs."""
+        return self._target(fn, self._float_inputs(layer_name), weight)
 
     def layer_data(self, layer_name: str, fn: LayerFn, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, target)`` of the layer ``layer_name`` whose output ``fn(x, w)`` is reconstructed: its inputs
         (quantized or float model, by ``inputs``) and ``fn(x_float, weight)`` on the float model's inputs."""
-        if self.float_model is None:
-            raise ModelError(f"{self.title}: layer_data needs the float model; build the run with "
-                             "float_reference=True")
-        x_float = capture_inputs(self.float_model, get_module(self.float_model, layer_name), self.calib_inputs,
-                                 device=self.device)
+        x_float = self._float_inputs(layer_name)
         x_q = x_float if self.inputs == "float" else capture_inputs(self.model, get_module(self.model, layer_name),
                                                                      self.calib_inputs, device=self.device)
-        with torch.no_grad():
-            target = torch.cat([fn(x_float[j:j + 256], weight) for j in range(0, x_float.shape[0], 256)])
-        return x_q, target
+        return x_q, self._target(fn, x_float, weight)
 
-    def attach(self, layer: Layer, qt: QuantizedTensor, info: Any) -> None:
+    def attach(self, layer: Layer, qt: QuantizedTensor, info: Any = None) -> None:
         """Freeze ``layer`` into ``qt`` (bias / variance correction folded in first when the run asks for it) and
-        record its ``info``."""
+        record its ``info`` (unless None)."""
         if self.bias_correction or self.variance_correction:
             qt = correct_quantized(qt, layer.weight, variance=self.variance_correction)
         attach_quantized(self.model, layer.name, qt)
-        self.infos[layer.name] = info
+        self.attached.append(layer.name)
+        if info is not None:
+            self.infos[layer.name] = info
+
+    def attach_block(self, block: Block, qts: Mapping[str, QuantizedTensor], info: Any) -> None:
+        """Freeze every layer of ``block`` into its ``qts[name]`` (as :meth:`attach`) and record the block's
+        ``info`` under its first weight's name."""
+        for layer in block.layers:
+            self.attach(layer, qts[layer.name])
+        self.infos[block.layers[0].name] = info
 
 
 WeightsFn = Callable[[PTQContext, "Observers | None"], "dict[str, Any]"]
 
 
+def report(info: Any) -> dict[str, Any]:
+    """A layer's (or block's) info as a report row: a dataclass as a dict, a mapping as it is."""
+    return asdict(info) if is_dataclass(info) else dict(info)
+
+
 def run_reconstruction(ctx: PTQContext, key: str, weights: WeightsFn, *, stream: bool = False) -> dict[str, Any]:
     """The PTQ method around a reconstruction: ``weights(ctx, observers)`` quantizes the selected weights (skipped
-    when weights stay in float) and returns ``{name: info}`` (dataclasses); they are recorded in ``ctx``, then input
-    quantizers are attached with α by option ``act_clip``. Returns ``{key: [info as a dict, ...]}``.
+    when weights stay in float) and returns ``{name: info}`` (dataclasses or dicts); they are recorded in ``ctx``,
+    then input quantizers are attached with α by option ``act_clip``. Returns ``{key: [info as a dict, ...]}``.
 
     ``stream``: with option ``inputs="quantized"`` the input quantizers are attached first, pass-through, and
     ``observers`` (``{layer: quantizer.observe}``) go to ``weights``, which hands each of them every batch of its
@@ -214,8 +280,8 @@ def run_reconstruction(ctx: PTQContext, key: str, weights: WeightsFn, *, stream:
         ctx.finish_activations(quantizers, clip=opts["act_clip"])
     else:
         ctx.attach_activations(clip=opts["act_clip"])
-    return {key: [asdict(info) for info in infos.values()]}
+    return {key: [report(info) for info in infos.values()]}
 
 
-__all__ = ["INPUT_MODES", "Layer", "LayerByLayer", "LayerFn", "Observers", "WeightsFn", "capture_inputs",
-           "for_each_input", "run_reconstruction", "run_until_stop"]
+__all__ = ["INPUT_MODES", "Block", "Layer", "LayerByLayer", "LayerFn", "Observers", "WeightsFn", "capture_inputs",
+           "for_each_input", "report", "run_reconstruction", "run_until_stop"]

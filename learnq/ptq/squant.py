@@ -31,14 +31,12 @@ from typing import Any
 
 import torch
 
-from learnq.attach import select_weights
 from learnq.clipping import choose_clip
 from learnq.errors import ConfigError
-from learnq.granularity import CHANNEL
 from learnq.grid import GridSpec, QuantizedTensor, compute_params
-from learnq.ptq.bias_correction import correction_terms
+from learnq.ptq.bias_correction import correct_quantized
 from learnq.ptq.context import PTQContext, PTQMethod
-from learnq.quantized import attach_quantized, get_module, split_name
+from learnq.ptq.reconstruction import LayerByLayer, Observers, run_reconstruction
 
 
 def _flip(q: torch.Tensor, e: torch.Tensor, need: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
@@ -110,7 +108,8 @@ def objective_terms(e: torch.Tensor) -> dict[str, float]:
 def squant_weight(w: torch.Tensor, spec: GridSpec, *, clip: torch.Tensor | float | None = None, kernel: bool = True,
                   channel: bool = True, bias_correction: bool = False, variance_correction: bool = False,
                   name: str = "weight") -> tuple[QuantizedTensor, dict[str, Any]]:
-    """One weight rounded by SQuant on ``spec``'s grid (range ``clip`` per group; min-max when None)."""
+    """One weight rounded by SQuant on ``spec``'s grid (range ``clip`` per group; min-max when None), bias / variance
+    corrected when asked (:func:`learnq.ptq.bias_correction.correct_quantized`)."""
     g = spec.granularity
     wf = w.detach().float()
     params = compute_params(wf, spec, clip=clip, name=name)
@@ -121,49 +120,32 @@ def squant_weight(w: torch.Tensor, spec: GridSpec, *, clip: torch.Tensor | float
     codes, flips = squant_round(x, qmin, qmax, kernel=kernel, channel=channel)
     info = {"name": name, **flips, "numel": w.numel(),
             "nearest": objective_terms(nearest - x), "squant": objective_terms(codes - x)}
-    step, off, granularity = params.scale, params.offset, g
-    extra: dict = {}
+    qt = QuantizedTensor(codes=codes.to(torch.int32), scale=params.scale.contiguous(),
+                         offset=params.offset.contiguous(), granularity=g, bits=spec.bits, qmin=qmin,
+                         scheme=spec.scheme, method="squant", dtype=w.dtype)
     if bias_correction or variance_correction:
-        if g.kind == "tensor":
-            step, off, granularity = step.expand(w.shape[0]), off.expand(w.shape[0]), CHANNEL
-        elif not (g.kind == "axis" and g.axis == 0):
-            raise ConfigError(f"bias correction works per output channel: use granularity 'tensor' or 'channel' "
-                              f"with it, not {g}")
-        w_hat = codes * CHANNEL.expand(step, w.shape) + CHANNEL.expand(off, w.shape)
-        r, t = correction_terms(w_hat, wf, variance=variance_correction, axis=0)
-        step, off = step * r, off * r + t
-        extra["bias_correction"] = "variance+mean" if variance_correction else "mean"
-    qt = QuantizedTensor(codes=codes.to(torch.int32), scale=step.contiguous(), offset=off.contiguous(),
-                         granularity=granularity, bits=spec.bits, qmin=qmin, scheme=spec.scheme, method="squant",
-                         dtype=w.dtype, extra=extra)
+        qt = correct_quantized(qt, w, variance=variance_correction)
     return qt, info
 
 
 OPTIONS: dict[str, Any] = {"clip": "minmax", "act_clip": "mse", "kernel": True, "channel": True}
 
 
-def _squant(ctx: PTQContext) -> dict[str, Any]:
+def _weights(ctx: PTQContext, _observers: Observers | None) -> dict[str, dict[str, Any]]:
+    """Every selected weight rounded by SQuant in turn (no data: no float copy, no captured inputs)."""
     opts = ctx.options
-    infos = []
-    if ctx.wspec is not None:
-        for name in select_weights(ctx.model, ctx.selection)[0]:
-            module_name, param = split_name(name)
-            if param != "weight":
-                raise ConfigError(f"SQuant rounds layer weights only, not {name!r}; select weights (biases=False)")
-            module = get_module(ctx.model, module_name)
-            w = module.weight.detach()
-            clip = None if opts["clip"] == "minmax" else choose_clip(w, ctx.wspec, opts["clip"])
-            qt, info = squant_weight(w, ctx.wspec, clip=clip, kernel=opts["kernel"], channel=opts["channel"],
-                                     bias_correction=ctx.bias_correction,
-                                     variance_correction=ctx.variance_correction, name=name)
-            attach_quantized(ctx.model, name, qt)
-            ctx.record_weights([name])
-            infos.append(info)
-    ctx.attach_activations(clip=opts["act_clip"])
-    return {"squant": infos}
+    run = LayerByLayer(ctx.model, ctx.inputs, "SQuant", selection=ctx.selection, float_reference=False,
+                       bias_correction=ctx.bias_correction, variance_correction=ctx.variance_correction,
+                       device=ctx.device, progress=ctx.progress)
+    for layer in run:
+        clip = None if opts["clip"] == "minmax" else choose_clip(layer.weight, ctx.wspec, opts["clip"])
+        run.attach(layer, *squant_weight(layer.weight, ctx.wspec, clip=clip, kernel=opts["kernel"],
+                                         channel=opts["channel"], name=layer.name))
+    return run.infos
 
 
 METHOD = PTQMethod("squant", "SQuant (Guo et al. 2022): data-free rounding, element/kernel/channel flips of the "
-                   "diagonal-Hessian decomposition", _squant, options=OPTIONS)
+                   "diagonal-Hessian decomposition", lambda ctx: run_reconstruction(ctx, "squant", _weights),
+                   options=OPTIONS)
 
 __all__ = ["METHOD", "OPTIONS", "objective_terms", "squant_round", "squant_weight"]
