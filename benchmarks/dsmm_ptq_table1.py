@@ -213,7 +213,7 @@ def report() -> str:
         "with the search from sorted values (`learnq/sorted_mse.py`), the other rows with the exhaustive search it "
         "replaced; paired on the same models the two give the same accuracy within 0.2 point for MSE and GPTQ "
         "(`benchmarks/mse_search_check.py`).", "",
-        *_relu6_notes(runs), *_reading(runs),
+        *_relu6_notes(runs), *_reading(runs), *_paired(runs),
         "Document 000 (ImageNet-1K top-1 %, MobileNet-V2; columns FP32, naive, DFQ, AR, SQ, PD-Q):", ""]
     for table, rows in PAPER.items():
         for reg, vals in rows.items():
@@ -254,6 +254,38 @@ def _reading(runs: dict[str, Any]) -> list[str]:
             "methods). The document's contrast lives in the naive column (2.57 / 4.17 / 36.69 %): per-tensor 4-bit "
             "weights break its ImageNet MobileNet-V2; on mnist5k neither network breaks at W4A8, so DFQ and PD-Quant "
             "have at most a point to recover and the document's ordering cannot show at this scale:", "", *out, ""]
+
+
+def paired(runs: dict[str, Any], model: str, reg: str, tag: str, method: str) -> list[tuple[str, float]]:
+    """(seed, ``reg`` - L2 in points) for every seed whose two runs exist: the same seed's split and calibration."""
+    seeds = sorted({k.split("/")[2] for k in runs if k.startswith(f"{model}/")}, key=int)
+    keys = [(sd, f"{model}/{reg}/{sd}/{tag}/{method}", f"{model}/l2/{sd}/{tag}/{method}") for sd in seeds]
+    return [(sd, 100 * (runs[a]["accuracy"] - runs[b]["accuracy"])) for sd, a, b in keys if a in runs and b in runs]
+
+
+def _paired(runs: dict[str, Any]) -> list[str]:
+    """Per model, bits and method: DSMM - L2 and heavy L2 - L2 per seed, mean ± std, better / equal / worse."""
+    lines = []
+    for model in TRAIN:
+        for wbits, abits in BITS:
+            tag = f"W{wbits}A{abits}"
+            for method in METHODS:
+                cells = []
+                for reg in ("dsmm", "heavy-l2"):
+                    diffs = paired(runs, model, reg, tag, method)
+                    if len(diffs) < 2:
+                        break
+                    d = [v for _, v in diffs]
+                    cells.append(", ".join(f"{sd}: {v:+.1f}" for sd, v in diffs)
+                                 + f" | {statistics.mean(d):+.2f} ± {statistics.stdev(d):.2f} | "
+                                 f"{sum(v > 0 for v in d)} / {sum(v == 0 for v in d)} / {sum(v < 0 for v in d)}")
+                if len(cells) == 2:
+                    lines.append(f"| {model} | {tag} | {method} | " + " | ".join(cells) + " |")
+    if not lines:
+        return []
+    return ["Paired by seed (points; the same seed's split and calibration set on both sides; seeds with both runs):",
+            "", "| model | bits | method | DSMM - L2 per seed | mean ± std | better / equal / worse | heavy L2 - L2 "
+            "per seed | mean ± std | better / equal / worse |", "|---" * 9 + "|", *lines, ""]
 
 
 def _relu6_notes(runs: dict[str, Any]) -> list[str]:

@@ -72,3 +72,16 @@ def test_model_file_falls_back_to_the_reproduction(tmp_path, monkeypatch):
     pilot.parent.mkdir(parents=True)
     pilot.write_bytes(b"")
     assert table1.model_file(model, "heavy-l2", 2) == pilot
+
+
+def test_paired_differences_by_hand():
+    # seeds 0 and 2 have both runs, seed 1 only the DSMM one: dsmm - l2 = +0.3, -0.2 points
+    runs = {"mobilenetv2-small/dsmm/0/W4A8/naive": {"accuracy": 0.970},
+            "mobilenetv2-small/l2/0/W4A8/naive": {"accuracy": 0.967},
+            "mobilenetv2-small/dsmm/1/W4A8/naive": {"accuracy": 0.950},
+            "mobilenetv2-small/dsmm/2/W4A8/naive": {"accuracy": 0.973},
+            "mobilenetv2-small/l2/2/W4A8/naive": {"accuracy": 0.975}}
+    got = table1.paired(runs, "mobilenetv2-small", "dsmm", "W4A8", "naive")
+    assert [sd for sd, _ in got] == ["0", "2"]
+    # 100 x a difference of two 3-decimal accuracies: exact to well below the 0.1 point printed
+    assert [v for _, v in got] == pytest.approx([0.3, -0.2], abs=1e-9)
