@@ -5,10 +5,11 @@ Networks on ``mnist5k``: the LeNet-5 (40 epochs SGD lr 0.05 cosine, L2 5e-4) and
 30 epochs, L2 4e-5), the recipes of the DSMM reproduction (issue 17, ``benchmarks/dsmm_repro.py`` on its branch);
 DSMM: strength 0.01, α₀ = 0.1, α learning rate 5 (its pilot). Float models of the reproduction's pilot under
 ``~/.cache/learnq-bench/dsmm-pilot/alr5/scratch`` are reused read-only where they exist (seed 0 of L2 and DSMM);
-then those of ``~/.cache/learnq-bench/i15``, then the issue-17 reproduction's scratch LeNets
-(``~/.cache/learnq-bench/dsmm/scratch``, seeds 1-3: the same recipe, DSMM with α learning rate 50, which reaches
-the same equilibrium α* as 5 in its pilot); the others are trained here into ``~/.cache/learnq-bench/i15`` with the
-same recipe (heavy L2: 10x the L2 strength). Each float entry of the JSON records its file.
+then those of ``~/.cache/learnq-bench/i15``, then the issue-17 reproduction's scratch models, LeNet and
+MobileNetV2-small alike (``~/.cache/learnq-bench/dsmm/scratch``: the same recipe, heavy L2 as ``l2-heavy`` at the
+1x strength, which multiplies it by 10, DSMM with α learning rate 50, which reaches the same equilibrium α* as 5 in
+its pilot); the others are trained here into ``~/.cache/learnq-bench/i15`` with the same recipe (heavy L2: 10x the
+L2 strength). Each float entry of the JSON records its file.
 
 Protocol: weights on a symmetric grid with one step per tensor (document 000's "naive" collapse at W4 is a
 per-tensor effect; DFQ equalizes ranges for it), activations (inputs of the quantized layers) 8-bit, the first and
@@ -47,8 +48,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 OUT = RESULTS / "dsmm_ptq_table1.json"
 PILOT = Path.home() / ".cache/learnq-bench/dsmm-pilot/alr5/scratch"
 CACHE = Path.home() / ".cache/learnq-bench/i15"
-#: the issue-17 reproduction's scratch models (``benchmarks/dsmm_repro.py``): the same LeNet recipe (40 epochs SGD
-#: lr 0.05 cosine, L2 5e-4; heavy L2 5e-3 replacing it) except DSMM's α learning rate 50 (pilot: 5; both reach α*)
+#: the issue-17 reproduction's scratch models (``benchmarks/dsmm_repro.py``): the same recipes, LeNet (40 epochs SGD
+#: lr 0.05 cosine, L2 5e-4; heavy L2 5e-3 replacing it) and MobileNetV2-small (30 epochs, L2 4e-5; heavy 4e-4), except
+#: DSMM's α learning rate 50 (pilot: 5; both reach α*); ``tests/test_dsmm_table1_models.py`` compares the recipes
 REPRO = Path.home() / ".cache/learnq-bench/dsmm/scratch"
 REGS = ("l2", "heavy-l2", "dsmm")
 METHODS: dict[str, dict[str, Any]] = {
@@ -87,7 +89,18 @@ def _regularizers(model: str, reg: str) -> list[dict[str, Any]]:
     return out
 
 
+def recipe_dict(model: str, reg: str, seed: int) -> dict[str, Any]:
+    """The recipe this benchmark trains a missing float model with (the reproduction's, but DSMM's α lr 5)."""
+    spec = TRAIN[model]
+    return {"name": f"i15-{model}-{reg}-seed{seed}", "seed": seed,
+            "data": {"name": "mnist5k", "calib_size": 512, "test_fraction": 0.2},
+            "model": spec["model"], "train": dict(spec["train"]), "regularizers": _regularizers(model, reg),
+            "report": {"plots": False}}
+
+
 def model_file(model: str, reg: str, seed: int) -> Path:
+    """The float model of (model, reg, seed): the pilot's, else this benchmark's own (``CACHE``), else the issue-17
+    reproduction's scratch model (``REPRO``, LeNet and MobileNetV2-small alike), else trained here into ``CACHE``."""
     pilot = PILOT / model / reg / f"seed{seed}.safetensors"
     if pilot.is_file():
         return pilot
@@ -96,13 +109,8 @@ def model_file(model: str, reg: str, seed: int) -> Path:
     if not (folder / MODEL_FILE).is_file() and repro.is_file():
         return repro
     if not (folder / MODEL_FILE).is_file():
-        spec = TRAIN[model]
-        recipe = {"name": f"i15-{model}-{reg}-seed{seed}", "seed": seed,
-                  "data": {"name": "mnist5k", "calib_size": 512, "test_fraction": 0.2},
-                  "model": spec["model"], "train": dict(spec["train"]), "regularizers": _regularizers(model, reg),
-                  "report": {"plots": False}}
         start = time.perf_counter()
-        train_recipe(Recipe.from_dict(recipe), folder)
+        train_recipe(Recipe.from_dict(recipe_dict(model, reg, seed)), folder)
         print(f"trained {model}/{reg}/seed{seed} in {time.perf_counter() - start:.0f} s", flush=True)
     return folder / MODEL_FILE
 
@@ -201,11 +209,11 @@ def report() -> str:
         "per layer (`options` per run in the JSON). At W2 learnq's symmetric grid has levels {-2, -1, 0, 1}·max|w| "
         "per tensor: most weights round to 0, which is why naive, DFQ and SQuant (both keep the min-max range) "
         "collapse and the methods that choose the range by MSE and learn the rounding do not.", "",
-        "MSE range search: lenet heavy-l2/2 and dsmm/2, mobilenetv2-small heavy-l2/0-1, l2/1 and dsmm/1 ran with the "
-        "search from sorted values (`learnq/sorted_mse.py`), the other rows with the exhaustive search it "
+        "MSE range search: lenet heavy-l2/2 and dsmm/2, mobilenetv2-small heavy-l2/0-2, l2/1-2 and dsmm/1-2 ran "
+        "with the search from sorted values (`learnq/sorted_mse.py`), the other rows with the exhaustive search it "
         "replaced; paired on the same models the two give the same accuracy within 0.2 point for MSE and GPTQ "
         "(`benchmarks/mse_search_check.py`).", "",
-        *_relu6_notes(runs), *_reading(runs),
+        *_relu6_notes(runs), *_reading(runs), *_paired(runs),
         "Document 000 (ImageNet-1K top-1 %, MobileNet-V2; columns FP32, naive, DFQ, AR, SQ, PD-Q):", ""]
     for table, rows in PAPER.items():
         for reg, vals in rows.items():
@@ -246,6 +254,38 @@ def _reading(runs: dict[str, Any]) -> list[str]:
             "methods). The document's contrast lives in the naive column (2.57 / 4.17 / 36.69 %): per-tensor 4-bit "
             "weights break its ImageNet MobileNet-V2; on mnist5k neither network breaks at W4A8, so DFQ and PD-Quant "
             "have at most a point to recover and the document's ordering cannot show at this scale:", "", *out, ""]
+
+
+def paired(runs: dict[str, Any], model: str, reg: str, tag: str, method: str) -> list[tuple[str, float]]:
+    """(seed, ``reg`` - L2 in points) for every seed whose two runs exist: the same seed's split and calibration."""
+    seeds = sorted({k.split("/")[2] for k in runs if k.startswith(f"{model}/")}, key=int)
+    keys = [(sd, f"{model}/{reg}/{sd}/{tag}/{method}", f"{model}/l2/{sd}/{tag}/{method}") for sd in seeds]
+    return [(sd, 100 * (runs[a]["accuracy"] - runs[b]["accuracy"])) for sd, a, b in keys if a in runs and b in runs]
+
+
+def _paired(runs: dict[str, Any]) -> list[str]:
+    """Per model, bits and method: DSMM - L2 and heavy L2 - L2 per seed, mean ± std, better / equal / worse."""
+    lines = []
+    for model in TRAIN:
+        for wbits, abits in BITS:
+            tag = f"W{wbits}A{abits}"
+            for method in METHODS:
+                cells = []
+                for reg in ("dsmm", "heavy-l2"):
+                    diffs = paired(runs, model, reg, tag, method)
+                    if len(diffs) < 2:
+                        break
+                    d = [v for _, v in diffs]
+                    cells.append(", ".join(f"{sd}: {v:+.1f}" for sd, v in diffs)
+                                 + f" | {statistics.mean(d):+.2f} ± {statistics.stdev(d):.2f} | "
+                                 f"{sum(v > 0 for v in d)} / {sum(v == 0 for v in d)} / {sum(v < 0 for v in d)}")
+                if len(cells) == 2:
+                    lines.append(f"| {model} | {tag} | {method} | " + " | ".join(cells) + " |")
+    if not lines:
+        return []
+    return ["Paired by seed (points; the same seed's split and calibration set on both sides; seeds with both runs):",
+            "", "| model | bits | method | DSMM - L2 per seed | mean ± std | better / equal / worse | heavy L2 - L2 "
+            "per seed | mean ± std | better / equal / worse |", "|---" * 9 + "|", *lines, ""]
 
 
 def _relu6_notes(runs: dict[str, Any]) -> list[str]:

@@ -98,3 +98,23 @@ def test_ptq_render_into_markers(tmp_path):
     assert text.endswith("<!-- ptq.py: end -->\nmore hand text\n") and "old table" not in text
     assert "| adaround | | | | 94.65 ± 0.49 | |" not in text  # only W2A8 was measured: one column
     assert "| adaround | 94.65 ± 0.49 |" in text
+
+
+def test_weight_table_uses_the_results_seeds_not_every_cached_file(tmp_path):
+    # the cache (shared between helpers) holds seeds 0 and 1; the results have seed 0 only: seed 1 must not count
+    import torch
+    from torch import nn
+
+    from learnq.checkpoint import save
+
+    for seed, scale in ((0, 1.0), (1, 100.0)):
+        net = nn.Sequential(nn.Linear(4, 3))
+        with torch.no_grad():
+            net[0].weight.copy_(scale * torch.arange(12.0).reshape(3, 4) / 11)  # range 0..scale
+        path = tmp_path / "scratch" / "mobilenetv2-small" / "l2" / f"seed{seed}.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save(net, path)
+    results = {"train": {"scratch/mobilenetv2-small/l2/seed0": {"float": 0.97}}, "ptq": {}}
+    lines = dsmm_report.weight_table(tmp_path, ["mobilenetv2-small"], ["scratch"], results)
+    assert len(lines) == 3
+    assert lines[2].startswith("| scratch | mobilenetv2-small | l2 | 1 |")  # seed 0's range 1, not (1 + 100) / 2
