@@ -24,7 +24,9 @@ from learnq.checkpoint import read
 HERE = Path(__file__).resolve().parent
 BEGIN, END = "<!-- dsmm_report.py: begin -->", "<!-- dsmm_report.py: end -->"
 REGS = ("l2", "l2-heavy", "dsmm")
-ROWS = ("naive", "naive-affine", "mse", "mse+bc", "aciq", "kl", "adaround", "lapq")
+ROWS = ("naive", "naive-affine", "mse", "mse+bc", "aciq", "kl", "adaround", "adaround-10k", "lapq")
+#: how a PTQ row is printed: the JSON's "adaround" rows ran the fast preset (each records its iterations)
+LABELS = {"adaround": "adaround (1k it.)", "adaround-10k": "adaround (10k it.)"}
 CONFIGS = ("W4A8", "W2A8")
 
 
@@ -139,7 +141,7 @@ def accuracy_tables(results: dict[str, Any], models: list[str], protocols: list[
                 cells = [cell(_accs(results, protocol, model, r, quantized, row, c), len(quantized))
                          for c in CONFIGS for r in REGS]
                 if any(cells):
-                    lines.append(f"| {row} | " + " | ".join(cells) + " |")
+                    lines.append(f"| {LABELS.get(row, row)} | " + " | ".join(cells) + " |")
             lines.append("")
     return lines
 
@@ -182,9 +184,38 @@ def paired_table(results: dict[str, Any], models: list[str], protocols: list[str
                 m, sd = mean_std(diffs)
                 spread = f"{m:+.1f} ± {sd:.1f}" if len(diffs) > 1 else f"{m:+.1f} (1 seed)"
                 signs = f"{sum(d > 0 for d in diffs)} / {sum(d == 0 for d in diffs)} / {sum(d < 0 for d in diffs)}"
-                lines.append(f"| {protocol} | {model} | {row} | {cfg or '-'} | "
+                lines.append(f"| {protocol} | {model} | {LABELS.get(row, row)} | {cfg or '-'} | "
                              + ", ".join(f"{d:+.1f}" for d in diffs) + f" | {spread} | {signs} |")
     return lines
+
+
+def iterations_table(results: dict[str, Any], models: list[str], protocols: list[str]) -> list[str]:
+    """AdaRound at 10,000 against 1,000 iterations on the same model file (same seed, calibration set and data):
+    per regularizer and config, 10k - 1k per seed, and the mean CPU seconds of each."""
+    lines = ["| protocol | model | reg | config | 10k - 1k per seed (points) | mean ± std | better / equal / worse | "
+             "CPU s per run, 10k / 1k |", "| --- | --- | --- | --- | --- | ---: | ---: | ---: |"]
+    for protocol in protocols:
+        for model in models:
+            for reg in REGS:
+                for cfg in CONFIGS:
+                    diffs, cpu = [], {"adaround-10k": [], "adaround": []}
+                    for s in seeds_of(results, protocol, model):
+                        cells = results["ptq"].get(f"{protocol}/{model}/{reg}/seed{s}", {})
+                        a, b = (cells.get(r, {}).get(cfg) for r in ("adaround-10k", "adaround"))
+                        if a and b:
+                            diffs.append(100 * (a["accuracy"] - b["accuracy"]))
+                            cpu["adaround-10k"].append(a["cpu_seconds"])
+                            cpu["adaround"].append(b["cpu_seconds"])
+                    if not diffs:
+                        continue
+                    m, sd = mean_std(diffs)
+                    spread = f"{m:+.1f} ± {sd:.1f}" if len(diffs) > 1 else f"{m:+.1f} (1 seed)"
+                    signs = (f"{sum(d > 0 for d in diffs)} / {sum(d == 0 for d in diffs)} / "
+                             f"{sum(d < 0 for d in diffs)}")
+                    lines.append(f"| {protocol} | {model} | {reg} | {cfg} | " + ", ".join(f"{d:+.1f}" for d in diffs)
+                                 + f" | {spread} | {signs} | {statistics.fmean(cpu['adaround-10k']):.0f} / "
+                                 f"{statistics.fmean(cpu['adaround']):.0f} |")
+    return lines if len(lines) > 2 else []
 
 
 def weight_table(cache: Path, models: list[str], protocols: list[str], seeds: list[int]) -> list[str]:
@@ -282,7 +313,9 @@ def main(argv: list[str] | None = None) -> int:
              "", *alpha_table(results, args.cache, models, protocols), "", *accuracy_tables(results, models, protocols),
              "**Paired by seed: DSMM - L2 (points)**", "", *paired_table(results, models, protocols, "dsmm"), "",
              "**Paired by seed: heavy L2 - L2 (points)**", "", *paired_table(results, models, protocols, "l2-heavy"),
-             "", "**Weights after training (unfolded conv/linear weights; means over seeds)**", "",
+             "", *(["**AdaRound: 10,000 against 1,000 iterations per layer, paired by seed (points)**", "", *its, ""]
+                   if (its := iterations_table(results, models, protocols)) else []),
+             "**Weights after training (unfolded conv/linear weights; means over seeds)**", "",
              *weight_table(args.cache, models, protocols, seeds), ""]
     md = stem.with_name(stem.name + ".md")
     md.write_text("\n".join(lines) + "\n", encoding="utf-8")
