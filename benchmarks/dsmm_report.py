@@ -24,7 +24,9 @@ from learnq.checkpoint import read
 HERE = Path(__file__).resolve().parent
 BEGIN, END = "<!-- dsmm_report.py: begin -->", "<!-- dsmm_report.py: end -->"
 REGS = ("l2", "l2-heavy", "dsmm")
-ROWS = ("naive", "naive-affine", "mse", "mse+bc", "aciq", "kl", "adaround", "lapq")
+ROWS = ("naive", "naive-affine", "mse", "mse+bc", "aciq", "kl", "adaround", "adaround-10k", "lapq")
+#: how a PTQ row is printed: the JSON's "adaround" rows ran the fast preset (each records its iterations)
+LABELS = {"adaround": "adaround (1k it.)", "adaround-10k": "adaround (10k it.)"}
 CONFIGS = ("W4A8", "W2A8")
 
 
@@ -139,7 +141,7 @@ def accuracy_tables(results: dict[str, Any], models: list[str], protocols: list[
                 cells = [cell(_accs(results, protocol, model, r, quantized, row, c), len(quantized))
                          for c in CONFIGS for r in REGS]
                 if any(cells):
-                    lines.append(f"| {row} | " + " | ".join(cells) + " |")
+                    lines.append(f"| {LABELS.get(row, row)} | " + " | ".join(cells) + " |")
             lines.append("")
     return lines
 
@@ -182,37 +184,81 @@ def paired_table(results: dict[str, Any], models: list[str], protocols: list[str
                 m, sd = mean_std(diffs)
                 spread = f"{m:+.1f} ± {sd:.1f}" if len(diffs) > 1 else f"{m:+.1f} (1 seed)"
                 signs = f"{sum(d > 0 for d in diffs)} / {sum(d == 0 for d in diffs)} / {sum(d < 0 for d in diffs)}"
-                lines.append(f"| {protocol} | {model} | {row} | {cfg or '-'} | "
+                lines.append(f"| {protocol} | {model} | {LABELS.get(row, row)} | {cfg or '-'} | "
                              + ", ".join(f"{d:+.1f}" for d in diffs) + f" | {spread} | {signs} |")
     return lines
 
 
-def weight_table(cache: Path, models: list[str], protocols: list[str], results: dict[str, Any]) -> list[str]:
-    """Per protocol, model and regularizer, means over the seeds the results have for that protocol and model (not
-    every file the shared cache holds) of: the mean over layers of the range, of max|w|/std, of the kurtosis, and
-    the total count of weights beyond 3σ (the unfolded conv/linear weights)."""
-    lines = ["| protocol | model | reg | mean range | mean max\\|w\\|/σ | mean kurtosis | weights beyond 3σ |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+def iterations_table(results: dict[str, Any], models: list[str], protocols: list[str]) -> list[str]:
+    """AdaRound at 10,000 against 1,000 iterations on the same model file (same seed, calibration set and data):
+    per regularizer and config, 10k - 1k per seed, and the mean CPU seconds of each."""
+    lines = ["| protocol | model | reg | config | 10k - 1k per seed (points) | mean ± std | better / equal / worse | "
+             "CPU s per run, 10k / 1k |", "| --- | --- | --- | --- | --- | ---: | ---: | ---: |"]
     for protocol in protocols:
         for model in models:
             for reg in REGS:
-                per_seed = []
-                for s in seeds_of(results, protocol, model):
-                    path = cache / protocol / model / reg / f"seed{s}.safetensors"
-                    if not path.is_file():
+                for cfg in CONFIGS:
+                    diffs, cpu = [], {"adaround-10k": [], "adaround": []}
+                    for s in seeds_of(results, protocol, model):
+                        cells = results["ptq"].get(f"{protocol}/{model}/{reg}/seed{s}", {})
+                        a, b = (cells.get(r, {}).get(cfg) for r in ("adaround-10k", "adaround"))
+                        if a and b:
+                            diffs.append(100 * (a["accuracy"] - b["accuracy"]))
+                            cpu["adaround-10k"].append(a["cpu_seconds"])
+                            cpu["adaround"].append(b["cpu_seconds"])
+                    if not diffs:
                         continue
-                    tensors = read(path).entries  # float files: name -> tensor
-                    stats = [tensor_stats(t, n) for n, t in tensors.items()
-                             if n.endswith(".weight") and t.dim() in (2, 4) and t.numel() > 1]
-                    per_seed.append((statistics.fmean(st["range"] for st in stats),
-                                     statistics.fmean(st["abs_max"] / st["std"] for st in stats),
-                                     statistics.fmean(st["kurtosis"] for st in stats),
-                                     sum(st["outliers"] for st in stats)))
-                if per_seed:
-                    cols = [statistics.fmean(v[i] for v in per_seed) for i in range(4)]
-                    lines.append(f"| {protocol} | {model} | {reg} | {cols[0]:.3g} | {cols[1]:.2f} | {cols[2]:.2f} | "
-                                 f"{cols[3]:.0f} |")
-    return lines
+                    m, sd = mean_std(diffs)
+                    spread = f"{m:+.1f} ± {sd:.1f}" if len(diffs) > 1 else f"{m:+.1f} (1 seed)"
+                    signs = (f"{sum(d > 0 for d in diffs)} / {sum(d == 0 for d in diffs)} / "
+                             f"{sum(d < 0 for d in diffs)}")
+                    lines.append(f"| {protocol} | {model} | {reg} | {cfg} | " + ", ".join(f"{d:+.1f}" for d in diffs)
+                                 + f" | {spread} | {signs} | {statistics.fmean(cpu['adaround-10k']):.0f} / "
+                                 f"{statistics.fmean(cpu['adaround']):.0f} |")
+    return lines if len(lines) > 2 else []
+
+
+def weight_summary(tensors: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Of a float model file's unfolded conv/linear weights: the mean over layers of the range, of max|w|/std and of
+    the kurtosis, and the total count of weights beyond 3σ. ``dsmm_repro.py`` stores it in the results JSON with
+    each training, so that the report does not need the model files."""
+    stats = [tensor_stats(t, n) for n, t in tensors.items()
+             if n.endswith(".weight") and t.dim() in (2, 4) and t.numel() > 1]
+    return {"mean_range": statistics.fmean(st["range"] for st in stats),
+            "mean_absmax_over_std": statistics.fmean(st["abs_max"] / st["std"] for st in stats),
+            "mean_kurtosis": statistics.fmean(st["kurtosis"] for st in stats),
+            "beyond_3sigma": float(sum(st["outliers"] for st in stats))}
+
+
+WEIGHT_COLUMNS = ("mean_range", "mean_absmax_over_std", "mean_kurtosis", "beyond_3sigma")
+
+
+def weights_of(results: dict[str, Any], cache: Path, protocol: str, model: str, reg: str,
+               seed: int) -> dict[str, float] | None:
+    """One training's weight summary: from the results JSON, else from the cached model file, else None."""
+    kept = results["train"].get(f"{protocol}/{model}/{reg}/seed{seed}", {}).get("weights")
+    if kept:
+        return kept
+    path = cache / protocol / model / reg / f"seed{seed}.safetensors"
+    return weight_summary(read(path).entries) if path.is_file() else None
+
+
+def weight_table(cache: Path, models: list[str], protocols: list[str], results: dict[str, Any]) -> list[str]:
+    """Per protocol, model and regularizer, means over the seeds the results have for that protocol and model (not
+    every file the shared cache holds) of ``weight_summary``; the seeds column names those whose weights were found
+    (results JSON or model file)."""
+    lines = ["| protocol | model | reg | seeds | mean range | mean max\\|w\\|/σ | mean kurtosis | weights beyond 3σ |",
+             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |"]
+    for protocol in protocols:
+        for model in models:
+            for reg in REGS:
+                found = {s: w for s in seeds_of(results, protocol, model)
+                         if (w := weights_of(results, cache, protocol, model, reg, s))}
+                if found:
+                    cols = [statistics.fmean(w[c] for w in found.values()) for c in WEIGHT_COLUMNS]
+                    lines.append(f"| {protocol} | {model} | {reg} | {', '.join(map(str, found))} | {cols[0]:.3g} | "
+                                 f"{cols[1]:.2f} | {cols[2]:.2f} | {cols[3]:.0f} |")
+    return lines if len(lines) > 2 else ["(no model's weights in the results JSON or the cache)"]
 
 
 def first_trace(cache: Path, protocol: str, model: str,
@@ -282,7 +328,9 @@ def main(argv: list[str] | None = None) -> int:
              "", *alpha_table(results, args.cache, models, protocols), "", *accuracy_tables(results, models, protocols),
              "**Paired by seed: DSMM - L2 (points)**", "", *paired_table(results, models, protocols, "dsmm"), "",
              "**Paired by seed: heavy L2 - L2 (points)**", "", *paired_table(results, models, protocols, "l2-heavy"),
-             "", "**Weights after training (unfolded conv/linear weights; means over seeds)**", "",
+             "", *(["**AdaRound: 10,000 against 1,000 iterations per layer, paired by seed (points)**", "", *its, ""]
+                   if (its := iterations_table(results, models, protocols)) else []),
+             "**Weights after training (unfolded conv/linear weights; means over seeds)**", "",
              *weight_table(args.cache, models, protocols, results), ""]
     md = stem.with_name(stem.name + ".md")
     md.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -18,8 +18,9 @@ whether α has reached α* (BENCHMARKS.md, issue-17 section, for the pilot that 
 Then PTQ of **every** layer (the paper's A.2: first and last included), BatchNorm folded, one step per tensor,
 8-bit activations at every layer's input, W4A8 and W2A8: ``naive`` (min-max, symmetric grid), ``naive-affine``
 (min-max, ``Δ = (max - min)/(2^b - 1)``: the range DSMM shrinks), ``mse``, ``mse+bc`` (bias correction), ``aciq``,
-``kl``, ``adaround`` (10,000 iterations per layer, the paper's; ``--adaround-fast`` for 1,000) and ``lapq`` (capped:
-``--lapq-maxfev`` loss evaluations, Powell ``maxiter`` 1).
+``kl``, ``adaround`` (the fast preset, 1,000 iterations per layer, as every stored row of it),
+``adaround-10k`` (10,000 iterations per layer, the paper's and AIMET's default; its own row so that both are kept side
+by side) and ``lapq`` (capped: ``--lapq-maxfev`` loss evaluations, Powell ``maxiter`` 1).
 
 The trained float models are cached outside git, ``--cache`` (default ``~/.cache/learnq-bench/dsmm``):
 ``<protocol>/<model>/<reg>/seed<k>.safetensors`` (``learnq.save``, with the pipeline's metadata, so
@@ -46,10 +47,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from dsmm_report import weight_summary  # benchmarks/dsmm_report.py
 
 from learnq.atomic_file import write_atomic
 from learnq.bn_fold import fold_batchnorm
-from learnq.checkpoint import load, save
+from learnq.checkpoint import load, read, save
 from learnq.grid import GridSpec
 from learnq.pipeline.model_files import rebuild
 from learnq.pipeline.models import model_from_spec, model_spec
@@ -77,7 +79,7 @@ CONFIGS = ((4, 8), (2, 8))
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "naive": ("minmax", {}), "naive-affine": ("minmax", {"affine": True}), "mse": ("mse", {}),
     "mse+bc": ("mse", {"bias_correction": True}), "aciq": ("aciq", {}), "kl": ("kl", {}),
-    "adaround": ("adaround", {}), "lapq": ("lapq", {}),
+    "adaround": ("adaround", {}), "adaround-10k": ("adaround", {}), "lapq": ("lapq", {}),
 }
 
 
@@ -140,7 +142,8 @@ def train_one(protocol: str, model: str, reg: str, seed: int, args: argparse.Nam
                               "metrics": {"test": test, "epochs": len(result.history)}})
     record = {"key": key_of(protocol, model, reg, seed), "protocol": protocol, "model": model, "reg": reg,
               "seed": seed, "float": test["accuracy"], "train_seconds": seconds, "init": str(init) if init else None,
-              "recipe": meta_recipe, "history": result.history, "training": summary, "file": str(path)}
+              "recipe": meta_recipe, "history": result.history, "training": summary, "file": str(path),
+              "weights": weight_summary(read(path).entries)}
     write_atomic(path.with_suffix(".json"), (json.dumps(record, indent=1) + "\n").encode())
     trace = summary["regularizers"].get("dsmm", {}).get("trace")
     if trace:
@@ -159,6 +162,20 @@ def train_record(rec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def backfill_weights(entry: dict[str, Any], path: Path) -> bool:
+    """Store ``weight_summary`` of the model file in a results entry recorded before the JSON kept it, when the
+    file is that training's (same recipe, same float accuracy in its JSON); else say why not and leave it."""
+    side = json.loads(path.with_suffix(".json").read_text())
+    if side.get("recipe") != entry.get("recipe") or side.get("float") != entry.get("float"):
+        print(f"{path}: not the recorded training of {entry['key']} (float {side.get('float')} against "
+              f"{entry.get('float')}, or another recipe): its weights are not recorded", flush=True)
+        return False
+    entry["weights"] = weight_summary(read(path).entries)
+    if side.get("train_seconds") != entry.get("train_seconds"):
+        entry["weights_from"] = "a retraining with the recorded recipe that reached the recorded float accuracy"
+    return True
+
+
 def ptq_one(path: Path, row: str, wbits: int, abits: int, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """Quantize the model file ``path`` by PTQ row ``row`` at W``wbits``A``abits``; test accuracy and costs."""
     model, splits, _ = rebuild(path)
@@ -166,7 +183,7 @@ def ptq_one(path: Path, row: str, wbits: int, abits: int, seed: int, args: argpa
     kwargs = dict(kwargs)
     options: dict[str, Any] = {}
     if method == "adaround":
-        options["iterations"] = 100 if args.quick else (1000 if args.adaround_fast else 10_000)
+        options["iterations"] = 100 if args.quick else (10_000 if row == "adaround-10k" else 1000)
     if method == "lapq":
         options.update({"maxiter": 1, "maxfev": 20 if args.quick else args.lapq_maxfev})
     torch.manual_seed(seed)
@@ -226,7 +243,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--alpha-init", type=float, default=0.1, help="DSMM α₀ (default 0.1, the paper's)")
     p.add_argument("--alpha-lr", type=float, default=50.0, help="lr of DSMM's α group (default 50, from the pilot)")
     p.add_argument("--configs", default=",".join(f"W{w}A{a}" for w, a in CONFIGS), help="PTQ bit configurations")
-    p.add_argument("--adaround-fast", action="store_true", help="AdaRound at 1,000 iterations instead of 10,000")
+    p.add_argument("--adaround-fast", action="store_true",
+                   help="accepted for the recorded commands: the row names the iterations ('adaround': 1,000, "
+                        "'adaround-10k': 10,000)")
     p.add_argument("--lapq-maxfev", type=int, default=300, help="LAPQ's cap on Powell's loss evaluations")
     p.add_argument("--limit", type=int, default=None, help="at most this many training images")
     p.add_argument("--quick", action="store_true", help="smoke run: seed 1, 2 (+1) epochs, 1,000 images")
@@ -287,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
                     if key not in results["train"]:  # trained by an earlier run into the same cache
                         rec = json.loads(path.with_suffix(".json").read_text())
                         results["train"][key] = train_record(rec)
+                    if "weights" not in results["train"][key] and backfill_weights(results["train"][key], path):
+                        save_results(args.out, results, args)
                     done = results["ptq"].setdefault(key, {})
                     for row in args.methods:
                         for w, a in args.configs:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "benchmarks") not in sys.path:
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -117,4 +119,41 @@ def test_weight_table_uses_the_results_seeds_not_every_cached_file(tmp_path):
     results = {"train": {"scratch/mobilenetv2-small/l2/seed0": {"float": 0.97}}, "ptq": {}}
     lines = dsmm_report.weight_table(tmp_path, ["mobilenetv2-small"], ["scratch"], results)
     assert len(lines) == 3
-    assert lines[2].startswith("| scratch | mobilenetv2-small | l2 | 1 |")  # seed 0's range 1, not (1 + 100) / 2
+    assert lines[2].startswith("| scratch | mobilenetv2-small | l2 | 0 | 1 |")  # seed 0's range 1, not (1 + 100) / 2
+
+
+def test_weight_table_reads_the_json_before_the_file_and_backfill_checks_the_file(tmp_path):
+    # weight_summary by hand: one 3x4 layer with weights 0..11 / 11 -> range 1, max|w| / std = 1 / std(0..11 / 11)
+    import json
+    import statistics
+
+    import dsmm_repro
+    import torch
+    from torch import nn
+
+    from learnq.checkpoint import save
+
+    net = nn.Sequential(nn.Linear(4, 3))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.arange(12.0).reshape(3, 4) / 11)
+    path = tmp_path / "scratch" / "lenet" / "l2" / "seed1.safetensors"
+    path.parent.mkdir(parents=True)
+    save(net, path)
+    w = dsmm_report.weight_summary({"0.weight": net[0].weight.detach(), "0.bias": net[0].bias.detach()})
+    values = [i / 11 for i in range(12)]
+    assert w["mean_range"] == pytest.approx(1.0)
+    assert w["mean_absmax_over_std"] == pytest.approx(1.0 / statistics.pstdev(values), rel=0.1)  # std's ddof
+    kept = {"mean_range": 7.0, "mean_absmax_over_std": 2.0, "mean_kurtosis": 3.0, "beyond_3sigma": 5.0}
+    results = {"train": {"scratch/lenet/l2/seed1": {"float": 0.9, "weights": kept},
+                         "scratch/lenet/dsmm/seed1": {"float": 0.9}}, "ptq": {}}
+    lines = dsmm_report.weight_table(tmp_path, ["lenet"], ["scratch"], results)
+    assert lines[2] == "| scratch | lenet | l2 | 1 | 7 | 2.00 | 3.00 | 5 |"  # the JSON's, not the file's range 1
+    assert len(lines) == 3  # no dsmm file, no dsmm weights: no row
+    # backfill: a file whose JSON has another float accuracy is not the recorded training
+    recipe = {"version": 1}
+    path.with_suffix(".json").write_text(json.dumps({"float": 0.8, "recipe": recipe, "train_seconds": 1.0}))
+    entry = {"key": "scratch/lenet/l2/seed1", "float": 0.9, "recipe": recipe, "train_seconds": 2.0}
+    assert not dsmm_repro.backfill_weights(entry, path) and "weights" not in entry
+    path.with_suffix(".json").write_text(json.dumps({"float": 0.9, "recipe": recipe, "train_seconds": 1.0}))
+    assert dsmm_repro.backfill_weights(entry, path)
+    assert entry["weights"]["mean_range"] == pytest.approx(1.0) and "retraining" in entry["weights_from"]
