@@ -168,13 +168,16 @@ def _train(config: QATConfig, steps: int = 150) -> tuple[float, float]:
 
 @pytest.mark.parametrize("config, weighted, drop", [
     (learnq.LSQ(bits=4), learnq.LSQ(bits=4, entropy_weight=2000.0), 2.0),
-    (learnq.STE(bits=4), learnq.STE(bits=4, entropy_weight=2000.0), 1.5),
+    (learnq.STE(bits=4), learnq.STE(bits=4, entropy_weight=2000.0), 0.75),
     (learnq.DKM(bits=3, iters=1), learnq.DKM(bits=3, iters=1, entropy_weight=2000.0), 0.3),
 ])
 def test_entropy_weight_lowers_the_code_entropy(config, weighted, drop) -> None:
     # 150 steps on a 640-weight MLP: with entropy_weight 2000 (per MB: 640 weights at 4 bits are 3e-4 MB) the codes'
     # empirical entropy drops by at least `drop` bits per weight (measured: LSQ 3.82 → 0.52, STE 3.91 → 2.00,
-    # DKM 2.94 → 2.50; task loss 0.0016 → 0.021, 0.043, 0.011), the task loss stays finite.
+    # DKM 2.94 → 2.50; task loss 0.0016 → 0.021, 0.043, 0.011), the task loss stays finite. STE's end point is
+    # chaotic in the kernels' rounding (its codes move by whole steps): 3.91 → 1.57 / 1.66 / 2.00 / 2.91 under ATen's
+    # default path / MKL_CBWR=COMPATIBLE / an AVX2 Intel CPU / an AVX-512 AMD CPU, so its bound is below the least
+    # drop measured (1.0); LSQ 3.81-3.84 → 0.52 and DKM 2.94 → 2.26-2.50 on all of them.
     plain, _ = _train(config)
     penalized, loss = _train(weighted)
     assert penalized < plain - drop

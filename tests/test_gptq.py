@@ -110,15 +110,16 @@ def _torch_gptq_matrix(w, u, spec, scale, offset, block_size):
     rnd = torch.floor if spec.rounding == "floor" else torch.round
     for i1 in range(0, w.shape[1], block_size):
         i2 = min(i1 + block_size, w.shape[1])
-        block, err, ub = w[:, i1:i2].clone(), torch.zeros(w.shape[0], i2 - i1, dtype=w.dtype), u[i1:i2, i1:i2]
+        # err is a view of errors, as in gptq_matrix: the lazy update's product then has the same operand strides,
+        # and MKL (without MKL_CBWR) may pick another kernel, with another summation order, for other strides
+        block, err, ub = w[:, i1:i2].clone(), errors[:, i1:i2], u[i1:i2, i1:i2]
         for i in range(i2 - i1):
             col, sc, off = block[:, i], scale[:, i1 + i], offset[:, i1 + i]
             q = rnd((col - off) / sc).clamp_(qmin, qmax)
             codes[:, i1 + i] = q
             e = (col - (q * sc + off)) / ub[i, i]
-            block[:, i:].addr_(e, ub[i, i:], alpha=-1.0)
+            block[:, i:] -= torch.outer(e, ub[i, i:])
             err[:, i] = e
-        errors[:, i1:i2] = err
         w[:, i2:] -= err @ u[i1:i2, i2:]
     return codes, errors
 
@@ -130,7 +131,8 @@ def _torch_gptq_matrix(w, u, spec, scale, offset, block_size):
 def test_numpy_column_loop_equals_the_torch_loop_bit_for_bit(spec, out, cols, block_size, numpy_loop, monkeypatch):
     # the loop runs on numpy views of CPU tensors: float32 subtraction, division, multiplication, addition and
     # round-half-even are correctly rounded (IEEE 754) in numpy and torch alike, the outer product minus the block
-    # is addr_'s (no fused multiply-add), and the lazy block update is the same torch product: equal bit for bit;
+    # is rounded before the subtraction in both (no fused multiply-add), and the lazy block update is the same torch
+    # product on operands of the same strides: equal bit for bit;
     # the torch path (other devices) likewise
     g = torch.Generator().manual_seed(out + cols)
     x = torch.randn(2 * cols, cols, generator=g) + torch.randn(2 * cols, 1, generator=g)
