@@ -4,9 +4,10 @@ Nothing is trained or quantized: this reads ``benchmarks/results/{ptq,regularize
 (and ``dsmm_repro.json`` has its own report, ``dsmm_report.py``) and writes ``benchmarks/results/verdicts.md``: for
 every comparison a verdict rests on, the per-seed differences (the same seed's float model, split and calibration
 set on both sides), their mean ± sample std and the count of seeds where the first method is better / equal /
-worse. One test image is 0.1 point on mnist5k's 1,000 test images. With ``--into BENCHMARKS.md`` the tables go
-between its ``verdicts.py`` markers, the AdaRound 10,000 vs 1,000 iterations tables between the ``verdicts.py
-adaround`` markers (issue 17's AdaRound paragraph).
+worse. One test image is 0.1 point on mnist5k's 1,000 test images, 0.28 on digits' 359. With ``--into
+BENCHMARKS.md`` the tables go between its ``verdicts.py`` markers, the AdaRound 10,000 vs 1,000 iterations tables
+(one pair per network with 10,000-iteration rows) between the ``verdicts.py adaround`` markers (issue 17's AdaRound
+paragraph).
 
     python benchmarks/verdicts.py --into benchmarks/BENCHMARKS.md
 """
@@ -135,7 +136,8 @@ def adaround_section(path: Path, network: str = "mnist5k") -> list[str]:
         lines.append(f"| {row} | {','.join(map(str, seeds))} | "
                      + " | ".join(cell(acc[(row, c)]) if (row, c) in acc else "" for c in cfgs) + " |")
     for row in rows[:2]:
-        lines.append(f"| {row}: CPU s | | " + " | ".join(f"{statistics.fmean(cpu[(row, c)]):.1f}" for c in cfgs) + " |")
+        lines.append(f"| {row}: CPU s | | " + " | ".join(f"{statistics.fmean(cpu[(row, c)]):.1f}" if (row, c) in cpu
+                                                       else "" for c in cfgs) + " |")
     lines += ["", f"**The same, paired by seed ({network}; the same float model, split and calibration set on both "
               "sides)**", "", *HEAD]
     for cfg in cfgs:
@@ -144,6 +146,13 @@ def adaround_section(path: Path, network: str = "mnist5k") -> list[str]:
             if (x, cfg) in acc and (y, cfg) in acc:
                 lines.append(paired(f"{cfg}: {x} - {y}", acc[(x, cfg)], acc[(y, cfg)]))
     return lines + [""]
+
+
+def adaround_sections(path: Path) -> list[str]:
+    """``adaround_section`` for every network with 'adaround' (10,000-iteration) rows, in the order of the runs."""
+    runs = json.loads(path.read_text())["runs"]
+    nets = dict.fromkeys(r["network"] for r in runs if r["row"] == "adaround")
+    return [line for net in nets for line in adaround_section(path, net)]
 
 
 def regularizers_section(path: Path, asam: Path | None) -> list[str]:
@@ -199,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += ptq_section(r / "ptq.json")
     lines += regularizers_section(r / "regularizers.json", r / "regularizers_asam.json")
     lines += qat_section(r / "qat.json")
-    adaround = adaround_section(r / "ptq.json")
+    adaround = adaround_sections(r / "ptq.json")
     out = r / "verdicts.md"
     out.write_text("\n".join(lines + adaround) + "\n", encoding="utf-8")
     if args.into is not None:

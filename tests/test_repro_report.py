@@ -91,6 +91,19 @@ def test_adaround_section_by_hand(tmp_path):
     assert not any("50.00" in line for line in lines)  # the digits run stays out of the mnist5k table
 
 
+def test_adaround_sections_one_table_pair_per_network_by_hand(tmp_path):
+    lines = verdicts.adaround_sections(_ptq_json(tmp_path))
+    heads = [line for line in lines if line.startswith("**AdaRound, 10,000 iterations")]
+    assert len(heads) == 2 and "mnist5k LeNet" in heads[0] and "digits LeNet" in heads[1]
+    digits = lines[lines.index(heads[1]):]
+    # digits: one 'adaround' run (seed 0, 50 %, 1.0 CPU s) and no 1,000-iteration row: empty cells, no pair
+    assert "| adaround | 0 | 50.00 (1 seed) |" in digits
+    assert "| adaround-fast |  |  |" in digits
+    assert "| adaround: CPU s | | 1.0 |" in digits and "| adaround-fast: CPU s | |  |" in digits
+    assert not any(line.startswith("| W2A8:") for line in digits)
+    assert "| W2A8: adaround - adaround-fast | 0: +1.1, 1: -0.1 | +0.50 ± 0.85 | 1 / 0 / 1 |" in lines
+
+
 def test_ptq_render_into_markers(tmp_path):
     doc = tmp_path / "B.md"
     doc.write_text("hand text\n<!-- ptq.py: begin -->\nold table\n<!-- ptq.py: end -->\nmore hand text\n")
