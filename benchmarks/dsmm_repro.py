@@ -164,11 +164,15 @@ def train_record(rec: dict[str, Any]) -> dict[str, Any]:
 
 def backfill_weights(entry: dict[str, Any], path: Path) -> bool:
     """Store ``weight_summary`` of the model file in a results entry recorded before the JSON kept it, when the
-    file is that training's (same recipe, same float accuracy in its JSON); else say why not and leave it."""
+    file is that training's (same recipe, same float accuracy in its JSON and, for DSMM, the same α trace: a
+    retraining on another machine can reach the recorded accuracy of 1,000 test images by chance with other
+    weights, and its α trace tells it apart); else say why not and leave it."""
     side = json.loads(path.with_suffix(".json").read_text())
-    if side.get("recipe") != entry.get("recipe") or side.get("float") != entry.get("float"):
+    trace = side.get("training", {}).get("regularizers", {}).get("dsmm", {}).get("trace")
+    if (side.get("recipe") != entry.get("recipe") or side.get("float") != entry.get("float")
+            or ("alpha_trace" in entry and trace != entry["alpha_trace"])):
         print(f"{path}: not the recorded training of {entry['key']} (float {side.get('float')} against "
-              f"{entry.get('float')}, or another recipe): its weights are not recorded", flush=True)
+              f"{entry.get('float')}, another recipe or another α trace): its weights are not recorded", flush=True)
         return False
     entry["weights"] = weight_summary(read(path).entries)
     if side.get("train_seconds") != entry.get("train_seconds"):

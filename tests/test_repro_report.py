@@ -157,3 +157,16 @@ def test_weight_table_reads_the_json_before_the_file_and_backfill_checks_the_fil
     path.with_suffix(".json").write_text(json.dumps({"float": 0.9, "recipe": recipe, "train_seconds": 1.0}))
     assert dsmm_repro.backfill_weights(entry, path)
     assert entry["weights"]["mean_range"] == pytest.approx(1.0) and "retraining" in entry["weights_from"]
+    # a DSMM entry also needs the recorded α trace: same recipe and float, α differing from epoch 1 on is another
+    # training (as the retrained LeNets of the fifth session, BENCHMARKS.md issue 17)
+    trace = [{"epoch": 0, "alpha": {"0": 0.1}}, {"epoch": 1, "alpha": {"0": 4.5867862}}]
+    dsmm = {"key": "scratch/lenet/dsmm/seed1", "float": 0.9, "recipe": recipe, "train_seconds": 2.0,
+            "alpha_trace": trace}
+    other = [trace[0], {"epoch": 1, "alpha": {"0": 4.5867858}}]
+    side = {"float": 0.9, "recipe": recipe, "train_seconds": 1.0,
+            "training": {"regularizers": {"dsmm": {"trace": other}}}}
+    path.with_suffix(".json").write_text(json.dumps(side))
+    assert not dsmm_repro.backfill_weights(dsmm, path) and "weights" not in dsmm
+    side["training"]["regularizers"]["dsmm"]["trace"] = trace
+    path.with_suffix(".json").write_text(json.dumps(side))
+    assert dsmm_repro.backfill_weights(dsmm, path) and dsmm["weights"]["mean_range"] == pytest.approx(1.0)
