@@ -170,3 +170,13 @@ def test_weight_table_reads_the_json_before_the_file_and_backfill_checks_the_fil
     side["training"]["regularizers"]["dsmm"]["trace"] = trace
     path.with_suffix(".json").write_text(json.dumps(side))
     assert dsmm_repro.backfill_weights(dsmm, path) and dsmm["weights"]["mean_range"] == pytest.approx(1.0)
+    # and, given the file's min-max PTQ (here a stand-in), every recorded naive accuracy: an L2 entry's same
+    # recipe and float with another naive W2A8 (0.106 against 0.127, as a retrained LeNet) is another training
+    ptq = {"naive": {"W4A8": {"accuracy": 0.978}, "W2A8": {"accuracy": 0.127}}, "mse": {"W2A8": {"accuracy": 0.5}}}
+    l2 = {"key": "scratch/lenet/l2/seed1", "float": 0.9, "recipe": recipe, "train_seconds": 2.0}
+    path.with_suffix(".json").write_text(json.dumps({"float": 0.9, "recipe": recipe, "train_seconds": 1.0}))
+    asked = []
+    assert not dsmm_repro.backfill_weights(l2, path, ptq, lambda w, a: asked.append((w, a)) or
+                                           {4: 0.978, 2: 0.106}[w])
+    assert "weights" not in l2 and asked == [(2, 8)]  # "W2A8" sorts first; the mismatch stops there
+    assert dsmm_repro.backfill_weights(l2, path, ptq, lambda w, a: {4: 0.978, 2: 0.127}[w]) and "weights" in l2
