@@ -43,6 +43,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -162,17 +163,35 @@ def train_record(rec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def backfill_weights(entry: dict[str, Any], path: Path) -> bool:
+def backfill_weights(entry: dict[str, Any], path: Path, recorded_ptq: dict[str, Any] | None = None,
+                     naive: Callable[[int, int], float] | None = None) -> bool:
     """Store ``weight_summary`` of the model file in a results entry recorded before the JSON kept it, when the
-    file is that training's (same recipe, same float accuracy in its JSON); else say why not and leave it."""
+    file is that training's: same recipe and float accuracy in its JSON, for DSMM the same α trace, and (with
+    ``naive``: wbits, abits -> test accuracy of the file's min-max PTQ) every recorded ``naive`` PTQ accuracy
+    of ``recorded_ptq`` recomputed equal. A retraining on another machine reaches the recorded float accuracy
+    of 1,000 test images by chance with other weights (the fifth session, BENCHMARKS.md issue 17: 2 of 18
+    retrained LeNets, and L2 models have no α trace); else say why not and leave the entry."""
     side = json.loads(path.with_suffix(".json").read_text())
+    trace = side.get("training", {}).get("regularizers", {}).get("dsmm", {}).get("trace")
+    why = None
     if side.get("recipe") != entry.get("recipe") or side.get("float") != entry.get("float"):
-        print(f"{path}: not the recorded training of {entry['key']} (float {side.get('float')} against "
-              f"{entry.get('float')}, or another recipe): its weights are not recorded", flush=True)
+        why = f"float {side.get('float')} against {entry.get('float')}, or another recipe"
+    elif "alpha_trace" in entry and trace != entry["alpha_trace"]:
+        why = "another α trace"
+    elif naive is not None:
+        for cfg, r in sorted((recorded_ptq or {}).get("naive", {}).items()):
+            w, a = (int(b) for b in cfg[1:].split("A"))
+            if (got := naive(w, a)) != r["accuracy"]:
+                why = f"naive {cfg} {got} against {r['accuracy']}"
+                break
+    if why:
+        print(f"{path}: not the recorded training of {entry['key']} ({why}): its weights are not recorded",
+              flush=True)
         return False
     entry["weights"] = weight_summary(read(path).entries)
     if side.get("train_seconds") != entry.get("train_seconds"):
-        entry["weights_from"] = "a retraining with the recorded recipe that reached the recorded float accuracy"
+        entry["weights_from"] = ("a retraining with the recorded recipe that reached the recorded float accuracy, "
+                                 "α trace and naive PTQ accuracies")
     return True
 
 
@@ -306,7 +325,9 @@ def main(argv: list[str] | None = None) -> int:
                     if key not in results["train"]:  # trained by an earlier run into the same cache
                         rec = json.loads(path.with_suffix(".json").read_text())
                         results["train"][key] = train_record(rec)
-                    if "weights" not in results["train"][key] and backfill_weights(results["train"][key], path):
+                    if "weights" not in results["train"][key] and backfill_weights(
+                            results["train"][key], path, results["ptq"].get(key),
+                            lambda w, a, p=path, s=seed: ptq_one(p, "naive", w, a, s, args)["accuracy"]):
                         save_results(args.out, results, args)
                     done = results["ptq"].setdefault(key, {})
                     for row in args.methods:

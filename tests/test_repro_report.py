@@ -170,3 +170,47 @@ def test_weight_table_reads_the_json_before_the_file_and_backfill_checks_the_fil
     path.with_suffix(".json").write_text(json.dumps({"float": 0.9, "recipe": recipe, "train_seconds": 1.0}))
     assert dsmm_repro.backfill_weights(entry, path)
     assert entry["weights"]["mean_range"] == pytest.approx(1.0) and "retraining" in entry["weights_from"]
+    # a DSMM entry also needs the recorded α trace: same recipe and float, α differing from epoch 1 on is another
+    # training (as the retrained LeNets of the fifth session, BENCHMARKS.md issue 17)
+    trace = [{"epoch": 0, "alpha": {"0": 0.1}}, {"epoch": 1, "alpha": {"0": 4.5867862}}]
+    dsmm = {"key": "scratch/lenet/dsmm/seed1", "float": 0.9, "recipe": recipe, "train_seconds": 2.0,
+            "alpha_trace": trace}
+    other = [trace[0], {"epoch": 1, "alpha": {"0": 4.5867858}}]
+    side = {"float": 0.9, "recipe": recipe, "train_seconds": 1.0,
+            "training": {"regularizers": {"dsmm": {"trace": other}}}}
+    path.with_suffix(".json").write_text(json.dumps(side))
+    assert not dsmm_repro.backfill_weights(dsmm, path) and "weights" not in dsmm
+    side["training"]["regularizers"]["dsmm"]["trace"] = trace
+    path.with_suffix(".json").write_text(json.dumps(side))
+    assert dsmm_repro.backfill_weights(dsmm, path) and dsmm["weights"]["mean_range"] == pytest.approx(1.0)
+    # and, given the file's min-max PTQ (here a stand-in), every recorded naive accuracy: an L2 entry's same
+    # recipe and float with another naive W2A8 (0.106 against 0.127, as a retrained LeNet) is another training
+    ptq = {"naive": {"W4A8": {"accuracy": 0.978}, "W2A8": {"accuracy": 0.127}}, "mse": {"W2A8": {"accuracy": 0.5}}}
+    l2 = {"key": "scratch/lenet/l2/seed1", "float": 0.9, "recipe": recipe, "train_seconds": 2.0}
+    path.with_suffix(".json").write_text(json.dumps({"float": 0.9, "recipe": recipe, "train_seconds": 1.0}))
+    asked = []
+    assert not dsmm_repro.backfill_weights(l2, path, ptq, lambda w, a: asked.append((w, a)) or
+                                           {4: 0.978, 2: 0.106}[w])
+    assert "weights" not in l2 and asked == [(2, 8)]  # "W2A8" sorts first; the mismatch stops there
+    assert dsmm_repro.backfill_weights(l2, path, ptq, lambda w, a: {4: 0.978, 2: 0.127}[w]) and "weights" in l2
+
+
+def test_retrain_check_counts_a_chance_float_match_as_not_reproduced():
+    import dsmm_retrain_check
+
+    recipe = {"version": 1}
+    trace = [{"epoch": 0, "alpha": {"a": 0.1}}, {"epoch": 1, "alpha": {"a": 4.0}}, {"epoch": 2, "alpha": {"a": 3.0}}]
+    recorded = {"train": {"s/lenet/l2/seed1": {"float": 0.977, "recipe": recipe},
+                          "s/lenet/dsmm/seed1": {"float": 0.976, "recipe": recipe, "alpha_trace": trace}},
+                "ptq": {"s/lenet/l2/seed1": {"naive": {"W4A8": {"accuracy": 0.978}, "W2A8": {"accuracy": 0.127}}},
+                        "s/lenet/dsmm/seed1": {"naive": {"W4A8": {"accuracy": 0.974}}}}}
+    other = [trace[0], trace[1], {"epoch": 2, "alpha": {"a": 3.1}}]
+    retrained = {"train": {"s/lenet/l2/seed1": {"float": 0.977, "recipe": recipe},
+                           "s/lenet/dsmm/seed1": {"float": 0.976, "recipe": recipe, "alpha_trace": other}},
+                 "ptq": {"s/lenet/l2/seed1": {"naive": {"W4A8": {"accuracy": 0.978}, "W2A8": {"accuracy": 0.106}}}}}
+    lines, counts = dsmm_retrain_check.compare(recorded, retrained)
+    assert counts == {"models": 2, "same recipe": 2, "same float": 2, "same float and naive PTQ and α": 0}
+    assert lines[2] == "| s/lenet/dsmm/seed1 | 0.976 | 0.976 | yes |  | 2 |"
+    assert lines[3] == "| s/lenet/l2/seed1 | 0.977 | 0.977 | yes | W2A8 0.127 / 0.106, W4A8 0.978 / 0.978 |  |"
+    retrained["ptq"]["s/lenet/l2/seed1"]["naive"]["W2A8"]["accuracy"] = 0.127
+    assert dsmm_retrain_check.compare(recorded, retrained)[1]["same float and naive PTQ and α"] == 1
