@@ -2,7 +2,7 @@
 
 Reads the results JSON and the cached models' JSON files (α traces) and writes ``dsmm_repro.md`` (float accuracy,
 α against its equilibrium α*, PTQ accuracy as mean ± std over seeds, paired differences DSMM - L2 and heavy L2 - L2
-per seed with their sign counts, weight statistics) and ``dsmm_repro_alpha.png`` (α/α* per layer against the epoch,
+per seed with their sign counts, weight statistics as the results JSON records them) and ``dsmm_repro_alpha.png`` (α/α* per layer against the epoch,
 the first seed of each protocol and model, one panel each). Nothing here trains or quantizes.
 
     python benchmarks/dsmm_report.py [--results benchmarks/results/dsmm_repro.json] [--cache DIR]
@@ -19,7 +19,6 @@ from typing import Any
 import torch
 
 from learnq.analysis.weights import tensor_stats
-from learnq.checkpoint import read
 
 HERE = Path(__file__).resolve().parent
 BEGIN, END = "<!-- dsmm_report.py: begin -->", "<!-- dsmm_report.py: end -->"
@@ -233,32 +232,29 @@ def weight_summary(tensors: dict[str, torch.Tensor]) -> dict[str, float]:
 WEIGHT_COLUMNS = ("mean_range", "mean_absmax_over_std", "mean_kurtosis", "beyond_3sigma")
 
 
-def weights_of(results: dict[str, Any], cache: Path, protocol: str, model: str, reg: str,
-               seed: int) -> dict[str, float] | None:
-    """One training's weight summary: from the results JSON, else from the cached model file, else None."""
-    kept = results["train"].get(f"{protocol}/{model}/{reg}/seed{seed}", {}).get("weights")
-    if kept:
-        return kept
-    path = cache / protocol / model / reg / f"seed{seed}.safetensors"
-    return weight_summary(read(path).entries) if path.is_file() else None
+def weights_of(results: dict[str, Any], protocol: str, model: str, reg: str, seed: int) -> dict[str, float] | None:
+    """One training's weight summary as the results JSON records it (``dsmm_repro.py`` stores it when it trains, or
+    backfills it from a cached file only after checking that the file is the recorded training); never from a
+    cached file directly: a file of the same name may be another training (a retraining on another CPU is)."""
+    return results["train"].get(f"{protocol}/{model}/{reg}/seed{seed}", {}).get("weights") or None
 
 
-def weight_table(cache: Path, models: list[str], protocols: list[str], results: dict[str, Any]) -> list[str]:
+def weight_table(models: list[str], protocols: list[str], results: dict[str, Any]) -> list[str]:
     """Per protocol, model and regularizer, means over the seeds the results have for that protocol and model (not
-    every file the shared cache holds) of ``weight_summary``; the seeds column names those whose weights were found
-    (results JSON or model file)."""
+    every file the shared cache holds) of ``weight_summary``; the seeds column names those whose weights the results
+    JSON records."""
     lines = ["| protocol | model | reg | seeds | mean range | mean max\\|w\\|/σ | mean kurtosis | weights beyond 3σ |",
              "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |"]
     for protocol in protocols:
         for model in models:
             for reg in REGS:
                 found = {s: w for s in seeds_of(results, protocol, model)
-                         if (w := weights_of(results, cache, protocol, model, reg, s))}
+                         if (w := weights_of(results, protocol, model, reg, s))}
                 if found:
                     cols = [statistics.fmean(w[c] for w in found.values()) for c in WEIGHT_COLUMNS]
                     lines.append(f"| {protocol} | {model} | {reg} | {', '.join(map(str, found))} | {cols[0]:.3g} | "
                                  f"{cols[1]:.2f} | {cols[2]:.2f} | {cols[3]:.0f} |")
-    return lines if len(lines) > 2 else ["(no model's weights in the results JSON or the cache)"]
+    return lines if len(lines) > 2 else ["(no training's weights are recorded in the results JSON)"]
 
 
 def first_trace(cache: Path, protocol: str, model: str,
@@ -331,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
              "", *(["**AdaRound: 10,000 against 1,000 iterations per layer, paired by seed (points)**", "", *its, ""]
                    if (its := iterations_table(results, models, protocols)) else []),
              "**Weights after training (unfolded conv/linear weights; means over seeds)**", "",
-             *weight_table(args.cache, models, protocols, results), ""]
+             *weight_table(models, protocols, results), ""]
     md = stem.with_name(stem.name + ".md")
     md.write_text("\n".join(lines) + "\n", encoding="utf-8")
     png = plot_alpha(args.cache, models, protocols, stem.with_name(stem.name + "_alpha.png"), results)

@@ -115,27 +115,21 @@ def test_ptq_render_into_markers(tmp_path):
     assert "| adaround | 94.65 ± 0.49 |" in text
 
 
-def test_weight_table_uses_the_results_seeds_not_every_cached_file(tmp_path):
-    # the cache (shared between helpers) holds seeds 0 and 1; the results have seed 0 only: seed 1 must not count
-    import torch
-    from torch import nn
+def test_weight_table_uses_the_recorded_weights_of_the_results_seeds_only():
+    # seeds 0 and 1 recorded with weights, seed 2 without (its file lost): the row averages seeds 0 and 1 and says so
+    def w(r, k):
+        return {"mean_range": r, "mean_absmax_over_std": 3.0, "mean_kurtosis": k, "beyond_3sigma": 10.0}
 
-    from learnq.checkpoint import save
-
-    for seed, scale in ((0, 1.0), (1, 100.0)):
-        net = nn.Sequential(nn.Linear(4, 3))
-        with torch.no_grad():
-            net[0].weight.copy_(scale * torch.arange(12.0).reshape(3, 4) / 11)  # range 0..scale
-        path = tmp_path / "scratch" / "mobilenetv2-small" / "l2" / f"seed{seed}.safetensors"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save(net, path)
-    results = {"train": {"scratch/mobilenetv2-small/l2/seed0": {"float": 0.97}}, "ptq": {}}
-    lines = dsmm_report.weight_table(tmp_path, ["mobilenetv2-small"], ["scratch"], results)
-    assert len(lines) == 3
-    assert lines[2].startswith("| scratch | mobilenetv2-small | l2 | 0 | 1 |")  # seed 0's range 1, not (1 + 100) / 2
+    results = {"train": {"scratch/mobilenetv2-small/l2/seed0": {"float": 0.97, "weights": w(1.0, 2.0)},
+                         "scratch/mobilenetv2-small/l2/seed1": {"float": 0.97, "weights": w(2.0, 4.0)},
+                         "scratch/mobilenetv2-small/l2/seed2": {"float": 0.97}}, "ptq": {}}
+    lines = dsmm_report.weight_table(["mobilenetv2-small"], ["scratch"], results)
+    assert lines[2] == "| scratch | mobilenetv2-small | l2 | 0, 1 | 1.5 | 3.00 | 3.00 | 10 |"
+    assert dsmm_report.weight_table(["lenet"], ["scratch"], results) == [
+        "(no training's weights are recorded in the results JSON)"]
 
 
-def test_weight_table_reads_the_json_before_the_file_and_backfill_checks_the_file(tmp_path):
+def test_weight_table_reads_the_json_never_the_file_and_backfill_checks_the_file(tmp_path):
     # weight_summary by hand: one 3x4 layer with weights 0..11 / 11 -> range 1, max|w| / std = 1 / std(0..11 / 11)
     import json
     import statistics
@@ -159,9 +153,11 @@ def test_weight_table_reads_the_json_before_the_file_and_backfill_checks_the_fil
     kept = {"mean_range": 7.0, "mean_absmax_over_std": 2.0, "mean_kurtosis": 3.0, "beyond_3sigma": 5.0}
     results = {"train": {"scratch/lenet/l2/seed1": {"float": 0.9, "weights": kept},
                          "scratch/lenet/dsmm/seed1": {"float": 0.9}}, "ptq": {}}
-    lines = dsmm_report.weight_table(tmp_path, ["lenet"], ["scratch"], results)
+    lines = dsmm_report.weight_table(["lenet"], ["scratch"], results)
     assert lines[2] == "| scratch | lenet | l2 | 1 | 7 | 2.00 | 3.00 | 5 |"  # the JSON's, not the file's range 1
-    assert len(lines) == 3  # no dsmm file, no dsmm weights: no row
+    assert len(lines) == 3  # no dsmm weights recorded: no row
+    del results["train"]["scratch/lenet/l2/seed1"]["weights"]  # the file alone (maybe another training) never counts
+    assert len(dsmm_report.weight_table(["lenet"], ["scratch"], results)) == 1
     # backfill: a file whose JSON has another float accuracy is not the recorded training
     recipe = {"version": 1}
     path.with_suffix(".json").write_text(json.dumps({"float": 0.8, "recipe": recipe, "train_seconds": 1.0}))
