@@ -3,7 +3,9 @@ conv layer is its unfolded input's, and the layer output error is at most round-
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import unittest.mock
 
 import pytest
 import torch
@@ -334,3 +336,30 @@ def test_gptq_streams_the_inputs_its_quantizers_would_see_in_a_calibration_pass(
         # same kernels on the same batches: the observed samples and the chosen α are bit for bit the same
         assert torch.equal(q.sample, streamed[name].sample) and q.count == streamed[name].count > 0
         assert torch.equal(q.alpha, streamed[name].alpha)
+
+
+def test_gram_is_symmetric_close_to_float64_and_holds_blas_to_torch_threads():
+    from learnq.ptq import gptq as gptq_module
+
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(150, 4000, generator=g).relu()  # conv2-like patch rows (non-negative after ReLU)
+    h = gptq_module._gram(a)
+    assert h.dtype == torch.float32 and torch.equal(h, h.T)  # syrk fills one triangle, numpy mirrors it
+    # 4,000 float32 products per entry, values ~0.3 on average: relative error well under 1e-5
+    torch.testing.assert_close(h.double(), a.double() @ a.double().T, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(gptq_module._gram(a[:, :7].T), a[:, :7].T @ a[:, :7], rtol=1e-5, atol=1e-5)
+    seen = []
+
+    class Spy:  # the BLAS pool is limited to torch's thread count for the product
+        def limit(self, limits, user_api):
+            seen.append((limits, user_api))
+            return contextlib.nullcontext()
+
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with unittest.mock.patch.object(gptq_module, "_blas_threads", lambda: Spy()):
+            gptq_module._gram(a)
+    finally:
+        torch.set_num_threads(old)
+    assert seen == [(1, "blas")]
