@@ -224,7 +224,10 @@ def markdown(data: dict[str, Any]) -> str:
                   "Hessian sum and into the activation observers (no calibration pass), one Cholesky per layer; "
                   "`sorted-mse` = that, with the MSE range search from sorted values (learnq/sorted_mse.py); "
                   "`s5-fast`, `s5-fast2` = that, with a conv layer's Hessian as one matrix product of its patch rows, "
-                  "the column loop on numpy views and numpy's searchsorted in the range search (same files). "
+                  "the column loop on numpy views and numpy's searchsorted in the range search (same files); "
+                  "`s6` = that code on another machine (AMD EPYC, AVX-512; its own float models of the same recipe); "
+                  "`s6-syrk`, `s6-syrk7` = there, each batch's Σ X Xᵀ as one BLAS syrk (numpy) instead of a matrix "
+                  "product. "
                   "`cpu gptq/lapq`: the same ratio of the medians of process CPU time (less sensitive to the "
                   "machine's load than wall time)**",
                   "", "| code | seed | config | rounds | gptq s | lapq s | mse s | gptq/lapq | cpu gptq/lapq "
