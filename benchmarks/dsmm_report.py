@@ -3,7 +3,8 @@
 Reads the results JSON and the cached models' JSON files (α traces) and writes ``dsmm_repro.md`` (float accuracy,
 α against its equilibrium α*, PTQ accuracy as mean ± std over seeds, paired differences DSMM - L2 and heavy L2 - L2
 per seed with their sign counts, weight statistics as the results JSON records them) and ``dsmm_repro_alpha.png``
-(α/α* per layer against the epoch, the first seed of each protocol and model, one panel each). Nothing here trains or quantizes.
+(α/α* per layer against the epoch, the first seed of each protocol and model, one panel each). Nothing here
+trains or quantizes.
 
     python benchmarks/dsmm_report.py [--results benchmarks/results/dsmm_repro.json] [--cache DIR]
 """
