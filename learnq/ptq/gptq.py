@@ -127,18 +127,9 @@ class HessianSum:
 
     @torch.no_grad()
     def add(self, x: torch.Tensor) -> None:
-        m = self.module
-        if isinstance(m, nn.Linear):
-            rows = x.reshape(-1, x.shape[-1]).float()
-            parts = [_gram(rows.T)]
-            n = rows.shape[0]
-        elif isinstance(m, (nn.Conv1d, nn.Conv2d)):
-            rows = patch_rows(m, x.float())  # (C·kh·kw, N·L)
-            per = rows.shape[0] // m.groups
-            parts = [_gram(r) for r in (rows[g * per:(g + 1) * per] for g in range(m.groups))]
-            n = rows.shape[1]
-        else:
-            raise ModelError(f"GPTQ works on nn.Linear, nn.Conv1d and nn.Conv2d layers, not {type(m).__name__}")
+        columns = input_columns(self.module, x.float())  # per group (n, columns); a conv's are patch_rows' .T
+        parts = [_gram(c.T) for c in columns]
+        n = columns[0].shape[0]
         if self.sums is None:
             self.sums = [p.double() for p in parts]
         else:
