@@ -181,12 +181,18 @@ def paired_table(results: dict[str, Any], models: list[str], protocols: list[str
                         diffs.append(100 * (a - b))
                 if not diffs:
                     continue
-                m, sd = mean_std(diffs)
-                spread = f"{m:+.1f} ± {sd:.1f}" if len(diffs) > 1 else f"{m:+.1f} (1 seed)"
-                signs = f"{sum(d > 0 for d in diffs)} / {sum(d == 0 for d in diffs)} / {sum(d < 0 for d in diffs)}"
                 lines.append(f"| {protocol} | {model} | {LABELS.get(row, row)} | {cfg or '-'} | "
-                             + ", ".join(f"{d:+.1f}" for d in diffs) + f" | {spread} | {signs} |")
+                             f"{paired_cells(diffs)} |")
     return lines
+
+
+def paired_cells(diffs: list[float]) -> str:
+    """The three cells of a paired row: the per-seed differences, mean ± std ("(1 seed)" alone) and the counts
+    better / equal / worse."""
+    m, sd = mean_std(diffs)
+    spread = f"{m:+.1f} ± {sd:.1f}" if len(diffs) > 1 else f"{m:+.1f} (1 seed)"
+    signs = f"{sum(d > 0 for d in diffs)} / {sum(d == 0 for d in diffs)} / {sum(d < 0 for d in diffs)}"
+    return ", ".join(f"{d:+.1f}" for d in diffs) + f" | {spread} | {signs}"
 
 
 def iterations_table(results: dict[str, Any], models: list[str], protocols: list[str]) -> list[str]:
@@ -208,12 +214,8 @@ def iterations_table(results: dict[str, Any], models: list[str], protocols: list
                             cpu["adaround"].append(b["cpu_seconds"])
                     if not diffs:
                         continue
-                    m, sd = mean_std(diffs)
-                    spread = f"{m:+.1f} ± {sd:.1f}" if len(diffs) > 1 else f"{m:+.1f} (1 seed)"
-                    signs = (f"{sum(d > 0 for d in diffs)} / {sum(d == 0 for d in diffs)} / "
-                             f"{sum(d < 0 for d in diffs)}")
-                    lines.append(f"| {protocol} | {model} | {reg} | {cfg} | " + ", ".join(f"{d:+.1f}" for d in diffs)
-                                 + f" | {spread} | {signs} | {statistics.fmean(cpu['adaround-10k']):.0f} / "
+                    lines.append(f"| {protocol} | {model} | {reg} | {cfg} | {paired_cells(diffs)} | "
+                                 f"{statistics.fmean(cpu['adaround-10k']):.0f} / "
                                  f"{statistics.fmean(cpu['adaround']):.0f} |")
     return lines if len(lines) > 2 else []
 
